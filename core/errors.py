@@ -1,0 +1,133 @@
+"""Every error dockercomms raises on purpose, and the exit code each one means.
+
+The hierarchy (catch at the level you care about)::
+
+    DockerCommsError                 exit 1  generic failure
+    ├── ConfigError                  exit 1  missing/invalid configuration or keys
+    ├── VerificationError            exit 2  the artifact is not what it claims to be
+    │   ├── SignatureError                   no bundle verifies / signature invalid
+    │   ├── UntrustedSignerError             valid signature by someone not trusted
+    │   ├── SenderMismatchError              signer is trusted, but not as this sender
+    │   ├── DigestMismatchError              bytes do not hash to the signed digest
+    │   └── ExpiredError                     created_at + ttl is in the past
+    ├── RegistryError                exit 1  the registry failed us
+    │   ├── RegistryUnavailableError         connection refused/reset, 5xx, timeouts
+    │   ├── AuthError                exit 3  401/403, bad credentials
+    │   └── NotFoundError            exit 5  manifest/blob/tag does not exist
+    ├── ProtocolError                exit 4  the artifact breaks SPEC.md
+    │   ├── ManifestError                    malformed or invalid manifest/annotations
+    │   ├── ChunkError                       chunk layer is not the tar it must be
+    │   ├── LimitExceededError               a size or count cap was hit (bombs too)
+    │   └── FilenameError                    unsafe file name
+    └── OutputError                  exit 1  cannot write the result locally (disk full)
+
+The exit code is a class attribute, so the CLI decides it from the type, never
+from message text. The filesystem maps the same classes to errno values in
+``dockercomms.fsmount``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class DockerCommsError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with for this error."""
+
+    exit_code: ClassVar[int] = 1
+
+    def diagnostics(self) -> str:
+        """Human text for the CLI, including the cause chain when there is one."""
+        text = str(self) or type(self).__name__
+        cause = self.__cause__
+        if cause is not None and str(cause) and str(cause) not in text:
+            text = f"{text} (cause: {type(cause).__name__}: {cause})"
+        return text
+
+
+class ConfigError(DockerCommsError):
+    """Configuration, identity, key or trust file is missing or invalid."""
+
+
+class OutputError(DockerCommsError):
+    """A local write failed (disk full, permissions, name collision we refuse)."""
+
+
+class VerificationError(DockerCommsError):
+    """The artifact failed signature, identity, digest or freshness checks."""
+
+    exit_code = 2
+
+
+class SignatureError(VerificationError):
+    """No signature bundle verifies for the manifest digest."""
+
+
+class UntrustedSignerError(VerificationError):
+    """The signature is valid, but the signer is not in the trust policy."""
+
+
+class SenderMismatchError(VerificationError):
+    """The signer is trusted, but under another name than the sender annotation."""
+
+
+class DigestMismatchError(VerificationError):
+    """Downloaded bytes do not hash to the digest that was signed or referenced."""
+
+
+class ExpiredError(VerificationError):
+    """The message's time to live has passed."""
+
+
+class RegistryError(DockerCommsError):
+    """The registry answered with an error we cannot classify more precisely."""
+
+    #: True when trying again later may succeed (the push queue waits on these).
+    temporary: ClassVar[bool] = False
+
+
+class RegistryUnavailableError(RegistryError):
+    """Connection refused/reset, timeout, 5xx or 429 after the retry budget."""
+
+    temporary = True
+
+
+class AuthError(RegistryError):
+    """Authentication or authorisation failed (401/403)."""
+
+    exit_code = 3
+
+
+class NotFoundError(RegistryError):
+    """The manifest, blob or tag does not exist."""
+
+    exit_code = 5
+
+
+class ProtocolError(DockerCommsError):
+    """The artifact does not follow the DockerComms v1 protocol."""
+
+    exit_code = 4
+
+
+class ManifestError(ProtocolError):
+    """The manifest is malformed or its annotations are invalid."""
+
+
+class ChunkError(ProtocolError):
+    """A chunk layer is not the single-file tar the protocol requires."""
+
+
+class LimitExceededError(ProtocolError):
+    """A size or count limit was exceeded (decompression bombs land here)."""
+
+
+class FilenameError(ProtocolError):
+    """A file name is unsafe (traversal, control characters, too long)."""
+
+
+def exit_code_for(error: BaseException) -> int:
+    """The process exit code for any exception: ours by type, anything else 1."""
+    if isinstance(error, DockerCommsError):
+        return error.exit_code
+    return 1

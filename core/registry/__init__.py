@@ -1,0 +1,1 @@
+"""Registry access: the HTTP client and the embedded OCI-layout transport."""

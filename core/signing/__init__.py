@@ -1,0 +1,1 @@
+"""Signing and verification of manifest digests (key pair and Sigstore keyless)."""

@@ -1,0 +1,1 @@
+"""The FUSE filesystem (pyfuse3 on trio) over the engine."""

@@ -1,0 +1,1 @@
+"""The outbox syncer: a watchdog watcher feeding a durable push queue."""
