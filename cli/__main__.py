@@ -1,0 +1,5 @@
+"""``python -m dockercomms.cli``."""
+
+from dockercomms.cli.main import run
+
+run()

@@ -1,0 +1,55 @@
+"""The ``dockercomms`` command: parse, dispatch, and map errors to exit codes once."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dockercomms.cli import identity, messaging
+from dockercomms.cli.registry_flags import registry_parser
+from dockercomms.core.errors import DockerCommsError, exit_code_for
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser = argparse.ArgumentParser(
+        prog="dockercomms",
+        description="An OCI registry repository as a signed, verified drop folder.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    identity.add_parsers(sub, common)
+    messaging.add_parsers(sub, common, registry_parser())
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code (SPEC section 7)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    verbosity = getattr(args, "verbose", 0)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbosity, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except DockerCommsError as exc:
+        print(f"dockercomms: error: {exc.diagnostics()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("dockercomms: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        print(f"dockercomms: error: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    return code
+
+
+def run() -> None:
+    """Console-script wrapper."""
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""``send``, ``recv``, ``verify``, ``ack`` and ``ls``: the engine on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from dockercomms.cli.output import emit
+from dockercomms.cli.progress import TransferProgress
+from dockercomms.cli.registry_flags import registry_options
+from dockercomms.core import protocol as p
+from dockercomms.core.errors import (
+    ConfigError,
+    DockerCommsError,
+    ManifestError,
+    SenderMismatchError,
+    exit_code_for,
+)
+from dockercomms.core.intake import receive_new, summary
+from dockercomms.core.manifest import parse_json, parse_receipt
+from dockercomms.core.receipts import send_receipt
+from dockercomms.core.send import SendRequest
+from dockercomms.core.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def _workspace(args: argparse.Namespace) -> Workspace:
+    workspace = Workspace.load()
+    workspace.identity_token = getattr(args, "identity_token", None)
+    workspace.interactive = getattr(args, "interactive", False)
+    return workspace
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    """Send one file to one recipient."""
+    workspace = _workspace(args)
+    path = Path(args.file)
+    if not path.is_file():
+        raise ConfigError(f"{path} is not a regular file")
+    request = SendRequest(
+        path=path,
+        recipient=args.recipient,
+        chunk_bytes=args.chunk_bytes or workspace.settings.chunk_bytes,
+        compression=args.compress or workspace.settings.compression,
+        ttl_seconds=args.ttl_seconds or workspace.settings.ttl_seconds,
+        session_id=args.session,
+    )
+    with workspace.client(registry_options(args)) as client:
+        sender = workspace.sender(client)
+        with TransferProgress(f"send {path.name}", path.stat().st_size) as progress:
+            sent = sender.send(request, on_progress=progress)
+    emit(
+        args,
+        asdict(sent),
+        lambda s: f"message id: {s['message_id']}\ndigest: {s['digest']}\ntag: {s['tag']}",
+    )
+    return 0
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """``--since``: RFC 3339, a date, or an age such as ``30m``, ``24h``, ``7d``."""
+    if not text:
+        return None
+    age = re.fullmatch(r"(\d+)([smhd])", text)
+    if age:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[age.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: int(age.group(1))})
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"--since: not a time or age: {text!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_recv(args: argparse.Namespace) -> int:
+    """Verify and materialise every new message to me; report bad ones and go on."""
+    workspace = _workspace(args)
+    if args.me and args.me != workspace.identity:
+        raise ConfigError(f"--me {args.me!r} is not this identity ({workspace.identity!r})")
+    with workspace.client(registry_options(args)) as client, workspace.ledger() as ledger:
+        outcomes = receive_new(
+            workspace.receiver(client),
+            ledger,
+            Path(args.out),
+            receipt_signer=workspace.signer() if args.write_receipt else None,
+            since=parse_since(args.since),
+            limit=args.max,
+            progress=lambda m: TransferProgress(f"recv {m.filename}", m.total_bytes),
+        )
+    emit(args, [o.to_json() for o in outcomes], _recv_text)
+    errors = [o.error for o in outcomes if o.error is not None]
+    return exit_code_for(errors[0]) if errors else 0
+
+
+def _recv_text(results: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in results:
+        if r["status"] == "received":
+            lines.append(f"received {r['filename']} from {r['sender']} -> {r['path']}")
+        elif r["status"] == "rejected":
+            lines.append(f"REJECTED {r['tag']}: {r['error']}")
+    return "\n".join(lines) or "nothing new"
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify a message or receipt by digest: manifest, signature, signer, chunks."""
+    workspace = _workspace(args)
+    digest = p.check_digest(args.digest)
+    with workspace.client(registry_options(args)) as client:
+        receiver = workspace.receiver(client, bundle_mode=args.bundle)
+        raw, _ = client.fetch_manifest(digest)
+        kind = parse_json(raw, "manifest").get("artifactType")
+        if kind == p.RECEIPT_ARTIFACT_TYPE:
+            receipt = parse_receipt(raw, digest)
+            signer = receiver.verify_signature(digest)
+            if signer.name != receipt.sender:
+                raise SenderMismatchError(
+                    f"receipt claims {receipt.sender!r}, signed by {signer.name!r}"
+                )
+            result = asdict(receipt) | {
+                "kind": "receipt",
+                "verified": True,
+                "signer": asdict(signer),
+            }
+        elif kind == p.MESSAGE_ARTIFACT_TYPE:
+            message = receiver.fetch_message(digest, check_recipient=False)
+            verified = receiver.verify_message(message)
+            if args.chunks:
+                sink = _NullSink()
+                for index in range(message.chunk_count):
+                    receiver.fetch_chunk(message, index, sink)  # type: ignore[arg-type]
+            result = summary(message) | {
+                "kind": "message",
+                "verified": True,
+                "chunks_verified": bool(args.chunks),
+                "signer": asdict(verified.signer),
+            }
+        else:
+            raise ManifestError(f"{digest} is neither a message nor a receipt ({kind!r})")
+    emit(args, result, lambda r: f"OK: {r['kind']} {digest} signed by {r['signer']['identity']}")
+    return 0
+
+
+class _NullSink:
+    """Counts and discards verified chunk bytes (``verify --chunks``)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        return len(data)
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    """Send a signed receipt for a message addressed to me."""
+    workspace = _workspace(args)
+    with workspace.client(registry_options(args)) as client:
+        receiver = workspace.receiver(client)
+        message = receiver.fetch_message(p.check_digest(args.for_digest))
+        try:
+            receiver.verify_message(message)
+            verified = True
+        except DockerCommsError as exc:
+            if args.status == "accepted":
+                raise
+            log.info("acknowledging an unverified message as rejected: %s", exc)
+            verified = False
+        receipt = send_receipt(
+            client,
+            workspace.signer(),
+            me=workspace.identity,
+            message=message,
+            status=args.status,
+            verified=verified,
+            reason=args.reason,
+            ttl_seconds=workspace.settings.ttl_seconds,
+        )
+    emit(args, asdict(receipt), lambda r: f"receipt {r['digest']}\ntag: {r['tag']}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """List my inbox with verification state (signatures only, no chunk download)."""
+    workspace = _workspace(args)
+    rows: list[dict[str, Any]] = []
+    with workspace.client(registry_options(args)) as client:
+        receiver = workspace.receiver(client)
+        for entry in receiver.inbox():
+            if entry.message is None:
+                assert entry.error is not None
+                rows.append(
+                    {"tag": entry.tag, "verified": False, "error": entry.error.diagnostics()}
+                )
+                continue
+            row = summary(entry.message)
+            try:
+                receiver.verify_message(entry.message)
+                row |= {"verified": True}
+            except DockerCommsError as exc:
+                row |= {"verified": False, "error": exc.diagnostics()}
+            rows.append(row)
+    emit(args, rows, _ls_text)
+    return 0
+
+
+def _ls_text(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in rows:
+        if "filename" not in r:
+            lines.append(f"{'INVALID':<9} {r['tag']}: {r['error']}")
+            continue
+        state = "verified" if r["verified"] else "REJECTED"
+        size = f"{r['total_bytes']:>12}"
+        why = "" if r["verified"] else f"  ({r['error']})"
+        lines.append(f"{state:<9} {r['created_at']}  {size}  {r['sender']:<24} {r['filename']}{why}")
+    return "\n".join(lines) or "inbox is empty"
+
+
+def add_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    registry: argparse.ArgumentParser,
+) -> None:
+    """Register the messaging commands."""
+    parents = [common, registry]
+    s = sub.add_parser("send", parents=parents, help="send a file, signed")
+    s.add_argument("file")
+    s.add_argument("--recipient", "-r", required=True)
+    s.add_argument("--chunk-bytes", type=int)
+    s.add_argument("--compress", choices=list(p.COMPRESSIONS))
+    s.add_argument("--ttl-seconds", type=int)
+    s.add_argument("--session", help="session id (tag's sid8); default a fresh UUID")
+    s.add_argument("--identity-token", help="OIDC token for keyless signing")
+    s.add_argument("--interactive", action="store_true", help="allow the browser OIDC flow")
+    s.set_defaults(func=cmd_send)
+
+    r = sub.add_parser("recv", parents=parents, help="receive and verify new messages")
+    r.add_argument("--me", help="my identity (must match the configured one)")
+    r.add_argument("--out", required=True, help="folder to write received files into")
+    r.add_argument("--since", help="only messages newer than this (RFC 3339, or 30m/24h/7d)")
+    r.add_argument("--max", type=int, help="receive at most N messages")
+    r.add_argument(
+        "--write-receipt",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="send a signed 'accepted' receipt for each received file (default: on)",
+    )
+    r.add_argument("--identity-token", help="OIDC token for keyless receipts")
+    r.set_defaults(func=cmd_recv)
+
+    v = sub.add_parser("verify", parents=parents, help="verify a message or receipt by digest")
+    v.add_argument("--digest", required=True)
+    v.add_argument("--bundle", choices=["auto", "referrers", "tag"], default="auto")
+    v.add_argument("--chunks", action="store_true", help="also download and check every chunk")
+    v.set_defaults(func=cmd_verify)
+
+    a = sub.add_parser("ack", parents=parents, help="send a signed receipt")
+    a.add_argument("--for", dest="for_digest", required=True, help="message digest")
+    a.add_argument("--status", choices=list(p.RECEIPT_STATUSES), required=True)
+    a.add_argument("--reason")
+    a.add_argument("--identity-token", help="OIDC token for keyless signing")
+    a.set_defaults(func=cmd_ack)
+
+    ls = sub.add_parser("ls", parents=parents, help="list my inbox")
+    ls.set_defaults(func=cmd_ls)

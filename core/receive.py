@@ -1,0 +1,242 @@
+"""Receiving: verify before expose, in the order of SPEC section 5.
+
+Caveats first:
+
+* ``verify_message`` covers steps 2-7 (manifest, bundle, signer, sender, TTL) and
+  touches no chunk. ``fetch_chunk`` covers step 8 for one chunk: it downloads the
+  compressed blob to a private temp file, checks its digest, and only then
+  decompresses into the caller's file. Nothing unverified reaches the caller.
+* ``materialise`` (step 9) writes into a hidden 0600 temp file in the output
+  folder, fsyncs, and links it to a free name (``os.link`` fails instead of
+  overwriting), then fsyncs the folder.
+* A bad message raises; the caller reports it and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from dockercomms.core import manifest as m
+from dockercomms.core import protocol as p
+from dockercomms.core.chunking import extract_layer
+from dockercomms.core.errors import (
+    DockerCommsError,
+    ExpiredError,
+    ManifestError,
+    OutputError,
+    SenderMismatchError,
+    SignatureError,
+    VerificationError,
+)
+from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.signatures import DiscoveryMode, bundle_candidates
+from dockercomms.core.signing.verify import BundleVerifier, VerifiedSigner
+
+log = logging.getLogger(__name__)
+
+CLOCK_SKEW = timedelta(minutes=5)
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class VerifiedMessage:
+    """A message whose manifest, signature and signer verified (chunks not yet)."""
+
+    message: m.Message
+    signer: VerifiedSigner
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """One tag in my inbox: the parsed message, or why it could not be parsed."""
+
+    tag: str
+    message: m.Message | None
+    error: DockerCommsError | None
+
+
+class Receiver:
+    """Reads and verifies messages addressed to ``me`` in one repository."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        verifier: BundleVerifier,
+        me: str,
+        *,
+        clock: Clock = _utcnow,
+        bundle_mode: DiscoveryMode = "auto",
+    ) -> None:
+        self.client = client
+        self.verifier = verifier
+        self.me = me
+        self.clock = clock
+        self.bundle_mode = bundle_mode
+
+    # Step 1.
+    def inbox(self) -> Iterator[InboxEntry]:
+        """Every message tag addressed to me, parsed, de-duplicated by id and digest."""
+        seen_ids: set[str] = set()
+        seen_digests: set[str] = set()
+        for tag in self.client.list_tags(p.inbox_prefix(self.me)):
+            try:
+                message = self.fetch_message(tag)
+            except DockerCommsError as exc:
+                yield InboxEntry(tag, None, exc)
+                continue
+            if message.message_id in seen_ids or message.digest in seen_digests:
+                continue
+            seen_ids.add(message.message_id)
+            seen_digests.add(message.digest)
+            yield InboxEntry(tag, message, None)
+
+    # Steps 2-3.
+    def fetch_message(self, reference: str, *, check_recipient: bool = True) -> m.Message:
+        """Fetch and validate a message manifest by tag or digest."""
+        raw, digest = self.client.fetch_manifest(reference)
+        tag = None if p.DIGEST_PATTERN.fullmatch(reference) else reference
+        return m.parse_message(
+            raw,
+            digest,
+            tag=tag,
+            me=self.me if check_recipient else None,
+            limits=self.client.limits,
+        )
+
+    # Steps 4-7.
+    def verify_message(self, message: m.Message) -> VerifiedMessage:
+        """Verify signature, signer and freshness; touches no chunk."""
+        signer = self.verify_signature(message.digest)
+        # 6. The signer must be trusted as exactly the claimed sender.
+        if signer.name != message.sender:
+            raise SenderMismatchError(
+                f"message claims sender {message.sender!r} but is signed by {signer.identity} "
+                f"(trusted as {signer.name!r})"
+            )
+        # 7. Expired messages are refused (with clock skew allowance).
+        now = self.clock()
+        if message.expires_at + CLOCK_SKEW < now:
+            raise ExpiredError(f"message expired at {p.format_timestamp(message.expires_at)}")
+        if message.created_at - CLOCK_SKEW > now:
+            raise VerificationError(
+                "message claims to be created in the future "
+                f"({p.format_timestamp(message.created_at)})"
+            )
+        return VerifiedMessage(message, signer)
+
+    def verify_signature(self, subject_digest: str) -> VerifiedSigner:
+        """Steps 4-5: the first bundle that verifies for ``subject_digest`` wins."""
+        first_error: DockerCommsError | None = None
+        for candidate in bundle_candidates(self.client, subject_digest, self.bundle_mode):
+            if isinstance(candidate, DockerCommsError):
+                first_error = first_error or candidate
+                continue
+            try:
+                return self.verifier.verify(candidate, subject_digest)
+            except VerificationError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        raise SignatureError(f"no signature found for {subject_digest}")
+
+    # Step 8, one chunk.
+    def fetch_chunk(
+        self,
+        message: m.Message,
+        index: int,
+        out: BinaryIO,
+        *,
+        spool_dir: Path | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Write chunk ``index``'s verified bytes to ``out`` (nothing on failure)."""
+        layer = message.chunks[index]
+        length = min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
+        with tempfile.TemporaryFile(dir=spool_dir, prefix=".dockercomms-blob-") as blob:
+            self.client.fetch_blob(
+                layer.digest,
+                blob,
+                expected_size=layer.size,
+                on_progress=on_progress or (lambda _: None),
+            )
+            blob.seek(0)
+            extract_layer(
+                blob,
+                index=index,
+                expected_length=length,
+                compression=message.compression,
+                out=out,
+            )
+
+    # Steps 8-9 for the CLI.
+    def materialise(
+        self,
+        verified: VerifiedMessage,
+        out_dir: Path,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Path:
+        """Write the whole verified file into ``out_dir`` under a free name."""
+        message = verified.message
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".dockercomms-", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for index in range(message.chunk_count):
+                    self.fetch_chunk(message, index, out, on_progress=on_progress)
+                out.flush()
+                if out.tell() != message.total_bytes:
+                    raise ManifestError(
+                        f"received {out.tell()} bytes, manifest says {message.total_bytes}"
+                    )
+                os.fsync(out.fileno())
+            final = _link_to_free_name(tmp, out_dir, message)
+        except OSError as exc:
+            raise OutputError(f"cannot write into {out_dir}: {exc.strerror or exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(out_dir)
+        return final
+
+
+def _candidate_names(message: m.Message) -> Iterator[str]:
+    yield message.filename
+    stem, dot, ext = message.filename.rpartition(".")
+    if not stem:
+        stem, dot, ext = message.filename, "", ""
+    suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
+    yield f"{stem} ({suffix}){dot}{ext}"
+    for n in range(2, 1000):
+        yield f"{stem} ({suffix}-{n}){dot}{ext}"
+
+
+def _link_to_free_name(tmp: Path, out_dir: Path, message: m.Message) -> Path:
+    for name in _candidate_names(message):
+        target = out_dir / name
+        if len(name.encode()) > 255:
+            continue
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, target)
+            return target
+    raise OutputError(f"no free name for {message.filename!r} in {out_dir}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,510 @@
+"""The registry client: oras-py's session plumbing plus what it lacks.
+
+Caveats first:
+
+* oras-py's own ``do_request`` retries any exception for ~131 s and has no
+  timeouts; we override it so every request has connect/read timeouts and the one
+  retry policy of :mod:`.retry`.
+* Request bodies that are generators (streamed chunk uploads) cannot be replayed,
+  so those requests are not retried here; the caller restarts that one chunk.
+* Every download is hashed while it streams and checked against the digest we
+  asked for; a mismatch is :class:`DigestMismatchError`, never returned bytes.
+* Manifests are pushed and fetched as exact bytes, because the signature covers
+  the digest of those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+
+import oras.provider
+import requests
+from dockercomms.core import protocol as p
+from dockercomms.core.errors import (
+    AuthError,
+    DigestMismatchError,
+    LimitExceededError,
+    NotFoundError,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from dockercomms.core.limits import DEFAULT_LIMITS, Limits
+from dockercomms.core.manifest import Descriptor, parse_index
+from dockercomms.core.registry.auth import Anonymous, Authenticator
+from dockercomms.core.registry.reference import RepositoryRef
+from dockercomms.core.registry.retry import (
+    TEMPORARY_EXCEPTIONS,
+    TEMPORARY_STATUSES,
+    Deadline,
+    RetryPolicy,
+    retry_after_seconds,
+)
+
+log = logging.getLogger(__name__)
+
+PIECE = 1024 * 1024
+MANIFEST_ACCEPT = ", ".join([p.OCI_MANIFEST, p.OCI_INDEX])
+Progress = Callable[[int], None]
+
+
+def _no_progress(_: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class PushedManifest:
+    """What the registry said about a manifest PUT.
+
+    Attributes:
+        digest: sha256 of the bytes we sent (checked against the registry's header).
+        subject_accepted: the registry answered with ``OCI-Subject``, so it
+            indexes referrers itself and no fallback tag is needed.
+    """
+
+    digest: str
+    subject_accepted: bool
+
+
+class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
+    """One repository on one registry, over HTTP(S) or the embedded layout.
+
+    Attributes:
+        ref: where the repository lives.
+        policy: timeouts and retry budget for every request.
+        limits: caps on what we download.
+    """
+
+    def __init__(
+        self,
+        ref: RepositoryRef,
+        *,
+        policy: RetryPolicy | None = None,
+        authenticator: Authenticator | None = None,
+        tls_verify: bool | str = True,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        super().__init__(
+            hostname=ref.host or None, insecure=ref.scheme == "http", tls_verify=tls_verify
+        )
+        self.ref = ref
+        self.policy = policy or RetryPolicy()
+        self.limits = limits
+        self._authenticator: Authenticator = authenticator or Anonymous()
+        if ref.layout_dir is not None:
+            from dockercomms.core.registry.embedded import (
+                EMBEDDED_BASE_URL,
+                EmbeddedRegistryAdapter,
+            )
+
+            self.base_url = EMBEDDED_BASE_URL
+            self.session.mount(EMBEDDED_BASE_URL + "/", EmbeddedRegistryAdapter(ref.layout_dir))
+        else:
+            self.base_url = f"{ref.scheme}://{ref.host}"
+        self._repo_url = f"{self.base_url}/v2/{ref.name}"
+
+    def close(self) -> None:
+        """Close pooled connections (and the embedded adapter's files)."""
+        self.session.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- request plumbing -----------------------------------------------------------
+
+    def _scope(self, push: bool) -> str:
+        return f"repository:{self.ref.name}:{'pull,push' if push else 'pull'}"
+
+    def do_request(
+        self,
+        url: str,
+        method: str = "GET",
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        json: Any = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        """oras-py's hook, routed through our timeouts, auth and retry policy."""
+        push = method not in ("GET", "HEAD")
+        return self.request(method, url, data=data, headers=headers, stream=stream, push=push)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        push: bool = False,
+        ok: tuple[int, ...] = (200, 201, 202, 204, 206),
+        what: str = "",
+    ) -> requests.Response:
+        """Send one request with auth, timeouts and retries; raise typed errors.
+
+        Returns the response only when its status is in ``ok``; otherwise the
+        status decides the exception (401/403 -> AuthError, 404 -> NotFoundError,
+        429/5xx/connection failures -> RegistryUnavailableError after retries).
+        """
+        replayable = data is None or isinstance(data, bytes | bytearray | str)
+        scope = self._scope(push)
+        deadline = Deadline(self.policy.total_budget)
+        attempt = 0
+        challenged = False
+        what = what or f"{method} {urlsplit(url).path}"
+        while True:
+            attempt += 1
+            merged = dict(headers or {})
+            merged.update(self._authenticator.headers_for(scope))
+            try:
+                response: requests.Response = self.session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=merged,
+                    stream=stream,
+                    timeout=self.policy.timeout,
+                    verify=self._tls_verify,
+                    allow_redirects=True,
+                )
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(f"{what}: TLS error: {exc}") from exc
+            except TEMPORARY_EXCEPTIONS as exc:
+                wait = self.policy.delay(attempt)
+                if replayable and attempt < self.policy.attempts and deadline.allows(wait):
+                    log.info("%s failed (%s), retrying in %.1fs", what, type(exc).__name__, wait)
+                    time.sleep(wait)
+                    continue
+                raise RegistryUnavailableError(f"{what}: registry unreachable: {exc}") from exc
+            if response.status_code in ok:
+                return response
+            if response.status_code == 401 and not challenged and replayable:
+                challenged = True
+                if self._authenticator.handle_challenge(response, scope):
+                    response.close()
+                    continue
+            if response.status_code in TEMPORARY_STATUSES:
+                wait = self.policy.delay(attempt, retry_after_seconds(response))
+                if replayable and attempt < self.policy.attempts and deadline.allows(wait):
+                    log.info("%s got HTTP %d, retrying in %.1fs", what, response.status_code, wait)
+                    response.close()
+                    time.sleep(wait)
+                    continue
+            raise _error_for(response, what)
+
+    def _url(self, location: str) -> str:
+        return urljoin(self.base_url + "/", location)
+
+    # --- blobs ----------------------------------------------------------------------
+
+    def blob_url(self, digest: str) -> str:
+        """Absolute URL of a blob in this repository."""
+        return f"{self._repo_url}/blobs/{p.check_digest(digest)}"
+
+    def has_blob(self, digest: str) -> bool:
+        """HEAD the blob: True if the registry already has it (skip re-upload)."""
+        try:
+            self.request("HEAD", self.blob_url(digest), what=f"HEAD blob {digest[:19]}").close()
+        except NotFoundError:
+            return False
+        return True
+
+    def _start_upload(self) -> str:
+        response = self.request(
+            "POST", f"{self._repo_url}/blobs/uploads/", push=True, ok=(202,), what="start upload"
+        )
+        response.close()
+        location = response.headers.get("Location")
+        if not location:
+            raise RegistryError("registry started an upload without a Location header")
+        return self._url(location)
+
+    @staticmethod
+    def _with_digest(location: str, digest: str) -> str:
+        parts = urlsplit(location)
+        query = (parts.query + "&" if parts.query else "") + urlencode({"digest": digest})
+        return urlunsplit(parts._replace(query=query))
+
+    def push_blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
+        """Upload a small blob in one PUT, unless the registry already has it."""
+        digest = p.sha256_digest(data)
+        if not self.has_blob(digest):
+            location = self._start_upload()
+            self.request(
+                "PUT",
+                self._with_digest(location, digest),
+                data=data,
+                headers={"Content-Type": "application/octet-stream"},
+                push=True,
+                ok=(201, 204),
+                what=f"upload blob {digest[:19]}",
+            ).close()
+        return Descriptor(media_type, digest, len(data))
+
+    def push_blob_stream(
+        self, pieces: Iterable[bytes], media_type: str, *, on_progress: Progress = _no_progress
+    ) -> Descriptor:
+        """Stream a blob whose digest is not known yet: POST, one PATCH, PUT ?digest=.
+
+        The body is hashed as it is sent, so memory stays at one piece and the
+        bytes are read once. Not retried here: a failure restarts the whole blob
+        at the caller, which regenerates ``pieces``.
+        """
+        hasher = hashlib.sha256()
+        sent = 0
+
+        def body() -> Iterator[bytes]:
+            nonlocal sent
+            for piece in pieces:
+                hasher.update(piece)
+                sent += len(piece)
+                on_progress(len(piece))
+                yield piece
+
+        location = self._start_upload()
+        response = self.request(
+            "PATCH",
+            location,
+            data=body(),
+            headers={"Content-Type": "application/octet-stream"},
+            push=True,
+            ok=(202, 204),
+            what="upload blob data",
+        )
+        response.close()
+        location = self._url(response.headers.get("Location") or location)
+        digest = "sha256:" + hasher.hexdigest()
+        self.request(
+            "PUT",
+            self._with_digest(location, digest),
+            headers={"Content-Length": "0"},
+            data=b"",
+            push=True,
+            ok=(201, 204),
+            what=f"finish blob {digest[:19]}",
+        ).close()
+        return Descriptor(media_type, digest, sent)
+
+    def fetch_blob(
+        self,
+        digest: str,
+        out: BinaryIO,
+        *,
+        expected_size: int,
+        on_progress: Progress = _no_progress,
+    ) -> None:
+        """Stream a blob into ``out``, hashing as it goes; raise on any mismatch.
+
+        ``out`` holds unverified bytes until this returns: callers write into a
+        private temporary file, never into anything a user can see.
+        """
+        response = self.request(
+            "GET", self.blob_url(digest), stream=True, what=f"GET blob {digest[:19]}"
+        )
+        hasher = hashlib.sha256()
+        received = 0
+        try:
+            for piece in response.iter_content(PIECE):
+                received += len(piece)
+                if received > expected_size:
+                    raise DigestMismatchError(
+                        f"blob {digest[:19]} is larger than its descriptor says "
+                        f"({expected_size} bytes)"
+                    )
+                hasher.update(piece)
+                out.write(piece)
+                on_progress(len(piece))
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise RegistryUnavailableError(f"download of {digest[:19]} broke off: {exc}") from exc
+        finally:
+            response.close()
+        actual = "sha256:" + hasher.hexdigest()
+        if received != expected_size or actual != digest:
+            raise DigestMismatchError(
+                f"blob {digest[:19]}: got {received} bytes hashing to {actual[:19]}, "
+                f"expected {expected_size} bytes hashing to {digest[:19]}"
+            )
+
+    def fetch_small_blob(self, digest: str, *, max_bytes: int) -> bytes:
+        """A small blob (bundle) fully in memory, capped and digest-checked."""
+        response = self.request(
+            "GET", self.blob_url(digest), stream=True, what=f"GET blob {digest[:19]}"
+        )
+        data = _read_capped(response, max_bytes, f"blob {digest[:19]}")
+        if p.sha256_digest(data) != digest:
+            raise DigestMismatchError(f"blob {digest[:19]} does not hash to its digest")
+        return data
+
+    def delete_blob(self, digest: str) -> None:
+        """Delete a blob (where the registry allows it)."""
+        self.request("DELETE", self.blob_url(digest), push=True, ok=(200, 202, 204)).close()
+
+    # --- manifests ------------------------------------------------------------------
+
+    def manifest_url(self, reference: str) -> str:
+        """Absolute URL of a manifest by tag or digest."""
+        if not p.DIGEST_PATTERN.fullmatch(reference):
+            p.check_tag(reference)
+        return f"{self._repo_url}/manifests/{reference}"
+
+    def push_manifest(
+        self, raw: bytes, reference: str | None = None, *, media_type: str = p.OCI_MANIFEST
+    ) -> PushedManifest:
+        """PUT exact manifest bytes by tag, or by their own digest when untagged."""
+        digest = p.sha256_digest(raw)
+        response = self.request(
+            "PUT",
+            self.manifest_url(reference or digest),
+            data=raw,
+            headers={"Content-Type": media_type},
+            push=True,
+            ok=(200, 201, 202),
+            what=f"PUT manifest {reference or digest[:19]}",
+        )
+        response.close()
+        answered = response.headers.get("Docker-Content-Digest")
+        if answered and answered != digest:
+            raise RegistryError(f"registry stored manifest as {answered}, we sent {digest}")
+        return PushedManifest(digest, bool(response.headers.get("OCI-Subject")))
+
+    def fetch_manifest(self, reference: str) -> tuple[bytes, str]:
+        """Exact manifest bytes and their digest (SPEC 5 step 2).
+
+        A ``Docker-Content-Digest`` that disagrees with the bytes, or a digest
+        reference that does not match them, is an error.
+        """
+        response = self.request(
+            "GET",
+            self.manifest_url(reference),
+            headers={"Accept": MANIFEST_ACCEPT},
+            stream=True,
+            what=f"GET manifest {reference[:40]}",
+        )
+        header = response.headers.get("Docker-Content-Digest")
+        raw = _read_capped(response, self.limits.max_manifest_bytes, f"manifest {reference[:40]}")
+        digest = p.sha256_digest(raw)
+        if header and header != digest:
+            raise DigestMismatchError(f"registry says {header} but the manifest hashes to {digest}")
+        if p.DIGEST_PATTERN.fullmatch(reference) and reference != digest:
+            raise DigestMismatchError(f"asked for {reference}, got bytes hashing to {digest}")
+        return raw, digest
+
+    def delete_manifest(self, digest: str) -> None:
+        """Delete a manifest by digest (removes every tag pointing at it)."""
+        self.request("DELETE", self.manifest_url(digest), push=True, ok=(200, 202, 204)).close()
+
+    # --- discovery ------------------------------------------------------------------
+
+    def list_tags(self, prefix: str = "") -> list[str]:
+        """Every tag (following ``Link`` pagination), filtered by prefix and sorted.
+
+        Registries differ (distribution 2.8 ignores ``n``/``last`` and returns
+        tags unsorted), so filtering and ordering happen here.
+        """
+        url: str | None = f"{self._repo_url}/tags/list?n=1000"
+        tags: set[str] = set()
+        pages = 0
+        while url:
+            pages += 1
+            if pages > 100_000:
+                raise RegistryError("tag listing does not end")
+            response = self.request("GET", url, stream=True, what="list tags")
+            link = response.links.get("next", {}).get("url")
+            raw = _read_capped(response, self.limits.max_tag_page_bytes, "tag list page")
+            doc = _json_object(raw, "tag list")
+            page = doc.get("tags") or []
+            if not isinstance(page, list):
+                raise RegistryError("tag list is malformed")
+            before = len(tags)
+            tags.update(t for t in page if isinstance(t, str) and t.startswith(prefix))
+            url = self._url(link) if link and (page or len(tags) > before) else None
+        return sorted(tags)
+
+    def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor] | None:
+        """Referrers via the OCI 1.1 API, or None when the registry lacks it."""
+        url = f"{self._repo_url}/referrers/{p.check_digest(digest)}"
+        if artifact_type:
+            url += "?" + urlencode({"artifactType": artifact_type})
+        try:
+            response = self.request("GET", url, stream=True, what="referrers")
+        except NotFoundError:
+            return None
+        except RegistryError as exc:
+            log.debug("referrers API unusable: %s", exc)
+            return None
+        content_type = response.headers.get("Content-Type", "")
+        raw = _read_capped(response, self.limits.max_manifest_bytes, "referrers index")
+        if not content_type.startswith(p.OCI_INDEX) and not content_type.startswith(
+            "application/json"
+        ):
+            return None
+        found = parse_index(raw)
+        if artifact_type:
+            found = [d for d in found if d.artifact_type == artifact_type]
+        return found
+
+
+def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        for piece in response.iter_content(64 * 1024):
+            total += len(piece)
+            if total > limit:
+                raise LimitExceededError(f"{what} is larger than {limit} bytes")
+            chunks.append(piece)
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+        raise RegistryUnavailableError(f"{what}: connection broke off: {exc}") from exc
+    finally:
+        response.close()
+    return b"".join(chunks)
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise RegistryError(f"{what} is not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise RegistryError(f"{what} is not a JSON object")
+    return value
+
+
+def _error_for(response: requests.Response, what: str) -> RegistryError:
+    status = response.status_code
+    detail = _error_detail(response)
+    response.close()
+    text = f"{what}: HTTP {status}{': ' + detail if detail else ''}"
+    if status in (401, 403):
+        return AuthError(f"{text} (check your registry credentials)")
+    if status == 404:
+        return NotFoundError(text)
+    if status in TEMPORARY_STATUSES:
+        return RegistryUnavailableError(text)
+    return RegistryError(text)
+
+
+def _error_detail(response: requests.Response) -> str:
+    try:
+        if getattr(response, "_content_consumed", False):
+            raw = response.content[:4096]
+        else:
+            raw = response.raw.read(4096) if response.raw is not None else b""
+    except Exception:  # the body only decorates the message; never mask the status
+        return ""
+    try:
+        errors = json.loads(raw).get("errors") or []
+        return "; ".join(
+            f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)
+        )
+    except (ValueError, AttributeError):
+        return raw[:200].decode("utf-8", "replace").strip()

@@ -1,0 +1,1106 @@
+"""In-process OCI registry served from an OCI image layout directory (SPEC 8).
+
+Caveats:
+    * One layout is one repository. The ``<name>`` in ``/v2/<name>/...`` must be a valid
+      repository name but is otherwise ignored: every name sees the same blobs and tags.
+    * Only ``sha256`` digests are accepted.
+    * Upload sessions live in the memory of one adapter. Another process, or another
+      adapter on the same layout, cannot continue them. Their partial files sit in
+      ``<layout>/.uploads/`` and are removed on cancel, failure and ``close()``; a process
+      that crashes leaves them behind.
+    * No garbage collection and no reference counting: deleting a manifest by digest
+      deletes its own blob only, and deleting a blob does not ask who still needs it.
+    * ``Accept`` is not negotiated: a manifest is served with the media type it was
+      pushed with.
+    * No authentication: whoever can mount the adapter can read and write the layout.
+    * A streamed blob (``stream=True``) holds an open file until its body has been read to
+      the end or the response is closed, so use ``with session.get(..., stream=True)``.
+    * Untagging keeps the manifest: when its last tag goes it is given an untagged
+      descriptor in ``index.json``, so it stays reachable by digest, by the referrers API
+      and by tools that walk the layout (``skopeo``, layout garbage collectors).
+
+Mount it on a ``requests.Session`` under :data:`EMBEDDED_BASE_URL`; the registry client
+then talks to the layout exactly as it would to a remote registry, with no socket.
+
+Several processes and threads may share one layout. Nothing is modified in place: blobs
+and ``index.json`` are written to a temp file on the same filesystem, fsynced and renamed,
+so a reader sees the old or the new file, never a torn one, and readers take no lock.
+Changes to ``index.json`` are read-modify-write cycles serialised by a file lock
+(``index.json.lock``) across processes and a mutex across threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http
+import io
+import json
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Final
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import filelock
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_encoding_from_headers
+
+__all__ = ["EMBEDDED_BASE_URL", "MAX_MANIFEST_BYTES", "EmbeddedRegistryAdapter"]
+
+EMBEDDED_BASE_URL: Final = "http://dockercomms-embedded.invalid"
+"""Where to mount the adapter; ``.invalid`` can never resolve to a real host."""
+
+MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
+"""Largest manifest accepted by default, the limit common to public registries."""
+
+_OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
+_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
+_OCI_EMPTY: Final = "application/vnd.oci.empty.v1+json"
+_DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
+_DOCKER_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
+_IMAGE_TYPES: Final = frozenset({_OCI_MANIFEST, _DOCKER_MANIFEST})
+_INDEX_TYPES: Final = frozenset({_OCI_INDEX, _DOCKER_LIST})
+_MANIFEST_TYPES: Final = _IMAGE_TYPES | _INDEX_TYPES
+_REF_NAME: Final = "org.opencontainers.image.ref.name"
+
+_COPY_CHUNK: Final = 1024 * 1024
+_STREAM_CHUNK: Final = 64 * 1024
+_EMPTY_INDEX: Final[dict[str, Any]] = {
+    "schemaVersion": 2,
+    "mediaType": _OCI_INDEX,
+    "manifests": [],
+}
+
+_DIGEST_RE: Final = re.compile(r"sha256:[a-f0-9]{64}")
+_TAG_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+_NAME_COMPONENT: Final = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_NAME_RE: Final = re.compile(rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
+_RANGE_RE: Final = re.compile(r"bytes=(\d*)-(\d*)")
+_CONTENT_RANGE_RE: Final = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
+
+_Descriptor = dict[str, Any]
+
+
+class _RegistryError(Exception):
+    """A distribution-spec error; the adapter turns it into an ``{"errors": [...]}`` reply."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+@dataclass
+class _Reply:
+    """What a route handler answers, before it becomes a ``requests.Response``."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes | _BlobStream = b""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request, decoded into what every route handler needs."""
+
+    method: str
+    name: str
+    arg: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+    body: object
+
+
+@dataclass(frozen=True)
+class _ManifestFacts:
+    """What ``index.json`` and the referrers API need to know about one stored manifest.
+
+    Manifests are immutable, so these are cached by digest for the adapter's lifetime.
+
+    Attributes:
+        artifact_type: the manifest's ``artifactType``, else a non-empty config media type.
+        annotations: the manifest's own annotations (string values only).
+        subject: digest of the manifest this one refers to, if any.
+    """
+
+    artifact_type: str | None
+    annotations: Mapping[str, str]
+    subject: str | None
+
+
+class _BlobStream:
+    """A response body read lazily from a blob file, shaped like urllib3's response.
+
+    requests closes ``raw`` only when the body was not consumed, so the file is also
+    closed as soon as its last byte has been read; an early ``Response.close()`` closes it
+    through ``close``/``release_conn``.
+    """
+
+    def __init__(self, file: BinaryIO, length: int) -> None:
+        self._file = file
+        self._left = length
+
+    @property
+    def closed(self) -> bool:
+        """True once the file is closed: the body is exhausted or was abandoned."""
+        return self._file.closed
+
+    def read(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        """Return up to ``amt`` bytes (all that is left when ``amt`` is None)."""
+        if self._file.closed:
+            return b""
+        wanted = self._left if amt is None or amt < 0 else min(amt, self._left)
+        data = self._file.read(wanted)
+        self._left -= len(data)
+        if not data or self._left <= 0:
+            self.close()
+        return data
+
+    def stream(
+        self, amt: int | None = _STREAM_CHUNK, decode_content: bool | None = None
+    ) -> Iterator[bytes]:
+        """Yield the body in pieces; what ``Response.iter_content`` calls."""
+        while chunk := self.read(amt or _STREAM_CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        """Release the file; safe to call more than once."""
+        self._file.close()
+
+    def release_conn(self) -> None:
+        """What requests calls on ``Response.close()`` even after the body was consumed."""
+        self.close()
+
+
+class _Upload:
+    """One blob upload in progress: the staged bytes so far and their running hash.
+
+    The hash is updated as bytes arrive, so finishing costs no re-read of a possibly huge
+    file. ``lock`` stops two requests for the same session from interleaving.
+    """
+
+    def __init__(self, path: Path, file: BinaryIO) -> None:
+        self.path = path
+        self.file = file
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+        self.lock = threading.Lock()
+
+    @property
+    def closed(self) -> bool:
+        """True once the upload was committed or discarded."""
+        return self.file.closed
+
+    @property
+    def digest(self) -> str:
+        """Digest of everything appended so far."""
+        return "sha256:" + self.hasher.hexdigest()
+
+    def append(self, chunks: Iterable[bytes], expected_length: int | None = None) -> None:
+        """Append one request body; if it fails, rewind so the client can retry the chunk."""
+        start, saved = self.offset, self.hasher.copy()
+        try:
+            for piece in chunks:
+                self.file.write(piece)
+                self.hasher.update(piece)
+                self.offset += len(piece)
+            received = self.offset - start
+            if expected_length is not None and received != expected_length:
+                raise _RegistryError(
+                    400,
+                    "SIZE_INVALID",
+                    f"Content-Range announced {expected_length} bytes, body had {received}",
+                )
+        except BaseException:
+            self.file.seek(start)
+            self.file.truncate()
+            self.offset, self.hasher = start, saved
+            raise
+
+    def seal(self) -> None:
+        """Make the staged bytes durable before they are renamed into the layout."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+
+    def discard(self) -> None:
+        """Close and delete the staged file (a no-op for the file once it was renamed)."""
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class _Uploads:
+    """The open upload sessions of one adapter, by UUID."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, _Upload] = {}
+        self._lock = threading.Lock()
+
+    def add(self, upload: _Upload) -> str:
+        """Register ``upload`` and return the UUID that names it in URLs."""
+        uid = str(uuid.uuid4())
+        with self._lock:
+            self._open[uid] = upload
+        return uid
+
+    @contextmanager
+    def hold(self, uid: str) -> Iterator[_Upload]:
+        """Give exclusive use of a live session, or fail with ``BLOB_UPLOAD_UNKNOWN``."""
+        with self._lock:
+            upload = self._open.get(uid)
+        if upload is None:
+            raise _unknown_upload(uid)
+        with upload.lock:
+            if upload.closed:
+                raise _unknown_upload(uid)
+            yield upload
+
+    def end(self, uid: str, upload: _Upload) -> None:
+        """Forget a session and delete whatever it still has staged."""
+        with self._lock:
+            self._open.pop(uid, None)
+        upload.discard()
+
+    def end_all(self) -> None:
+        """Cancel every session; used when the adapter is closed."""
+        with self._lock:
+            uploads, self._open = list(self._open.values()), {}
+        for upload in uploads:
+            with upload.lock:
+                upload.discard()
+
+
+class _Layout:
+    """The on-disk OCI image layout: content-addressed blobs plus ``index.json``.
+
+    Readers of ``index.json`` take no lock; the parsed index is cached and re-read only
+    when the file on disk was replaced. The cached object is shared and never mutated.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs" / "sha256"
+        self.staging_dir = root / ".uploads"
+        self._index_path = root / "index.json"
+        self._file_lock = filelock.FileLock(root / "index.json.lock")
+        self._mutex = threading.Lock()
+        self._ready = False
+        self._cached: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
+
+    def ensure(self) -> None:
+        """Create the layout skeleton on first use, tolerating other processes doing so too."""
+        if self._ready:
+            return
+        with self._mutex:
+            if self._ready:
+                return
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+            self.staging_dir.mkdir(exist_ok=True)
+            with self._file_lock:
+                marker = self.root / "oci-layout"
+                if not marker.exists():
+                    self._replace(marker, b'{"imageLayoutVersion":"1.0.0"}')
+                if not self._index_path.exists():
+                    self._replace(self._index_path, _encode_json(_EMPTY_INDEX))
+            self._ready = True
+
+    def blob_path(self, digest: str) -> Path:
+        """Where a blob lives; ``digest`` must already be validated."""
+        return self.blob_dir / digest.removeprefix("sha256:")
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether the blob is stored."""
+        return self.blob_path(digest).is_file()
+
+    def stage(self) -> _Upload:
+        """Start a staged file next to the blobs, so committing it is a same-disk rename."""
+        path = self.staging_dir / f"{uuid.uuid4().hex}.part"
+        return _Upload(path, open(path, "xb"))
+
+    def commit(self, upload: _Upload, digest: str) -> None:
+        """Verify a staged upload against ``digest`` and rename it into place.
+
+        The rename may replace an identical blob written by a racing client: content
+        addressing makes that harmless.
+        """
+        if upload.digest != digest:
+            raise _RegistryError(
+                400, "DIGEST_INVALID", f"upload hashes to {upload.digest}, not {digest}"
+            )
+        upload.seal()
+        os.replace(upload.path, self.blob_path(digest))
+        _fsync_dir(self.blob_dir)
+
+    def write_blob(self, digest: str, data: bytes) -> None:
+        """Store small, already-hashed content such as a manifest."""
+        if self.has_blob(digest):
+            return
+        upload = self.stage()
+        try:
+            upload.append([data])
+            self.commit(upload, digest)
+        finally:
+            upload.discard()
+
+    def delete_blob(self, digest: str) -> bool:
+        """Remove a blob; False when it was not there."""
+        try:
+            self.blob_path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.blob_dir)
+        return True
+
+    def read_index(self) -> dict[str, Any]:
+        """The current ``index.json``, parsed; do not mutate the result."""
+        with open(self._index_path, "rb") as file:
+            st = os.fstat(file.fileno())
+            key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+            cached = self._cached
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            index = _parse_index(file.read())
+        self._cached = (key, index)
+        return index
+
+    def descriptors(self) -> list[_Descriptor]:
+        """The descriptors in ``index.json``; do not mutate them."""
+        manifests: list[_Descriptor] = self.read_index()["manifests"]
+        return manifests
+
+    def update_index(self, change: Callable[[list[_Descriptor]], list[_Descriptor] | None]) -> bool:
+        """Apply ``change`` to the descriptor list under the lock; False if it changed nothing.
+
+        ``change`` gets a fresh copy read under the lock and returns the new list, or None
+        when there is nothing to do.
+        """
+        with self._mutex, self._file_lock:
+            index = _parse_index(self._index_path.read_bytes())
+            manifests = change(list(index["manifests"]))
+            if manifests is None:
+                return False
+            self._replace(self._index_path, _encode_json({**index, "manifests": manifests}))
+            return True
+
+    def _replace(self, path: Path, data: bytes) -> None:
+        staged = self.staging_dir / f"{uuid.uuid4().hex}.tmp"
+        try:
+            with open(staged, "xb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(staged, path)
+        finally:
+            staged.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+
+class EmbeddedRegistryAdapter(BaseAdapter):
+    """A ``requests`` transport that is an OCI registry over one image layout directory.
+
+    It serves the subset of the OCI distribution API 1.1 the registry client uses: blob
+    uploads (monolithic, chunked, cross-repository mount), blob and manifest reads with
+    ``HEAD``/``Range``, tags with ``Link`` pagination, the referrers API, and deletes.
+    Tags are ``org.opencontainers.image.ref.name`` annotations in ``index.json``, so
+    ``skopeo copy oci:<dir>:<tag>`` reads what was pushed.
+
+    Mount it with ``session.mount(EMBEDDED_BASE_URL + "/", adapter)``. The layout is
+    created on first use. ``close()`` (called by ``Session.close()``) cancels open uploads.
+    """
+
+    def __init__(self, layout_dir: Path, *, max_manifest_bytes: int = MAX_MANIFEST_BYTES) -> None:
+        super().__init__()
+        self.layout_dir = Path(layout_dir)
+        self.max_manifest_bytes = max_manifest_bytes
+        self._layout = _Layout(self.layout_dir)
+        self._uploads = _Uploads()
+        self._facts: dict[str, _ManifestFacts] = {}
+        self._routes: tuple[tuple[re.Pattern[str], dict[str, Callable[[_Call], _Reply]]], ...] = (
+            (re.compile(r"/v2/?"), {"GET": self._api_version, "HEAD": self._api_version}),
+            (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self._start_upload}),
+            (
+                re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<arg>[^/]+)"),
+                {
+                    "GET": self._upload_status,
+                    "PATCH": self._append_upload,
+                    "PUT": self._finish_upload,
+                    "DELETE": self._cancel_upload,
+                },
+            ),
+            (
+                re.compile(r"/v2/(?P<name>.+)/blobs/(?P<arg>[^/]+)"),
+                {"GET": self._get_blob, "HEAD": self._get_blob, "DELETE": self._delete_blob},
+            ),
+            (
+                re.compile(r"/v2/(?P<name>.+)/manifests/(?P<arg>[^/]+)"),
+                {
+                    "GET": self._get_manifest,
+                    "HEAD": self._get_manifest,
+                    "PUT": self._put_manifest,
+                    "DELETE": self._delete_manifest,
+                },
+            ),
+            (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": self._list_tags}),
+            (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<arg>[^/]+)"), {"GET": self._referrers}),
+        )
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Answer ``request`` from the layout; network options are meaningless and ignored.
+
+        A disk failure becomes a 500 reply, as a real registry would send, so the client's
+        error handling sees the same shapes here as on the network.
+        """
+        method = (request.method or "GET").upper()
+        try:
+            self._layout.ensure()
+            reply = self._dispatch(method, request)
+        except _RegistryError as err:
+            reply = _error_reply(err)
+        except OSError as err:
+            reply = _error_reply(_RegistryError(500, "UNKNOWN", f"layout failure: {err}"))
+        return _response(request, method, reply)
+
+    def close(self) -> None:
+        """Cancel open upload sessions and delete their staged files."""
+        self._uploads.end_all()
+
+    def _dispatch(self, method: str, request: requests.PreparedRequest) -> _Reply:
+        parts = urlsplit(request.url or "")
+        path = unquote(parts.path)
+        for pattern, handlers in self._routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            handler = handlers.get(method)
+            if handler is None:
+                raise _RegistryError(
+                    405,
+                    "UNSUPPORTED",
+                    f"{method} is not supported on {path}",
+                    {"Allow": ", ".join(sorted(handlers))},
+                )
+            groups = match.groupdict()
+            name = groups.get("name") or ""
+            if "name" in groups:
+                _check_name(name)
+            query = parse_qs(parts.query, keep_blank_values=True)
+            return handler(
+                _Call(
+                    method=method,
+                    name=name,
+                    arg=groups.get("arg") or "",
+                    query={key: values[0] for key, values in query.items()},
+                    headers=request.headers,
+                    body=request.body,
+                )
+            )
+        raise _RegistryError(404, "UNSUPPORTED", f"no such endpoint: {path}")
+
+    def _api_version(self, call: _Call) -> _Reply:
+        return _json_reply(200, {})
+
+    def _get_blob(self, call: _Call) -> _Reply:
+        digest = _check_digest(call.arg)
+        headers = {
+            "Docker-Content-Digest": digest,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        }
+        path = self._layout.blob_path(digest)
+        try:
+            if call.method == "HEAD":
+                return _Reply(200, {**headers, "Content-Length": str(path.stat().st_size)})
+            file = open(path, "rb")  # noqa: SIM115 - handed to the response body
+        except FileNotFoundError:
+            raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is not stored") from None
+        try:
+            return _blob_reply(file, headers, call.headers.get("Range"))
+        except BaseException:
+            file.close()
+            raise
+
+    def _delete_blob(self, call: _Call) -> _Reply:
+        digest = _check_digest(call.arg)
+        if not self._layout.delete_blob(digest):
+            raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is not stored")
+        return _Reply(202, {"Docker-Content-Digest": digest})
+
+    def _start_upload(self, call: _Call) -> _Reply:
+        mounted = call.query.get("mount", "")
+        if _DIGEST_RE.fullmatch(mounted) and self._layout.has_blob(mounted):
+            return _blob_created(call.name, mounted)
+        if "digest" in call.query and not mounted:
+            return self._monolithic_upload(call, _check_digest(call.query["digest"]))
+        uid = self._uploads.add(self._layout.stage())
+        return _Reply(202, _upload_headers(call.name, uid, 0))
+
+    def _monolithic_upload(self, call: _Call, digest: str) -> _Reply:
+        upload = self._layout.stage()
+        try:
+            upload.append(_body_chunks(call.body))
+            self._layout.commit(upload, digest)
+        finally:
+            upload.discard()
+        return _blob_created(call.name, digest)
+
+    def _upload_status(self, call: _Call) -> _Reply:
+        with self._uploads.hold(call.arg) as upload:
+            return _Reply(204, _upload_headers(call.name, call.arg, upload.offset))
+
+    def _append_upload(self, call: _Call) -> _Reply:
+        with self._uploads.hold(call.arg) as upload:
+            span = _content_range(call.headers.get("Content-Range"))
+            if span is not None and span[0] != upload.offset:
+                raise _RegistryError(
+                    416,
+                    "BLOB_UPLOAD_INVALID",
+                    f"chunk starts at {span[0]}, upload is at {upload.offset}",
+                    _upload_headers(call.name, call.arg, upload.offset),
+                )
+            expected = None if span is None else span[1] - span[0] + 1
+            upload.append(_body_chunks(call.body), expected)
+            return _Reply(202, _upload_headers(call.name, call.arg, upload.offset))
+
+    def _finish_upload(self, call: _Call) -> _Reply:
+        with self._uploads.hold(call.arg) as upload:
+            try:
+                digest = _check_digest(call.query.get("digest", ""))
+                upload.append(_body_chunks(call.body))
+                self._layout.commit(upload, digest)
+            finally:
+                self._uploads.end(call.arg, upload)
+        return _blob_created(call.name, digest)
+
+    def _cancel_upload(self, call: _Call) -> _Reply:
+        with self._uploads.hold(call.arg) as upload:
+            self._uploads.end(call.arg, upload)
+        return _Reply(204)
+
+    def _get_manifest(self, call: _Call) -> _Reply:
+        descriptor = self._find_manifest(call.arg)
+        digest = descriptor["digest"]
+        try:
+            body = self._layout.blob_path(digest).read_bytes()
+        except FileNotFoundError:
+            raise _unknown_manifest(call.arg) from None
+        media_type = descriptor.get("mediaType") or _declared_media_type(body)
+        return _Reply(200, {"Content-Type": media_type, "Docker-Content-Digest": digest}, body=body)
+
+    def _find_manifest(self, reference: str) -> _Descriptor:
+        if ":" in reference:
+            digest = _check_digest(reference)
+            found = [d for d in self._layout.descriptors() if d.get("digest") == digest]
+        else:
+            tag = _check_tag(reference)
+            found = [d for d in self._layout.descriptors() if _ref_name(d) == tag]
+        if not found or not _DIGEST_RE.fullmatch(str(found[-1].get("digest"))):
+            raise _unknown_manifest(reference)
+        return found[-1]
+
+    def _put_manifest(self, call: _Call) -> _Reply:
+        body = _read_limited(call.body, self.max_manifest_bytes)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        tag = None
+        if ":" in call.arg:
+            if _check_digest(call.arg) != digest:
+                raise _RegistryError(
+                    400, "DIGEST_INVALID", f"manifest hashes to {digest}, not {call.arg}"
+                )
+        else:
+            tag = _check_tag(call.arg)
+        document = _parse_manifest(body)
+        media_type = _manifest_media_type(call.headers.get("Content-Type"), document)
+        self._check_references(document, media_type)
+        facts = _facts_of(document, media_type)
+        self._layout.write_blob(digest, body)
+        self._facts[digest] = facts
+        descriptor = _descriptor(media_type, digest, len(body), facts)
+        self._layout.update_index(lambda manifests: _place(manifests, descriptor, tag))
+        headers = {
+            "Location": f"/v2/{call.name}/manifests/{digest}",
+            "Docker-Content-Digest": digest,
+        }
+        if facts.subject is not None:
+            headers["OCI-Subject"] = facts.subject
+        return _Reply(201, headers)
+
+    def _check_references(self, document: dict[str, Any], media_type: str) -> None:
+        """Refuse a manifest whose blobs or child manifests are not stored (yet)."""
+        digests = _referenced_digests(document, media_type)
+        missing = [digest for digest in digests if not self._layout.has_blob(digest)]
+        if missing:
+            raise _RegistryError(
+                400, "MANIFEST_BLOB_UNKNOWN", f"manifest references unknown {missing[0]}"
+            )
+
+    def _delete_manifest(self, call: _Call) -> _Reply:
+        if ":" not in call.arg:
+            tag = _check_tag(call.arg)
+            if not self._layout.update_index(lambda manifests: _untag(manifests, tag)):
+                raise _unknown_manifest(tag)
+            return _Reply(202)
+        digest = _check_digest(call.arg)
+        if not self._layout.update_index(lambda manifests: _drop_digest(manifests, digest)):
+            raise _unknown_manifest(digest)
+        self._layout.delete_blob(digest)
+        return _Reply(202)
+
+    def _list_tags(self, call: _Call) -> _Reply:
+        tags = sorted({tag for d in self._layout.descriptors() if (tag := _ref_name(d))})
+        last = call.query.get("last")
+        if last:
+            tags = [tag for tag in tags if tag > last]
+        headers = {}
+        if "n" in call.query:
+            limit = _page_size(call.query["n"])
+            if 0 < limit < len(tags):
+                headers["Link"] = (
+                    f"</v2/{call.name}/tags/list?n={limit}&last={quote(tags[limit - 1])}>; "
+                    'rel="next"'
+                )
+            tags = tags[:limit]
+        reply = _json_reply(200, {"name": call.name, "tags": tags})
+        reply.headers.update(headers)
+        return reply
+
+    def _referrers(self, call: _Call) -> _Reply:
+        subject = _check_digest(call.arg)
+        wanted = call.query.get("artifactType")
+        found: list[_Descriptor] = []
+        seen: set[str] = set()
+        for entry in self._layout.descriptors():
+            digest = entry.get("digest")
+            if not isinstance(digest, str) or digest in seen:
+                continue
+            facts = self._manifest_facts(entry)
+            if facts is None or facts.subject != subject:
+                continue
+            seen.add(digest)
+            if wanted is None or facts.artifact_type == wanted:
+                found.append(
+                    _descriptor(str(entry.get("mediaType")), digest, entry.get("size"), facts)
+                )
+        reply = _json_reply(200, {"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": found})
+        reply.headers["Content-Type"] = _OCI_INDEX
+        if wanted is not None:
+            reply.headers["OCI-Filters-Applied"] = "artifactType"
+        return reply
+
+    def _manifest_facts(self, entry: _Descriptor) -> _ManifestFacts | None:
+        """Facts for an index entry, read from its blob once and then cached.
+
+        Entries that are not manifests, or whose blob is gone or unreadable, yield None.
+        """
+        digest = str(entry.get("digest"))
+        cached = self._facts.get(digest)
+        if cached is not None:
+            return cached
+        media_type = entry.get("mediaType")
+        if media_type not in _MANIFEST_TYPES or not _DIGEST_RE.fullmatch(digest):
+            return None
+        path = self._layout.blob_path(digest)
+        try:
+            if path.stat().st_size > self.max_manifest_bytes:
+                return None
+            facts = _facts_of(_parse_manifest(path.read_bytes()), str(media_type))
+        except (OSError, _RegistryError):
+            return None
+        self._facts[digest] = facts
+        return facts
+
+
+def _response(request: requests.PreparedRequest, method: str, reply: _Reply) -> requests.Response:
+    """Build the ``requests.Response`` the way ``HTTPAdapter.build_response`` would."""
+    headers = {"Docker-Distribution-Api-Version": "registry/2.0", **reply.headers}
+    body = reply.body
+    response = requests.Response()
+    response.status_code = reply.status
+    response.reason = http.HTTPStatus(reply.status).phrase
+    if isinstance(body, bytes):
+        headers.setdefault("Content-Length", str(len(body)))
+        response.raw = io.BytesIO(b"" if method == "HEAD" else body)
+    else:
+        response.raw = body
+    response.headers = CaseInsensitiveDict(headers)
+    response.encoding = get_encoding_from_headers(response.headers)
+    response.url = request.url or ""
+    response.request = request
+    return response
+
+
+def _json_reply(status: int, document: object) -> _Reply:
+    return _Reply(status, {"Content-Type": "application/json"}, _encode_json(document))
+
+
+def _error_reply(err: _RegistryError) -> _Reply:
+    reply = _json_reply(err.status, {"errors": [{"code": err.code, "message": err.message}]})
+    reply.headers.update(err.headers)
+    return reply
+
+
+def _blob_reply(file: BinaryIO, headers: dict[str, str], range_header: str | None) -> _Reply:
+    """A full (200) or partial (206) blob reply streaming from ``file``."""
+    size = os.fstat(file.fileno()).st_size
+    span = _byte_range(range_header, size)
+    status, first, length = 200, 0, size
+    if span is not None:
+        status, first, length = 206, span[0], span[1] - span[0] + 1
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    headers["Content-Length"] = str(length)
+    if length == 0:
+        file.close()
+        return _Reply(status, headers)
+    file.seek(first)
+    return _Reply(status, headers, _BlobStream(file, length))
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte span a single-range ``Range`` header asks for; None means all.
+
+    Malformed and multi-range headers are ignored (RFC 9110 lets a server do that);
+    a range entirely past the end is refused with 416.
+    """
+    match = _RANGE_RE.fullmatch((header or "").strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first_text, last_text = match.groups()
+    if first_text == "":
+        first, last = max(size - int(last_text), 0), size - 1
+        unsatisfiable = int(last_text) == 0 or size == 0
+    else:
+        first = int(first_text)
+        last = min(int(last_text), size - 1) if last_text else size - 1
+        if last_text and int(last_text) < first:
+            return None
+        unsatisfiable = first >= size
+    if unsatisfiable:
+        raise _RegistryError(
+            416,
+            "RANGE_INVALID",
+            f"range {header} is outside {size} bytes",
+            {"Content-Range": f"bytes */{size}"},
+        )
+    return first, last
+
+
+def _content_range(header: str | None) -> tuple[int, int] | None:
+    """The inclusive span a ``PATCH`` announces; None when the header is absent."""
+    if header is None:
+        return None
+    match = _CONTENT_RANGE_RE.fullmatch(header.strip())
+    if match is None or int(match.group(2)) < int(match.group(1)):
+        raise _RegistryError(400, "BLOB_UPLOAD_INVALID", f"bad Content-Range {header!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+def _upload_headers(name: str, uid: str, offset: int) -> dict[str, str]:
+    """Headers of every upload-session reply; ``Range`` is inclusive, ``0-0`` when empty."""
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{uid}",
+        "Docker-Upload-UUID": uid,
+        "Range": f"0-{max(offset - 1, 0)}",
+        "Content-Length": "0",
+    }
+
+
+def _blob_created(name: str, digest: str) -> _Reply:
+    return _Reply(
+        201,
+        {
+            "Location": f"/v2/{name}/blobs/{digest}",
+            "Docker-Content-Digest": digest,
+            "Content-Length": "0",
+        },
+    )
+
+
+def _body_chunks(body: object) -> Iterator[bytes]:
+    """Yield a request body in pieces of at most 1 MiB, whatever form requests left it in.
+
+    requests passes ``data=`` through unprepared: bytes, str, a file object, or any
+    iterable of bytes (a generator is sent chunked). Reading piecewise keeps memory flat
+    for uploads of many GiB.
+    """
+    if body is None:
+        return
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if isinstance(body, bytes | bytearray | memoryview):
+        view = memoryview(body)
+        for start in range(0, len(view), _COPY_CHUNK):
+            yield bytes(view[start : start + _COPY_CHUNK])
+        return
+    read = getattr(body, "read", None)
+    if callable(read):
+        while piece := read(_COPY_CHUNK):
+            yield _as_bytes(piece)
+        return
+    if isinstance(body, Iterable):
+        for piece in body:
+            yield _as_bytes(piece)
+        return
+    raise _RegistryError(400, "BLOB_UPLOAD_INVALID", f"unusable body {type(body).__name__}")
+
+
+def _as_bytes(piece: object) -> bytes:
+    if isinstance(piece, bytes):
+        return piece
+    if isinstance(piece, bytearray | memoryview):
+        return bytes(piece)
+    if isinstance(piece, str):
+        return piece.encode("utf-8")
+    raise _RegistryError(400, "BLOB_UPLOAD_INVALID", f"body yielded {type(piece).__name__}")
+
+
+def _read_limited(body: object, limit: int) -> bytes:
+    """Read a whole (small) body, refusing it as soon as it exceeds ``limit``."""
+    pieces: list[bytes] = []
+    total = 0
+    for piece in _body_chunks(body):
+        total += len(piece)
+        if total > limit:
+            raise _RegistryError(413, "SIZE_INVALID", f"manifest exceeds {limit} bytes")
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _check_digest(text: str) -> str:
+    if not _DIGEST_RE.fullmatch(text):
+        raise _RegistryError(
+            400, "DIGEST_INVALID", f"{text!r} is not sha256: and 64 lowercase hex digits"
+        )
+    return text
+
+
+def _check_tag(text: str) -> str:
+    if not _TAG_RE.fullmatch(text):
+        raise _RegistryError(400, "TAG_INVALID", f"{text!r} is not a valid tag")
+    return text
+
+
+def _check_name(name: str) -> None:
+    if len(name) > 255 or not _NAME_RE.fullmatch(name):
+        raise _RegistryError(400, "NAME_INVALID", f"{name!r} is not a valid repository name")
+
+
+def _page_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise _RegistryError(400, "PAGINATION_NUMBER_INVALID", f"n={text!r} is not a count")
+    return size
+
+
+def _unknown_upload(uid: str) -> _RegistryError:
+    return _RegistryError(404, "BLOB_UPLOAD_UNKNOWN", f"no upload session {uid}")
+
+
+def _unknown_manifest(reference: str) -> _RegistryError:
+    return _RegistryError(404, "MANIFEST_UNKNOWN", f"manifest {reference} is not stored")
+
+
+def _parse_manifest(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise _RegistryError(400, "MANIFEST_INVALID", "manifest is not JSON") from None
+    if not isinstance(document, dict) or document.get("schemaVersion") != 2:
+        raise _RegistryError(400, "MANIFEST_INVALID", "manifest must have schemaVersion 2")
+    return document
+
+
+def _manifest_media_type(content_type: str | None, document: Mapping[str, Any]) -> str:
+    """The media type a manifest is stored under: the ``Content-Type`` it was pushed with.
+
+    A ``mediaType`` field that contradicts the header is refused, because clients that
+    trust one or the other would then disagree about what the manifest is.
+    """
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type not in _MANIFEST_TYPES:
+        raise _RegistryError(
+            400, "MANIFEST_INVALID", f"Content-Type {content_type!r} is not a manifest type"
+        )
+    declared = document.get("mediaType")
+    if declared is not None and declared != media_type:
+        raise _RegistryError(
+            400, "MANIFEST_INVALID", f"mediaType {declared!r} contradicts {media_type!r}"
+        )
+    return media_type
+
+
+def _declared_media_type(body: bytes) -> str:
+    try:
+        declared = json.loads(body).get("mediaType")
+    except (ValueError, AttributeError):
+        declared = None
+    return declared if isinstance(declared, str) else _OCI_MANIFEST
+
+
+def _referenced_digests(document: Mapping[str, Any], media_type: str) -> list[str]:
+    """Digests a manifest needs stored: its config and layers, or an index's manifests."""
+    if media_type in _INDEX_TYPES:
+        entries = _descriptor_list(document, "manifests")
+    else:
+        config = document.get("config")
+        if not isinstance(config, dict):
+            raise _RegistryError(400, "MANIFEST_INVALID", "image manifest has no config")
+        entries = [config, *_descriptor_list(document, "layers")]
+    digests = [entry.get("digest") for entry in entries]
+    for digest in digests:
+        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            raise _RegistryError(400, "MANIFEST_INVALID", f"bad descriptor digest {digest!r}")
+    return [str(digest) for digest in digests]
+
+
+def _descriptor_list(document: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    entries = document.get(key, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise _RegistryError(400, "MANIFEST_INVALID", f"{key} must be a list of descriptors")
+    return entries
+
+
+def _facts_of(document: Mapping[str, Any], media_type: str) -> _ManifestFacts:
+    artifact_type = document.get("artifactType")
+    if not isinstance(artifact_type, str) or not artifact_type:
+        artifact_type = None
+        config = document.get("config")
+        if media_type in _IMAGE_TYPES and isinstance(config, dict):
+            config_type = config.get("mediaType")
+            if isinstance(config_type, str) and config_type and config_type != _OCI_EMPTY:
+                artifact_type = config_type
+    annotations = document.get("annotations")
+    subject = document.get("subject")
+    subject_digest = subject.get("digest") if isinstance(subject, dict) else None
+    return _ManifestFacts(
+        artifact_type=artifact_type,
+        annotations=(
+            {k: v for k, v in annotations.items() if isinstance(v, str)}
+            if isinstance(annotations, dict)
+            else {}
+        ),
+        subject=subject_digest if isinstance(subject_digest, str) else None,
+    )
+
+
+def _descriptor(media_type: str, digest: str, size: object, facts: _ManifestFacts) -> _Descriptor:
+    descriptor: _Descriptor = {"mediaType": media_type, "digest": digest, "size": size}
+    if facts.artifact_type is not None:
+        descriptor["artifactType"] = facts.artifact_type
+    if facts.annotations:
+        descriptor["annotations"] = dict(facts.annotations)
+    return descriptor
+
+
+def _ref_name(descriptor: _Descriptor) -> str | None:
+    annotations = descriptor.get("annotations")
+    name = annotations.get(_REF_NAME) if isinstance(annotations, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _tagged(descriptor: _Descriptor, tag: str) -> _Descriptor:
+    return {**descriptor, "annotations": {**descriptor.get("annotations", {}), _REF_NAME: tag}}
+
+
+def _untagged(descriptor: _Descriptor) -> _Descriptor:
+    result = {key: value for key, value in descriptor.items() if key != "annotations"}
+    annotations = descriptor.get("annotations")
+    if isinstance(annotations, dict):
+        rest = {key: value for key, value in annotations.items() if key != _REF_NAME}
+        if rest:
+            result["annotations"] = rest
+    return result
+
+
+def _place(
+    manifests: list[_Descriptor], descriptor: _Descriptor, tag: str | None
+) -> list[_Descriptor] | None:
+    """Point ``tag`` at ``descriptor`` (or just record it, untagged); None if already so.
+
+    A digest has either one descriptor per tag or a single untagged one, never both and
+    never duplicates. A manifest the tag moves away from keeps an untagged descriptor
+    when that was its last tag.
+    """
+    digest = descriptor["digest"]
+    if tag is None:
+        if any(entry.get("digest") == digest for entry in manifests):
+            return None
+        return [*manifests, _untagged(descriptor)]
+    wanted = _tagged(descriptor, tag)
+    if wanted in manifests:
+        return None
+    moved = [entry for entry in manifests if _ref_name(entry) == tag]
+    kept = [
+        entry
+        for entry in manifests
+        if _ref_name(entry) != tag
+        and not (_ref_name(entry) is None and entry.get("digest") == digest)
+    ]
+    return _keep_reachable([*kept, wanted], moved)
+
+
+def _untag(manifests: list[_Descriptor], tag: str) -> list[_Descriptor] | None:
+    """Drop the descriptor carrying ``tag``; None if no descriptor carries it."""
+    dropped = [entry for entry in manifests if _ref_name(entry) == tag]
+    if not dropped:
+        return None
+    return _keep_reachable([e for e in manifests if _ref_name(e) != tag], dropped)
+
+
+def _drop_digest(manifests: list[_Descriptor], digest: str) -> list[_Descriptor] | None:
+    """Drop every descriptor of ``digest``; None if there was none."""
+    kept = [entry for entry in manifests if entry.get("digest") != digest]
+    return None if len(kept) == len(manifests) else kept
+
+
+def _keep_reachable(manifests: list[_Descriptor], dropped: list[_Descriptor]) -> list[_Descriptor]:
+    """Give each manifest that lost its last descriptor an untagged one."""
+    result = list(manifests)
+    for entry in dropped:
+        if not any(other.get("digest") == entry.get("digest") for other in result):
+            result.append(_untagged(entry))
+    return result
+
+
+def _parse_index(data: bytes) -> dict[str, Any]:
+    try:
+        index = json.loads(data)
+    except ValueError:
+        index = None
+    if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
+        raise _RegistryError(500, "UNKNOWN", "index.json of the layout is corrupt")
+    index["manifests"] = [entry for entry in index["manifests"] if isinstance(entry, dict)]
+    return index
+
+
+def _encode_json(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable; a crash could otherwise forget it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

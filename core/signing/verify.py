@@ -1,0 +1,124 @@
+"""One entry point that verifies any bundle we accept against the trust policy.
+
+A bundle is either key-pair (public-key hint; verified with ``cryptography``) or
+keyless (Fulcio certificate; verified by sigstore-python against the trusted
+root). Whatever goes wrong inside, the caller sees a ``VerificationError``:
+verification code never lets an unexpected exception turn into exposure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from dockercomms.core.errors import (
+    SignatureError,
+    UntrustedSignerError,
+    VerificationError,
+)
+from dockercomms.core.signing.keypair import is_key_bundle, verify_key_bundle
+from dockercomms.core.trust import TrustPolicy
+
+if TYPE_CHECKING:
+    from sigstore.models import TrustedRoot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VerifiedSigner:
+    """Who signed, once the signature verified.
+
+    Attributes:
+        name: the trust entry name, i.e. the sender this signer may send as.
+        kind: ``key`` or ``keyless``.
+        identity: key fingerprint, or the certificate's SAN.
+        issuer: OIDC issuer for keyless, empty for keys.
+    """
+
+    name: str
+    kind: Literal["key", "keyless"]
+    identity: str
+    issuer: str = ""
+
+
+class BundleVerifier:
+    """Verifies bundles for one trust policy.
+
+    ``trusted_root`` is loaded lazily and only for keyless bundles, so key-pair
+    users never need Sigstore's trust root (or the network).
+    """
+
+    def __init__(
+        self,
+        policy: TrustPolicy,
+        trusted_root: Callable[[], TrustedRoot] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._trusted_root_loader = trusted_root
+        self._trusted_root: TrustedRoot | None = None
+
+    def verify(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
+        """Verify ``bundle_json`` signs ``manifest_digest`` by a trusted signer."""
+        try:
+            bundle = json.loads(bundle_json)
+        except ValueError as exc:
+            raise SignatureError(f"bundle is not JSON: {exc}") from exc
+        if not isinstance(bundle, dict) or not isinstance(bundle.get("verificationMaterial"), dict):
+            raise SignatureError("bundle has no verificationMaterial")
+        try:
+            if is_key_bundle(bundle):
+                return self._verify_key(bundle, manifest_digest)
+            return self._verify_keyless(bundle_json, manifest_digest)
+        except VerificationError:
+            raise
+        except Exception as exc:  # any failure inside verification is a rejection
+            raise SignatureError(
+                f"bundle could not be verified: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _verify_key(self, bundle: dict[str, Any], manifest_digest: str) -> VerifiedSigner:
+        keys = self.policy.pinned_keys()
+        if not keys:
+            raise UntrustedSignerError("bundle is key-signed but no keys are trusted")
+        key = verify_key_bundle(bundle, manifest_digest, keys)
+        return VerifiedSigner(key.name, "key", key.hint)
+
+    def _root(self) -> TrustedRoot:
+        if self._trusted_root is None:
+            if self._trusted_root_loader is None:
+                raise SignatureError("bundle is keyless but no Sigstore trust root is configured")
+            self._trusted_root = self._trusted_root_loader()
+        return self._trusted_root
+
+    def _verify_keyless(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
+        from dockercomms.core.signing.keyless import certificate_identity, verify_keyless_bundle
+
+        entries = self.policy.identities()
+        claimed = certificate_identity(bundle_json)
+        if claimed is not None:
+            # Try the entries naming the certificate's identity first; the check
+            # below is what decides, this only avoids needless failures.
+            entries.sort(key=lambda e: (e.identity, e.issuer) != (claimed.identity, claimed.issuer))
+        if not entries:
+            who = f"{claimed.identity} via {claimed.issuer}" if claimed else "an unknown identity"
+            raise UntrustedSignerError(f"bundle is signed by {who}, which is not trusted")
+        last: VerificationError | None = None
+        for entry in entries:
+            try:
+                found = verify_keyless_bundle(
+                    bundle_json,
+                    manifest_digest,
+                    trusted_root=self._root(),
+                    identity=entry.identity,
+                    issuer=entry.issuer,
+                )
+            except VerificationError as exc:
+                last = exc
+                continue
+            return VerifiedSigner(entry.name, "keyless", found.identity, found.issuer)
+        assert last is not None
+        raise last

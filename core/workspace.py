@@ -1,0 +1,171 @@
+"""One identity's world, wired once: paths, settings, registry client, signer, verifier.
+
+The CLI, the syncer and the mount all start here, so they cannot disagree on
+where the key lives or which trust root verifies keyless bundles. Nothing here is
+global: the Sigstore trust configuration is a parameter read from the settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dockercomms.core.config import Paths, Settings, load_settings, resolve_paths
+from dockercomms.core.errors import ConfigError
+from dockercomms.core.ledger import ReceivedLedger
+from dockercomms.core.limits import DEFAULT_LIMITS, Limits
+from dockercomms.core.receive import Receiver
+from dockercomms.core.registry.auth import Authenticator
+from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.registry.reference import RepositoryRef, parse_repository
+from dockercomms.core.send import DigestSigner, Sender
+from dockercomms.core.signatures import DiscoveryMode
+from dockercomms.core.signing.keypair import KeyPairSigner, load_private_key
+from dockercomms.core.signing.verify import BundleVerifier
+from dockercomms.core.trust import TrustPolicy
+
+if TYPE_CHECKING:
+    from sigstore.models import ClientTrustConfig, TrustedRoot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RegistryOptions:
+    """How to reach the registry (CLI flags override settings).
+
+    Attributes:
+        repository: ``--repo``; empty for the settings' or the embedded default.
+        insecure: plain HTTP to a non-loopback host.
+        ca_file: extra CA bundle for HTTPS.
+        authenticator: credentials; None means anonymous.
+    """
+
+    repository: str = ""
+    insecure: bool = False
+    ca_file: str | None = None
+    authenticator: Authenticator | None = None
+
+
+@dataclass
+class Workspace:
+    """Paths + settings of one identity, and factories for what commands need."""
+
+    paths: Paths
+    settings: Settings
+    limits: Limits = DEFAULT_LIMITS
+    identity_token: str | None = None
+    interactive: bool = False
+    _trust_config: ClientTrustConfig | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, paths: Paths | None = None) -> Workspace:
+        """Load the configured identity (``init`` must have run)."""
+        paths = paths or resolve_paths()
+        return cls(paths, load_settings(paths))
+
+    @property
+    def identity(self) -> str:
+        """My sender/recipient name."""
+        return self.settings.identity
+
+    def repository(self, options: RegistryOptions | None = None) -> RepositoryRef:
+        """The repository to use: flag, then settings, then the embedded default."""
+        options = options or RegistryOptions()
+        text = options.repository or self.settings.repository or self.paths.default_repository
+        return parse_repository(text, insecure=options.insecure)
+
+    def client(self, options: RegistryOptions | None = None) -> RegistryClient:
+        """A registry client for the chosen repository."""
+        options = options or RegistryOptions()
+        tls_verify: bool | str = options.ca_file or True
+        return RegistryClient(
+            self.repository(options),
+            authenticator=options.authenticator,
+            tls_verify=tls_verify,
+            limits=self.limits,
+        )
+
+    def trust_policy(self) -> TrustPolicy:
+        """The trust file as it is now."""
+        return TrustPolicy.load(self.paths.trust_file)
+
+    def verifier(self) -> BundleVerifier:
+        """A verifier over the trust policy; keyless roots load only when needed."""
+        return BundleVerifier(self.trust_policy(), self._trusted_root)
+
+    def signer(self) -> DigestSigner:
+        """Key-pair or keyless signer, per settings."""
+        if self.settings.signing == "key":
+            return KeyPairSigner(load_private_key(self.paths.key_file))
+        return _KeylessSigner(self)
+
+    def sender(self, client: RegistryClient) -> Sender:
+        """A sender from me over ``client``."""
+        return Sender(client, self.signer(), self.identity, limits=self.limits)
+
+    def receiver(self, client: RegistryClient, bundle_mode: DiscoveryMode = "auto") -> Receiver:
+        """A receiver for me over ``client``."""
+        return Receiver(client, self.verifier(), self.identity, bundle_mode=bundle_mode)
+
+    def ledger(self) -> ReceivedLedger:
+        """What I already received."""
+        return ReceivedLedger(self.paths.state_db)
+
+    # --- Sigstore -------------------------------------------------------------------
+
+    def trust_config(self) -> ClientTrustConfig:
+        """The Sigstore ClientTrustConfig named in the settings (loaded once)."""
+        if self._trust_config is None:
+            from dockercomms.core.signing.keyless import cache_trusted_root, load_trust_config
+
+            self._trust_config = load_trust_config(self.settings.sigstore_trust)
+            try:
+                cache_trusted_root(self._trust_config, self._root_cache_dir)
+            except OSError as exc:
+                log.warning("could not cache the Sigstore trusted root: %s", exc)
+        return self._trust_config
+
+    @property
+    def _root_cache_dir(self) -> Path:
+        return self.paths.cache_dir / "sigstore"
+
+    def _trusted_root(self) -> TrustedRoot:
+        """Cached root first (offline verification), else the trust config's."""
+        from dockercomms.core.signing.keyless import load_cached_trusted_root
+
+        if self.settings.sigstore_trust not in ("public-good", "staging"):
+            return self.trust_config().trusted_root
+        cached = load_cached_trusted_root(self._root_cache_dir)
+        if cached is not None:
+            return cached
+        return self.trust_config().trusted_root
+
+
+class _KeylessSigner:
+    """Sigstore keyless signing with the workspace's trust config and token sources."""
+
+    def __init__(self, workspace: Workspace) -> None:
+        self._workspace = workspace
+        self._token: str | None = None
+
+    def sign_digest(self, manifest_digest: str) -> bytes:
+        from dockercomms.core.signing.keyless import obtain_identity_token, sign_digest_keyless
+
+        config = self._workspace.trust_config()
+        if self._token is None:
+            self._token = obtain_identity_token(
+                self._workspace.identity_token,
+                trust_config=config,
+                interactive=self._workspace.interactive,
+            )
+        return sign_digest_keyless(manifest_digest, trust_config=config, identity_token=self._token)
+
+
+def require_identity(name: str) -> str:
+    """Validate an identity name given on the command line."""
+    if not name or any(ch in name for ch in "\x00\n\r"):
+        raise ConfigError("identity must be a non-empty single-line string")
+    return name
