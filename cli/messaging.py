@@ -219,7 +219,8 @@ def _ls_text(rows: list[dict[str, Any]]) -> str:
         state = "verified" if r["verified"] else "REJECTED"
         size = f"{r['total_bytes']:>12}"
         why = "" if r["verified"] else f"  ({r['error']})"
-        lines.append(f"{state:<9} {r['created_at']}  {size}  {r['sender']:<24} {r['filename']}{why}")
+        who = f"{r['sender']:<24}"
+        lines.append(f"{state:<9} {r['created_at']}  {size}  {who} {r['filename']}{why}")
     return "\n".join(lines) or "inbox is empty"
 
 

@@ -121,7 +121,9 @@ class _CappedReader:
         self._zlib: zlib._Decompress | None = None
         self._pending = b""
         if compression == "zstd":
-            self._zstd = zstandard.ZstdDecompressor().stream_reader(source, read_size=PIECE)
+            self._zstd = zstandard.ZstdDecompressor().stream_reader(
+                source, read_size=PIECE, read_across_frames=True
+            )
         elif compression == "gzip":
             self._zlib = zlib.decompressobj(31)
         else:
@@ -147,20 +149,19 @@ class _CappedReader:
             return bytes(self._zstd.read(want))
         assert self._zlib is not None
         while True:
-            if self._zlib.unconsumed_tail:
-                data = self._zlib.decompress(self._zlib.unconsumed_tail, want)
-            elif self._zlib.eof and self._zlib.unused_data:
-                # A new gzip member follows; gzip allows concatenation.
-                rest = self._zlib.unused_data
-                self._zlib = zlib.decompressobj(31)
-                data = self._zlib.decompress(rest, want)
-            else:
-                compressed = self._source.read(PIECE)
-                if not compressed:
-                    if not self._zlib.eof:
-                        raise ChunkError("gzip stream ends early")
+            if self._zlib.eof:
+                # Another gzip member may follow; gzip allows concatenation.
+                leftover = self._zlib.unused_data or self._source.read(PIECE)
+                if not leftover:
                     return b""
-                data = self._zlib.decompress(compressed, want)
+                self._zlib = zlib.decompressobj(31)
+                self._pending = leftover
+            if not self._pending:
+                self._pending = self._source.read(PIECE)
+                if not self._pending:
+                    raise ChunkError("gzip stream ends early")
+            data = self._zlib.decompress(self._pending, want)
+            self._pending = self._zlib.unconsumed_tail
             if data:
                 return data
 

@@ -165,7 +165,8 @@ class _ProxyHTTPServer(ThreadingHTTPServer):
 
     def mark_abort(self, sock: socket.socket) -> None:
         # SO_LINGER with a zero timeout turns close() into a TCP reset.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with self._lock:
             self._abort.add(sock)
 
@@ -236,9 +237,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self._serve(fault)
         except _Abort:
             raise
-        except OSError:
-            # The client or the upstream went away; nothing sensible can be sent.
+        except (OSError, http.client.HTTPException):
+            # The client or the upstream went away. If no response has started, tell a
+            # client that is still there; either way this connection is finished.
             self.close_connection = True
+            if self._seen is not None:
+                with contextlib.suppress(OSError):
+                    self._send_error(502, None)
         finally:
             if self._seen is not None:
                 self.server.owner.record(self._seen)
@@ -260,7 +265,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         encoding = self.headers.get("Transfer-Encoding", "")
         if "chunked" in encoding.lower():
             return True, 0
-        return False, int(self.headers.get("Content-Length") or 0)
+        try:
+            return False, int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ConnectionError("bad Content-Length") from None
 
     def _copy_fixed(
         self, length: int, sink: http.client.HTTPConnection | None, limit: int | None
@@ -290,7 +298,10 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             line = self.rfile.readline(MAX_LINE + 1)
             if not line.endswith(b"\n"):
                 raise ConnectionError("bad chunk size line")
-            size = int(line.split(b";", 1)[0].strip(), 16)
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ConnectionError(f"bad chunk size line {line[:40]!r}") from None
             if size == 0:
                 # Trailers (ignored) end with an empty line.
                 while self.rfile.readline(MAX_LINE + 1) not in (b"\r\n", b"\n", b""):

@@ -1,4 +1,7 @@
-"""Keyless signing and verification against the local Sigstore stack (no network)."""
+"""Keyless signing and verification against the local Sigstore stack (no network).
+
+``sigstore_stack`` comes from ``tests.sigstore_stack.fixtures`` (registered by conftest).
+"""
 
 from __future__ import annotations
 
@@ -33,8 +36,8 @@ from sigstore import dsse
 from sigstore.models import ClientTrustConfig, TrustedRoot
 from sigstore.oidc import IdentityToken
 from sigstore.sign import SigningContext
-from sigstore_stack import LocalSigstore
-from sigstore_stack.fixtures import sigstore_stack  # noqa: F401  (registers the fixture)
+
+from tests.sigstore_stack import LocalSigstore
 
 SIGNER = "alice@dockercomms.test"
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
@@ -61,7 +64,9 @@ def bundle(sigstore_stack: LocalSigstore, trust: ClientTrustConfig) -> bytes:
     return sign_digest_keyless(DIGEST, trust_config=trust, identity_token=token)
 
 
-def _verify(bundle: bytes, root: TrustedRoot, stack: LocalSigstore, **overrides: str) -> object:
+def _verify(
+    bundle: bytes, root: TrustedRoot, stack: LocalSigstore, **overrides: str
+) -> KeylessIdentity:
     arguments = {"identity": SIGNER, "issuer": stack.issuer_url, **overrides}
     digest = arguments.pop("digest", DIGEST)
     return verify_keyless_bundle(bundle, digest, trusted_root=root, **arguments)
@@ -360,3 +365,19 @@ def test_obtain_identity_token_order(
     monkeypatch.setenv("SIGSTORE_ID_TOKEN", "from-env")
     assert obtain_identity_token(None, trust_config=trust, interactive=False) == "from-env"
     assert obtain_identity_token("explicit", trust_config=trust, interactive=False) == "explicit"
+
+
+def test_stack_without_tsa_uses_the_signed_entry_timestamp() -> None:
+    with LocalSigstore(with_tsa=False) as stack:
+        trust = ClientTrustConfig.from_json(stack.client_trust_config_json())
+        issuer = stack.issuer_url
+        token = stack.token(email=SIGNER)
+        signed = sign_digest_keyless(DIGEST, trust_config=trust, identity_token=token)
+
+    material = json.loads(signed)["verificationMaterial"]
+    assert not material.get("timestampVerificationData", {}).get("rfc3161Timestamps")
+    # Verification is offline: the stack is already shut down.
+    signer = verify_keyless_bundle(
+        signed, DIGEST, trusted_root=trust.trusted_root, identity=SIGNER, issuer=issuer
+    )
+    assert signer == KeylessIdentity(SIGNER, issuer)

@@ -314,6 +314,16 @@ class TokenServer:
             self.requests.append(request)
             self.requested_scopes.extend(request.scopes)
 
+    def requested_actions(self, name: str, type_: str = "repository") -> list[frozenset[str]]:
+        """Action sets requested for one resource, in order.
+
+        Compare sets, not scope strings: distribution 2.8 lists the actions in its
+        challenge in random order (``pull,push`` or ``push,pull``).
+        """
+        with self._lock:
+            scopes = [Scope.parse(raw) for raw in self.requested_scopes]
+        return [frozenset(s.actions) for s in scopes if s.type == type_ and s.name == name]
+
     def clear(self) -> None:
         """Forget recorded requests."""
         with self._lock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import os
@@ -250,7 +251,8 @@ def cache_trusted_root(trust_config: ClientTrustConfig, cache_dir: Path) -> Path
         partial.write_text(text, encoding="utf-8")
         os.replace(partial, target)
     except OSError as exc:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
         raise OutputError(f"cannot cache the trusted root in {cache_dir}: {exc}") from exc
     return target
 

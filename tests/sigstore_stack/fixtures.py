@@ -1,8 +1,8 @@
 """pytest fixtures for the local Sigstore stack.
 
-Import the fixture into a conftest (or a test module) to register it::
+Register it once, in the top-level ``tests/conftest.py``::
 
-    from sigstore_stack.fixtures import sigstore_stack  # noqa: F401
+    pytest_plugins = ["tests.sigstore_stack.fixtures"]
 """
 
 from __future__ import annotations

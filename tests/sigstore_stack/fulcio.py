@@ -48,7 +48,6 @@ class Fulcio:
         self._jwks: dict[str, jwt.PyJWKSet] = {}
         self._lock = threading.Lock()
         self._service: Service | None = None
-        self.issued = 0
 
     @property
     def url(self) -> str:
@@ -77,7 +76,8 @@ class Fulcio:
             return Response.error(401, f"identity token rejected: {exc}")
         try:
             document = request.json()
-            assert isinstance(document, dict)
+            if not isinstance(document, dict):
+                raise TypeError("request body is not a JSON object")
             csr_pem = base64.b64decode(document["certificateSigningRequest"])
             csr = x509.load_pem_x509_csr(csr_pem)
         except Exception as exc:
@@ -175,7 +175,6 @@ class Fulcio:
             precert.tbs_certificate_bytes, self.ca.intermediate, int(now.timestamp()) * 1000
         )
         leaf = builder.add_extension(sct, critical=False).sign(key, hashes.SHA384())
-        self.issued += 1
         return leaf
 
 

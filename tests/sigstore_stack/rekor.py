@@ -28,13 +28,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dockercomms.core.signing.statement import pae
 
 from . import merkle
 from .ctlog import spki
 from .server import Request, Response, Service
 
 CHECKPOINT_SIGNER = "rekor.dockercomms.test"
-_DSSE_PAYLOAD_TYPE_PREFIX = "DSSEv1"
 
 
 class EntryRejected(ValueError):
@@ -172,18 +172,12 @@ def _dsse(proposed: dict[str, Any]) -> bytes:
     envelope = json.loads(envelope_text)
     payload_type: str = envelope["payloadType"]
     payload = base64.b64decode(envelope["payload"], validate=True)
-    pae = b"%s %d %s %d %s" % (
-        _DSSE_PAYLOAD_TYPE_PREFIX.encode(),
-        len(payload_type.encode()),
-        payload_type.encode(),
-        len(payload),
-        payload,
-    )
+    signed = pae(payload_type, payload)
     signatures = []
     for item in envelope["signatures"]:
         signature = base64.b64decode(item["sig"], validate=True)
         try:
-            key.verify(signature, pae, ec.ECDSA(hashes.SHA256()))
+            key.verify(signature, signed, ec.ECDSA(hashes.SHA256()))
         except Exception as exc:
             raise EntryRejected("dsse: envelope signature does not verify") from exc
         signatures.append(
@@ -191,7 +185,7 @@ def _dsse(proposed: dict[str, Any]) -> bytes:
         )
     if not signatures:
         raise EntryRejected("dsse: envelope has no signatures")
-    stored = {
+    stored: dict[str, Any] = {
         "apiVersion": "0.0.1",
         "kind": "dsse",
         "spec": {

@@ -25,11 +25,10 @@ class LocalSigstore:
             tests: its certificates chain to the same CA but name another issuer.
         fulcio_url, rekor_url: the service base URLs.
         tsa_url: the TSA endpoint, or ``None`` when started ``with_tsa=False``.
-        fulcio, rekor, tsa: the service objects, for counters and direct use.
+        fulcio, rekor, tsa: the service objects (``rekor.size`` counts log entries).
     """
 
     def __init__(self, *, with_tsa: bool = True) -> None:
-        self.with_tsa = with_tsa
         # A day in the past, so every validity window and validFor already covers "now".
         self.not_before = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
         self.ca = pki.CertificateAuthority.create("fulcio", self.not_before)

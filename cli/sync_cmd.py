@@ -1,0 +1,133 @@
+"""``sync``: keep a plain outbox folder sent and an inbox folder filled, without FUSE.
+
+Without ``--once`` it runs until SIGTERM or SIGINT, then lets the upload in
+flight finish (bounded by ``--drain``) and exits 0; whatever is still queued is
+sent by the next run. ``--status-file`` is rewritten atomically every second
+with the JSON that ``Syncer.status()`` returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from dockercomms.cli.output import emit
+from dockercomms.cli.registry_flags import registry_options
+from dockercomms.core.errors import exit_code_for
+from dockercomms.core.trust import write_atomic
+from dockercomms.core.workspace import Workspace
+from dockercomms.syncer.service import Syncer
+
+STATUS_EVERY_SECONDS = 1.0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Run the syncer once (``--once``) or until a signal."""
+    workspace = Workspace.load()
+    syncer = Syncer(
+        workspace,
+        registry_options(args),
+        spool_dir=Path(args.outbox),
+        inbox_dir=Path(args.inbox) if args.inbox else None,
+        default_recipient=args.to,
+        poll_seconds=args.poll,
+        settle_seconds=args.settle,
+    )
+    try:
+        if args.once:
+            return _once(args, syncer)
+        return _until_signalled(args, syncer)
+    finally:
+        syncer.close()
+
+
+def _once(args: argparse.Namespace, syncer: Syncer) -> int:
+    summary = syncer.run_once()
+    if args.status_file:
+        _write_status(Path(args.status_file), syncer.status())
+    emit(args, summary.to_json(), _once_text)
+    return exit_code_for(summary.errors[0]) if summary.errors else 0
+
+
+def _once_text(result: dict[str, Any]) -> str:
+    lines = [f"sent {i['filename']} to {i['recipient']} ({i['tag']})" for i in result["sent"]]
+    lines += [
+        f"FAILED {i['filename']} to {i['recipient']}: {i['last_error']}" for i in result["failed"]
+    ]
+    lines += [f"waiting {i['filename']} to {i['recipient']}" for i in result["waiting"]]
+    for r in result["received"]:
+        if r["status"] == "received":
+            lines.append(f"received {r['filename']} from {r['sender']} -> {r['path']}")
+        elif r["status"] == "rejected":
+            lines.append(f"REJECTED {r['tag']}: {r['error']}")
+    lines += [f"error: {e}" for e in result["errors"] if not e.startswith("FAILED")]
+    return "\n".join(lines) or "nothing to do"
+
+
+def _until_signalled(args: argparse.Namespace, syncer: Syncer) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        syncer.start()
+        status_file = Path(args.status_file) if args.status_file else None
+        while True:
+            if status_file is not None:
+                _write_status(status_file, syncer.status())
+            if stop.wait(STATUS_EVERY_SECONDS):
+                break
+        syncer.stop(drain_timeout=args.drain)
+        if status_file is not None:
+            _write_status(status_file, syncer.status())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _write_status(path: Path, status: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(status, indent=2).encode() + b"\n", mode=0o644)
+
+
+def add_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    registry: argparse.ArgumentParser,
+) -> None:
+    """Register ``sync``."""
+    s = sub.add_parser(
+        "sync",
+        parents=[common, registry],
+        help="send files dropped into an outbox folder, receive into an inbox folder",
+        description="outbox/<recipient>/FILE is sent to <recipient>; a file directly in "
+        "the outbox goes to --to. Editor and download temp files are never sent.",
+    )
+    s.add_argument("--outbox", required=True, help="folder to watch (created if missing)")
+    s.add_argument("--inbox", help="folder to receive into (default: do not receive)")
+    s.add_argument("--to", help="recipient for files directly in the outbox")
+    s.add_argument(
+        "--poll", type=float, default=5.0, help="seconds between inbox polls (default: 5)"
+    )
+    s.add_argument("--once", action="store_true", help="sync once, print a summary and exit")
+    s.add_argument("--status-file", help="keep a JSON status in this file")
+    s.add_argument(
+        "--settle",
+        type=float,
+        default=0.5,
+        help="seconds a closed file must stay unchanged before it is sent (default: 0.5)",
+    )
+    s.add_argument(
+        "--drain",
+        type=float,
+        default=30.0,
+        help="seconds to let an upload in flight finish on shutdown (default: 30)",
+    )
+    s.set_defaults(func=cmd_sync)

@@ -1,0 +1,413 @@
+"""Verified chunks on disk, LRU under a size cap, re-checked by hash on every read.
+
+Caveats first:
+
+* Only plaintext that ``Receiver.fetch_chunk`` already verified (layer digest
+  checked, tar shape checked) is ever written here. The cache adds integrity at
+  rest, not authenticity: the sidecar's hashes are computed from that verified
+  plaintext as it is written, and anyone who can rewrite both files in the cache
+  folder (0700, the user's own) could fool it. That is the same trust we give the
+  user's private key next to it.
+* Reading re-hashes: the first read of an entry in this process re-hashes the
+  whole chunk (sha256 of the chunk, as stored), and every read re-hashes the 1 MiB
+  blocks it touches. A mismatch drops the entry (:class:`CacheCorruptError`); the
+  caller fetches the chunk from the registry again. A small in-memory LRU of
+  verified blocks keeps sequential 128 KiB reads from re-hashing a block eight
+  times.
+* The cap counts chunk files only. Pinned entries (being read right now) are never
+  evicted, even when that leaves the cache over its cap for a moment. Outbox data
+  is not here at all (it is in the spool and the queue), so it is never evicted.
+* LRU order is kept in memory; after a restart entries are ordered by when they
+  were written.
+* Thread-safe: one lock guards the index; file I/O and hashing run outside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BLOCK_BYTES = 1024 * 1024
+DEFAULT_CAP_BYTES = 2 * 1024**3
+DEFAULT_MEMORY_BYTES = 32 * 1024 * 1024
+_SIDECAR_VERSION = 1
+
+
+class CacheCorruptError(Exception):
+    """A cached chunk no longer hashes to what was stored; it has been dropped."""
+
+
+@dataclass(frozen=True)
+class ChunkKey:
+    """Identifies a chunk's plaintext: the layer blob it came from and its index.
+
+    A layer's bytes fix its one tar entry, so (layer digest, index) fixes the
+    plaintext; the index is part of the key because extraction checks it.
+    """
+
+    layer_digest: str
+    index: int
+
+    @property
+    def name(self) -> str:
+        """The file name stem in the cache folder."""
+        return f"{self.layer_digest.split(':', 1)[-1]}-{self.index}"
+
+
+@dataclass
+class _Entry:
+    """One cached chunk.
+
+    Attributes:
+        size: plaintext bytes.
+        sha256: hex digest of the whole plaintext.
+        blocks: hex digest of each ``BLOCK_BYTES`` block, in order.
+        checked: the whole file was re-hashed (or written) by this process.
+        pins: readers using the entry right now; pinned entries are not evicted.
+    """
+
+    key: ChunkKey
+    size: int
+    sha256: str
+    blocks: tuple[str, ...]
+    checked: bool
+    pins: int = 0
+
+
+@dataclass(frozen=True)
+class CacheStatistics:
+    """The cache at a glance, for ``.status``."""
+
+    entries: int
+    bytes: int
+    cap_bytes: int
+    hits: int
+    misses: int
+    evictions: int
+    corruptions: int
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "cap_bytes": self.cap_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "evictions": self.evictions,
+            "corruptions": self.corruptions,
+        }
+
+
+class ChunkWriter:
+    """A file-like sink for ``Receiver.fetch_chunk`` that hashes what it stores.
+
+    Attributes:
+        path: the private temp file (renamed into the cache on commit).
+    """
+
+    def __init__(self, directory: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=directory, prefix=".fetch-", suffix=".tmp")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._whole = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._block_fill = 0
+        self._blocks: list[str] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        """Store and hash ``data``."""
+        view = memoryview(data)
+        self._file.write(view)
+        self._whole.update(view)
+        while len(view):
+            take = min(len(view), BLOCK_BYTES - self._block_fill)
+            self._block.update(view[:take])
+            self._block_fill += take
+            view = view[take:]
+            if self._block_fill == BLOCK_BYTES:
+                self._blocks.append(self._block.hexdigest())
+                self._block = hashlib.sha256()
+                self._block_fill = 0
+        self.size += len(data)
+        return len(data)
+
+    def finish(self) -> tuple[str, tuple[str, ...]]:
+        """Flush to disk; the whole digest and the block digests."""
+        if self._block_fill:
+            self._blocks.append(self._block.hexdigest())
+            self._block_fill = 0
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return self._whole.hexdigest(), tuple(self._blocks)
+
+    def discard(self) -> None:
+        """Throw the temp file away (the fetch failed)."""
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class _Counters:
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    corruptions: int = 0
+
+
+@dataclass
+class ChunkCache:
+    """The cache folder and its in-memory index.
+
+    Attributes:
+        root: folder holding ``<name>.bin`` (plaintext) and ``<name>.json`` (hashes).
+        cap_bytes: total plaintext kept before least-recently-used entries go.
+        memory_bytes: verified blocks kept in memory.
+    """
+
+    root: Path
+    cap_bytes: int = DEFAULT_CAP_BYTES
+    memory_bytes: int = DEFAULT_MEMORY_BYTES
+    _entries: OrderedDict[ChunkKey, _Entry] = field(default_factory=OrderedDict)
+    _memory: OrderedDict[tuple[ChunkKey, int], bytes] = field(default_factory=OrderedDict)
+    _memory_used: int = 0
+    _total: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _counters: _Counters = field(default_factory=_Counters)
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._load()
+
+    # --- index ----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        """Index what an earlier mount left; drop temp files and half-written entries."""
+        found: list[tuple[int, _Entry]] = []
+        for path in self.root.iterdir():
+            if path.name.startswith(".fetch-"):
+                path.unlink(missing_ok=True)
+                continue
+            if path.suffix != ".json":
+                continue
+            entry = self._read_sidecar(path)
+            if entry is None:
+                self._remove_files(path.stem)
+                continue
+            found.append((path.stat().st_mtime_ns, entry))
+        known = {entry.key.name for _, entry in found}
+        for path in self.root.glob("*.bin"):
+            if path.stem not in known:
+                path.unlink(missing_ok=True)
+        for _, entry in sorted(found, key=lambda pair: pair[0]):
+            self._entries[entry.key] = entry
+            self._total += entry.size
+        self._evict()
+
+    def _read_sidecar(self, path: Path) -> _Entry | None:
+        try:
+            doc = json.loads(path.read_bytes())
+            key = ChunkKey(str(doc["layer"]), int(doc["index"]))
+            entry = _Entry(
+                key,
+                int(doc["size"]),
+                str(doc["sha256"]),
+                tuple(str(b) for b in doc["blocks"]),
+                checked=False,
+            )
+            if doc.get("version") != _SIDECAR_VERSION or key.name != path.stem:
+                return None
+            if doc.get("block_bytes") != BLOCK_BYTES:
+                return None
+            if (self.root / f"{key.name}.bin").stat().st_size != entry.size:
+                return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.info("dropping unreadable cache entry %s: %s", path.name, exc)
+            return None
+        return entry
+
+    # --- writing --------------------------------------------------------------------
+
+    def writer(self) -> ChunkWriter:
+        """A new temp file to fetch a chunk into."""
+        return ChunkWriter(self.root)
+
+    def commit(self, key: ChunkKey, writer: ChunkWriter, *, pin: bool = False) -> None:
+        """Move a fully written chunk into the cache (optionally pinned for the caller)."""
+        sha256, blocks = writer.finish()
+        bin_path = self.root / f"{key.name}.bin"
+        os.replace(writer.path, bin_path)
+        sidecar = {
+            "version": _SIDECAR_VERSION,
+            "layer": key.layer_digest,
+            "index": key.index,
+            "size": writer.size,
+            "sha256": sha256,
+            "block_bytes": BLOCK_BYTES,
+            "blocks": list(blocks),
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".fetch-", suffix=".tmp")
+        with os.fdopen(fd, "w") as out:
+            json.dump(sidecar, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.root / f"{key.name}.json")
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._total -= old.size
+            entry = _Entry(key, writer.size, sha256, blocks, checked=True)
+            entry.pins = (old.pins if old else 0) + (1 if pin else 0)
+            self._entries[key] = entry
+            self._total += entry.size
+            self._forget_memory(key)
+            self._evict()
+
+    # --- reading --------------------------------------------------------------------
+
+    def pin(self, key: ChunkKey) -> bool:
+        """Pin a cached entry for reading; False (a miss) if it is not cached."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._counters.misses += 1
+                return False
+            entry.pins += 1
+            self._entries.move_to_end(key)
+            self._counters.hits += 1
+            return True
+
+    def unpin(self, key: ChunkKey) -> None:
+        """Done reading; the entry may be evicted again."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry.pins > 0:
+                entry.pins -= 1
+            self._evict()
+
+    def size_of(self, key: ChunkKey) -> int | None:
+        """Plaintext size of a cached chunk, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.size if entry else None
+
+    def read(self, key: ChunkKey, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` of a pinned chunk, each block re-hashed."""
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:
+            raise CacheCorruptError(f"chunk {key.name} is not cached")
+        end = min(offset + size, entry.size)
+        if offset >= end:
+            return b""
+        path = self.root / f"{key.name}.bin"
+        try:
+            with open(path, "rb") as file:
+                if not entry.checked:
+                    self._check_whole(entry, file)
+                parts = []
+                for block in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
+                    data = self._block(entry, file, block)
+                    start = block * BLOCK_BYTES
+                    parts.append(data[max(offset - start, 0) : end - start])
+        except OSError as exc:
+            self._drop(entry, f"unreadable: {exc}")
+            raise CacheCorruptError(f"cached chunk {key.name} unreadable: {exc}") from exc
+        return b"".join(parts)
+
+    def _check_whole(self, entry: _Entry, file: Any) -> None:
+        """First use in this process: re-hash the whole chunk and its block list."""
+        whole = hashlib.sha256()
+        blocks: list[str] = []
+        while data := file.read(BLOCK_BYTES):
+            whole.update(data)
+            blocks.append(hashlib.sha256(data).hexdigest())
+        if whole.hexdigest() != entry.sha256 or tuple(blocks) != entry.blocks:
+            self._drop(entry, "whole-chunk hash mismatch")
+            raise CacheCorruptError(f"cached chunk {entry.key.name} does not match its sha256")
+        entry.checked = True
+
+    def _block(self, entry: _Entry, file: Any, block: int) -> bytes:
+        memory_key = (entry.key, block)
+        with self._lock:
+            data = self._memory.get(memory_key)
+            if data is not None:
+                self._memory.move_to_end(memory_key)
+                return data
+        file.seek(block * BLOCK_BYTES)
+        data = file.read(BLOCK_BYTES)
+        if block >= len(entry.blocks) or hashlib.sha256(data).hexdigest() != entry.blocks[block]:
+            self._drop(entry, f"block {block} hash mismatch")
+            raise CacheCorruptError(f"cached chunk {entry.key.name} block {block} is corrupt")
+        with self._lock:
+            if memory_key not in self._memory:
+                self._memory[memory_key] = data
+                self._memory_used += len(data)
+            while self._memory_used > self.memory_bytes and self._memory:
+                _, dropped = self._memory.popitem(last=False)
+                self._memory_used -= len(dropped)
+        return data
+
+    # --- eviction -------------------------------------------------------------------
+
+    def _drop(self, entry: _Entry, why: str) -> None:
+        log.warning("cached chunk %s dropped: %s", entry.key.name, why)
+        with self._lock:
+            if self._entries.get(entry.key) is entry:
+                del self._entries[entry.key]
+                self._total -= entry.size
+            self._forget_memory(entry.key)
+            self._counters.corruptions += 1
+        self._remove_files(entry.key.name)
+
+    def _evict(self) -> None:
+        """Drop least-recently-used unpinned entries until under the cap (lock held)."""
+        if self._total <= self.cap_bytes:
+            return
+        for key in list(self._entries):
+            if self._total <= self.cap_bytes:
+                break
+            entry = self._entries[key]
+            if entry.pins:
+                continue
+            del self._entries[key]
+            self._total -= entry.size
+            self._forget_memory(key)
+            self._counters.evictions += 1
+            self._remove_files(key.name)
+
+    def _forget_memory(self, key: ChunkKey) -> None:
+        for memory_key in [k for k in self._memory if k[0] == key]:
+            self._memory_used -= len(self._memory.pop(memory_key))
+
+    def _remove_files(self, stem: str) -> None:
+        for suffix in (".json", ".bin"):
+            (self.root / f"{stem}{suffix}").unlink(missing_ok=True)
+
+    def statistics(self) -> CacheStatistics:
+        """Entries, bytes, cap and counters."""
+        with self._lock:
+            c = self._counters
+            return CacheStatistics(
+                len(self._entries),
+                self._total,
+                self.cap_bytes,
+                c.hits,
+                c.misses,
+                c.evictions,
+                c.corruptions,
+            )

@@ -1,0 +1,70 @@
+"""Typed errors -> ``errno``, decided once, for everything that crosses the FUSE boundary.
+
+Caveats first:
+
+* ``DigestMismatchError`` is a ``VerificationError`` in ``core.errors``, but to a
+  reader it means "the bytes are corrupt", not "policy says no", so it maps to
+  ``EIO`` and is checked before its parent class.
+* A registry that is down is ``EIO`` as well: ``EAGAIN`` would make ``cat`` and
+  friends spin or print confusing text, and the error is visible in
+  ``user.dockercomms.error`` and ``.status``.
+* Anything that is neither ours nor an ``OSError`` is a bug; it becomes ``EIO``
+  and is logged with its traceback by the caller (``operations.py``).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from dockercomms.core.errors import (
+    AuthError,
+    DigestMismatchError,
+    DockerCommsError,
+    NotFoundError,
+    OutputError,
+    ProtocolError,
+    RegistryError,
+    VerificationError,
+)
+
+#: (class, errno) in the order they are tested: most specific first.
+_TABLE: tuple[tuple[type[DockerCommsError], int], ...] = (
+    (DigestMismatchError, errno.EIO),
+    (VerificationError, errno.EACCES),
+    (ProtocolError, errno.EIO),
+    (NotFoundError, errno.ENOENT),
+    (AuthError, errno.EACCES),
+    (RegistryError, errno.EIO),
+)
+
+
+def errno_for(error: BaseException) -> int:
+    """The ``errno`` a system call should fail with for ``error``."""
+    if isinstance(error, OSError) and error.errno:
+        return error.errno
+    if isinstance(error, OutputError):
+        cause = error.__cause__
+        if isinstance(cause, OSError) and cause.errno:
+            return cause.errno
+        return errno.EIO
+    for cls, number in _TABLE:
+        if isinstance(error, cls):
+            return number
+    return errno.EIO
+
+
+def is_rejection(error: BaseException) -> bool:
+    """True when ``error`` means "this message is bad" rather than "try again later".
+
+    Rejections are remembered on the file (``user.dockercomms.error``), listed in
+    ``inbox/.rejected/`` and answered with a ``rejected`` receipt; transient
+    registry trouble is none of those.
+    """
+    return isinstance(error, VerificationError | ProtocolError)
+
+
+def reason(error: BaseException) -> str:
+    """One line for logs, ``.rejected/`` contents and ``user.dockercomms.error``."""
+    if isinstance(error, DockerCommsError):
+        return f"{type(error).__name__}: {error.diagnostics()}"
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,711 @@
+"""The durable push queue: SQLite rows plus a private copy of each file's bytes.
+
+Caveats first:
+
+* One process at a time owns a queue (``Syncer`` takes a file lock); several
+  threads of that process may share one ``PushQueue`` (one connection, one lock).
+* A file is owned by the queue once enqueued: it is *moved* out of the spool, so
+  the same file can never be queued twice, and editing it afterwards in place
+  changes nothing that is being sent.
+* ``message_id``, ``session_id`` and ``created_at`` are fixed at enqueue and the
+  send options are pinned at the first upload, so every retry builds the same
+  manifest and tag: a retry after a crash is the same message, never a second one.
+* ``created_at`` is the enqueue time, so an item that waits longer than its TTL
+  for the registry arrives already expired and the recipient rejects it.
+* Sent items keep their row (digest, tag, receipt) but not their bytes.
+
+The on-disk protocol of ``enqueue`` (each step is durable before the next)::
+
+    1. INSERT the row in state ``intake`` with the source path and its identity
+       (device, inode, size, mtime), COMMIT.
+    2. Move the bytes to ``queue_dir/<id>.data``:
+       same filesystem:  rename(source, data)                   <- commit point
+       across them:      copy to <id>.data.tmp, fsync, rename to data <- commit
+                         point, fsync queue_dir, unlink source if it is still
+                         the file we copied
+       then fsync queue_dir and the source's folder.
+    3. UPDATE the row to ``queued``, COMMIT.
+
+``recover()`` finishes or undoes any ``intake`` row by one rule: if
+``<id>.data`` exists the move happened (roll forward: drop the source if it is
+still the copied file, mark ``queued``); if not, it did not (roll back: drop the
+row and any ``.tmp``; the file is still in the spool and the next scan queues it
+again). Either way a crash at any point leaves exactly one queued item or one
+file in the spool, never both and never neither. ``<id>.data`` appears only by
+rename, so it is never a torn copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from dockercomms.core import protocol as p
+from dockercomms.core.config import DEFAULT_CHUNK_BYTES
+from dockercomms.core.manifest import Descriptor
+
+log = logging.getLogger(__name__)
+
+_INTAKE = "intake"
+_DATA_SUFFIX = ".data"
+_TMP_SUFFIX = ".data.tmp"
+_SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    recipient TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    next_attempt_at TEXT,
+    digest TEXT,
+    tag TEXT,
+    enqueued_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    sent_at TEXT,
+    receipt TEXT,
+    source_path TEXT,
+    source_key TEXT,
+    chunk_bytes INTEGER,
+    compression TEXT,
+    ttl_seconds INTEGER
+);
+CREATE INDEX IF NOT EXISTS items_due ON items (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS chunks (
+    item_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (item_id, idx)
+);
+"""
+
+_COLUMNS = (
+    "id, recipient, filename, size, state, message_id, session_id, created_at, attempts, "
+    "last_error, next_attempt_at, digest, tag, enqueued_at, sent_at, receipt"
+)
+
+
+class ItemState(StrEnum):
+    """Where an item is in its life: queued -> uploading -> sent, or failed."""
+
+    QUEUED = "queued"
+    UPLOADING = "uploading"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    """One file in the queue.
+
+    Attributes:
+        id: the queue's own id (also names the data file).
+        filename: the name announced to the recipient.
+        size: bytes of the queued copy.
+        message_id: fixed at enqueue, so retries are the same message.
+        session_id: fixed at enqueue (the tag's sid8).
+        created_at: fixed at enqueue (whole seconds, UTC; part of the tag).
+        data_path: our private copy of the bytes; gone once sent.
+        attempts: upload attempts started so far.
+        last_error: why the last attempt failed (kept until the item is sent).
+        next_attempt_at: a queued item is not due before this (backoff).
+        digest: the manifest digest, once sent.
+        tag: the inbox tag, once sent.
+        receipt: latest verified receipt status from the recipient, if any.
+    """
+
+    id: str
+    recipient: str
+    filename: str
+    size: int
+    state: ItemState
+    message_id: str
+    session_id: str
+    created_at: datetime
+    data_path: Path
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    digest: str | None
+    tag: str | None
+    enqueued_at: datetime
+    sent_at: datetime | None
+    receipt: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (timestamps RFC 3339)."""
+        return {
+            "id": self.id,
+            "recipient": self.recipient,
+            "filename": self.filename,
+            "size": self.size,
+            "state": str(self.state),
+            "message_id": self.message_id,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "next_attempt_at": _rfc3339(self.next_attempt_at),
+            "digest": self.digest,
+            "tag": self.tag,
+            "enqueued_at": _rfc3339(self.enqueued_at),
+            "sent_at": _rfc3339(self.sent_at),
+            "receipt": self.receipt,
+        }
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    """The settings that shape a manifest, pinned per item at its first upload.
+
+    Pinned because a config change between a crashed attempt and its retry would
+    otherwise give the retry another digest.
+    """
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    compression: str = "zstd"
+    ttl_seconds: int = p.DEFAULT_TTL_SECONDS
+
+
+@dataclass(frozen=True)
+class QueueStatistics:
+    """A snapshot of the queue, as ``status`` shows it.
+
+    Attributes:
+        counts: items per state (every state present, zero included).
+        bytes_queued: bytes still to send (queued + uploading).
+        oldest_queued: enqueue time of the oldest item not yet sent.
+        last_error: the most recent error of an item that is not sent.
+        last_error_at: when that error was recorded.
+    """
+
+    counts: dict[ItemState, int]
+    bytes_queued: int
+    oldest_queued: datetime | None
+    last_error: str | None
+    last_error_at: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "counts": {str(k): v for k, v in self.counts.items()},
+            "bytes_queued": self.bytes_queued,
+            "oldest_queued": _rfc3339(self.oldest_queued),
+            "last_error": self.last_error,
+            "last_error_at": _rfc3339(self.last_error_at),
+        }
+
+
+class PushQueue:
+    """Durable FIFO of files to send; see the module docstring for the protocol."""
+
+    def __init__(self, db_path: Path, queue_dir: Path) -> None:
+        self.db_path = db_path
+        self.queue_dir = queue_dir
+        queue_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        # One connection shared by the watcher, worker and chunk-upload threads,
+        # serialised by the lock; autocommit mode so transactions are explicit.
+        self._conn = sqlite3.connect(
+            db_path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self._transaction():
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > _SCHEMA_VERSION:
+                raise RuntimeError(f"{db_path} is from a newer dockercomms (v{version})")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> PushQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- intake ---------------------------------------------------------------------
+
+    def enqueue(self, path: Path, recipient: str, filename: str | None = None) -> QueueItem:
+        """Take ownership of ``path`` (moved into the queue) and queue it for ``recipient``.
+
+        Raises ``FileNotFoundError`` when the file is gone (someone else took it),
+        ``ValueError`` when it is not a regular file; the row is undone either way.
+        """
+        if not recipient:
+            raise ValueError("recipient must not be empty")
+        source = os.lstat(path)
+        if not stat.S_ISREG(source.st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        item_id = uuid.uuid4().hex
+        now = datetime.now(UTC)
+        data = self._data_path(item_id)
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "INSERT INTO items (id, recipient, filename, size, state, message_id, "
+                "session_id, created_at, enqueued_at, updated_at, source_path, source_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item_id,
+                    recipient,
+                    filename or path.name,
+                    source.st_size,
+                    _INTAKE,
+                    p.new_message_id(),
+                    p.new_message_id(),
+                    _ts(now.replace(microsecond=0)),
+                    _ts(now),
+                    _ts(now),
+                    str(path.absolute()),
+                    _identity_key(source),
+                ),
+            )
+        try:
+            try:
+                os.rename(path, data)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                self._copy_in(path, data, source)
+            _fsync_dir(self.queue_dir)
+            _fsync_dir(path.parent)
+        except BaseException:
+            if not data.exists():
+                with self._lock:
+                    self._undo_intake(item_id)
+                raise
+            # Past the commit point (only a directory fsync failed): the bytes are
+            # ours now, so finishing is the only way not to lose the file.
+            log.warning("queued %s although syncing its folder failed", path, exc_info=True)
+        with self._lock:
+            with self._transaction():
+                self._conn.execute(
+                    "UPDATE items SET state = ?, size = ?, source_path = NULL, "
+                    "source_key = NULL, updated_at = ? WHERE id = ?",
+                    (ItemState.QUEUED, data.stat().st_size, _ts(datetime.now(UTC)), item_id),
+                )
+            self._changed.notify_all()
+            item = self._get(item_id)
+        assert item is not None
+        log.info("queued %s for %s as %s", item.filename, recipient, item_id)
+        return item
+
+    def _copy_in(self, path: Path, data: Path, source: os.stat_result) -> None:
+        """The cross-filesystem move: copy, fsync, rename (commit point), unlink."""
+        tmp = data.with_name(data.name[: -len(_DATA_SUFFIX)] + _TMP_SUFFIX)
+        with open(path, "rb") as src:
+            if _identity_key(os.fstat(src.fileno())) != _identity_key(source):
+                raise OSError(errno.EBUSY, "file changed while being queued", str(path))
+            with open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+                dst.flush()
+                os.fsync(dst.fileno())
+            if _identity_key(os.fstat(src.fileno())) != _identity_key(source):
+                tmp.unlink()
+                raise OSError(errno.EBUSY, "file changed while being queued", str(path))
+        os.rename(tmp, data)
+        try:
+            _fsync_dir(self.queue_dir)
+            if _identity_key(os.lstat(path)) != _identity_key(source):
+                raise OSError(errno.EBUSY, "file replaced while being queued", str(path))
+            path.unlink()
+        except BaseException:
+            # Both copies exist: give the file back to the spool rather than risk
+            # sending it twice.
+            data.unlink(missing_ok=True)
+            raise
+
+    def _undo_intake(self, item_id: str) -> None:
+        for leftover in (self._data_path(item_id), self._tmp_path(item_id)):
+            leftover.unlink(missing_ok=True)
+        with self._transaction():
+            self._conn.execute("DELETE FROM items WHERE id = ?", (item_id,))
+
+    def recover(self) -> None:
+        """Repair what a crash left: finish or undo intakes, requeue uploads, drop orphans.
+
+        Uploading items go back to queued with their ids unchanged, so the push
+        that follows is the same message as the interrupted one.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, source_path, source_key FROM items WHERE state = ?", (_INTAKE,)
+            ).fetchall()
+            for item_id, source_path, source_key in rows:
+                self._recover_intake(item_id, Path(source_path), source_key)
+            with self._transaction():
+                moved = self._conn.execute(
+                    "UPDATE items SET state = ?, next_attempt_at = NULL, updated_at = ? "
+                    "WHERE state = ?",
+                    (ItemState.QUEUED, _ts(datetime.now(UTC)), ItemState.UPLOADING),
+                ).rowcount
+            if moved:
+                log.info("requeued %d interrupted upload(s)", moved)
+            self._remove_orphans()
+            self._changed.notify_all()
+
+    def _recover_intake(self, item_id: str, source: Path, source_key: str) -> None:
+        data = self._data_path(item_id)
+        if not data.exists():
+            self._undo_intake(item_id)
+            log.info("undid interrupted intake of %s (still in the spool)", source)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            if _identity_key(os.lstat(source)) == source_key:
+                source.unlink()
+                _fsync_dir(source.parent)
+        self._tmp_path(item_id).unlink(missing_ok=True)
+        with self._transaction():
+            self._conn.execute(
+                "UPDATE items SET state = ?, size = ?, source_path = NULL, source_key = NULL, "
+                "updated_at = ? WHERE id = ?",
+                (ItemState.QUEUED, data.stat().st_size, _ts(datetime.now(UTC)), item_id),
+            )
+        log.info("finished interrupted intake of %s", source)
+
+    def _remove_orphans(self) -> None:
+        """Data files of sent or vanished items (a crash between commit and unlink)."""
+        live = {
+            row[0]
+            for row in self._conn.execute(
+                "SELECT id FROM items WHERE state != ?", (ItemState.SENT,)
+            )
+        }
+        for entry in self.queue_dir.iterdir():
+            item_id = entry.name.split(".", 1)[0]
+            if entry.name.endswith(_DATA_SUFFIX) and item_id in live:
+                continue
+            if entry.name.endswith((_DATA_SUFFIX, _TMP_SUFFIX)):
+                entry.unlink(missing_ok=True)
+
+    # --- the worker's transitions ---------------------------------------------------
+
+    def next_due(self, now: datetime) -> QueueItem | None:
+        """The oldest queued item whose backoff has passed, if any."""
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE state = ? "
+                "AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY seq LIMIT 1",
+                (ItemState.QUEUED, _ts(now)),
+            ).fetchone()
+            return self._item(row) if row else None
+
+    def next_attempt_at(self) -> datetime | None:
+        """When the earliest queued item becomes due (None: nothing queued)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*), MIN(COALESCE(next_attempt_at, '')) FROM items WHERE state = ?",
+                (ItemState.QUEUED,),
+            ).fetchone()
+        if not row[0]:
+            return None
+        return _parse(row[1]) if row[1] else datetime.min.replace(tzinfo=UTC)
+
+    def wait_for_change(self, timeout: float) -> None:
+        """Block until an item is enqueued or requeued here, or ``timeout`` passes."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    def notify(self) -> None:
+        """Wake every ``wait_for_change`` (used to stop a worker promptly)."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def mark_uploading(self, item_id: str) -> QueueItem:
+        """An upload attempt starts: counted in ``attempts``."""
+        return self._update(
+            item_id,
+            "state = ?, attempts = attempts + 1, next_attempt_at = NULL",
+            (ItemState.UPLOADING,),
+        )
+
+    def pin_send_options(self, item_id: str, options: SendOptions) -> SendOptions:
+        """The item's send options: pinned to ``options`` on first use, then fixed."""
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "UPDATE items SET chunk_bytes = ?, compression = ?, ttl_seconds = ? "
+                "WHERE id = ? AND chunk_bytes IS NULL",
+                (options.chunk_bytes, options.compression, options.ttl_seconds, item_id),
+            )
+            row = self._conn.execute(
+                "SELECT chunk_bytes, compression, ttl_seconds FROM items WHERE id = ?",
+                (item_id,),
+            ).fetchone()
+        if row is None:
+            raise KeyError(item_id)
+        return SendOptions(*row)
+
+    def record_chunk(self, item_id: str, index: int, descriptor: Descriptor) -> None:
+        """Remember an uploaded chunk so a retry skips it (after a HEAD)."""
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
+                (item_id, index, descriptor.media_type, descriptor.digest, descriptor.size),
+            )
+
+    def known_chunks(self, item_id: str) -> dict[int, Descriptor]:
+        """Chunks recorded for ``item_id`` by earlier attempts."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT idx, media_type, digest, size FROM chunks WHERE item_id = ?", (item_id,)
+            ).fetchall()
+        return {idx: Descriptor(media_type, digest, size) for idx, media_type, digest, size in rows}
+
+    def mark_sent(self, item_id: str, digest: str, tag: str) -> QueueItem:
+        """The tag is pushed: the item is done; its bytes are deleted."""
+        now = _ts(datetime.now(UTC))
+        with self._lock:
+            with self._transaction():
+                self._conn.execute("DELETE FROM chunks WHERE item_id = ?", (item_id,))
+                item = self._update_locked(
+                    item_id,
+                    "state = ?, digest = ?, tag = ?, sent_at = ?, last_error = NULL, "
+                    "next_attempt_at = NULL",
+                    (ItemState.SENT, digest, tag, now),
+                )
+            # After the commit: a crash before the unlink leaves an orphan that
+            # recover() removes, never a sent row without its proof of sending.
+            item.data_path.unlink(missing_ok=True)
+        return item
+
+    def mark_retry(self, item_id: str, error: str, delay: float) -> QueueItem:
+        """A temporary failure: back to queued, not due for ``delay`` seconds."""
+        due = datetime.now(UTC) + timedelta(seconds=max(delay, 0.0))
+        with self._lock:
+            item = self._update(
+                item_id,
+                "state = ?, last_error = ?, next_attempt_at = ?",
+                (ItemState.QUEUED, error, _ts(due)),
+            )
+            self._changed.notify_all()
+        return item
+
+    def mark_failed(self, item_id: str, error: str) -> QueueItem:
+        """A permanent failure: kept (with its bytes) until requeued or cancelled."""
+        return self._update(
+            item_id, "state = ?, last_error = ?, next_attempt_at = NULL", (ItemState.FAILED, error)
+        )
+
+    def set_receipt(self, item_id: str, status: str) -> QueueItem:
+        """Remember the latest verified receipt status for a sent item."""
+        return self._update(item_id, "receipt = ?", (status,))
+
+    def requeue(self, item_id: str) -> QueueItem:
+        """Give a failed item another go (same ids, so still the same message)."""
+        with self._lock:
+            item = self._update(
+                item_id,
+                "state = ?, next_attempt_at = NULL",
+                (ItemState.QUEUED,),
+                only_states=(ItemState.FAILED,),
+            )
+            self._changed.notify_all()
+        return item
+
+    def cancel(self, item_id: str) -> None:
+        """Drop a queued or failed item and its bytes (never one being uploaded)."""
+        with self._lock:
+            with self._transaction():
+                deleted = self._conn.execute(
+                    "DELETE FROM items WHERE id = ? AND state IN (?, ?)",
+                    (item_id, ItemState.QUEUED, ItemState.FAILED),
+                ).rowcount
+                if not deleted:
+                    raise KeyError(f"{item_id} is not a queued or failed item")
+                self._conn.execute("DELETE FROM chunks WHERE item_id = ?", (item_id,))
+            self._data_path(item_id).unlink(missing_ok=True)
+
+    # --- reading --------------------------------------------------------------------
+
+    def items(self, states: Iterable[ItemState] | None = None) -> list[QueueItem]:
+        """Items in enqueue order, optionally only those in ``states``."""
+        wanted = [str(s) for s in states] if states is not None else [str(s) for s in ItemState]
+        if not wanted:
+            return []
+        marks = ", ".join("?" * len(wanted))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE state IN ({marks}) ORDER BY seq", wanted
+            ).fetchall()
+        return [self._item(row) for row in rows]
+
+    def get(self, item_id: str) -> QueueItem | None:
+        """One item by id (None while its intake is unfinished, or if unknown)."""
+        with self._lock:
+            return self._get(item_id)
+
+    def statistics(self) -> QueueStatistics:
+        """Counts per state, bytes left to send, oldest waiting item, last error."""
+        with self._lock:
+            counts = dict.fromkeys(ItemState, 0)
+            for state, count in self._conn.execute(
+                "SELECT state, COUNT(*) FROM items WHERE state != ? GROUP BY state", (_INTAKE,)
+            ):
+                counts[ItemState(state)] = count
+            pending, oldest = self._conn.execute(
+                "SELECT COALESCE(SUM(size), 0), MIN(enqueued_at) FROM items WHERE state IN (?, ?)",
+                (ItemState.QUEUED, ItemState.UPLOADING),
+            ).fetchone()
+            failing = self._conn.execute(
+                "SELECT last_error, updated_at FROM items WHERE last_error IS NOT NULL "
+                "AND state != ? ORDER BY updated_at DESC LIMIT 1",
+                (ItemState.SENT,),
+            ).fetchone()
+        return QueueStatistics(
+            counts,
+            pending,
+            _parse(oldest) if oldest else None,
+            failing[0] if failing else None,
+            _parse(failing[1]) if failing else None,
+        )
+
+    # --- internals ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _update(
+        self,
+        item_id: str,
+        assignments: str,
+        values: tuple[object, ...],
+        *,
+        only_states: tuple[ItemState, ...] | None = None,
+    ) -> QueueItem:
+        with self._lock, self._transaction():
+            return self._update_locked(item_id, assignments, values, only_states=only_states)
+
+    def _update_locked(
+        self,
+        item_id: str,
+        assignments: str,
+        values: tuple[object, ...],
+        *,
+        only_states: tuple[ItemState, ...] | None = None,
+    ) -> QueueItem:
+        states = only_states or tuple(ItemState)
+        marks = ", ".join("?" * len(states))
+        changed = self._conn.execute(
+            f"UPDATE items SET {assignments}, updated_at = ? WHERE id = ? AND state IN ({marks})",
+            (*values, _ts(datetime.now(UTC)), item_id, *states),
+        ).rowcount
+        if not changed:
+            raise KeyError(f"no queue item {item_id} in state {', '.join(states)}")
+        item = self._get(item_id)
+        assert item is not None
+        return item
+
+    def _get(self, item_id: str) -> QueueItem | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM items WHERE id = ? AND state != ?", (item_id, _INTAKE)
+        ).fetchone()
+        return self._item(row) if row else None
+
+    def _item(self, row: tuple[Any, ...]) -> QueueItem:
+        (
+            item_id,
+            recipient,
+            filename,
+            size,
+            state,
+            message_id,
+            session_id,
+            created_at,
+            attempts,
+            last_error,
+            next_attempt_at,
+            digest,
+            tag,
+            enqueued_at,
+            sent_at,
+            receipt,
+        ) = row
+        return QueueItem(
+            id=item_id,
+            recipient=recipient,
+            filename=filename,
+            size=size,
+            state=ItemState(state),
+            message_id=message_id,
+            session_id=session_id,
+            created_at=_parse(created_at),
+            data_path=self._data_path(item_id),
+            attempts=attempts,
+            last_error=last_error,
+            next_attempt_at=_parse(next_attempt_at) if next_attempt_at else None,
+            digest=digest,
+            tag=tag,
+            enqueued_at=_parse(enqueued_at),
+            sent_at=_parse(sent_at) if sent_at else None,
+            receipt=receipt,
+        )
+
+    def _data_path(self, item_id: str) -> Path:
+        return self.queue_dir / f"{item_id}{_DATA_SUFFIX}"
+
+    def _tmp_path(self, item_id: str) -> Path:
+        return self.queue_dir / f"{item_id}{_TMP_SUFFIX}"
+
+
+def _identity_key(st: os.stat_result) -> str:
+    """Which file, and which version of it: enough to know a source is untouched."""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename into or out of ``path`` survive a power cut."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ts(moment: datetime) -> str:
+    """Fixed-width UTC ISO text, so SQL compares timestamps as strings correctly."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _parse(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    return p.format_timestamp(moment) if moment is not None else None

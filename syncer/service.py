@@ -1,0 +1,441 @@
+"""The syncer: watcher + durable queue + push worker, and an optional inbox poller.
+
+Caveats first:
+
+* One syncer per identity at a time: ``start()`` and ``run_once()`` take a
+  file lock next to the queue, because a second process recovering the queue
+  would requeue uploads the first is still doing.
+* ``start()`` recovers the queue before the watcher scans, so an intake a crash
+  interrupted is finished or undone before the spool is looked at again.
+* The syncer's registry client gives up on a request within seconds
+  (:data:`SYNC_RETRY_POLICY`): the durable queue does the long waiting, with
+  backoff, and ``status()`` says meanwhile that the registry is unreachable.
+* ``stop()`` does not close the queue, so ``status()`` keeps answering; call
+  ``close()`` when done (or use the syncer as a context manager).
+* The poller writes received files into a plain folder with ``receive_new``
+  (the loop ``recv`` uses) and records verified receipts for sent items.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import filelock
+from dockercomms.core import protocol as p
+from dockercomms.core.errors import ConfigError, DockerCommsError
+from dockercomms.core.intake import Outcome, receive_new
+from dockercomms.core.receipts import receipts_for
+from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.registry.retry import RetryPolicy
+from dockercomms.core.send import Sender
+from dockercomms.core.workspace import RegistryOptions, Workspace
+from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions
+from dockercomms.syncer.watcher import OutboxWatcher
+from dockercomms.syncer.worker import PushWorker, describe, is_temporary
+
+log = logging.getLogger(__name__)
+
+#: Per-request retries for the syncer's client: short, because the queue retries.
+SYNC_RETRY_POLICY = RetryPolicy(attempts=3, base_delay=0.5, max_delay=4.0, total_budget=10.0)
+#: Sent items younger than this are checked for receipts.
+RECEIPT_WINDOW = timedelta(days=7)
+#: A poll looks up receipts for at most this many sent items.
+RECEIPTS_PER_POLL = 20
+
+
+@dataclass
+class SyncSummary:
+    """What one ``run_once`` did (the ``sync --once`` report).
+
+    Attributes:
+        queued: items taken from the spool in this run.
+        sent: items sent in this run.
+        failed: items that failed for good in this run.
+        waiting: items still queued afterwards (registry down, or in backoff).
+        received: inbox outcomes (received, already-received, rejected).
+        unroutable: files left in the outbox for want of a recipient, and why.
+        errors: every error, in order; the first decides the exit code.
+    """
+
+    queued: list[QueueItem] = field(default_factory=list)
+    sent: list[QueueItem] = field(default_factory=list)
+    failed: list[QueueItem] = field(default_factory=list)
+    waiting: list[QueueItem] = field(default_factory=list)
+    received: list[Outcome] = field(default_factory=list)
+    unroutable: dict[str, str] = field(default_factory=dict)
+    errors: list[BaseException] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "queued": [i.to_json() for i in self.queued],
+            "sent": [i.to_json() for i in self.sent],
+            "failed": [i.to_json() for i in self.failed],
+            "waiting": [i.to_json() for i in self.waiting],
+            "received": [o.to_json() for o in self.received],
+            "unroutable": dict(self.unroutable),
+            "errors": [describe(e) for e in self.errors],
+        }
+
+
+class Syncer:
+    """Keeps a spool folder sent and (optionally) an inbox folder filled.
+
+    Attributes:
+        queue: the durable push queue (``state_dir/queue.db`` + ``state_dir/queue/``).
+        watcher: turns complete spool files into queue items.
+        worker: pushes queue items.
+    """
+
+    queue: PushQueue
+
+    def __init__(
+        self,
+        workspace: Workspace,
+        registry_options: RegistryOptions | None,
+        *,
+        spool_dir: Path,
+        inbox_dir: Path | None,
+        default_recipient: str | None,
+        poll_seconds: float = 5.0,
+        settle_seconds: float = 0.5,
+        rescan_seconds: float = 30.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        write_receipts: bool = True,
+    ) -> None:
+        self.workspace = workspace
+        self.registry_options = registry_options or RegistryOptions()
+        self.spool_dir = spool_dir
+        self.inbox_dir = inbox_dir
+        self.poll_seconds = poll_seconds
+        self.write_receipts = write_receipts
+        state = workspace.paths.state_dir
+        self.queue = PushQueue(state / "queue.db", state / "queue")
+        self.watcher = OutboxWatcher(
+            spool_dir,
+            self.queue,
+            default_recipient=default_recipient,
+            settle_seconds=settle_seconds,
+            rescan_seconds=rescan_seconds,
+        )
+        settings = workspace.settings
+        self.worker = PushWorker(
+            self.queue,
+            self._new_sender,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            options=SendOptions(settings.chunk_bytes, settings.compression, settings.ttl_seconds),
+        )
+        self._owner = filelock.FileLock(state / "queue.lock", timeout=0)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running = False
+        self._lock = threading.Lock()
+        self._last_poll_at: datetime | None = None
+        self._poll_error: str | None = None
+        self._poll_reachable = True
+        self._received = 0
+        self._rejected: list[str] = []
+        self._fatal: str | None = None
+
+    # --- lifetime -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Lock the queue, recover it, then start watching, pushing and polling."""
+        if self._running:
+            raise RuntimeError("syncer already started")
+        self.workspace.signer()  # a missing key is a start-up error, not N failed items
+        self._take_ownership()
+        self.queue.recover()
+        self._stop.clear()
+        self.watcher.start()
+        self._threads = [
+            threading.Thread(target=self._push_loop, name="push-worker", daemon=True),
+            threading.Thread(target=self._poll_loop, name="inbox-poller", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        self._running = True
+
+    def stop(self, drain_timeout: float = 30.0) -> None:
+        """Stop watching and polling; let the upload in flight finish within the timeout.
+
+        An upload still going after ``drain_timeout`` is interrupted after its
+        current chunk; it stays queued and resumes as the same message next time.
+        """
+        if not self._running:
+            return
+        self.watcher.stop()
+        self._stop.set()
+        self.worker.stop()
+        deadline = time.monotonic() + drain_timeout
+        pusher, poller = self._threads
+        pusher.join(max(deadline - time.monotonic(), 0.0))
+        if pusher.is_alive():
+            log.warning("upload still running after %.0fs; interrupting it", drain_timeout)
+            self.worker.abort()
+            pusher.join()
+        poller.join(max(deadline - time.monotonic(), 1.0))
+        if poller.is_alive():
+            log.warning("inbox poll still running after %.0fs", drain_timeout)
+        self._threads = []
+        self._running = False
+        self._owner.release()
+
+    def close(self) -> None:
+        """Stop (if running) and close the queue."""
+        self.stop()
+        self.queue.close()
+
+    def __enter__(self) -> Syncer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _take_ownership(self) -> None:
+        try:
+            self._owner.acquire()
+        except filelock.Timeout as exc:
+            raise ConfigError(
+                f"another dockercomms sync is running for this identity ({self._owner.lock_file})"
+            ) from exc
+
+    def _push_loop(self) -> None:
+        try:
+            self.worker.run(self._stop)
+        except Exception as exc:
+            log.exception("push worker stopped")
+            self._fatal = f"push worker stopped: {describe(exc)}"
+
+    def _poll_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll()
+            except Exception as exc:
+                log.exception("inbox poll failed")
+                self._fatal = f"inbox poller: {describe(exc)}"
+            self._stop.wait(self.poll_seconds)
+
+    # --- one round ------------------------------------------------------------------
+
+    def run_once(self) -> SyncSummary:
+        """Scan, push everything queued (ignoring backoff), receive once; for ``--once``."""
+        summary = SyncSummary()
+        self.workspace.signer()
+        self._take_ownership()
+        try:
+            self.queue.recover()
+            summary.queued += self.watcher.scan()
+            if self.watcher.statistics().pending:
+                # Files written just now: give them their settle time, then look again.
+                time.sleep(self.watcher.settle_seconds)
+                summary.queued += self.watcher.scan()
+            self._push_all(summary)
+            self.worker.close()
+            summary.unroutable = self.watcher.statistics().unroutable
+            for why in summary.unroutable.values():
+                summary.errors.append(ConfigError(why))
+            summary.received, error = self._poll_once()
+            summary.errors += [o.error for o in summary.received if o.error is not None]
+            if error is not None:
+                summary.errors.append(error)
+        finally:
+            self._owner.release()
+        summary.waiting = self.queue.items([ItemState.QUEUED])
+        return summary
+
+    def _push_all(self, summary: SyncSummary) -> None:
+        later = datetime.now(UTC) + timedelta(days=365 * 100)
+        tried: set[str] = set()
+        while (item := self.queue.next_due(later)) is not None and item.id not in tried:
+            tried.add(item.id)
+            result = self.worker.push(item)
+            if result.error is None:
+                summary.sent.append(result.item)
+                continue
+            summary.errors.append(result.error)
+            if result.temporary:
+                break  # the registry is down: the rest would fail the same way
+            summary.failed.append(result.item)
+
+    def poll(self) -> list[Outcome]:
+        """Receive new messages into the inbox folder and look for receipts, once."""
+        outcomes, _ = self._poll_once()
+        return outcomes
+
+    def _poll_once(self) -> tuple[list[Outcome], BaseException | None]:
+        outcomes: list[Outcome] = []
+        try:
+            with self._client() as client:
+                if self.inbox_dir is not None:
+                    outcomes = self._receive(client, self.inbox_dir)
+                self.refresh_receipts(client)
+        except (DockerCommsError, OSError) as exc:
+            with self._lock:
+                self._last_poll_at = datetime.now(UTC)
+                self._poll_error = describe(exc)
+                self._poll_reachable = not is_temporary(exc)
+            log.warning("inbox poll: %s", describe(exc))
+            return outcomes, exc
+        with self._lock:
+            self._last_poll_at = datetime.now(UTC)
+            self._poll_error = None
+            self._poll_reachable = True
+        return outcomes, None
+
+    def _receive(self, client: RegistryClient, inbox_dir: Path) -> list[Outcome]:
+        inbox_dir.mkdir(parents=True, exist_ok=True)
+        with self.workspace.ledger() as ledger:
+            outcomes = receive_new(
+                self.workspace.receiver(client),
+                ledger,
+                inbox_dir,
+                receipt_signer=self.workspace.signer() if self.write_receipts else None,
+            )
+        with self._lock:
+            for outcome in outcomes:
+                if outcome.status == "received":
+                    self._received += 1
+                elif outcome.status == "rejected" and outcome.error is not None:
+                    self._rejected = [*self._rejected[-9:], outcome.error.diagnostics()]
+        return outcomes
+
+    def refresh_receipts(self, client: RegistryClient | None = None) -> list[QueueItem]:
+        """Record the latest *verified* receipt of recently sent items that have none yet.
+
+        A receipt counts only if its signature verifies and its signer is the
+        recipient the item was sent to; anything else is ignored, not trusted.
+        """
+        since = datetime.now(UTC) - RECEIPT_WINDOW
+        waiting = [
+            item
+            for item in self.queue.items([ItemState.SENT])
+            if item.receipt is None and item.digest and item.sent_at and item.sent_at > since
+        ]
+        if not waiting:
+            return []
+        if client is None:
+            with self._client() as own:
+                return self.refresh_receipts(own)
+        present = {tag.split("-")[1] for tag in client.list_tags("receipt-")}
+        receiver = self.workspace.receiver(client)
+        updated: list[QueueItem] = []
+        for item in [i for i in waiting if _hex12(i.digest) in present][-RECEIPTS_PER_POLL:]:
+            assert item.digest is not None
+            for receipt in reversed(receipts_for(client, item.digest)):
+                if receipt.sender != item.recipient or receipt.recipient != self.workspace.identity:
+                    continue
+                try:
+                    signer = receiver.verify_signature(receipt.digest)
+                except DockerCommsError as exc:
+                    log.info("ignoring receipt %s: %s", receipt.digest[:19], exc.diagnostics())
+                    continue
+                if signer.name == receipt.sender:
+                    updated.append(self.queue.set_receipt(item.id, receipt.status))
+                    break
+        return updated
+
+    # --- status ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Everything a user asks "is it working?" about, JSON-ready."""
+        queue = self.queue.statistics()
+        worker = self.worker.statistics()
+        watcher = self.watcher.statistics()
+        with self._lock:
+            poll: dict[str, Any] = {
+                "inbox": str(self.inbox_dir) if self.inbox_dir else None,
+                "last_poll_at": _rfc3339(self._last_poll_at),
+                "last_error": self._poll_error,
+                "received": self._received,
+                "recent_rejections": list(self._rejected),
+            }
+            poll_reachable = self._poll_reachable
+        reachable = worker.registry_reachable and poll_reachable
+        errors = [
+            e
+            for e in (self._fatal, worker.last_error if not reachable else None, self._poll_error)
+            if e
+        ]
+        errors += list(watcher.unroutable.values())
+        if worker.in_flight:
+            state = "uploading"
+        elif not reachable:
+            state = "waiting for registry"
+        elif queue.counts[ItemState.QUEUED]:
+            state = "queued"
+        else:
+            state = "idle"
+        if not self._running:
+            state = "stopped"
+        in_flight = None
+        if worker.in_flight:
+            in_flight = {
+                "id": worker.in_flight,
+                "filename": worker.in_flight_filename,
+                "bytes_done": worker.bytes_done,
+                "bytes_total": worker.bytes_total,
+                "percent": round(100 * worker.bytes_done / worker.bytes_total, 1)
+                if worker.bytes_total
+                else 100.0,
+            }
+        return {
+            "identity": self.workspace.identity,
+            "repository": str(self.workspace.repository(self.registry_options)),
+            "spool": str(self.spool_dir),
+            "state": state,
+            "summary": _summary_line(state, queue.counts, worker.paused_until, errors),
+            "registry_reachable": reachable,
+            "in_flight": in_flight,
+            "queue": queue.to_json(),
+            "worker": worker.to_json(),
+            "watcher": watcher.to_json(),
+            "inbox": poll,
+            "errors": errors,
+        }
+
+    # --- registry -------------------------------------------------------------------
+
+    def _client(self) -> RegistryClient:
+        client = self.workspace.client(self.registry_options)
+        client.policy = SYNC_RETRY_POLICY
+        return client
+
+    def _new_sender(self) -> Sender:
+        return self.workspace.sender(self._client())
+
+
+def _hex12(digest: str | None) -> str:
+    return (digest or ":").split(":", 1)[1][:12]
+
+
+def _summary_line(
+    state: str,
+    counts: dict[ItemState, int],
+    paused_until: datetime | None,
+    errors: list[str],
+) -> str:
+    waiting = counts[ItemState.QUEUED] + counts[ItemState.UPLOADING]
+    text = f"{state}: {waiting} to send, {counts[ItemState.SENT]} sent"
+    if counts[ItemState.FAILED]:
+        text += f", {counts[ItemState.FAILED]} failed"
+    if state == "waiting for registry":
+        text += "; registry unreachable"
+        if paused_until is not None:
+            text += f", next try at {p.format_timestamp(paused_until)}"
+    if errors:
+        text += f"; last error: {errors[0]}"
+    return text
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    return p.format_timestamp(moment) if moment is not None else None

@@ -1,0 +1,379 @@
+"""Watching the spool: a file is queued once it is complete, and only then.
+
+Caveats first:
+
+* "Complete" means: a writer closed it or it was moved in (or a scan found it),
+  its size and mtime have not changed for ``settle_seconds``, and nobody has it
+  open for writing. The last check takes a Linux read lease, which the kernel
+  refuses while any writer has the file open; where leases are not available
+  (another owner without CAP_LEASE, some network filesystems) the settle time
+  alone decides.
+* Events only speed things up. A full scan at start picks up files left from
+  before a crash, and a rescan every ``rescan_seconds`` catches anything an
+  overflowing inotify queue dropped.
+* ``outbox/<recipient>/.../FILE`` goes to ``recipient`` under FILE's own name;
+  a file directly in the outbox goes to the default recipient. Without one it
+  stays where it is and is reported (``statistics().unroutable``), not sent.
+* Editor and download temp files (:func:`is_temporary_name`) and anything in a
+  hidden folder are never sent; they are still there when the writer renames
+  them to their final name, which is what gets queued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dockercomms.syncer.queue import PushQueue, QueueItem
+from watchdog.events import (
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+log = logging.getLogger(__name__)
+
+_TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".swx")
+# Vim swap files run .swp, .swo, .swn ... down to .swa as earlier ones exist.
+_VIM_SWAP = re.compile(r"\.sw[a-p]$", re.IGNORECASE)
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for names that are work in progress, never a file someone meant to send.
+
+    Dotfiles (``.x.swp``, ``.#lock``, ``.~lock.x#``), backups ending in ``~``,
+    Emacs ``#autosave#``, Office ``~$lock`` files, vim swap files and partial
+    downloads (``.part``, ``.crdownload``, ``.tmp``...).
+    """
+    if not name or name.startswith((".", "~$")) or name.endswith("~"):
+        return True
+    if name.startswith("#") and name.endswith("#"):
+        return True
+    lowered = name.lower()
+    return lowered.endswith(_TEMP_SUFFIXES) or bool(_VIM_SWAP.search(lowered))
+
+
+@dataclass(frozen=True)
+class WatcherStatistics:
+    """What the watcher is waiting on.
+
+    Attributes:
+        pending: files seen but not yet settled (being written, or just closed).
+        unroutable: files directly in the outbox with no default recipient, and why.
+        last_scan_at: when the last full scan finished.
+        last_error: the last intake failure (e.g. permission denied), if any.
+    """
+
+    pending: int
+    unroutable: dict[str, str]
+    last_scan_at: datetime | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "pending": self.pending,
+            "unroutable": dict(self.unroutable),
+            "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
+            "last_error": self.last_error,
+        }
+
+
+@dataclass
+class _Pending:
+    """A candidate file: when it last changed, and what it looked like then."""
+
+    changed_at: float
+    signature: tuple[int, int] | None
+
+
+class OutboxWatcher:
+    """Feeds complete files from ``spool_dir`` into ``queue``.
+
+    Two threads: watchdog's observer only records events; one settle thread
+    decides completeness and enqueues, so intake is never concurrent with itself.
+    """
+
+    def __init__(
+        self,
+        spool_dir: Path,
+        queue: PushQueue,
+        *,
+        default_recipient: str | None,
+        settle_seconds: float = 0.5,
+        rescan_seconds: float = 30.0,
+    ) -> None:
+        self.spool_dir = spool_dir
+        self.queue = queue
+        self.default_recipient = default_recipient
+        self.settle_seconds = settle_seconds
+        self.rescan_seconds = rescan_seconds
+        self._lock = threading.Lock()
+        self._intake = threading.Lock()
+        self._pending: dict[Path, _Pending] = {}
+        self._dirs: set[Path] = set()
+        self._unroutable: dict[str, str] = {}
+        self._last_scan_at: datetime | None = None
+        self._last_error: str | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifetime -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start watching; the first full scan runs right away on the settle thread."""
+        if self._thread is not None:
+            raise RuntimeError("watcher already started")
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self._stopping.clear()
+        observer = Observer()
+        observer.schedule(_SpoolEvents(self), str(self.spool_dir), recursive=True)
+        # Events first, then the scan: a file written in between is seen by one of them.
+        observer.start()
+        self._observer = observer
+        self._thread = threading.Thread(target=self._run, name="outbox-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop both threads and wait for them (a scan in progress finishes its file)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+            self._observer = None
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        next_scan = 0.0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() >= next_scan:
+                    self.scan()
+                    next_scan = time.monotonic() + self.rescan_seconds
+                self._settle()
+            except Exception as exc:
+                # Never let one bad file or a transient disk error end the watching.
+                log.exception("outbox watcher: %s", exc)
+                self._last_error = f"{type(exc).__name__}: {exc}"
+            self._wake.wait(self._next_wait())
+            self._wake.clear()
+
+    def _next_wait(self) -> float:
+        with self._lock:
+            if not self._pending and not self._dirs:
+                return min(self.rescan_seconds, 5.0)
+        return max(self.settle_seconds / 4, 0.05)
+
+    # --- events (observer thread) ---------------------------------------------------
+
+    def note(self, path: Path) -> None:
+        """Something happened to ``path``: (re)start its settle time."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            self.note_dir(path)
+            return
+        with self._lock:
+            self._pending[path] = _Pending(time.monotonic(), _signature(st))
+        self._wake.set()
+
+    def note_dir(self, path: Path) -> None:
+        """A folder appeared (moved in): scan it on the settle thread."""
+        with self._lock:
+            self._dirs.add(path)
+        self._wake.set()
+
+    def forget(self, path: Path) -> None:
+        """``path`` was deleted or moved out of the spool."""
+        with self._lock:
+            self._pending.pop(path, None)
+            self._unroutable.pop(str(path), None)
+
+    # --- intake (settle thread, or a caller of scan) --------------------------------
+
+    def scan(self) -> list[QueueItem]:
+        """Walk the whole spool: queue every complete file, watch the rest."""
+        queued: list[QueueItem] = []
+        seen: set[str] = set()
+        with self._intake:
+            for path in self._walk(self.spool_dir):
+                seen.add(str(path))
+                queued += self._consider(path, found_by_scan=True)
+            with self._lock:
+                for gone in set(self._unroutable) - seen:
+                    self._unroutable.pop(gone, None)
+            self._last_scan_at = datetime.now(UTC)
+        return queued
+
+    def _settle(self) -> list[QueueItem]:
+        queued: list[QueueItem] = []
+        with self._lock:
+            dirs, self._dirs = self._dirs, set()
+            now = time.monotonic()
+            due = [
+                path
+                for path, pending in self._pending.items()
+                if now - pending.changed_at >= self.settle_seconds
+            ]
+        with self._intake:
+            for directory in dirs:
+                for path in self._walk(directory):
+                    queued += self._consider(path, found_by_scan=True)
+            for path in due:
+                queued += self._consider(path, found_by_scan=False)
+        return queued
+
+    def _walk(self, top: Path) -> list[Path]:
+        """Regular files under ``top``, skipping hidden folders."""
+        found: list[Path] = []
+        for root, dirs, files in os.walk(top):
+            dirs[:] = [d for d in dirs if not is_temporary_name(d)]
+            found += [Path(root) / name for name in files]
+        return found
+
+    def _consider(self, path: Path, *, found_by_scan: bool) -> list[QueueItem]:
+        """Queue ``path`` if it is complete; otherwise keep (or stop) watching it."""
+        route = self._route(path)
+        if route is None:
+            self._drop(path)
+            return []
+        recipient, filename = route
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            self._drop(path)
+            return []
+        if not stat.S_ISREG(st.st_mode):
+            self._drop(path)
+            return []
+        signature = _signature(st)
+        now = time.monotonic()
+        with self._lock:
+            pending = self._pending.get(path)
+            if pending is None:
+                # A scan has no close event to go by: an old enough mtime must do.
+                old_enough = time.time() - st.st_mtime >= self.settle_seconds
+                if not (found_by_scan and old_enough):
+                    self._pending[path] = _Pending(now, signature)
+                    return []
+            elif pending.signature != signature:
+                self._pending[path] = _Pending(now, signature)
+                return []
+            elif now - pending.changed_at < self.settle_seconds:
+                return []
+        if recipient is None:
+            self._report_unroutable(path)
+            self._drop(path)
+            return []
+        if _open_for_writing(path):
+            with self._lock:
+                self._pending[path] = _Pending(time.monotonic(), signature)
+            return []
+        self._drop(path)
+        try:
+            item = self.queue.enqueue(path, recipient, filename)
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            log.warning("cannot queue %s: %s", path, exc)
+            self._last_error = f"{path}: {exc}"
+            return []
+        return [item]
+
+    def _route(self, path: Path) -> tuple[str | None, str] | None:
+        """(recipient, filename) for a file in the spool; None if it is not to be sent."""
+        try:
+            parts = path.relative_to(self.spool_dir).parts
+        except ValueError:
+            return None
+        if not parts or any(is_temporary_name(part) for part in parts):
+            return None
+        if len(parts) == 1:
+            return self.default_recipient, parts[0]
+        return parts[0], parts[-1]
+
+    def _report_unroutable(self, path: Path) -> None:
+        why = (
+            f"{path.name} is directly in the outbox and no default recipient is set; "
+            "use --to RECIPIENT or move it into outbox/<recipient>/"
+        )
+        with self._lock:
+            if str(path) in self._unroutable:
+                return
+            self._unroutable[str(path)] = why
+        log.error("%s", why)
+
+    def _drop(self, path: Path) -> None:
+        with self._lock:
+            self._pending.pop(path, None)
+
+    def statistics(self) -> WatcherStatistics:
+        """Pending and unroutable files, last scan, last error."""
+        with self._lock:
+            pending = len(self._pending) + len(self._dirs)
+            unroutable = dict(self._unroutable)
+        return WatcherStatistics(pending, unroutable, self._last_scan_at, self._last_error)
+
+
+class _SpoolEvents(FileSystemEventHandler):
+    """Translates watchdog events into ``note``/``forget``; does no I/O of its own."""
+
+    def __init__(self, watcher: OutboxWatcher) -> None:
+        self._watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
+            self._watcher.note(Path(os.fsdecode(event.src_path)))
+        elif isinstance(event, FileDeletedEvent):
+            self._watcher.forget(Path(os.fsdecode(event.src_path)))
+        elif isinstance(event, FileMovedEvent):
+            self._watcher.forget(Path(os.fsdecode(event.src_path)))
+            self._watcher.note(Path(os.fsdecode(event.dest_path)))
+        elif isinstance(event, DirMovedEvent):
+            self._watcher.note_dir(Path(os.fsdecode(event.dest_path)))
+
+
+def _signature(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_size, st.st_mtime_ns)
+
+
+def _open_for_writing(path: Path) -> bool:
+    """True if some process has ``path`` open for writing (Linux read-lease probe)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            return exc.errno in (errno.EAGAIN, errno.EBUSY)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        return False
+    finally:
+        os.close(fd)

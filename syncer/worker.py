@@ -1,0 +1,303 @@
+"""The push worker: takes due items off the queue and sends them, one at a time.
+
+Caveats first:
+
+* Which failures are worth waiting out is decided here, once: a temporary
+  registry error (``RegistryError.temporary``) or a local network ``OSError``
+  puts the item back with capped exponential backoff and full jitter; anything
+  else fails the item for good (it keeps its bytes until requeued).
+* The backoff is per registry, not per item: after a temporary failure the
+  worker pauses all sending, because the next item would only fail the same way.
+* One item at a time. The sender already uploads two chunks in parallel, and a
+  strict order keeps the inbox in the order files were dropped.
+* ``stop()`` lets the upload in flight finish; ``abort()`` interrupts it after
+  the next chunk. Either way the item stays in the queue with its ids, so the next
+  start resumes it as the same message.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from dockercomms.core import protocol as p
+from dockercomms.core.errors import DockerCommsError, RegistryError
+from dockercomms.core.manifest import Descriptor
+from dockercomms.core.send import Sender, SendRequest, SentMessage
+from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
+
+log = logging.getLogger(__name__)
+
+#: Longest sleep between looks at the queue when nothing wakes the worker
+#: (another process may have enqueued).
+IDLE_POLL_SECONDS = 1.0
+
+
+class _Aborted(Exception):
+    """Raised from the chunk callback to break off an upload in flight."""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """One attempt: the item as it is now, and the error if the attempt failed."""
+
+    item: QueueItem
+    error: BaseException | None = None
+
+    @property
+    def temporary(self) -> bool:
+        """The item is queued again (it waits for the registry)."""
+        return self.error is not None and is_temporary(self.error)
+
+
+@dataclass(frozen=True)
+class WorkerStatistics:
+    """What the worker is doing, for ``status``.
+
+    Attributes:
+        in_flight: id of the item being uploaded, if any.
+        in_flight_filename: its file name.
+        bytes_done: bytes of it uploaded (or skipped as already there) so far.
+        bytes_total: its size.
+        last_success_at: when the last item was sent.
+        last_failure_at: when the last attempt failed (temporarily or not).
+        registry_reachable: False from a temporary failure until the next success.
+        consecutive_failures: temporary failures in a row (drives the backoff).
+        paused_until: no attempt starts before this (registry backoff).
+        last_error: the last failure, as text.
+    """
+
+    in_flight: str | None
+    in_flight_filename: str | None
+    bytes_done: int
+    bytes_total: int
+    last_success_at: datetime | None
+    last_failure_at: datetime | None
+    registry_reachable: bool
+    consecutive_failures: int
+    paused_until: datetime | None
+    last_error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "in_flight": self.in_flight,
+            "in_flight_filename": self.in_flight_filename,
+            "bytes_done": self.bytes_done,
+            "bytes_total": self.bytes_total,
+            "last_success_at": _rfc3339(self.last_success_at),
+            "last_failure_at": _rfc3339(self.last_failure_at),
+            "registry_reachable": self.registry_reachable,
+            "consecutive_failures": self.consecutive_failures,
+            "paused_until": _rfc3339(self.paused_until),
+            "last_error": self.last_error,
+        }
+
+
+def is_temporary(error: BaseException) -> bool:
+    """Whether waiting and trying again may help (the one place that decides)."""
+    if isinstance(error, RegistryError):
+        return error.temporary
+    if isinstance(error, DockerCommsError):
+        return False
+    # requests' exceptions are OSErrors too: a network that comes back.
+    return isinstance(error, OSError)
+
+
+def describe(error: BaseException) -> str:
+    """Error text for the queue row and ``status``."""
+    if isinstance(error, DockerCommsError):
+        return error.diagnostics()
+    return f"{type(error).__name__}: {error}"
+
+
+class PushWorker:
+    """Pushes due queue items through a ``Sender``; a ``run()`` loop and a ``stop()``."""
+
+    def __init__(
+        self,
+        queue: PushQueue,
+        sender_factory: Callable[[], Sender],
+        *,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        options: SendOptions | None = None,
+    ) -> None:
+        self.queue = queue
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.options = options or SendOptions()
+        self._sender_factory = sender_factory
+        self._sender: Sender | None = None
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._aborting = threading.Event()
+        self._in_flight: QueueItem | None = None
+        self._bytes_done = 0
+        self._last_success_at: datetime | None = None
+        self._last_failure_at: datetime | None = None
+        self._reachable = True
+        self._failures = 0
+        self._paused_until: datetime | None = None
+        self._last_error: str | None = None
+
+    # --- loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Send due items until ``stop`` is set or ``stop()`` is called."""
+        try:
+            while not (stop.is_set() or self._stopping.is_set()):
+                wait = self._pause_left()
+                if wait <= 0:
+                    if self.run_once() is not None:
+                        continue
+                    wait = self._idle_wait()
+                self.queue.wait_for_change(min(wait, IDLE_POLL_SECONDS))
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        """Finish the upload in flight (if any), then leave ``run``."""
+        self._stopping.set()
+        self.queue.notify()
+
+    def abort(self) -> None:
+        """Also break off the upload in flight once its current chunk is recorded."""
+        self._aborting.set()
+        self.stop()
+
+    def close(self) -> None:
+        """Drop the sender and its registry connections."""
+        with self._lock:
+            sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.client.close()
+
+    def run_once(self) -> QueueItem | None:
+        """Push the next due item, if any; return it as it is afterwards."""
+        item = self.queue.next_due(datetime.now(UTC))
+        if item is None:
+            return None
+        return self.push(item).item
+
+    def push(self, item: QueueItem) -> PushResult:
+        """One attempt at ``item``: mark, send with its fixed ids, record the outcome."""
+        item = self.queue.mark_uploading(item.id)
+        with self._lock:
+            self._in_flight = item
+            self._bytes_done = 0
+        try:
+            sent = self._send(item)
+        except _Aborted:
+            log.info("upload of %s interrupted; it stays queued", item.filename)
+            return PushResult(self.queue.mark_retry(item.id, "interrupted by shutdown", 0.0))
+        except Exception as exc:
+            return self._failed(item, exc)
+        finally:
+            with self._lock:
+                self._in_flight = None
+        with self._lock:
+            self._failures = 0
+            self._reachable = True
+            self._paused_until = None
+            self._last_success_at = datetime.now(UTC)
+        return PushResult(self.queue.mark_sent(item.id, sent.digest, sent.tag))
+
+    def _send(self, item: QueueItem) -> SentMessage:
+        options = self.queue.pin_send_options(item.id, self.options)
+        request = SendRequest(
+            path=item.data_path,
+            recipient=item.recipient,
+            filename=item.filename,
+            chunk_bytes=options.chunk_bytes,
+            compression=options.compression,
+            ttl_seconds=options.ttl_seconds,
+            session_id=item.session_id,
+            message_id=item.message_id,
+            created_at=item.created_at,
+            known_chunks=self.queue.known_chunks(item.id),
+        )
+
+        def progress(n: int) -> None:
+            with self._lock:
+                self._bytes_done += n
+
+        def chunk_done(index: int, descriptor: Descriptor) -> None:
+            self.queue.record_chunk(item.id, index, descriptor)
+            # Checked only once the chunk is recorded, so an abort wastes no upload.
+            if self._aborting.is_set():
+                raise _Aborted
+
+        return self._get_sender().send(request, on_progress=progress, on_chunk=chunk_done)
+
+    def _failed(self, item: QueueItem, error: Exception) -> PushResult:
+        text = describe(error)
+        now = datetime.now(UTC)
+        with self._lock:
+            self._last_failure_at = now
+            self._last_error = text
+        if not is_temporary(error):
+            if not isinstance(error, DockerCommsError | OSError):
+                log.exception("unexpected error sending %s", item.filename)
+            log.error("sending %s to %s failed: %s", item.filename, item.recipient, text)
+            return PushResult(self.queue.mark_failed(item.id, text), error)
+        # A fresh client next time: the old connection pool may hold dead sockets.
+        self.close()
+        with self._lock:
+            self._failures += 1
+            self._reachable = False
+            delay = self._backoff(self._failures)
+            self._paused_until = now + timedelta(seconds=delay)
+        log.warning("registry unavailable (%s); retrying %s in %.1fs", text, item.filename, delay)
+        return PushResult(self.queue.mark_retry(item.id, text, delay), error)
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _get_sender(self) -> Sender:
+        with self._lock:
+            if self._sender is None:
+                self._sender = self._sender_factory()
+            return self._sender
+
+    def _pause_left(self) -> float:
+        with self._lock:
+            paused = self._paused_until
+        if paused is None:
+            return 0.0
+        return (paused - datetime.now(UTC)).total_seconds()
+
+    def _idle_wait(self) -> float:
+        due = self.queue.next_attempt_at()
+        if due is None:
+            return IDLE_POLL_SECONDS
+        return max((due - datetime.now(UTC)).total_seconds(), 0.01)
+
+    # --- status ---------------------------------------------------------------------
+
+    def statistics(self) -> WorkerStatistics:
+        """The item in flight with its progress, and how the registry has been doing."""
+        with self._lock:
+            item = self._in_flight
+            return WorkerStatistics(
+                item.id if item else None,
+                item.filename if item else None,
+                self._bytes_done if item else 0,
+                item.size if item else 0,
+                self._last_success_at,
+                self._last_failure_at,
+                self._reachable,
+                self._failures,
+                self._paused_until,
+                self._last_error,
+            )
+
+
+def _rfc3339(moment: datetime | None) -> str | None:
+    return p.format_timestamp(moment) if moment is not None else None

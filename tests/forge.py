@@ -1,0 +1,173 @@
+"""Building hostile artifacts on purpose: the attacker's toolkit for the tests.
+
+Everything goes through the real registry client, so a forged message sits in
+the repository exactly as a malicious or broken sender would leave it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import zstandard
+
+from dockercomms.core import manifest as m
+from dockercomms.core import protocol as p
+from dockercomms.core.chunking import ChunkSpan, layer_stream
+from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.send import DigestSigner
+from dockercomms.core.signatures import attach_bundle, push_empty_config
+
+
+def compress(data: bytes, compression: str) -> bytes:
+    """Compress ``data`` as a chunk layer would be."""
+    if compression == "zstd":
+        return zstandard.ZstdCompressor().compress(data)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+    return compressor.compress(data) + compressor.flush()
+
+
+def tar_bytes(entries: list[tarfile.TarInfo], payloads: list[bytes]) -> bytes:
+    """A tar archive with arbitrary entries (symlinks, several files...)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for info, data in zip(entries, payloads, strict=True):
+            archive.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    return buffer.getvalue()
+
+
+def regular(name: str, data: bytes) -> tarfile.TarInfo:
+    """A regular-file tar entry."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    return info
+
+
+def honest_layer(data: bytes, index: int, compression: str) -> bytes:
+    """The layer our own sender would produce for ``data`` at ``index``."""
+    with tempfile.TemporaryFile() as handle:
+        handle.write(data)
+        handle.flush()
+        span = ChunkSpan(index, 0, len(data))
+        return b"".join(layer_stream(handle.fileno(), span, compression))
+
+
+def bomb_layer(compression: str, *, expanded: int = 10 * 1024**3) -> bytes:
+    """A small layer that decompresses to ``expanded`` bytes.
+
+    A PAX header claiming a huge record is followed by non-zero bytes, so a tar
+    reader without an output cap would try to buffer all of it.
+    """
+    piece_size = 16 * 1024 * 1024
+    header = tarfile.TarInfo("././@PaxHeader")
+    header.type = tarfile.XHDTYPE
+    header.size = expanded
+    head = header.tobuf(format=tarfile.GNU_FORMAT)
+    piece = compress(b"a" * piece_size, compression)
+    repeats = expanded // piece_size
+    return compress(head, compression) + piece * repeats
+
+
+@dataclass
+class Forge:
+    """Pushes hand-made messages as ``sender`` (signing with ``signer``)."""
+
+    client: RegistryClient
+    signer: DigestSigner
+    sender: str
+    layers: list[m.Descriptor] = field(default_factory=list)
+
+    def layer(self, blob: bytes, index: int, compression: str = "zstd") -> m.Descriptor:
+        """Upload a chunk blob and describe it as chunk ``index``."""
+        pushed = self.client.push_blob_bytes(blob, p.CHUNK_MEDIA_TYPES[compression])
+        return m.Descriptor(
+            pushed.media_type, pushed.digest, pushed.size, {p.A_CHUNK_INDEX: str(index)}
+        )
+
+    def annotations(self, recipient: str, data_size: int, **overrides: str) -> dict[str, str]:
+        """Valid annotations for a one-chunk message of ``data_size`` bytes, then overrides."""
+        annotations = m.message_annotations(
+            sender=self.sender,
+            recipient=recipient,
+            created_at=datetime.now(UTC),
+            ttl_seconds=p.DEFAULT_TTL_SECONDS,
+            message_id=p.new_message_id(),
+            filename="forged.bin",
+            total_bytes=data_size,
+            chunk_bytes=max(data_size, 1),
+            chunk_count=1 if data_size else 0,
+            compression="zstd",
+        )
+        annotations.update(overrides)
+        return annotations
+
+    def push(
+        self,
+        raw: bytes,
+        recipient: str,
+        *,
+        sign: Callable[[str], bytes] | None = None,
+        tag: str | None = None,
+    ) -> str:
+        """Push manifest bytes, attach a bundle (ours unless ``sign``), tag for ``recipient``."""
+        push_empty_config(self.client)
+        pushed = self.client.push_manifest(raw)
+        bundle = (sign or self.signer.sign_digest)(pushed.digest)
+        attach_bundle(self.client, m.Descriptor(p.OCI_MANIFEST, pushed.digest, len(raw)), bundle)
+        tag = tag or p.message_tag(
+            recipient, datetime.now(UTC), p.new_message_id(), p.new_message_id()
+        )
+        self.client.push_manifest(raw, tag)
+        return pushed.digest
+
+    def message(
+        self,
+        recipient: str,
+        data: bytes = b"forged payload\n",
+        *,
+        layer_blobs: list[bytes] | None = None,
+        layer_indices: list[int] | None = None,
+        sign: Callable[[str], bytes] | None = None,
+        **overrides: str,
+    ) -> str:
+        """A one-chunk message with optional bad layers/annotations; returns its digest."""
+        blobs = layer_blobs if layer_blobs is not None else [honest_layer(data, 0, "zstd")]
+        indices = layer_indices if layer_indices is not None else list(range(len(blobs)))
+        compression = overrides.get(p.A_COMPRESSION, "zstd")
+        compression = compression if compression in p.CHUNK_MEDIA_TYPES else "zstd"
+        layers = [self.layer(b, i, compression) for b, i in zip(blobs, indices, strict=True)]
+        raw = m.build_message(self.annotations(recipient, len(data), **overrides), layers)
+        return self.push(raw, recipient, sign=sign)
+
+
+def tamper_blob_on_disk(storage: Path, digest: str) -> None:
+    """Flip a byte of a stored blob, as a compromised registry would (same size)."""
+    hex_digest = digest.split(":", 1)[1]
+    candidates = [
+        storage / "blobs" / "sha256" / hex_digest,
+        storage
+        / "docker"
+        / "registry"
+        / "v2"
+        / "blobs"
+        / "sha256"
+        / hex_digest[:2]
+        / hex_digest
+        / "data",
+    ]
+    for path in candidates:
+        if path.exists():
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            os.chmod(path, 0o644)
+            path.write_bytes(bytes(data))
+            return
+    raise FileNotFoundError(f"blob {digest} not found under {storage}")

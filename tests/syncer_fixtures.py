@@ -1,0 +1,193 @@
+"""Two real identities on one embedded registry, for the syncer tests.
+
+Each identity has its own ``DOCKERCOMMS_HOME``; both share ``XDG_DATA_HOME``, so
+they share the default embedded registry exactly as two users of one machine do.
+Identities are created with the real CLI (``init``, ``trust add``).
+
+Run as a module (``python -m tests.syncer_fixtures sync ...``) this is the
+``dockercomms`` command with ``sync`` added, for as long as ``cli/main.py`` does
+not register it itself; :data:`SYNC_COMMAND` picks whichever is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from dockercomms.cli import main as cli_main
+from dockercomms.cli import sync_cmd
+from dockercomms.cli.registry_flags import registry_parser
+from dockercomms.core import protocol as p
+from dockercomms.core.config import Paths, resolve_paths, save_settings
+from dockercomms.core.intake import Outcome, receive_new
+from dockercomms.core.signing.keypair import load_private_key, public_pem
+from dockercomms.core.workspace import Workspace
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One user: name, home folder and the environment that selects it."""
+
+    name: str
+    home: Path
+    env: dict[str, str]
+
+    @property
+    def paths(self) -> Paths:
+        """Where this identity's files live."""
+        return resolve_paths(self.env)
+
+    def workspace(self) -> Workspace:
+        """A freshly loaded workspace (settings re-read)."""
+        return Workspace.load(self.paths)
+
+    def cli(self, *argv: str) -> int:
+        """Run ``dockercomms ARGV`` in-process as this identity."""
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in self.env.items():
+                patch.setenv(key, value)
+            return sync_aware_main(list(argv))
+
+    def set_chunk_bytes(self, chunk_bytes: int) -> None:
+        """Change ``chunk_bytes`` in config.toml."""
+        settings = self.workspace().settings
+        save_settings(self.paths, replace(settings, chunk_bytes=chunk_bytes))
+
+    def receive(self, out_dir: Path) -> list[Outcome]:
+        """``recv`` into ``out_dir`` (with receipts), returning every outcome."""
+        workspace = self.workspace()
+        with workspace.client() as client, workspace.ledger() as ledger:
+            return receive_new(
+                workspace.receiver(client), ledger, out_dir, receipt_signer=workspace.signer()
+            )
+
+    def inbox_tags(self) -> list[str]:
+        """Tags in the registry addressed to me (one per message)."""
+        with self.workspace().client() as client:
+            return client.list_tags(p.inbox_prefix(self.name))
+
+
+def make_identity(root: Path, name: str, data_home: Path) -> Identity:
+    """``dockercomms init --identity NAME`` in its own home under ``root``."""
+    home = root / name
+    identity = Identity(
+        name, home, {"DOCKERCOMMS_HOME": str(home), "XDG_DATA_HOME": str(data_home)}
+    )
+    assert identity.cli("init", "--identity", name) == 0
+    return identity
+
+
+def trust(truster: Identity, trusted: Identity, scratch: Path) -> None:
+    """``key export`` from one, ``trust add`` at the other."""
+    pem = public_pem(load_private_key(trusted.paths.key_file).public_key())
+    key_file = scratch / f"{trusted.name}.pem"
+    key_file.write_bytes(pem)
+    assert truster.cli("trust", "add", trusted.name, "--key", str(key_file)) == 0
+
+
+def make_pair(root: Path) -> tuple[Identity, Identity]:
+    """alice and bob, each trusting the other."""
+    data_home = root / "xdg-data"
+    alice = make_identity(root, "alice", data_home)
+    bob = make_identity(root, "bob", data_home)
+    trust(bob, alice, root)
+    trust(alice, bob, root)
+    return alice, bob
+
+
+def sha256_file(path: Path) -> str:
+    """Hex digest of a file, read in pieces."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while piece := handle.read(1024 * 1024):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+# --- the sync command as a subprocess ------------------------------------------------
+
+
+def _main_has_sync() -> bool:
+    parser = cli_main.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return "sync" in sub.choices
+
+
+def sync_aware_main(argv: list[str]) -> int:
+    """``dockercomms.cli.main.main``, with ``sync`` registered if main does not yet."""
+    if _main_has_sync():
+        return cli_main.main(argv)
+    original = cli_main.build_parser
+
+    def build_with_sync() -> argparse.ArgumentParser:
+        parser = original()
+        common = argparse.ArgumentParser(add_help=False)
+        common.add_argument("--json", action="store_true")
+        common.add_argument("-v", "--verbose", action="count", default=0)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sync_cmd.add_parsers(sub, common, registry_parser())
+        return parser
+
+    cli_main.build_parser = build_with_sync
+    try:
+        return cli_main.main(argv)
+    finally:
+        cli_main.build_parser = original
+
+
+SYNC_COMMAND = (
+    [sys.executable, "-m", "dockercomms.cli"]
+    if _main_has_sync()
+    else [sys.executable, "-m", "tests.syncer_fixtures"]
+)
+
+
+@contextlib.contextmanager
+def sync_process(identity: Identity, log_dir: Path, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``dockercomms sync ARGV`` as a child process; killed by PID on the way out."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ) | identity.env | {"PYTHONPATH": str(REPO_ROOT)}
+    with (
+        (log_dir / "stdout").open("ab") as out,
+        (log_dir / "stderr").open("ab") as err,
+    ):
+        process = subprocess.Popen(
+            [*SYNC_COMMAND, "sync", *argv], env=env, cwd=REPO_ROOT, stdout=out, stderr=err
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def run_sync(identity: Identity, log_dir: Path, *argv: str, timeout: float = 60) -> int:
+    """``dockercomms sync ARGV`` to completion (``--once``); its exit code."""
+    with sync_process(identity, log_dir, *argv) as process:
+        return process.wait(timeout)
+
+
+if __name__ == "__main__":
+    sys.exit(sync_aware_main(sys.argv[1:]))

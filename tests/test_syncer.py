@@ -1,0 +1,414 @@
+"""The outbox syncer end to end: real files, the real embedded registry, real signatures.
+
+alice runs the syncer; bob receives with the same loop ``recv`` uses. The crash
+tests kill a real ``dockercomms sync`` process with SIGKILL and restart it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dockercomms.core.errors import ConfigError
+from dockercomms.core.limits import MIB
+from dockercomms.core.send import SendRequest
+from dockercomms.core.workspace import RegistryOptions
+from dockercomms.syncer.queue import ItemState, PushQueue
+from dockercomms.syncer.service import Syncer
+from dockercomms.syncer.watcher import is_temporary_name
+
+from tests.syncer_fixtures import (
+    Identity,
+    make_pair,
+    run_sync,
+    sha256_file,
+    sync_process,
+    wait_until,
+)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Identity, Identity]:
+    return make_pair(tmp_path / "ids")
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Path:
+    folder = tmp_path / "outbox"
+    (folder / "bob").mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
+def alice_syncer(pair: tuple[Identity, Identity], outbox: Path) -> Iterator[Syncer]:
+    alice, _ = pair
+    syncer = Syncer(
+        alice.workspace(),
+        None,
+        spool_dir=outbox,
+        inbox_dir=None,
+        default_recipient=None,
+        poll_seconds=0.5,
+        settle_seconds=0.2,
+    )
+    syncer.start()
+    try:
+        yield syncer
+    finally:
+        syncer.close()
+
+
+def sent_count(queue: PushQueue) -> int:
+    return queue.statistics().counts[ItemState.SENT]
+
+
+def queue_db(identity: Identity) -> Path:
+    return identity.paths.state_dir / "queue.db"
+
+
+def db_rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    """Read the queue database the way another process would (it may not exist yet)."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+TEMPORARY = [
+    ".notes.txt.swp",
+    ".notes.txt.swx",
+    "notes.txt~",
+    "movie.mkv.part",
+    "setup.exe.crdownload",
+    "scratch.tmp",
+    ".hidden",
+    ".#notes.txt",
+    "#notes.txt#",
+    "~$report.docx",
+]
+
+
+def test_temporary_names() -> None:
+    assert all(is_temporary_name(name) for name in TEMPORARY)
+    for name in ("notes.txt", "report.pdf", "a~b", "part.txt", "tmp"):
+        assert not is_temporary_name(name)
+
+
+def test_dropped_file_is_received_once_and_temp_files_stay(
+    pair: tuple[Identity, Identity], outbox: Path, alice_syncer: Syncer, tmp_path: Path
+) -> None:
+    alice, bob = pair
+    for name in TEMPORARY:
+        (outbox / "bob" / name).write_bytes(b"work in progress")
+    payload = os.urandom(300_000)
+    (outbox / "bob" / "hello.bin").write_bytes(payload)
+
+    wait_until(lambda: sent_count(alice_syncer.queue) == 1, 20, "hello.bin to be sent")
+    [item] = alice_syncer.queue.items()
+    assert (item.filename, item.recipient, item.size) == ("hello.bin", "bob", len(payload))
+    assert not item.data_path.exists()
+
+    outcomes = bob.receive(tmp_path / "bob-inbox")
+    [received] = [o for o in outcomes if o.status == "received"]
+    assert received.message is not None and received.path is not None
+    assert received.message.message_id == item.message_id
+    assert received.message.digest == item.digest
+    assert received.path.read_bytes() == payload
+    assert bob.receive(tmp_path / "bob-inbox")[0].status == "already-received"
+
+    assert sorted(p.name for p in (outbox / "bob").iterdir()) == sorted(TEMPORARY)
+    assert len(alice_syncer.queue.items()) == 1
+    [updated] = alice_syncer.refresh_receipts()
+    assert updated.receipt == "accepted"
+    status = alice_syncer.status()
+    assert status["state"] == "idle" and status["registry_reachable"] is True
+    assert status["queue"]["counts"]["sent"] == 1
+    json.dumps(status)
+
+
+def test_renamed_into_outbox(
+    pair: tuple[Identity, Identity], outbox: Path, alice_syncer: Syncer, tmp_path: Path
+) -> None:
+    _, bob = pair
+    staging = tmp_path / "staging"
+    (staging / "album").mkdir(parents=True)
+    expected = {
+        "report.pdf": os.urandom(5000),
+        "download.iso": os.urandom(7000),
+        "one.jpg": b"1" * 100,
+        "two.jpg": b"2" * 100,
+    }
+    (staging / "report.pdf").write_bytes(expected["report.pdf"])
+    (staging / "album" / "one.jpg").write_bytes(expected["one.jpg"])
+    (staging / "album" / "two.jpg").write_bytes(expected["two.jpg"])
+    (staging / "report.pdf").rename(outbox / "bob" / "report.pdf")
+    (staging / "album").rename(outbox / "bob" / "album")
+    # A browser: write the .part name, then rename it to the final name.
+    partial = outbox / "bob" / "download.iso.part"
+    with partial.open("wb") as handle:
+        handle.write(expected["download.iso"][:3000])
+        handle.flush()
+        handle.write(expected["download.iso"][3000:])
+    partial.rename(outbox / "bob" / "download.iso")
+
+    wait_until(lambda: sent_count(alice_syncer.queue) == 4, 20, "four files to be sent")
+    outcomes = bob.receive(tmp_path / "bob-inbox")
+    got = {o.path.name: o.path.read_bytes() for o in outcomes if o.path is not None}
+    assert got == expected
+
+
+def test_two_hundred_files_at_once_each_sent_once(
+    pair: tuple[Identity, Identity], outbox: Path, alice_syncer: Syncer, tmp_path: Path
+) -> None:
+    _, bob = pair
+    for n in range(200):
+        (outbox / "bob" / f"file-{n:03}.txt").write_text(f"file number {n}\n")
+
+    wait_until(lambda: sent_count(alice_syncer.queue) == 200, 45, "200 files to be sent")
+    items = alice_syncer.queue.items()
+    assert len(items) == 200 and len({i.message_id for i in items}) == 200
+    assert len(bob.inbox_tags()) == 200
+    outcomes = bob.receive(tmp_path / "bob-inbox")
+    received = [o for o in outcomes if o.status == "received"]
+    assert len(received) == 200
+    assert {o.message.message_id for o in received if o.message} == {i.message_id for i in items}
+    for outcome in received:
+        assert outcome.path is not None
+        n = int(outcome.path.stem.split("-")[1])
+        assert outcome.path.read_text() == f"file number {n}\n"
+    assert not list((outbox / "bob").iterdir())
+
+
+def test_no_default_recipient_keeps_the_file_and_says_why(
+    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice, bob = pair
+    stray = outbox / "stray.txt"
+    stray.write_text("to whom?")
+    os.utime(stray, (1_000_000_000, 1_000_000_000))
+    capsys.readouterr()
+
+    assert alice.cli("sync", "--once", "--outbox", str(outbox), "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    assert str(stray) in report["unroutable"]
+    assert "--to" in report["errors"][0]
+    assert stray.exists()
+
+    assert alice.cli("sync", "--once", "--outbox", str(outbox), "--to", "bob", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [i["filename"] for i in report["sent"]] == ["stray.txt"]
+    assert report["errors"] == [] and not stray.exists()
+    [outcome] = bob.receive(tmp_path / "bob-inbox")
+    assert outcome.path is not None and outcome.path.read_text() == "to whom?"
+
+
+def test_inbox_poller_and_second_syncer_refused(
+    pair: tuple[Identity, Identity], outbox: Path, alice_syncer: Syncer, tmp_path: Path
+) -> None:
+    _, bob = pair
+    inbox = tmp_path / "bob-inbox"
+    bob_syncer = Syncer(
+        bob.workspace(),
+        None,
+        spool_dir=tmp_path / "bob-outbox",
+        inbox_dir=inbox,
+        default_recipient=None,
+        poll_seconds=0.2,
+    )
+    with bob_syncer:
+        (outbox / "bob" / "polled.txt").write_text("picked up by the poller")
+        wait_until(lambda: (inbox / "polled.txt").exists(), 20, "bob's poller to receive")
+        assert (inbox / "polled.txt").read_text() == "picked up by the poller"
+        assert bob_syncer.status()["inbox"]["received"] == 1
+        second = Syncer(
+            bob.workspace(),
+            None,
+            spool_dir=tmp_path / "bob-outbox",
+            inbox_dir=None,
+            default_recipient=None,
+        )
+        with pytest.raises(ConfigError, match="another dockercomms sync"):
+            second.start()
+        second.close()
+
+
+def test_kill_9_mid_upload_then_restart_sends_exactly_once(
+    pair: tuple[Identity, Identity], tmp_path: Path
+) -> None:
+    alice, bob = pair
+    alice.set_chunk_bytes(1 * MIB)
+    outbox = tmp_path / "outbox"
+    (outbox / "bob").mkdir(parents=True)
+    staging = tmp_path / "big.bin"
+    with staging.open("wb") as handle:
+        for _ in range(64):
+            handle.write(os.urandom(MIB))
+    expected = sha256_file(staging)
+    staging.rename(outbox / "bob" / "big.bin")
+    db = queue_db(alice)
+
+    def chunks_recorded() -> bool:
+        rows = db_rows(db, "SELECT COUNT(*) FROM chunks")
+        return bool(rows) and int(str(rows[0][0])) >= 4
+
+    args = ("--outbox", str(outbox), "--settle", "0.1")
+    with sync_process(alice, tmp_path / "run1", *args) as process:
+        wait_until(chunks_recorded, 30, "some chunks to be uploaded")
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    [(message_id, state, attempts)] = db_rows(db, "SELECT message_id, state, attempts FROM items")
+    assert (state, attempts) == ("uploading", 1)
+
+    assert run_sync(alice, tmp_path / "run2", "--once", *args) == 0
+    [(again, state, attempts)] = db_rows(db, "SELECT message_id, state, attempts FROM items")
+    assert (again, state, attempts) == (message_id, "sent", 2)
+    assert len(bob.inbox_tags()) == 1
+    outcomes = bob.receive(tmp_path / "bob-inbox")
+    [outcome] = outcomes
+    assert outcome.status == "received" and outcome.message is not None
+    assert outcome.message.message_id == message_id
+    assert outcome.path is not None and sha256_file(outcome.path) == expected
+
+
+def test_crash_after_tag_before_mark_sent_is_the_same_message(
+    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
+) -> None:
+    """The worst moment: the inbox tag is pushed but the queue never heard of it."""
+    alice, bob = pair
+    workspace = alice.workspace()
+    state = workspace.paths.state_dir
+    (outbox / "bob" / "late.txt").write_text("sent twice, received once")
+    with PushQueue(state / "queue.db", state / "queue") as queue:
+        item = queue.enqueue(outbox / "bob" / "late.txt", "bob")
+        queue.mark_uploading(item.id)
+        with workspace.client() as client:
+            first = workspace.sender(client).send(
+                SendRequest(
+                    path=item.data_path,
+                    recipient="bob",
+                    filename=item.filename,
+                    chunk_bytes=workspace.settings.chunk_bytes,
+                    message_id=item.message_id,
+                    session_id=item.session_id,
+                    created_at=item.created_at,
+                )
+            )
+    # (the process "dies" here: the row is still 'uploading')
+    syncer = Syncer(workspace, None, spool_dir=outbox, inbox_dir=None, default_recipient=None)
+    try:
+        summary = syncer.run_once()
+    finally:
+        syncer.close()
+    [sent] = summary.sent
+    assert (sent.message_id, sent.tag) == (first.message_id, first.tag)
+    assert bob.inbox_tags() == [first.tag]
+    [outcome] = bob.receive(tmp_path / "bob-inbox")
+    assert outcome.path is not None and outcome.path.read_text() == "sent twice, received once"
+
+
+def test_intake_interrupted_at_each_step_recovers_to_one_item(
+    pair: tuple[Identity, Identity], outbox: Path
+) -> None:
+    """The enqueue protocol's crash windows, reproduced on disk (see queue.py)."""
+    alice, _ = pair
+    state = alice.paths.state_dir
+    spool_file = outbox / "bob" / "a.txt"
+    spool_file.write_text("a")
+    with PushQueue(state / "queue.db", state / "queue") as queue:
+        item = queue.enqueue(spool_file, "bob")
+    db = sqlite3.connect(state / "queue.db", isolation_level=None)
+    try:
+        # Crash after the rename, before the row said 'queued': roll forward.
+        db.execute("UPDATE items SET state = 'intake', source_path = ? WHERE id = ?",
+                   (str(spool_file), item.id))
+        # Crash after the INSERT, before the rename: the file is still in the spool.
+        (outbox / "bob" / "b.txt").write_text("b")
+        db.execute(
+            "INSERT INTO items (id, recipient, filename, size, state, message_id, session_id, "
+            "created_at, enqueued_at, updated_at, source_path, source_key) VALUES "
+            "('deadbeef', 'bob', 'b.txt', 1, 'intake', 'm', 's', 'x', 'x', 'x', ?, 'k')",
+            (str(outbox / "bob" / "b.txt"),),
+        )
+    finally:
+        db.close()
+    # An orphan copy from a crash between mark_sent and unlink.
+    (state / "queue" / "0123.data").write_text("orphan")
+
+    with PushQueue(state / "queue.db", state / "queue") as queue:
+        assert queue.items() == []  # unfinished intakes are invisible
+        queue.recover()
+        [a] = queue.items()
+        assert a.id == item.id and a.state == ItemState.QUEUED and a.data_path.read_text() == "a"
+        assert not spool_file.exists()
+        assert (outbox / "bob" / "b.txt").read_text() == "b"
+        assert sorted(p.name for p in (state / "queue").iterdir()) == [f"{item.id}.data"]
+
+
+def test_registry_down_waits_with_backoff_then_delivers(
+    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
+) -> None:
+    alice, bob = pair
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    status_file = tmp_path / "status.json"
+    db = queue_db(alice)
+    payload = os.urandom(50_000)
+    (outbox / "bob" / "patience.bin").write_bytes(payload)
+
+    def attempts() -> int:
+        rows = db_rows(db, "SELECT attempts FROM items")
+        return int(str(rows[0][0])) if rows else 0
+
+    def status() -> dict[str, object]:
+        try:
+            loaded: dict[str, object] = json.loads(status_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return loaded
+
+    argv = ("--outbox", str(outbox), "--settle", "0.1", "--status-file", str(status_file))
+    with sync_process(alice, tmp_path / "down", *argv, "--repo", f"127.0.0.1:{port}/x/y") as proc:
+        wait_until(lambda: attempts() >= 2, 30, "a second attempt")
+        wait_until(lambda: status().get("registry_reachable") is False, 10, "status to say so")
+        now = status()
+        assert now["state"] == "waiting for registry"
+        assert "registry unreachable" in str(now["summary"])
+        assert [r[0] for r in db_rows(db, "SELECT state FROM items")] in (["queued"], ["uploading"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    [(state, tries)] = db_rows(db, "SELECT state, attempts FROM items")
+    assert state == "queued" and int(str(tries)) >= 2
+
+    assert run_sync(alice, tmp_path / "up", "--once", "--outbox", str(outbox)) == 0
+    [outcome] = bob.receive(tmp_path / "bob-inbox")
+    assert outcome.path is not None and outcome.path.read_bytes() == payload
+
+
+def test_registry_options_reach_the_status(
+    pair: tuple[Identity, Identity], outbox: Path
+) -> None:
+    alice, _ = pair
+    syncer = Syncer(
+        alice.workspace(),
+        RegistryOptions(repository="127.0.0.1:1/x/y"),
+        spool_dir=outbox,
+        inbox_dir=None,
+        default_recipient="bob",
+    )
+    try:
+        status = syncer.status()
+    finally:
+        syncer.close()
+    assert status["repository"] == "127.0.0.1:1/x/y" and status["state"] == "stopped"
