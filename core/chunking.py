@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 import zstandard
+
 from dockercomms.core.errors import ChunkError, LimitExceededError, ProtocolError
 
 PIECE = 1024 * 1024

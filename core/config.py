@@ -16,6 +16,7 @@ from pathlib import Path
 
 import platformdirs
 import tomli_w
+
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.limits import MIB

@@ -26,6 +26,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import oras.provider
 import requests
+
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import (
     AuthError,

@@ -29,6 +29,15 @@ from pathlib import Path
 from typing import Final, Literal
 
 from cryptography import x509
+from sigstore import dsse
+from sigstore.hashes import Hashed
+from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
+from sigstore.oidc import ExpiredIdentity, IdentityError, IdentityToken, Issuer, detect_credential
+from sigstore.sign import SigningContext
+from sigstore.verify import Verifier
+from sigstore.verify.policy import Identity
+from sigstore_models.common.v1 import HashAlgorithm
+
 from dockercomms.core.errors import (
     ConfigError,
     DockerCommsError,
@@ -39,14 +48,6 @@ from dockercomms.core.errors import (
 )
 from dockercomms.core.protocol import COSIGN_PREDICATE_TYPE, DSSE_PAYLOAD_TYPE, check_digest
 from dockercomms.core.signing.statement import signed_digests, statement_bytes
-from sigstore import dsse
-from sigstore.hashes import Hashed
-from sigstore.models import Bundle, ClientTrustConfig, TrustedRoot
-from sigstore.oidc import ExpiredIdentity, IdentityError, IdentityToken, Issuer, detect_credential
-from sigstore.sign import SigningContext
-from sigstore.verify import Verifier
-from sigstore.verify.policy import Identity
-from sigstore_models.common.v1 import HashAlgorithm
 
 PUBLIC_GOOD: Final = "public-good"
 STAGING: Final = "staging"

@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError, SignatureError, UntrustedSignerError
 from dockercomms.core.signing.statement import pae, signed_digests, statement_bytes
