@@ -118,7 +118,7 @@ def test_layer_is_go_style_tar() -> None:
 
 
 def test_layer_wrong_index_is_refused() -> None:
-    with pytest.raises(ChunkError, match="chunk_1.bin"):
+    with pytest.raises(ChunkError, match=r"chunk_1\.bin"):
         extract_layer(
             io.BytesIO(honest_layer(b"abc", 0, "zstd")),
             index=1,
