@@ -31,6 +31,12 @@ TAR_BLOCK = 512
 _TAR_SLACK = 20 * TAR_BLOCK + 2 * TAR_BLOCK
 GZIP_LEVEL = 6
 ZSTD_LEVEL = 3
+# Already-compressed or random chunks gain nothing from real compression, which would
+# then be the slowest stage of a send; a sample decides per chunk.
+GZIP_STORE_LEVEL = 0
+ZSTD_FAST_LEVEL = -5
+SAMPLE_BYTES = 256 * 1024
+INCOMPRESSIBLE_RATIO = 0.95
 
 
 @dataclass(frozen=True)
@@ -62,12 +68,22 @@ class _Compressor(Protocol):
     def flush(self) -> bytes: ...
 
 
-def _compressor(compression: str) -> _Compressor:
+def _compressor(compression: str, sample: bytes) -> _Compressor:
+    incompressible = _is_incompressible(sample)
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj()
+        level = ZSTD_FAST_LEVEL if incompressible else ZSTD_LEVEL
+        return zstandard.ZstdCompressor(level=level).compressobj()
     if compression == "gzip":
-        return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+        level = GZIP_STORE_LEVEL if incompressible else GZIP_LEVEL
+        return zlib.compressobj(level, zlib.DEFLATED, 31)
     raise ProtocolError(f"unknown compression {compression!r}")
+
+
+def _is_incompressible(sample: bytes) -> bool:
+    if not sample:
+        return False
+    packed = zstandard.ZstdCompressor(level=1).compress(sample)
+    return len(packed) > INCOMPRESSIBLE_RATIO * len(sample)
 
 
 def _tar_header(index: int, length: int) -> bytes:
@@ -87,7 +103,8 @@ def layer_stream(fd: int, span: ChunkSpan, compression: str) -> Iterator[bytes]:
     Reads with ``os.pread`` so several chunks of one file can be produced by
     several threads at once without sharing a file position.
     """
-    compressor = _compressor(compression)
+    sample = os.pread(fd, min(SAMPLE_BYTES, span.length), span.offset)
+    compressor = _compressor(compression, sample)
     out = compressor.compress(_tar_header(span.index, span.length))
     if out:
         yield out
@@ -184,7 +201,8 @@ def extract_layer(
     cap = TAR_BLOCK * 4 + padded + _TAR_SLACK
     reader = _CappedReader(compressed, compression, cap)
     try:
-        with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+        # A large bufsize: tarfile's default (10 KiB) makes the data path crawl.
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=PIECE) as archive:  # type: ignore[call-overload]
             member = archive.next()
             _check_member(member, index, expected_length)
             assert member is not None

@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,6 +44,7 @@ from dockercomms.core.signing.verify import BundleVerifier, VerifiedSigner
 log = logging.getLogger(__name__)
 
 CLOCK_SKEW = timedelta(minutes=5)
+SPOOL_IN_MEMORY = 64 * 1024 * 1024
 Clock = Callable[[], datetime]
 
 
@@ -158,27 +160,48 @@ class Receiver:
         index: int,
         out: BinaryIO,
         *,
-        spool_dir: Path | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> None:
         """Write chunk ``index``'s verified bytes to ``out`` (nothing on failure)."""
+        with self.download_chunk(message, index, on_progress=on_progress) as blob:
+            self.extract_chunk(message, index, blob, out)
+
+    def download_chunk(
+        self,
+        message: m.Message,
+        index: int,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> BinaryIO:
+        """The chunk's compressed blob, digest-checked, in a private spooled buffer.
+
+        Up to ``SPOOL_IN_MEMORY`` bytes stay in memory (no second disk write for
+        typical chunks); larger chunks spill to an unlinked temp file.
+        """
         layer = message.chunks[index]
-        length = min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
-        with tempfile.TemporaryFile(dir=spool_dir, prefix=".dockercomms-blob-") as blob:
+        # Returned open: the caller owns and closes it.
+        blob = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+            max_size=SPOOL_IN_MEMORY, prefix=".dockercomms-blob-"
+        )
+        try:
             self.client.fetch_blob(
                 layer.digest,
-                blob,
+                blob,  # type: ignore[arg-type]
                 expected_size=layer.size,
                 on_progress=on_progress or (lambda _: None),
             )
-            blob.seek(0)
-            extract_layer(
-                blob,
-                index=index,
-                expected_length=length,
-                compression=message.compression,
-                out=out,
-            )
+        except BaseException:
+            blob.close()
+            raise
+        blob.seek(0)
+        return blob  # type: ignore[return-value]
+
+    def extract_chunk(self, message: m.Message, index: int, blob: BinaryIO, out: BinaryIO) -> None:
+        """Decompress a verified blob from :meth:`download_chunk` into ``out``."""
+        length = min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
+        extract_layer(
+            blob, index=index, expected_length=length, compression=message.compression, out=out
+        )
 
     # Steps 8-9 for the CLI.
     def materialise(
@@ -188,15 +211,18 @@ class Receiver:
         *,
         on_progress: Callable[[int], None] | None = None,
     ) -> Path:
-        """Write the whole verified file into ``out_dir`` under a free name."""
+        """Write the whole verified file into ``out_dir`` under a free name.
+
+        The next chunk downloads and hashes while the current one decompresses,
+        so the network, hashing and decompression overlap on two cores.
+        """
         message = verified.message
         out_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".dockercomms-", suffix=".part")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out:
-                for index in range(message.chunk_count):
-                    self.fetch_chunk(message, index, out, on_progress=on_progress)
+                self._write_chunks(message, out, on_progress)
                 out.flush()
                 if out.tell() != message.total_bytes:
                     raise ManifestError(
@@ -210,6 +236,34 @@ class Receiver:
             tmp.unlink(missing_ok=True)
         _fsync_dir(out_dir)
         return final
+
+    def _write_chunks(
+        self, message: m.Message, out: BinaryIO, on_progress: Callable[[int], None] | None
+    ) -> None:
+        if message.chunk_count == 0:
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="chunk-prefetch") as pool:
+            pending = pool.submit(self.download_chunk, message, 0, on_progress=on_progress)
+            for index in range(message.chunk_count):
+                blob = pending.result()
+                if index + 1 < message.chunk_count:
+                    pending = pool.submit(
+                        self.download_chunk, message, index + 1, on_progress=on_progress
+                    )
+                try:
+                    with blob:
+                        self.extract_chunk(message, index, blob, out)
+                except BaseException:
+                    _discard(pending)
+                    raise
+
+
+def _discard(pending: Future[BinaryIO]) -> None:
+    """Close a prefetched blob nobody will read (after a failure)."""
+    try:
+        pending.result().close()
+    except BaseException:  # its own failure no longer matters
+        return
 
 
 def _candidate_names(message: m.Message) -> Iterator[str]:

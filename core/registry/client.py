@@ -38,7 +38,12 @@ from dockercomms.core.errors import (
 )
 from dockercomms.core.limits import DEFAULT_LIMITS, Limits
 from dockercomms.core.manifest import Descriptor, parse_index
-from dockercomms.core.registry.auth import Anonymous, Authenticator
+from dockercomms.core.registry.auth import (
+    Anonymous,
+    Authenticator,
+    RegistryEndpoint,
+    system_trust_store,
+)
 from dockercomms.core.registry.reference import RepositoryRef
 from dockercomms.core.registry.retry import (
     TEMPORARY_EXCEPTIONS,
@@ -91,13 +96,17 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         tls_verify: bool | str = True,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        if tls_verify is True:
+            tls_verify = system_trust_store()
         super().__init__(
             hostname=ref.host or None, insecure=ref.scheme == "http", tls_verify=tls_verify
         )
         self.ref = ref
         self.policy = policy or RetryPolicy()
         self.limits = limits
-        self._authenticator: Authenticator = authenticator or Anonymous()
+        self._authenticator: Authenticator = (authenticator or Anonymous()).prepare(
+            RegistryEndpoint(ref.host, ref.scheme, tls_verify, self.policy)
+        )
         if ref.layout_dir is not None:
             from dockercomms.core.registry.embedded import (
                 EMBEDDED_BASE_URL,
@@ -188,9 +197,12 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                 raise RegistryUnavailableError(f"{what}: registry unreachable: {exc}") from exc
             if response.status_code in ok:
                 return response
-            if response.status_code == 401 and not challenged and replayable:
-                challenged = True
-                if self._authenticator.handle_challenge(response, scope):
+            # Every 401 goes to the authenticator, so it can say why credentials it
+            # just sent failed; only the first one of a replayable request is retried.
+            if response.status_code == 401:
+                renewed = self._authenticator.handle_challenge(response, scope)
+                if renewed and replayable and not challenged:
+                    challenged = True
                     response.close()
                     continue
             if response.status_code in TEMPORARY_STATUSES:

@@ -23,8 +23,13 @@ Mount it on a ``requests.Session`` under :data:`EMBEDDED_BASE_URL`; the registry
 then talks to the layout exactly as it would to a remote registry, with no socket.
 
 Several processes and threads may share one layout. Nothing is modified in place: blobs
-and ``index.json`` are written to a temp file on the same filesystem, fsynced and renamed,
-so a reader sees the old or the new file, never a torn one, and readers take no lock.
+and ``index.json`` are written to a temp file on the same filesystem and renamed, so a
+reader sees the old or the new file, never a torn one, and readers take no lock.
+``index.json`` and manifests are fsynced before the rename. Large blob data is not, by
+default (as distribution's filesystem driver does not): waiting for the disk would cap
+every send at the disk's write speed, and a blob damaged by a power cut is still caught,
+because every reader checks every digest. Set ``DOCKERCOMMS_EMBEDDED_FSYNC=1`` (or
+``durable_blobs=True``) to fsync blob data too.
 Changes to ``index.json`` are read-modify-write cycles serialised by a file lock
 (``index.json.lock``) across processes and a mutex across threads.
 """
@@ -52,13 +57,21 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
-__all__ = ["EMBEDDED_BASE_URL", "MAX_MANIFEST_BYTES", "EmbeddedRegistryAdapter"]
+__all__ = [
+    "DURABLE_BLOBS_ENV",
+    "EMBEDDED_BASE_URL",
+    "MAX_MANIFEST_BYTES",
+    "EmbeddedRegistryAdapter",
+]
 
 EMBEDDED_BASE_URL: Final = "http://dockercomms-embedded.invalid"
 """Where to mount the adapter; ``.invalid`` can never resolve to a real host."""
 
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
 """Largest manifest accepted by default, the limit common to public registries."""
+
+DURABLE_BLOBS_ENV: Final = "DOCKERCOMMS_EMBEDDED_FSYNC"
+"""Set to 1 to fsync every blob's data before it is renamed into the layout."""
 
 _OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
 _OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
@@ -228,10 +241,11 @@ class _Upload:
             self.offset, self.hasher = start, saved
             raise
 
-    def seal(self) -> None:
-        """Make the staged bytes durable before they are renamed into the layout."""
+    def seal(self, *, durable: bool) -> None:
+        """Close the staged file, first forcing its bytes to disk when ``durable``."""
         self.file.flush()
-        os.fsync(self.file.fileno())
+        if durable:
+            os.fsync(self.file.fileno())
         self.file.close()
 
     def discard(self) -> None:
@@ -288,8 +302,9 @@ class _Layout:
     when the file on disk was replaced. The cached object is shared and never mutated.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, durable_blobs: bool) -> None:
         self.root = root
+        self.durable_blobs = durable_blobs
         self.blob_dir = root / "blobs" / "sha256"
         self.staging_dir = root / ".uploads"
         self._index_path = root / "index.json"
@@ -328,7 +343,7 @@ class _Layout:
         path = self.staging_dir / f"{uuid.uuid4().hex}.part"
         return _Upload(path, open(path, "xb"))
 
-    def commit(self, upload: _Upload, digest: str) -> None:
+    def commit(self, upload: _Upload, digest: str, *, durable: bool | None = None) -> None:
         """Verify a staged upload against ``digest`` and rename it into place.
 
         The rename may replace an identical blob written by a racing client: content
@@ -338,7 +353,7 @@ class _Layout:
             raise _RegistryError(
                 400, "DIGEST_INVALID", f"upload hashes to {upload.digest}, not {digest}"
             )
-        upload.seal()
+        upload.seal(durable=self.durable_blobs if durable is None else durable)
         os.replace(upload.path, self.blob_path(digest))
         _fsync_dir(self.blob_dir)
 
@@ -349,7 +364,7 @@ class _Layout:
         upload = self.stage()
         try:
             upload.append([data])
-            self.commit(upload, digest)
+            self.commit(upload, digest, durable=True)
         finally:
             upload.discard()
 
@@ -419,11 +434,19 @@ class EmbeddedRegistryAdapter(BaseAdapter):
     created on first use. ``close()`` (called by ``Session.close()``) cancels open uploads.
     """
 
-    def __init__(self, layout_dir: Path, *, max_manifest_bytes: int = MAX_MANIFEST_BYTES) -> None:
+    def __init__(
+        self,
+        layout_dir: Path,
+        *,
+        max_manifest_bytes: int = MAX_MANIFEST_BYTES,
+        durable_blobs: bool | None = None,
+    ) -> None:
         super().__init__()
         self.layout_dir = Path(layout_dir)
         self.max_manifest_bytes = max_manifest_bytes
-        self._layout = _Layout(self.layout_dir)
+        if durable_blobs is None:
+            durable_blobs = os.environ.get(DURABLE_BLOBS_ENV, "") not in ("", "0")
+        self._layout = _Layout(self.layout_dir, durable_blobs=durable_blobs)
         self._uploads = _Uploads()
         self._facts: dict[str, _ManifestFacts] = {}
         self._routes: tuple[tuple[re.Pattern[str], dict[str, Callable[[_Call], _Reply]]], ...] = (

@@ -3,17 +3,28 @@
 Decided in one place (as s3ql does) so every request shares one policy: capped
 exponential backoff with full jitter, ``Retry-After`` honoured within the cap, and
 a bounded total so a dead registry surfaces in seconds, not minutes.
+
+The read timeout defaults to ``DOCKERCOMMS_READ_TIMEOUT`` seconds when that is set
+(read when a policy is created), so a slow link can wait longer and tests can
+make a stalled registry fail fast.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
 import requests
+
+from dockercomms.core.errors import ConfigError
+
+READ_TIMEOUT_ENV = "DOCKERCOMMS_READ_TIMEOUT"
+DEFAULT_READ_TIMEOUT = 60.0
 
 TEMPORARY_STATUSES = frozenset({429, 500, 502, 503, 504})
 TEMPORARY_EXCEPTIONS: tuple[type[BaseException], ...] = (
@@ -21,6 +32,21 @@ TEMPORARY_EXCEPTIONS: tuple[type[BaseException], ...] = (
     requests.Timeout,
     requests.exceptions.ChunkedEncodingError,
 )
+
+
+def read_timeout_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """``DOCKERCOMMS_READ_TIMEOUT`` (seconds, > 0), else the 60 s default."""
+    env = os.environ if environ is None else environ
+    text = env.get(READ_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_READ_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{READ_TIMEOUT_ENV} must be a positive number of seconds, not {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -33,7 +59,8 @@ class RetryPolicy:
         max_delay: cap on a single wait (also caps ``Retry-After``).
         total_budget: no new attempt starts after this many seconds.
         connect_timeout: seconds to establish a connection.
-        read_timeout: seconds without a byte before a read fails.
+        read_timeout: seconds without a byte before a read fails
+            (default: ``DOCKERCOMMS_READ_TIMEOUT``, else 60).
     """
 
     attempts: int = 5
@@ -41,7 +68,7 @@ class RetryPolicy:
     max_delay: float = 8.0
     total_budget: float = 25.0
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0
+    read_timeout: float = field(default_factory=read_timeout_from_env)
 
     @property
     def timeout(self) -> tuple[float, float]:

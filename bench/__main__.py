@@ -1,0 +1,42 @@
+"""Run the benchmark suites and print medians and ratios against same-run floors.
+
+Usage: ``python -m bench [--suite engine|all] [--size-mib 1024] [--runs 3] [--work DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+from pathlib import Path
+
+from bench import engine
+from bench.measure import MIB
+
+SUITES = {"engine": engine.run}
+
+
+def main() -> None:
+    """Parse flags, run the chosen suites in a scratch folder, print the report."""
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--suite", choices=[*SUITES, "all"], default="all")
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--work", type=Path, help="scratch folder (default: a temp dir on /var/tmp)"
+    )
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="dockercomms-bench-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        for name, suite in SUITES.items():
+            if args.suite in (name, "all"):
+                for line in suite(work / name, args.size_mib * MIB, args.runs):
+                    print(line, flush=True)
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

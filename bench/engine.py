@@ -1,0 +1,115 @@
+"""send and recv of a large file through the embedded registry, against a local-disk floor.
+
+Floor (measured in the same run, same disk): ``cp`` of the file plus sha256 of it,
+which is the least any verified copy must do. Targets (issue 2): send and recv
+each <= 2x the floor for random data; peak RSS <= 150 MiB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.measure import (
+    MIB,
+    Sample,
+    Series,
+    make_compressible,
+    make_random,
+    report,
+    run_process,
+    sha256_file,
+    time_call,
+)
+
+TARGET_RATIO = 2.0
+TARGET_RSS_MIB = 150
+
+
+def dockercomms(env: dict[str, str], *args: str) -> list[str]:
+    """The command line for one CLI call (same interpreter as the benchmark)."""
+    del env
+    return [sys.executable, "-m", "dockercomms.cli", *args]
+
+
+def identities(work: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """alice and bob on one embedded registry under ``work``, trusting each other."""
+    envs = []
+    for name in ("alice", "bob"):
+        env = {
+            **os.environ,
+            "DOCKERCOMMS_HOME": str(work / name),
+            "XDG_DATA_HOME": str(work / "data"),
+        }
+        subprocess.run(
+            dockercomms(env, "init", "--identity", name), env=env, check=True, capture_output=True
+        )
+        envs.append(env)
+    alice, bob = envs
+    for env, other, other_env in ((alice, "bob", bob), (bob, "alice", alice)):
+        pem = subprocess.run(
+            dockercomms(other_env, "key", "export"), env=other_env, check=True, capture_output=True
+        ).stdout
+        key = work / f"{other}.pub"
+        key.write_bytes(pem)
+        subprocess.run(
+            dockercomms(env, "trust", "add", other, "--key", str(key)),
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+    return alice, bob
+
+
+def floor(source: Path, work: Path, runs: int) -> Series:
+    """cp + sha256 of the same file, same disk."""
+    series = Series("floor: cp + sha256", source.stat().st_size)
+    for _ in range(runs):
+        target = work / "floor-copy"
+        copy = run_process(["cp", str(source), str(target)])
+        digest = time_call(lambda: sha256_file(source))
+        series.samples.append(Sample(copy.seconds + digest.seconds, 0))
+        target.unlink()
+    return series
+
+
+def run(work: Path, size: int, runs: int) -> list[str]:
+    """The engine suite; returns report lines."""
+    lines = [f"engine suite: {size // MIB} MiB, {runs} runs each, embedded registry in {work}"]
+    alice, bob = identities(work)
+    for kind, make in (("random", make_random), ("compressible", make_compressible)):
+        source = make(work / f"{kind}.bin", size)
+        base = floor(source, work, runs)
+        send = Series(f"send {kind}", size)
+        recv = Series(f"recv {kind}", size)
+        for n in range(runs):
+            out = work / f"out-{kind}-{n}"
+            send.samples.append(
+                run_process(dockercomms(alice, "send", str(source), "-r", "bob"), env=alice)
+            )
+            recv.samples.append(
+                run_process(
+                    dockercomms(bob, "recv", "--out", str(out), "--no-write-receipt"), env=bob
+                )
+            )
+            received = out / source.name
+            if received.stat().st_size != size:
+                raise RuntimeError(f"received {received} has the wrong size")
+            shutil.rmtree(out)
+        target = TARGET_RATIO if kind == "random" else None
+        lines += [
+            report(base),
+            report(send, base, target=target),
+            report(recv, base, target=target),
+        ]
+        for series in (send, recv):
+            ok = series.median_rss <= TARGET_RSS_MIB * MIB
+            lines.append(
+                f"  {series.name}: peak RSS target <= {TARGET_RSS_MIB} MiB: {'OK' if ok else 'MISSED'}"
+            )
+        source.unlink()
+        shutil.rmtree(work / "data", ignore_errors=True)
+    return lines

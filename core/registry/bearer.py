@@ -1,0 +1,273 @@
+"""Registry challenges and the Docker token protocol (one token per repository and scope).
+
+Caveats first:
+
+* oras-py keeps one bearer token for everything and re-sends it after a 401, which
+  fails on scope-strict registries (oras-project/oras-py#187). Tokens here are
+  fetched for exactly the scope a request needs and cached under that scope.
+* ``oras.auth.utils.parse_auth_header`` keeps only realm/service/scope and no
+  scheme, and cannot read escaped quotes, so challenges are parsed here; the
+  ``error`` parameter is what tells an expired token from a missing permission.
+* With a password the token is fetched by ``GET`` with basic auth (what the docker
+  CLI does); with an identity token by the OAuth2 ``refresh_token`` grant (``POST``).
+* Lifetimes come from ``expires_in`` (60 s when absent or shorter, as the spec
+  says), measured from when the answer arrived, minus a margin so a token never
+  expires between ``headers_for`` and the registry's check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from dockercomms.core.errors import AuthError, RegistryError, RegistryUnavailableError
+from dockercomms.core.registry.credentials import Credentials
+from dockercomms.core.registry.retry import (
+    TEMPORARY_EXCEPTIONS,
+    TEMPORARY_STATUSES,
+    Deadline,
+    RetryPolicy,
+    retry_after_seconds,
+)
+
+#: Token lifetime when the service does not say (and the minimum the spec allows).
+DEFAULT_LIFETIME = 60.0
+#: Sent as ``client_id`` on OAuth2 grants, as the spec asks.
+CLIENT_ID = "dockercomms"
+
+_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?=\s|$|,)")
+_PARAM = re.compile(r'\s*,?\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*,?')
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One ``WWW-Authenticate`` challenge.
+
+    Attributes:
+        scheme: lower-cased auth scheme (``basic``, ``bearer``).
+        params: the auth-params, keys lower-cased, values unquoted.
+    """
+
+    scheme: str
+    params: Mapping[str, str]
+
+    @property
+    def realm(self) -> str:
+        """The token endpoint (bearer) or protection space name (basic)."""
+        return self.params.get("realm", "")
+
+    @property
+    def service(self) -> str | None:
+        """The ``service`` the token is for."""
+        return self.params.get("service")
+
+    @property
+    def error(self) -> str | None:
+        """``invalid_token`` (expired, unreadable) or ``insufficient_scope``."""
+        return self.params.get("error")
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Every challenge in a ``WWW-Authenticate`` value, in order (RFC 9110 11.6.1)."""
+    challenges: list[Challenge] = []
+    scheme: str | None = None
+    params: dict[str, str] = {}
+    pos = 0
+    while pos < len(header):
+        param = _PARAM.match(header, pos)
+        if param is not None and param.end() > pos and scheme is not None:
+            value = param.group(2)
+            if value.startswith('"'):
+                value = re.sub(r"\\(.)", r"\1", value[1:-1])
+            params[param.group(1).lower()] = value
+            pos = param.end()
+            continue
+        token = _SCHEME.match(header, pos)
+        if token is None:
+            break
+        if scheme is not None:
+            challenges.append(Challenge(scheme, params))
+        scheme, params = token.group(1).lower(), {}
+        pos = token.end()
+    if scheme is not None:
+        challenges.append(Challenge(scheme, params))
+    return challenges
+
+
+def preferred_challenge(response: requests.Response) -> Challenge | None:
+    """The challenge we can answer: bearer first, then basic; None if neither."""
+    found = parse_challenges(response.headers.get("WWW-Authenticate", ""))
+    for wanted in ("bearer", "basic"):
+        for challenge in found:
+            if challenge.scheme == wanted:
+                return challenge
+    return None
+
+
+@dataclass(frozen=True)
+class BearerToken:
+    """A token for one scope.
+
+    Attributes:
+        value: the opaque token.
+        scope: what it was requested for.
+        obtained_at: ``time.monotonic()`` when it arrived.
+        use_until: ``time.monotonic()`` after which it is not sent any more.
+        anonymous: obtained without credentials.
+    """
+
+    value: str
+    scope: str
+    obtained_at: float
+    use_until: float
+    anonymous: bool
+
+    @property
+    def header(self) -> str:
+        """The ``Authorization`` value."""
+        return f"Bearer {self.value}"
+
+    def fresh(self, now: float | None = None) -> bool:
+        """Whether the token may still be sent."""
+        return (time.monotonic() if now is None else now) < self.use_until
+
+
+def usable_lifetime(expires_in: float) -> float:
+    """Seconds to use a token valid for ``expires_in``: a quarter (max 30 s) held back."""
+    lifetime = max(expires_in, DEFAULT_LIFETIME)
+    return lifetime - min(30.0, lifetime / 4)
+
+
+@dataclass(frozen=True)
+class TokenService:
+    """A registry's token endpoint, as its challenge described it.
+
+    Attributes:
+        registry: ``host[:port]`` of the registry (for messages).
+        realm: token endpoint URL.
+        service: the ``service`` parameter, if the challenge gave one.
+        verify: ``verify=`` for requests (the registry's trust store applies).
+        policy: timeouts and retries for the token request.
+    """
+
+    registry: str
+    realm: str
+    service: str | None
+    verify: bool | str
+    policy: RetryPolicy
+
+    def fetch(self, scope: str, credentials: Credentials | None) -> BearerToken:
+        """A token for ``scope``: with credentials if given, else anonymous."""
+        if not self.realm.startswith(("https://", "http://")):
+            raise AuthError(f"registry {self.registry} named an unusable token realm")
+        params = {"scope": scope}
+        if self.service is not None:
+            params["service"] = self.service
+        if credentials is not None and credentials.identity_token is not None:
+            form = params | {
+                "grant_type": "refresh_token",
+                "refresh_token": credentials.identity_token,
+                "client_id": CLIENT_ID,
+            }
+            response = self._send("POST", data=form, who=credentials)
+        elif credentials is not None:
+            auth = (credentials.username, credentials.password)
+            response = self._send("GET", params=params, auth=auth, who=credentials)
+        else:
+            response = self._send("GET", params=params, who=None)
+        body = _json(response, self.realm)
+        value = body.get("token") or body.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise AuthError(f"token service {self.realm} answered without a token")
+        expires_in = body.get("expires_in")
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) else DEFAULT_LIFETIME
+        now = time.monotonic()
+        return BearerToken(value, scope, now, now + usable_lifetime(lifetime), credentials is None)
+
+    def _send(self, method: str, *, who: Credentials | None, **kwargs: Any) -> requests.Response:
+        deadline = Deadline(self.policy.total_budget)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = requests.request(
+                    method,
+                    self.realm,
+                    timeout=self.policy.timeout,
+                    verify=self.verify,
+                    **kwargs,
+                )
+            except requests.exceptions.SSLError as exc:
+                raise RegistryError(f"token service {self.realm}: TLS error: {exc}") from exc
+            except TEMPORARY_EXCEPTIONS as exc:
+                wait = self.policy.delay(attempt)
+                if attempt < self.policy.attempts and deadline.allows(wait):
+                    time.sleep(wait)
+                    continue
+                raise RegistryUnavailableError(
+                    f"token service {self.realm} of registry {self.registry} is unreachable: {exc}"
+                ) from exc
+            if response.status_code == 200:
+                return response
+            if response.status_code in TEMPORARY_STATUSES:
+                wait = self.policy.delay(attempt, retry_after_seconds(response))
+                if attempt < self.policy.attempts and deadline.allows(wait):
+                    response.close()
+                    time.sleep(wait)
+                    continue
+                response.close()
+                raise RegistryUnavailableError(
+                    f"token service {self.realm} answered HTTP {response.status_code}"
+                )
+            raise self._refused(response, who)
+
+    def _refused(self, response: requests.Response, who: Credentials | None) -> AuthError:
+        status = response.status_code
+        detail = _detail(response)
+        response.close()
+        if who is None:
+            return AuthError(
+                f"token service {self.realm} of registry {self.registry} refused an anonymous "
+                f"token (HTTP {status}{': ' + detail if detail else ''})"
+            )
+        how = "identity token" if who.identity_token is not None else "password"
+        return AuthError(
+            f"token service {self.realm} of registry {self.registry} rejected the {how} of "
+            f"user {who.username!r} from {who.source} "
+            f"(HTTP {status}{': ' + detail if detail else ''})"
+        )
+
+
+def _json(response: requests.Response, realm: str) -> dict[str, Any]:
+    try:
+        with response:
+            value = response.json()
+    except (ValueError, requests.RequestException) as exc:
+        raise AuthError(f"token service {realm} answered with something that is not JSON") from exc
+    if not isinstance(value, dict):
+        raise AuthError(f"token service {realm} answered with something that is not an object")
+    return value
+
+
+def _detail(response: requests.Response) -> str:
+    """A short reason from an OAuth2 or OCI error body (never echoes a request)."""
+    try:
+        body = json.loads(response.content[:4096])
+    except (ValueError, requests.RequestException):
+        return ""
+    if not isinstance(body, dict):
+        return ""
+    if isinstance(body.get("error"), str):
+        return str(body["error"])
+    errors = body.get("errors")
+    if isinstance(errors, list):
+        return "; ".join(
+            f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)
+        )
+    return ""
