@@ -29,9 +29,8 @@ TARGET_RATIO = 2.0
 TARGET_RSS_MIB = 150
 
 
-def dockercomms(env: dict[str, str], *args: str) -> list[str]:
+def dockercomms(*args: str) -> list[str]:
     """The command line for one CLI call (same interpreter as the benchmark)."""
-    del env
     return [sys.executable, "-m", "dockercomms.cli", *args]
 
 
@@ -45,18 +44,18 @@ def identities(work: Path) -> tuple[dict[str, str], dict[str, str]]:
             "XDG_DATA_HOME": str(work / "data"),
         }
         subprocess.run(
-            dockercomms(env, "init", "--identity", name), env=env, check=True, capture_output=True
+            dockercomms("init", "--identity", name), env=env, check=True, capture_output=True
         )
         envs.append(env)
     alice, bob = envs
     for env, other, other_env in ((alice, "bob", bob), (bob, "alice", alice)):
         pem = subprocess.run(
-            dockercomms(other_env, "key", "export"), env=other_env, check=True, capture_output=True
+            dockercomms("key", "export"), env=other_env, check=True, capture_output=True
         ).stdout
         key = work / f"{other}.pub"
         key.write_bytes(pem)
         subprocess.run(
-            dockercomms(env, "trust", "add", other, "--key", str(key)),
+            dockercomms("trust", "add", other, "--key", str(key)),
             env=env,
             check=True,
             capture_output=True,
@@ -88,12 +87,10 @@ def run(work: Path, size: int, runs: int) -> list[str]:
         for n in range(runs):
             out = work / f"out-{kind}-{n}"
             send.samples.append(
-                run_process(dockercomms(alice, "send", str(source), "-r", "bob"), env=alice)
+                run_process(dockercomms("send", str(source), "-r", "bob"), env=alice)
             )
             recv.samples.append(
-                run_process(
-                    dockercomms(bob, "recv", "--out", str(out), "--no-write-receipt"), env=bob
-                )
+                run_process(dockercomms("recv", "--out", str(out), "--no-write-receipt"), env=bob)
             )
             received = out / source.name
             if received.stat().st_size != size:
@@ -107,9 +104,8 @@ def run(work: Path, size: int, runs: int) -> list[str]:
         ]
         for series in (send, recv):
             ok = series.median_rss <= TARGET_RSS_MIB * MIB
-            lines.append(
-                f"  {series.name}: peak RSS target <= {TARGET_RSS_MIB} MiB: {'OK' if ok else 'MISSED'}"
-            )
+            verdict = "OK" if ok else "MISSED"
+            lines.append(f"  {series.name}: peak RSS target <= {TARGET_RSS_MIB} MiB: {verdict}")
         source.unlink()
         shutil.rmtree(work / "data", ignore_errors=True)
     return lines
