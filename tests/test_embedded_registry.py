@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import requests
+
 from dockercomms.core.registry.embedded import EMBEDDED_BASE_URL, EmbeddedRegistryAdapter
 
 BASE = EMBEDDED_BASE_URL

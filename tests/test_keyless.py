@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sigstore import dsse
+from sigstore.models import ClientTrustConfig, TrustedRoot
+from sigstore.oidc import IdentityToken
+from sigstore.sign import SigningContext
+
 from dockercomms.core.errors import (
     ConfigError,
     DockerCommsError,
@@ -32,11 +37,6 @@ from dockercomms.core.signing.keyless import (
     verify_keyless_bundle,
 )
 from dockercomms.core.signing.statement import statement_bytes
-from sigstore import dsse
-from sigstore.models import ClientTrustConfig, TrustedRoot
-from sigstore.oidc import IdentityToken
-from sigstore.sign import SigningContext
-
 from tests.sigstore_stack import LocalSigstore
 
 SIGNER = "alice@dockercomms.test"
