@@ -1,29 +1,70 @@
-"""Flags every registry-touching command shares, turned into ``RegistryOptions``."""
+"""Flags every registry-touching command shares, turned into ``RegistryOptions``.
+
+Credentials: ``--username`` with ``--password-stdin`` beats
+``DOCKERCOMMS_REGISTRY_USER``/``DOCKERCOMMS_REGISTRY_PASSWORD``, which beat the docker
+config (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``). There is no
+``--password`` flag on purpose: a password in argv is visible to every local user.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
+from dockercomms.core.errors import ConfigError
+from dockercomms.core.registry.auth import RegistryAuth
+from dockercomms.core.registry.credentials import Credentials, CredentialSource
 from dockercomms.core.workspace import RegistryOptions
 
 
 def registry_parser() -> argparse.ArgumentParser:
-    """A parent parser with ``--repo``, ``--insecure`` and ``--ca-file``."""
+    """A parent parser with ``--repo``, TLS and credential flags."""
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("registry")
     group.add_argument(
         "--repo",
-        help="host[:port]/name, or oci-layout:DIR (default: settings, else the embedded registry)",
+        help="host[:port]/name, https://host/name, or oci-layout:DIR "
+        "(default: settings, else the embedded registry)",
     )
-    group.add_argument("--insecure", action="store_true", help="plain HTTP to a non-loopback host")
-    group.add_argument("--ca-file", help="CA bundle for the registry's TLS certificate")
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain HTTP to a non-loopback host (never skips TLS verification)",
+    )
+    group.add_argument(
+        "--ca-file", help="CA bundle to verify the registry with instead of the system CAs"
+    )
+    group.add_argument("--username", help="registry user name (password from --password-stdin)")
+    group.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the registry password (or token) from standard input",
+    )
     return parser
 
 
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
-    """``RegistryOptions`` from parsed flags."""
+    """``RegistryOptions`` from parsed flags; reads the password from stdin if asked."""
+    if args.ca_file and not Path(args.ca_file).is_file():
+        raise ConfigError(f"--ca-file {args.ca_file}: no such file")
     return RegistryOptions(
         repository=args.repo or "",
         insecure=args.insecure,
         ca_file=args.ca_file,
+        authenticator=RegistryAuth(CredentialSource(explicit=_flag_credentials(args))),
     )
+
+
+def _flag_credentials(args: argparse.Namespace) -> Credentials | None:
+    username: str | None = getattr(args, "username", None)
+    from_stdin: bool = getattr(args, "password_stdin", False)
+    if username is None and not from_stdin:
+        return None
+    if not username or not from_stdin:
+        raise ConfigError("--username and --password-stdin go together")
+    # Like ``docker login --password-stdin``: everything up to the final newline.
+    password = sys.stdin.read().rstrip("\r\n")
+    if not password:
+        raise ConfigError("--password-stdin: standard input held no password")
+    return Credentials(username, password, source="--username/--password-stdin")

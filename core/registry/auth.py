@@ -20,6 +20,7 @@ Caveats first:
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import ssl
@@ -27,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 import requests
 
@@ -197,7 +199,7 @@ class _HostAuth:
                 f"registry {host} rejected the password of user {credentials.username!r} "
                 f"from {credentials.source} (basic auth)"
             )
-        if self._state.scheme != "basic" and self._endpoint.scheme != "https":
+        if self._state.scheme != "basic" and not _private_link(self._endpoint):
             log.warning("sending the password for %s over plain HTTP", host)
         self._state.scheme, self._state.basic = "basic", header
         return True
@@ -264,6 +266,19 @@ class _HostAuth:
         if state.lookup is None:
             state.lookup = self._source.lookup(self._endpoint.host)
         return state.lookup
+
+
+def _private_link(endpoint: RegistryEndpoint) -> bool:
+    """HTTPS, or plain HTTP that never leaves this machine."""
+    if endpoint.scheme == "https":
+        return True
+    hostname = urlsplit(f"//{endpoint.host}").hostname or ""
+    if hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 def system_trust_store() -> bool | str:
