@@ -1,6 +1,6 @@
 """Run the benchmark suites and print medians and ratios against same-run floors.
 
-Usage: ``python -m bench [--suite engine|all] [--size-mib 1024] [--runs 3] [--work DIR]``
+Usage: ``python -m bench [--suite engine|registry|all] [--size-mib 1024] [--runs 3] [--work DIR]``
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import engine
+from bench import engine, registry
 from bench.measure import MIB
 
-SUITES = {"engine": engine.run}
+SUITES = {"engine": engine.run, "registry": registry.run}
 
 
 def main() -> None:

@@ -105,6 +105,8 @@ def _recv_text(results: list[dict[str, Any]]) -> str:
             lines.append(f"received {r['filename']} from {r['sender']} -> {r['path']}")
         elif r["status"] == "rejected":
             lines.append(f"REJECTED {r['tag']}: {r['error']}")
+        elif r["status"] == "deferred":
+            lines.append(f"deferred {r['tag']} (will retry): {r['error']}")
     return "\n".join(lines) or "nothing new"
 
 
@@ -206,6 +208,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             except DockerCommsError as exc:
                 row |= {"verified": False, "error": exc.diagnostics()}
             rows.append(row)
+    rows.sort(key=lambda r: (str(r.get("created_at", "")), r["tag"]))
     emit(args, rows, _ls_text)
     return 0
 

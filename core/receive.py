@@ -179,22 +179,26 @@ class Receiver:
         typical chunks); larger chunks spill to an unlinked temp file.
         """
         layer = message.chunks[index]
-        # Returned open: the caller owns and closes it.
-        blob = tempfile.SpooledTemporaryFile(  # noqa: SIM115
-            max_size=SPOOL_IN_MEMORY, prefix=".dockercomms-blob-"
-        )
-        try:
-            self.client.fetch_blob(
-                layer.digest,
-                blob,  # type: ignore[arg-type]
-                expected_size=layer.size,
-                on_progress=on_progress or (lambda _: None),
+
+        def attempt() -> BinaryIO:
+            # Returned open: the caller owns and closes it.
+            blob = tempfile.SpooledTemporaryFile(  # noqa: SIM115
+                max_size=SPOOL_IN_MEMORY, prefix=".dockercomms-blob-"
             )
-        except BaseException:
-            blob.close()
-            raise
-        blob.seek(0)
-        return blob  # type: ignore[return-value]
+            try:
+                self.client.fetch_blob(
+                    layer.digest,
+                    blob,  # type: ignore[arg-type]
+                    expected_size=layer.size,
+                    on_progress=on_progress or (lambda _: None),
+                )
+            except BaseException:
+                blob.close()
+                raise
+            blob.seek(0)
+            return blob  # type: ignore[return-value]
+
+        return self.client.retry_broken_body(f"chunk {index}", attempt)
 
     def extract_chunk(self, message: m.Message, index: int, blob: BinaryIO, out: BinaryIO) -> None:
         """Decompress a verified blob from :meth:`download_chunk` into ``out``."""

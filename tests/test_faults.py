@@ -177,7 +177,6 @@ CASES = {
         lambda w: w.proxy.drop_mid_body(
             1000, method="GET", path=f"/blobs/{w.chunk_digest(1)}", phase="response"
         ),
-        recv_code=1,
     ),
     "stall-past-read-timeout": Case(
         lambda w: w.proxy.stall(3 * READ_TIMEOUT, method="HEAD", path=r"/blobs/"),
@@ -186,11 +185,16 @@ CASES = {
     "truncate-manifest-get": Case(
         lambda w: w.proxy.truncate(10, method="GET", path=r"/manifests/"),
         lambda w: w.proxy.truncate(10, method="GET", path=r"/manifests/inbox-"),
-        recv_code=1,
     ),
     "truncate-blob-get": Case(
         None,
         lambda w: w.proxy.truncate(100, method="GET", path=f"/blobs/{w.chunk_digest(0)}"),
+    ),
+    "truncate-blob-get-every-time": Case(
+        None,
+        lambda w: w.proxy.truncate(
+            100, method="GET", path=f"/blobs/{w.chunk_digest(0)}", times=None
+        ),
         recv_code=1,
     ),
 }

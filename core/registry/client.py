@@ -21,7 +21,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from functools import partial
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import oras.provider
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 PIECE = 1024 * 1024
 MANIFEST_ACCEPT = ", ".join([p.OCI_MANIFEST, p.OCI_INDEX])
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 def _no_progress(_: int) -> None:
@@ -214,6 +216,26 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                     continue
             raise _error_for(response, what)
 
+    def retry_broken_body(self, what: str, operation: Callable[[], T]) -> T:
+        """Run a whole read again when its response body broke off mid-stream.
+
+        ``request`` retries failures before a response arrives; a body cut short
+        (connection reset, truncated) surfaces later, while it is read, so reads
+        that can simply be repeated go through here.
+        """
+        deadline = Deadline(self.policy.total_budget)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return operation()
+            except RegistryUnavailableError as exc:
+                wait = self.policy.delay(attempt)
+                if attempt >= self.policy.attempts or not deadline.allows(wait):
+                    raise
+                log.info("%s broke off (%s), retrying in %.1fs", what, exc, wait)
+                time.sleep(wait)
+
     def _url(self, location: str) -> str:
         return urljoin(self.base_url + "/", location)
 
@@ -349,6 +371,11 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
     def fetch_small_blob(self, digest: str, *, max_bytes: int) -> bytes:
         """A small blob (bundle) fully in memory, capped and digest-checked."""
+        return self.retry_broken_body(
+            f"GET blob {digest[:19]}", lambda: self._fetch_small_blob_once(digest, max_bytes)
+        )
+
+    def _fetch_small_blob_once(self, digest: str, max_bytes: int) -> bytes:
         response = self.request(
             "GET", self.blob_url(digest), stream=True, what=f"GET blob {digest[:19]}"
         )
@@ -395,6 +422,11 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         A ``Docker-Content-Digest`` that disagrees with the bytes, or a digest
         reference that does not match them, is an error.
         """
+        return self.retry_broken_body(
+            f"GET manifest {reference[:40]}", lambda: self._fetch_manifest_once(reference)
+        )
+
+    def _fetch_manifest_once(self, reference: str) -> tuple[bytes, str]:
         response = self.request(
             "GET",
             self.manifest_url(reference),
@@ -430,10 +462,12 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             pages += 1
             if pages > 100_000:
                 raise RegistryError("tag listing does not end")
-            response = self.request("GET", url, stream=True, what="list tags")
-            link = response.links.get("next", {}).get("url")
-            raw = _read_capped(response, self.limits.max_tag_page_bytes, "tag list page")
-            doc = _json_object(raw, "tag list")
+            try:
+                link, doc = self.retry_broken_body("list tags", partial(self._tag_page, url))
+            except NotFoundError:
+                if pages == 1:
+                    return []  # distribution: NAME_UNKNOWN until the first push
+                raise
             page = doc.get("tags") or []
             if not isinstance(page, list):
                 raise RegistryError("tag list is malformed")
@@ -441,6 +475,12 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             tags.update(t for t in page if isinstance(t, str) and t.startswith(prefix))
             url = self._url(link) if link and (page or len(tags) > before) else None
         return sorted(tags)
+
+    def _tag_page(self, url: str) -> tuple[str | None, dict[str, Any]]:
+        response = self.request("GET", url, stream=True, what="list tags")
+        link = response.links.get("next", {}).get("url")
+        raw = _read_capped(response, self.limits.max_tag_page_bytes, "tag list page")
+        return link, _json_object(raw, "tag list")
 
     def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor] | None:
         """Referrers via the OCI 1.1 API, or None when the registry lacks it."""
