@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from dockercomms.cli import demo, identity, messaging
+from dockercomms.cli import demo, identity, messaging, mount_cmd, sync_cmd
 from dockercomms.cli.registry_flags import registry_parser
 from dockercomms.core.errors import DockerCommsError, exit_code_for
 
@@ -22,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     identity.add_parsers(sub, common)
-    messaging.add_parsers(sub, common, registry_parser())
+    registry = registry_parser()
+    messaging.add_parsers(sub, common, registry)
+    sync_cmd.add_parsers(sub, common, registry)
+    mount_cmd.add_parsers(sub, common, registry)
     demo.add_parsers(sub, common)
     return parser
 

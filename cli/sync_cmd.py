@@ -56,16 +56,19 @@ def _once(args: argparse.Namespace, syncer: Syncer) -> int:
 
 def _once_text(result: dict[str, Any]) -> str:
     lines = [f"sent {i['filename']} to {i['recipient']} ({i['tag']})" for i in result["sent"]]
-    lines += [
-        f"FAILED {i['filename']} to {i['recipient']}: {i['last_error']}" for i in result["failed"]
-    ]
-    lines += [f"waiting {i['filename']} to {i['recipient']}" for i in result["waiting"]]
+    for i in result["failed"]:
+        lines.append(f"FAILED {i['filename']} to {i['recipient']}: {i['last_error']}")
+    for i in result["waiting"]:
+        why = f": {i['last_error']}" if i["last_error"] else ""
+        lines.append(f"waiting {i['filename']} to {i['recipient']}{why}")
     for r in result["received"]:
         if r["status"] == "received":
             lines.append(f"received {r['filename']} from {r['sender']} -> {r['path']}")
         elif r["status"] == "rejected":
             lines.append(f"REJECTED {r['tag']}: {r['error']}")
-    lines += [f"error: {e}" for e in result["errors"] if not e.startswith("FAILED")]
+    shown = {i["last_error"] for i in result["failed"] + result["waiting"]}
+    shown |= {r.get("error") for r in result["received"]}
+    lines += [f"error: {e}" for e in result["errors"] if e not in shown]
     return "\n".join(lines) or "nothing to do"
 
 

@@ -226,6 +226,9 @@ class PushQueue:
         db_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
+        # Held for a whole intake and for recover(), which must never see an
+        # intake half done by a live thread (it would undo it under its feet).
+        self._intake = threading.Lock()
         # One connection shared by the watcher, worker and chunk-upload threads,
         # serialised by the lock; autocommit mode so transactions are explicit.
         self._conn = sqlite3.connect(
@@ -266,6 +269,13 @@ class PushQueue:
         source = os.lstat(path)
         if not stat.S_ISREG(source.st_mode):
             raise ValueError(f"{path} is not a regular file")
+        with self._intake:
+            return self._enqueue(path, source, recipient, filename)
+
+    def _enqueue(
+        self, path: Path, source: os.stat_result, recipient: str, filename: str | None
+    ) -> QueueItem:
+        """Steps 1-3 of the protocol in the module docstring."""
         item_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         data = self._data_path(item_id)
@@ -356,7 +366,7 @@ class PushQueue:
         Uploading items go back to queued with their ids unchanged, so the push
         that follows is the same message as the interrupted one.
         """
-        with self._lock:
+        with self._intake, self._lock:
             rows = self._conn.execute(
                 "SELECT id, source_path, source_key FROM items WHERE state = ?", (_INTAKE,)
             ).fetchall()
@@ -441,11 +451,12 @@ class PushQueue:
             self._changed.notify_all()
 
     def mark_uploading(self, item_id: str) -> QueueItem:
-        """An upload attempt starts: counted in ``attempts``."""
+        """An upload attempt starts: counted in ``attempts``. Only a queued item can start."""
         return self._update(
             item_id,
             "state = ?, attempts = attempts + 1, next_attempt_at = NULL",
             (ItemState.UPLOADING,),
+            only_states=(ItemState.QUEUED,),
         )
 
     def pin_send_options(self, item_id: str, options: SendOptions) -> SendOptions:

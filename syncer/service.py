@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import filelock
+
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError, DockerCommsError
 from dockercomms.core.intake import Outcome, receive_new
@@ -137,6 +138,9 @@ class Syncer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
+        # start/stop may come from different threads (a mount drains from a worker
+        # thread while its exit stack stops again); the second waits for the first.
+        self._lifetime = threading.Lock()
         self._lock = threading.Lock()
         self._last_poll_at: datetime | None = None
         self._poll_error: str | None = None
@@ -149,20 +153,25 @@ class Syncer:
 
     def start(self) -> None:
         """Lock the queue, recover it, then start watching, pushing and polling."""
-        if self._running:
-            raise RuntimeError("syncer already started")
-        self.workspace.signer()  # a missing key is a start-up error, not N failed items
-        self._take_ownership()
-        self.queue.recover()
-        self._stop.clear()
-        self.watcher.start()
-        self._threads = [
-            threading.Thread(target=self._push_loop, name="push-worker", daemon=True),
-            threading.Thread(target=self._poll_loop, name="inbox-poller", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
-        self._running = True
+        with self._lifetime:
+            if self._running:
+                raise RuntimeError("syncer already started")
+            self._check_configuration()
+            self._take_ownership()
+            try:
+                self.queue.recover()
+                self.watcher.start()
+            except BaseException:
+                self._owner.release()
+                raise
+            self._stop.clear()
+            self._threads = [
+                threading.Thread(target=self._push_loop, name="push-worker", daemon=True),
+                threading.Thread(target=self._poll_loop, name="inbox-poller", daemon=True),
+            ]
+            for thread in self._threads:
+                thread.start()
+            self._running = True
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Stop watching and polling; let the upload in flight finish within the timeout.
@@ -170,29 +179,39 @@ class Syncer:
         An upload still going after ``drain_timeout`` is interrupted after its
         current chunk; it stays queued and resumes as the same message next time.
         """
-        if not self._running:
-            return
-        self.watcher.stop()
+        with self._lifetime:
+            if self._running:
+                self._stop_running(drain_timeout)
+
+    def _stop_running(self, drain_timeout: float) -> None:
+        deadline = time.monotonic() + drain_timeout
         self._stop.set()
         self.worker.stop()
-        deadline = time.monotonic() + drain_timeout
         pusher, poller = self._threads
         pusher.join(max(deadline - time.monotonic(), 0.0))
         if pusher.is_alive():
             log.warning("upload still running after %.0fs; interrupting it", drain_timeout)
             self.worker.abort()
             pusher.join()
+        # Only now: stopping watchdog takes up to half a second, which must not eat
+        # into the drain time (a file queued meanwhile is simply sent next time).
+        self.watcher.stop()
         poller.join(max(deadline - time.monotonic(), 1.0))
         if poller.is_alive():
             log.warning("inbox poll still running after %.0fs", drain_timeout)
-        self._threads = []
+        self._threads = [t for t in self._threads if t.is_alive()]
         self._running = False
         self._owner.release()
 
     def close(self) -> None:
-        """Stop (if running) and close the queue."""
+        """Stop (if running) and close the queue.
+
+        A poll that outlived ``stop()`` keeps the queue open: closing it under
+        that thread would turn a slow download into a crash.
+        """
         self.stop()
-        self.queue.close()
+        if not self._threads:
+            self.queue.close()
 
     def __enter__(self) -> Syncer:
         self.start()
@@ -200,6 +219,11 @@ class Syncer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _check_configuration(self) -> None:
+        """A bad ``--repo`` or a missing key is a start-up error, not N failed items."""
+        self.workspace.repository(self.registry_options)
+        self.workspace.signer()
 
     def _take_ownership(self) -> None:
         try:
@@ -230,7 +254,7 @@ class Syncer:
     def run_once(self) -> SyncSummary:
         """Scan, push everything queued (ignoring backoff), receive once; for ``--once``."""
         summary = SyncSummary()
-        self.workspace.signer()
+        self._check_configuration()
         self._take_ownership()
         try:
             self.queue.recover()
@@ -240,7 +264,6 @@ class Syncer:
                 time.sleep(self.watcher.settle_seconds)
                 summary.queued += self.watcher.scan()
             self._push_all(summary)
-            self.worker.close()
             summary.unroutable = self.watcher.statistics().unroutable
             for why in summary.unroutable.values():
                 summary.errors.append(ConfigError(why))
@@ -249,6 +272,7 @@ class Syncer:
             if error is not None:
                 summary.errors.append(error)
         finally:
+            self.worker.close()
             self._owner.release()
         summary.waiting = self.queue.items([ItemState.QUEUED])
         return summary
@@ -281,10 +305,12 @@ class Syncer:
                 self.refresh_receipts(client)
         except (DockerCommsError, OSError) as exc:
             with self._lock:
+                repeated = self._poll_error == describe(exc)
                 self._last_poll_at = datetime.now(UTC)
                 self._poll_error = describe(exc)
                 self._poll_reachable = not is_temporary(exc)
-            log.warning("inbox poll: %s", describe(exc))
+            if not repeated:  # once per outage, not once per poll
+                log.warning("inbox poll: %s", describe(exc))
             return outcomes, exc
         with self._lock:
             self._last_poll_at = datetime.now(UTC)
@@ -361,16 +387,14 @@ class Syncer:
             }
             poll_reachable = self._poll_reachable
         reachable = worker.registry_reachable and poll_reachable
-        errors = [
-            e
-            for e in (self._fatal, worker.last_error if not reachable else None, self._poll_error)
-            if e
-        ]
-        errors += list(watcher.unroutable.values())
-        if worker.in_flight:
-            state = "uploading"
-        elif not reachable:
+        candidates = [self._fatal, worker.last_error if not reachable else None, self._poll_error]
+        candidates += list(watcher.unroutable.values())
+        errors = list(dict.fromkeys(e for e in candidates if e))
+        # Unreachable wins over uploading: an attempt in flight then is a retry.
+        if not reachable:
             state = "waiting for registry"
+        elif worker.in_flight:
+            state = "uploading"
         elif queue.counts[ItemState.QUEUED]:
             state = "queued"
         else:
@@ -388,10 +412,14 @@ class Syncer:
                 if worker.bytes_total
                 else 100.0,
             }
+        try:
+            repository = str(self.workspace.repository(self.registry_options))
+        except ConfigError:
+            repository = self.registry_options.repository
         return {
             "identity": self.workspace.identity,
-            "repository": str(self.workspace.repository(self.registry_options)),
-            "spool": str(self.spool_dir),
+            "repository": repository,
+            "spool": str(self.spool_dir.absolute()),
             "state": state,
             "summary": _summary_line(state, queue.counts, worker.paused_until, errors),
             "registry_reachable": reachable,

@@ -35,20 +35,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dockercomms.syncer.queue import PushQueue, QueueItem
-from watchdog.events import (
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from dockercomms.syncer.queue import PushQueue, QueueItem
+
 log = logging.getLogger(__name__)
+
+
+class _StopRaceFilter(logging.Filter):
+    """Drops watchdog's ERROR for an event that races ``Observer.stop()``.
+
+    watchdog logs it when its emitter thread reads one last event while being
+    stopped; nothing is lost (the next start scans the spool), so it is noise
+    that would read like a failure in the daemon's log.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in str(record.msg)
+
+
+logging.getLogger("watchdog.observers.inotify").addFilter(_StopRaceFilter())
 
 _TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".swx")
 # Vim swap files run .swp, .swo, .swn ... down to .swa as earlier ones exist.
@@ -120,7 +127,8 @@ class OutboxWatcher:
         settle_seconds: float = 0.5,
         rescan_seconds: float = 30.0,
     ) -> None:
-        self.spool_dir = spool_dir
+        # Absolute, so event paths and scan paths compare equal however it was given.
+        self.spool_dir = spool_dir.absolute()
         self.queue = queue
         self.default_recipient = default_recipient
         self.settle_seconds = settle_seconds
@@ -340,21 +348,36 @@ class OutboxWatcher:
 
 
 class _SpoolEvents(FileSystemEventHandler):
-    """Translates watchdog events into ``note``/``forget``; does no I/O of its own."""
+    """Turns watchdog events into ``note``/``forget``; the settle thread does the rest."""
 
     def __init__(self, watcher: OutboxWatcher) -> None:
         self._watcher = watcher
 
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileCreatedEvent | FileModifiedEvent | FileClosedEvent):
-            self._watcher.note(Path(os.fsdecode(event.src_path)))
-        elif isinstance(event, FileDeletedEvent):
-            self._watcher.forget(Path(os.fsdecode(event.src_path)))
-        elif isinstance(event, FileMovedEvent):
-            self._watcher.forget(Path(os.fsdecode(event.src_path)))
-            self._watcher.note(Path(os.fsdecode(event.dest_path)))
-        elif isinstance(event, DirMovedEvent):
-            self._watcher.note_dir(Path(os.fsdecode(event.dest_path)))
+    def on_closed(self, event: FileClosedEvent) -> None:
+        """IN_CLOSE_WRITE: a writer is done (the usual way a file becomes complete)."""
+        self._watcher.note(_path(event.src_path))
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        """A new file starts its settle time (or a new folder is scanned)."""
+        self._watcher.note(_path(event.src_path))
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        """Still being written: restart the settle time."""
+        if not event.is_directory:
+            self._watcher.note(_path(event.src_path))
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        """Gone before it settled."""
+        self._watcher.forget(_path(event.src_path))
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        """Renamed to its final name, or moved in; the old name is forgotten."""
+        self._watcher.forget(_path(event.src_path))
+        self._watcher.note(_path(event.dest_path))
+
+
+def _path(raw: bytes | str) -> Path:
+    return Path(os.fsdecode(raw))
 
 
 def _signature(st: os.stat_result) -> tuple[int, int]:

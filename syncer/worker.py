@@ -150,13 +150,24 @@ class PushWorker:
 
     def run(self, stop: threading.Event) -> None:
         """Send due items until ``stop`` is set or ``stop()`` is called."""
+        # A fresh run: an earlier stop()/abort() is over (``stop`` is the caller's).
+        self._stopping.clear()
+        self._aborting.clear()
         try:
             while not (stop.is_set() or self._stopping.is_set()):
                 wait = self._pause_left()
                 if wait <= 0:
-                    if self.run_once() is not None:
-                        continue
-                    wait = self._idle_wait()
+                    try:
+                        if self.run_once() is not None:
+                            continue
+                        wait = self._idle_wait()
+                    except Exception as exc:
+                        # A queue row that vanished (cancelled) or a disk error: say
+                        # so and keep going, a dead worker would stall every item.
+                        log.exception("push worker: %s", exc)
+                        with self._lock:
+                            self._last_error = describe(exc)
+                        wait = IDLE_POLL_SECONDS
                 self.queue.wait_for_change(min(wait, IDLE_POLL_SECONDS))
         finally:
             self.close()
@@ -199,6 +210,8 @@ class PushWorker:
         except Exception as exc:
             return self._failed(item, exc)
         finally:
+            # abort() is for the upload in flight; the next push starts clean.
+            self._aborting.clear()
             with self._lock:
                 self._in_flight = None
         with self._lock:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+
 from dockercomms.cli import main as cli_main
 from dockercomms.cli import sync_cmd
 from dockercomms.cli.registry_flags import registry_parser
@@ -65,13 +66,12 @@ class Identity:
         settings = self.workspace().settings
         save_settings(self.paths, replace(settings, chunk_bytes=chunk_bytes))
 
-    def receive(self, out_dir: Path) -> list[Outcome]:
-        """``recv`` into ``out_dir`` (with receipts), returning every outcome."""
+    def receive(self, out_dir: Path, *, receipts: bool = True) -> list[Outcome]:
+        """``recv`` into ``out_dir``, returning every outcome."""
         workspace = self.workspace()
+        signer = workspace.signer() if receipts else None
         with workspace.client() as client, workspace.ledger() as ledger:
-            return receive_new(
-                workspace.receiver(client), ledger, out_dir, receipt_signer=workspace.signer()
-            )
+            return receive_new(workspace.receiver(client), ledger, out_dir, receipt_signer=signer)
 
     def inbox_tags(self) -> list[str]:
         """Tags in the registry addressed to me (one per message)."""
@@ -163,8 +163,36 @@ SYNC_COMMAND = (
 )
 
 
+@dataclass
+class SyncRun:
+    """A ``dockercomms sync`` child process and where its output goes."""
+
+    process: subprocess.Popen[bytes]
+    log_dir: Path
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self.process.pid
+
+    def output(self) -> str:
+        """What the child wrote to stderr so far (for failure messages)."""
+        return (self.log_dir / "stderr").read_text(errors="replace")[-4000:]
+
+    def wait_until(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        """``wait_until``, failing at once (with the child's stderr) if the child exits."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            code = self.process.poll()
+            if code is not None:
+                pytest.fail(f"sync exited with {code} while waiting for {what}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{self.output()}")
+            time.sleep(0.02)
+
+
 @contextlib.contextmanager
-def sync_process(identity: Identity, log_dir: Path, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
+def sync_process(identity: Identity, log_dir: Path, *argv: str) -> Iterator[SyncRun]:
     """``dockercomms sync ARGV`` as a child process; killed by PID on the way out."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ) | identity.env | {"PYTHONPATH": str(REPO_ROOT)}
@@ -173,10 +201,10 @@ def sync_process(identity: Identity, log_dir: Path, *argv: str) -> Iterator[subp
         (log_dir / "stderr").open("ab") as err,
     ):
         process = subprocess.Popen(
-            [*SYNC_COMMAND, "sync", *argv], env=env, cwd=REPO_ROOT, stdout=out, stderr=err
+            [*SYNC_COMMAND, "sync", "-v", *argv], env=env, cwd=REPO_ROOT, stdout=out, stderr=err
         )
         try:
-            yield process
+            yield SyncRun(process, log_dir)
         finally:
             if process.poll() is None:
                 os.kill(process.pid, signal.SIGKILL)
@@ -185,8 +213,11 @@ def sync_process(identity: Identity, log_dir: Path, *argv: str) -> Iterator[subp
 
 def run_sync(identity: Identity, log_dir: Path, *argv: str, timeout: float = 60) -> int:
     """``dockercomms sync ARGV`` to completion (``--once``); its exit code."""
-    with sync_process(identity, log_dir, *argv) as process:
-        return process.wait(timeout)
+    with sync_process(identity, log_dir, *argv) as run:
+        code = run.process.wait(timeout)
+        if code != 0:
+            print(run.output())
+        return code
 
 
 if __name__ == "__main__":

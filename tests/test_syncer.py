@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import shutil
 import signal
 import socket
 import sqlite3
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.limits import MIB
 from dockercomms.core.send import SendRequest
@@ -22,7 +27,6 @@ from dockercomms.core.workspace import RegistryOptions
 from dockercomms.syncer.queue import ItemState, PushQueue
 from dockercomms.syncer.service import Syncer
 from dockercomms.syncer.watcher import is_temporary_name
-
 from tests.syncer_fixtures import (
     Identity,
     make_pair,
@@ -108,7 +112,7 @@ def test_temporary_names() -> None:
 def test_dropped_file_is_received_once_and_temp_files_stay(
     pair: tuple[Identity, Identity], outbox: Path, alice_syncer: Syncer, tmp_path: Path
 ) -> None:
-    alice, bob = pair
+    _, bob = pair
     for name in TEMPORARY:
         (outbox / "bob" / name).write_bytes(b"work in progress")
     payload = os.urandom(300_000)
@@ -179,7 +183,8 @@ def test_two_hundred_files_at_once_each_sent_once(
     items = alice_syncer.queue.items()
     assert len(items) == 200 and len({i.message_id for i in items}) == 200
     assert len(bob.inbox_tags()) == 200
-    outcomes = bob.receive(tmp_path / "bob-inbox")
+    # (no receipts: 200 of them would double the test's time for nothing it checks)
+    outcomes = bob.receive(tmp_path / "bob-inbox", receipts=False)
     received = [o for o in outcomes if o.status == "received"]
     assert len(received) == 200
     assert {o.message.message_id for o in received if o.message} == {i.message_id for i in items}
@@ -191,7 +196,10 @@ def test_two_hundred_files_at_once_each_sent_once(
 
 
 def test_no_default_recipient_keeps_the_file_and_says_why(
-    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    pair: tuple[Identity, Identity],
+    outbox: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     alice, bob = pair
     stray = outbox / "stray.txt"
@@ -228,9 +236,10 @@ def test_inbox_poller_and_second_syncer_refused(
     )
     with bob_syncer:
         (outbox / "bob" / "polled.txt").write_text("picked up by the poller")
-        wait_until(lambda: (inbox / "polled.txt").exists(), 20, "bob's poller to receive")
+        wait_until(
+            lambda: bob_syncer.status()["inbox"]["received"] == 1, 20, "bob's poller to receive"
+        )
         assert (inbox / "polled.txt").read_text() == "picked up by the poller"
-        assert bob_syncer.status()["inbox"]["received"] == 1
         second = Syncer(
             bob.workspace(),
             None,
@@ -263,10 +272,10 @@ def test_kill_9_mid_upload_then_restart_sends_exactly_once(
         return bool(rows) and int(str(rows[0][0])) >= 4
 
     args = ("--outbox", str(outbox), "--settle", "0.1")
-    with sync_process(alice, tmp_path / "run1", *args) as process:
-        wait_until(chunks_recorded, 30, "some chunks to be uploaded")
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+    with sync_process(alice, tmp_path / "run1", *args) as run:
+        run.wait_until(chunks_recorded, 30, "some chunks to be uploaded")
+        os.kill(run.pid, signal.SIGKILL)
+        run.process.wait()
     [(message_id, state, attempts)] = db_rows(db, "SELECT message_id, state, attempts FROM items")
     assert (state, attempts) == ("uploading", 1)
 
@@ -279,6 +288,72 @@ def test_kill_9_mid_upload_then_restart_sends_exactly_once(
     assert outcome.status == "received" and outcome.message is not None
     assert outcome.message.message_id == message_id
     assert outcome.path is not None and sha256_file(outcome.path) == expected
+
+
+def test_repeated_kill_9_at_random_moments_loses_and_duplicates_nothing(
+    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
+) -> None:
+    """SIGKILL lands wherever it lands: intake, upload, tag push, bookkeeping."""
+    alice, bob = pair
+    expected = {f"note-{n:02}.txt": os.urandom(2000 + n) for n in range(60)}
+    for name, data in expected.items():
+        (outbox / "bob" / name).write_bytes(data)
+    db = queue_db(alice)
+
+    def progress() -> list[tuple[object, ...]]:
+        return db_rows(db, "SELECT state, COUNT(*) FROM items GROUP BY state")
+
+    chance = random.Random(20261123)
+    for round_ in range(5):
+        before = progress()
+        with sync_process(alice, tmp_path / f"chaos{round_}", "--outbox", str(outbox)) as run:
+
+            def changed(since: list[tuple[object, ...]] = before) -> bool:
+                return progress() != since
+
+            # Once this run has done something, kill it a random moment later.
+            run.wait_until(changed, 20, "the restarted syncer to work")
+            time.sleep(chance.uniform(0.0, 0.3))
+            os.kill(run.pid, signal.SIGKILL)
+            run.process.wait()
+    assert run_sync(alice, tmp_path / "final", "--once", "--outbox", str(outbox)) == 0
+
+    assert len(bob.inbox_tags()) == len(expected)
+    outcomes = bob.receive(tmp_path / "bob-inbox", receipts=False)
+    got = {o.path.name: o.path.read_bytes() for o in outcomes if o.path is not None}
+    assert got == expected
+    assert not list((outbox / "bob").iterdir())
+
+
+def test_stop_interrupts_a_long_upload_which_resumes_as_the_same_message(
+    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
+) -> None:
+    alice, bob = pair
+    alice.set_chunk_bytes(1 * MIB)
+    payload = os.urandom(24 * MIB)
+    (tmp_path / "long.bin").write_bytes(payload)
+    syncer = Syncer(
+        alice.workspace(), None, spool_dir=outbox, inbox_dir=None, default_recipient="bob"
+    )
+    try:
+        syncer.start()
+        (tmp_path / "long.bin").rename(outbox / "long.bin")
+        wait_until(
+            lambda: (syncer.status()["in_flight"] or {}).get("bytes_done", 0) > 0,
+            20,
+            "the upload to be under way",
+        )
+        syncer.stop(drain_timeout=0)
+        [item] = syncer.queue.items()
+        assert item.state == ItemState.QUEUED and item.last_error == "interrupted by shutdown"
+        assert syncer.queue.known_chunks(item.id)
+        summary = syncer.run_once()
+    finally:
+        syncer.close()
+    [sent] = summary.sent
+    assert (sent.id, sent.message_id, sent.attempts) == (item.id, item.message_id, 2)
+    [outcome] = bob.receive(tmp_path / "bob-inbox")
+    assert outcome.path is not None and outcome.path.read_bytes() == payload
 
 
 def test_crash_after_tag_before_mark_sent_is_the_same_message(
@@ -330,8 +405,10 @@ def test_intake_interrupted_at_each_step_recovers_to_one_item(
     db = sqlite3.connect(state / "queue.db", isolation_level=None)
     try:
         # Crash after the rename, before the row said 'queued': roll forward.
-        db.execute("UPDATE items SET state = 'intake', source_path = ? WHERE id = ?",
-                   (str(spool_file), item.id))
+        db.execute(
+            "UPDATE items SET state = 'intake', source_path = ? WHERE id = ?",
+            (str(spool_file), item.id),
+        )
         # Crash after the INSERT, before the rename: the file is still in the spool.
         (outbox / "bob" / "b.txt").write_text("b")
         db.execute(
@@ -353,6 +430,22 @@ def test_intake_interrupted_at_each_step_recovers_to_one_item(
         assert not spool_file.exists()
         assert (outbox / "bob" / "b.txt").read_text() == "b"
         assert sorted(p.name for p in (state / "queue").iterdir()) == [f"{item.id}.data"]
+
+
+def test_enqueue_across_filesystems_copies_then_removes_the_source(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs a second filesystem at /dev/shm")
+    spool = Path(tempfile.mkdtemp(dir=shm))
+    try:
+        (spool / "far.bin").write_bytes(b"x" * 3_000_000)
+        with PushQueue(tmp_path / "queue.db", tmp_path / "queue") as queue:
+            item = queue.enqueue(spool / "far.bin", "bob")
+            assert item.data_path.read_bytes() == b"x" * 3_000_000
+            assert not (spool / "far.bin").exists()
+            assert [p.name for p in (tmp_path / "queue").iterdir()] == [item.data_path.name]
+    finally:
+        shutil.rmtree(spool)
 
 
 def test_registry_down_waits_with_backoff_then_delivers(
@@ -379,15 +472,15 @@ def test_registry_down_waits_with_backoff_then_delivers(
         return loaded
 
     argv = ("--outbox", str(outbox), "--settle", "0.1", "--status-file", str(status_file))
-    with sync_process(alice, tmp_path / "down", *argv, "--repo", f"127.0.0.1:{port}/x/y") as proc:
-        wait_until(lambda: attempts() >= 2, 30, "a second attempt")
-        wait_until(lambda: status().get("registry_reachable") is False, 10, "status to say so")
+    with sync_process(alice, tmp_path / "down", *argv, "--repo", f"127.0.0.1:{port}/x/y") as run:
+        run.wait_until(lambda: attempts() >= 2, 30, "a second attempt")
+        run.wait_until(lambda: status().get("registry_reachable") is False, 10, "status to say so")
         now = status()
         assert now["state"] == "waiting for registry"
         assert "registry unreachable" in str(now["summary"])
         assert [r[0] for r in db_rows(db, "SELECT state FROM items")] in (["queued"], ["uploading"])
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        os.kill(run.pid, signal.SIGTERM)
+        assert run.process.wait(30) == 0
     [(state, tries)] = db_rows(db, "SELECT state, attempts FROM items")
     assert state == "queued" and int(str(tries)) >= 2
 
@@ -396,9 +489,7 @@ def test_registry_down_waits_with_backoff_then_delivers(
     assert outcome.path is not None and outcome.path.read_bytes() == payload
 
 
-def test_registry_options_reach_the_status(
-    pair: tuple[Identity, Identity], outbox: Path
-) -> None:
+def test_registry_options_reach_the_status(pair: tuple[Identity, Identity], outbox: Path) -> None:
     alice, _ = pair
     syncer = Syncer(
         alice.workspace(),
