@@ -34,8 +34,9 @@ def dockercomms(*args: str) -> list[str]:
     return [sys.executable, "-m", "dockercomms.cli", *args]
 
 
-def identities(work: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """alice and bob on one embedded registry under ``work``, trusting each other."""
+def identities(work: Path, repo: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    """alice and bob, trusting each other, on ``repo`` or an embedded registry in ``work``."""
+    where = ["--repo", repo] if repo else []
     envs = []
     for name in ("alice", "bob"):
         env = {
@@ -44,7 +45,10 @@ def identities(work: Path) -> tuple[dict[str, str], dict[str, str]]:
             "XDG_DATA_HOME": str(work / "data"),
         }
         subprocess.run(
-            dockercomms("init", "--identity", name), env=env, check=True, capture_output=True
+            dockercomms("init", "--identity", name, *where),
+            env=env,
+            check=True,
+            capture_output=True,
         )
         envs.append(env)
     alice, bob = envs

@@ -9,7 +9,6 @@ RSS <= 150 MiB; a 10,000-tag repository lists in under 5 s.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.engine import TARGET_RSS_MIB, dockercomms
+from bench.engine import TARGET_RSS_MIB, dockercomms, identities
 from bench.measure import (
     MIB,
     Sample,
@@ -84,37 +83,6 @@ def curl_download(base: str, repo: str, digest: str, target: Path) -> Sample:
     hashed = time_call(lambda: sha256_file(target))
     target.unlink()
     return Sample(fetched.seconds + hashed.seconds, 0)
-
-
-def identities(work: Path, repo: str) -> tuple[dict[str, str], dict[str, str]]:
-    """alice and bob using ``repo``, trusting each other."""
-    envs = []
-    for name in ("alice", "bob"):
-        env = {
-            **os.environ,
-            "DOCKERCOMMS_HOME": str(work / name),
-            "XDG_DATA_HOME": str(work / "data"),
-        }
-        subprocess.run(
-            dockercomms("init", "--identity", name, "--repo", repo),
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        envs.append(env)
-    for env, other, other_env in ((envs[0], "bob", envs[1]), (envs[1], "alice", envs[0])):
-        pem = subprocess.run(
-            dockercomms("key", "export"), env=other_env, check=True, capture_output=True
-        ).stdout
-        key = work / f"{other}.pub"
-        key.write_bytes(pem)
-        subprocess.run(
-            dockercomms("trust", "add", other, "--key", str(key)),
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-    return envs[0], envs[1]
 
 
 def transfer_suite(work: Path, host: str, size: int, runs: int) -> list[str]:
