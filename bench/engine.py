@@ -17,6 +17,7 @@ from bench.measure import (
     MIB,
     Sample,
     Series,
+    fsync_file,
     make_compressible,
     make_random,
     report,
@@ -67,16 +68,24 @@ def identities(work: Path, repo: str | None = None) -> tuple[dict[str, str], dic
     return alice, bob
 
 
-def floor(source: Path, work: Path, runs: int) -> Series:
-    """cp + sha256 of the same file, same disk."""
-    series = Series("floor: cp + sha256", source.stat().st_size)
+def floor(source: Path, work: Path, runs: int) -> tuple[Series, Series]:
+    """cp + sha256 of the same file, same disk; and the same plus fsync of the copy.
+
+    The second is not the target's floor; it shows what the durable write that
+    ``recv`` must do (fsync before rename) costs on this disk.
+    """
+    size = source.stat().st_size
+    plain = Series("floor: cp + sha256", size)
+    durable = Series("floor: cp + sha256 + fsync", size)
     for _ in range(runs):
         target = work / "floor-copy"
         copy = run_process(["cp", str(source), str(target)])
         digest = time_call(lambda: sha256_file(source))
-        series.samples.append(Sample(copy.seconds + digest.seconds, 0))
+        synced = fsync_file(target)
+        plain.samples.append(Sample(copy.seconds + digest.seconds, 0))
+        durable.samples.append(Sample(copy.seconds + digest.seconds + synced.seconds, 0))
         target.unlink()
-    return series
+    return plain, durable
 
 
 def run(work: Path, size: int, runs: int) -> list[str]:
@@ -85,7 +94,7 @@ def run(work: Path, size: int, runs: int) -> list[str]:
     alice, bob = identities(work)
     for kind, make in (("random", make_random), ("compressible", make_compressible)):
         source = make(work / f"{kind}.bin", size)
-        base = floor(source, work, runs)
+        base, durable = floor(source, work, runs)
         send = Series(f"send {kind}", size)
         recv = Series(f"recv {kind}", size)
         for n in range(runs):
@@ -103,8 +112,10 @@ def run(work: Path, size: int, runs: int) -> list[str]:
         target = TARGET_RATIO if kind == "random" else None
         lines += [
             report(base),
+            report(durable),
             report(send, base, target=target),
             report(recv, base, target=target),
+            "  " + report(recv, durable).replace(recv.name, f"{recv.name} vs fsync floor", 1),
         ]
         for series in (send, recv):
             ok = series.median_rss <= TARGET_RSS_MIB * MIB

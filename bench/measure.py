@@ -78,6 +78,17 @@ def time_call(call: Callable[[], object]) -> Sample:
     return Sample(time.perf_counter() - started, 0)
 
 
+def fsync_file(path: Path) -> Sample:
+    """Time forcing a just-written file to disk, as ``recv`` must (SPEC 5 step 9)."""
+    started = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Sample(time.perf_counter() - started, 0)
+
+
 def sha256_file(path: Path) -> str:
     """sha256 with 1 MiB reads (OpenSSL through hashlib: the fast path on this CPU)."""
     digest = hashlib.sha256()

@@ -22,6 +22,7 @@ from bench.measure import (
     MIB,
     Sample,
     Series,
+    fsync_file,
     make_random,
     report,
     run_process,
@@ -75,14 +76,19 @@ def curl_upload(base: str, repo: str, source: Path, digest: str) -> Sample:
     return time_call(upload)
 
 
-def curl_download(base: str, repo: str, digest: str, target: Path) -> Sample:
-    """GET the blob to a file, then sha256 it: the least a verified download does."""
+def curl_download(base: str, repo: str, digest: str, target: Path) -> tuple[Sample, Sample]:
+    """GET the blob to a file, then sha256 it: the least a verified download does.
+
+    Also returns the same plus an fsync of the file: what a durable write costs here.
+    """
     fetched = run_process(
         ["curl", "-sS", "-f", "-o", str(target), f"{base}/v2/{repo}/blobs/{digest}"]
     )
     hashed = time_call(lambda: sha256_file(target))
+    synced = fsync_file(target)
     target.unlink()
-    return Sample(fetched.seconds + hashed.seconds, 0)
+    plain = fetched.seconds + hashed.seconds
+    return Sample(plain, 0), Sample(plain + synced.seconds, 0)
 
 
 def transfer_suite(work: Path, host: str, size: int, runs: int) -> list[str]:
@@ -91,6 +97,7 @@ def transfer_suite(work: Path, host: str, size: int, runs: int) -> list[str]:
     source = make_random(work / "random.bin", size)
     digest = "sha256:" + sha256_file(source)
     up, down = Series("floor: curl upload", size), Series("floor: curl download + sha256", size)
+    durable = Series("floor: curl download + sha256 + fsync", size)
     send, recv = (
         Series("send random (distribution)", size),
         Series("recv random (distribution)", size),
@@ -98,7 +105,9 @@ def transfer_suite(work: Path, host: str, size: int, runs: int) -> list[str]:
     for n in range(runs):
         floor_repo = f"bench/floor-{uuid.uuid4().hex[:8]}"
         up.samples.append(curl_upload(base, floor_repo, source, digest))
-        down.samples.append(curl_download(base, floor_repo, digest, work / "downloaded.bin"))
+        plain, synced = curl_download(base, floor_repo, digest, work / "downloaded.bin")
+        down.samples.append(plain)
+        durable.samples.append(synced)
         repo = f"{host}/bench/run-{uuid.uuid4().hex[:8]}"
         home = work / f"ids-{n}"
         alice, bob = identities(home, repo)
@@ -115,7 +124,9 @@ def transfer_suite(work: Path, host: str, size: int, runs: int) -> list[str]:
         report(up),
         report(send, up, target=TARGET_RATIO),
         report(down),
+        report(durable),
         report(recv, down, target=TARGET_RATIO),
+        "  " + report(recv, durable).replace(recv.name, f"{recv.name} vs fsync floor", 1),
     ]
     for series in (send, recv):
         verdict = "OK" if series.median_rss <= TARGET_RSS_MIB * MIB else "MISSED"

@@ -34,7 +34,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,7 @@ class ChunkCache:
             raise CacheCorruptError(f"cached chunk {key.name} unreadable: {exc}") from exc
         return b"".join(parts)
 
-    def _check_whole(self, entry: _Entry, file: Any) -> None:
+    def _check_whole(self, entry: _Entry, file: BinaryIO) -> None:
         """First use in this process: re-hash the whole chunk and its block list."""
         whole = hashlib.sha256()
         blocks: list[str] = []
@@ -341,7 +341,7 @@ class ChunkCache:
             raise CacheCorruptError(f"cached chunk {entry.key.name} does not match its sha256")
         entry.checked = True
 
-    def _block(self, entry: _Entry, file: Any, block: int) -> bytes:
+    def _block(self, entry: _Entry, file: BinaryIO, block: int) -> bytes:
         memory_key = (entry.key, block)
         with self._lock:
             data = self._memory.get(memory_key)
@@ -365,13 +365,14 @@ class ChunkCache:
     # --- eviction -------------------------------------------------------------------
 
     def _drop(self, entry: _Entry, why: str) -> None:
-        log.warning("cached chunk %s dropped: %s", entry.key.name, why)
         with self._lock:
-            if self._entries.get(entry.key) is entry:
-                del self._entries[entry.key]
-                self._total -= entry.size
+            if self._entries.get(entry.key) is not entry:
+                return  # another reader found the same damage first
+            del self._entries[entry.key]
+            self._total -= entry.size
             self._forget_memory(entry.key)
             self._counters.corruptions += 1
+        log.warning("cached chunk %s dropped: %s", entry.key.name, why)
         self._remove_files(entry.key.name)
 
     def _evict(self) -> None:

@@ -24,7 +24,6 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -211,11 +210,15 @@ class Node:
 
     async def setxattr(self, name: str, value: bytes) -> None:
         """Set an extended attribute; none are writable by default."""
-        raise fuse_error(errno.ENOTSUP)
+        raise fuse_error(self._xattr_refusal())
 
     async def removexattr(self, name: str) -> None:
         """Remove an extended attribute; none are removable by default."""
-        raise fuse_error(errno.ENOTSUP)
+        raise fuse_error(self._xattr_refusal())
+
+    def _xattr_refusal(self) -> int:
+        # A read-only view says so; elsewhere extended attributes are simply unsupported.
+        return errno.EROFS if self.refuse == errno.EROFS else errno.ENOTSUP
 
     # --- life -----------------------------------------------------------------------
 
@@ -368,7 +371,3 @@ class InodeTable:
     def open_handles(self) -> list[Handle]:
         """Every open file (for shutdown)."""
         return list(self._handles.values())
-
-
-#: Turns a blocking function into an awaitable run in a worker thread.
-ThreadRunner = Callable[..., object]

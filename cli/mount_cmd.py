@@ -1,0 +1,135 @@
+"""``mount`` and ``umount``: the drop folder as a filesystem.
+
+Wiring: ``main.py`` calls ``mount_cmd.add_parsers(sub, common, registry_parser())``.
+The same commands run without ``main.py`` as ``python -m dockercomms.fsmount``
+(that is what a background mount starts), built by :func:`standalone_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dockercomms.cli.registry_flags import registry_options, registry_parser
+from dockercomms.core.workspace import Workspace
+from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
+from dockercomms.fsmount.mount import MountConfig, run_foreground, start_background, unmount
+
+
+def _config(args: argparse.Namespace) -> MountConfig:
+    return MountConfig(
+        mountpoint=Path(args.mountpoint),
+        default_recipient=args.to,
+        poll_seconds=args.poll,
+        receipts=args.receipts,
+        registry=registry_options(args),
+        cache_bytes=args.cache_bytes,
+        drain_seconds=args.drain_timeout,
+        fuse_debug=args.fuse_debug,
+    )
+
+
+def _foreground_argv(args: argparse.Namespace) -> list[str]:
+    """The same mount, as a detached ``--foreground`` child."""
+    argv = [sys.executable, "-m", "dockercomms.fsmount", "mount", str(Path(args.mountpoint))]
+    argv += ["--poll", str(args.poll), "--cache-bytes", str(args.cache_bytes)]
+    argv += ["--drain-timeout", str(args.drain_timeout), "--foreground"]
+    if args.to:
+        argv += ["--to", args.to]
+    if not args.receipts:
+        argv.append("--no-receipts")
+    if args.repo:
+        argv += ["--repo", args.repo]
+    if args.insecure:
+        argv.append("--insecure")
+    if args.ca_file:
+        argv += ["--ca-file", args.ca_file]
+    if args.fuse_debug:
+        argv.append("--fuse-debug")
+    argv += ["-v"] * getattr(args, "verbose", 0)
+    return argv
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    """Mount outbox/, inbox/, sent/ and .status at MOUNTPOINT."""
+    workspace = Workspace.load()
+    config = _config(args)
+    if not args.foreground:
+        log_file = workspace.paths.state_dir / "mount.log"
+        code = start_background(config, _foreground_argv(args), log_file)
+        print(f"mounted {config.mountpoint} (log: {log_file})")
+        return code
+    if getattr(args, "verbose", 0) == 0:
+        # The daemon's log is its only voice: say what it does, not only what fails.
+        logging.getLogger("dockercomms").setLevel(logging.INFO)
+    return run_foreground(config, workspace)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    """Drain uploads in flight, then unmount."""
+    return unmount(Path(args.mountpoint), timeout=args.timeout)
+
+
+def add_parsers(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+    registry: argparse.ArgumentParser,
+) -> None:
+    """Register ``mount`` and ``umount``."""
+    m = sub.add_parser(
+        "mount", parents=[common, registry], help="mount the drop folder as a filesystem"
+    )
+    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument(
+        "--to", metavar="RECIPIENT", help="default recipient of files put directly in outbox/"
+    )
+    m.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="inbox poll interval")
+    m.add_argument(
+        "--no-receipts",
+        dest="receipts",
+        action="store_false",
+        help="do not send accepted/rejected receipts",
+    )
+    m.add_argument(
+        "--foreground", action="store_true", help="stay in the foreground (do not daemonize)"
+    )
+    m.add_argument(
+        "--cache-bytes",
+        type=int,
+        default=DEFAULT_CAP_BYTES,
+        metavar="BYTES",
+        help="size cap of the verified chunk cache (default 2 GiB)",
+    )
+    m.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="how long unmounting waits for an upload in flight",
+    )
+    m.add_argument("--fuse-debug", action="store_true", help="libfuse debug output")
+    m.set_defaults(func=cmd_mount)
+
+    u = sub.add_parser("umount", parents=[common], help="drain uploads, then unmount")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="how long to wait for the daemon to drain and exit",
+    )
+    u.set_defaults(func=cmd_umount)
+
+
+def standalone_parser() -> argparse.ArgumentParser:
+    """``mount``/``umount`` alone, for ``python -m dockercomms.fsmount``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser = argparse.ArgumentParser(prog="dockercomms")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parsers(sub, common, registry_parser())
+    return parser

@@ -1,0 +1,618 @@
+"""``inbox/``: messages to me, listed from the registry, verified before they are exposed.
+
+Caveats first:
+
+* Only messages whose manifest parsed and whose signature, signer and sender
+  verified are listed under ``inbox/<sender>/``. Everything else is listed in
+  ``inbox/.rejected/<tag>`` with the reason as the file's content.
+* Listing verifies each *new* tag once; later polls only list tags. ``open()``
+  verifies again (manifest by digest, signature, signer, sender, expiry) because
+  the registry or ``trust.json`` may have changed since, and then fetches and
+  checks the first chunk, so a message whose first chunk is corrupt fails at
+  ``open()`` with ``EIO``. A later corrupt chunk fails the ``read()`` that needs it.
+* A policy failure at ``open()`` is ``EACCES``; corrupt data is ``EIO``. Either way
+  the reason is logged, kept as ``user.dockercomms.error`` on the file (which
+  stays listed so the reason can be read), the message is added to
+  ``.rejected/``, and a ``rejected`` receipt goes out once. Corruption is sticky
+  for the life of the mount; a policy failure is re-checked at the next open.
+* When ``trust.json`` changes, rejected tags are verified again at the next
+  poll, so trusting a sender makes their waiting messages appear.
+* Names are given once and kept: the first message listed under a name keeps it;
+  a later one with the same name in the same sender folder gets
+  ``stem (YYYYMMDD-<digest8>).ext``.
+* The first listing of a large inbox verifies every message (about 10 ms each on
+  the embedded registry); ``ls inbox/...`` waits for that first poll.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import trio
+
+from dockercomms.core import protocol as p
+from dockercomms.core.errors import (
+    ChunkError,
+    DigestMismatchError,
+    DockerCommsError,
+    LimitExceededError,
+)
+from dockercomms.core.manifest import Message
+from dockercomms.core.receive import Receiver
+from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.signing.verify import VerifiedSigner
+from dockercomms.fsmount import xattrs
+from dockercomms.fsmount.engine import Engine
+from dockercomms.fsmount.errno_map import errno_for, is_rejection, reason
+from dockercomms.fsmount.inodes import (
+    DYNAMIC_TIMEOUT,
+    Attributes,
+    Directory,
+    Handle,
+    InodeTable,
+    Node,
+    fuse_error,
+)
+from dockercomms.fsmount.names import folder_name, free_name
+from dockercomms.fsmount.receipt_book import ReceiptSender
+from dockercomms.fsmount.transfers import ChunkSource
+from dockercomms.fsmount.virtual import GeneratedFile, fixed, wants_write
+
+log = logging.getLogger(__name__)
+
+REJECTED = ".rejected"
+REFRESH = ".refresh"
+#: Longest a refresh trigger (``touch inbox/.refresh``) waits for its poll.
+REFRESH_WAIT_SECONDS = 120.0
+#: Longest ``ls inbox/`` waits for the first poll after mounting.
+FIRST_POLL_WAIT_SECONDS = 300.0
+
+
+# --- what a poll finds ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One tag as a poll found it: verified (``signer`` set) or not (``error`` set)."""
+
+    tag: str
+    message: Message | None
+    signer: VerifiedSigner | None
+    error: DockerCommsError | None
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """Every inbox tag now present, and what the new (or retried) ones are."""
+
+    tags: frozenset[str]
+    fresh: list[Listed]
+
+
+@dataclass
+class PollStatus:
+    """The last poll, for ``.status``."""
+
+    polls: int = 0
+    started_at: datetime | None = None
+    seconds: float | None = None
+    added: int = 0
+    removed: int = 0
+    rejected: int = 0
+    error: str | None = None
+    transient: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "polls": self.polls,
+            "at": xattrs.timestamp(self.started_at),
+            "seconds": self.seconds,
+            "added": self.added,
+            "removed": self.removed,
+            "rejected": self.rejected,
+            "error": self.error,
+            "transient_errors": self.transient[-10:],
+        }
+
+
+@dataclass
+class InboxItem:
+    """A verified message shown in ``inbox/<sender>/``.
+
+    Attributes:
+        verified_at: when listing or the latest ``open()`` verified it.
+        error: the rejection found by the latest ``open()``/``read()``; cleared
+            by a later successful verification unless ``corrupt``.
+        failure: why the latest ``open()``/``read()`` failed, rejection or not
+            (``user.dockercomms.error``); cleared by the next success.
+        corrupt: a chunk failed its digest or shape check; every later ``open()``
+            fails with ``EIO``.
+        read_ok: a read succeeded (the ``accepted`` receipt is due).
+    """
+
+    tag: str
+    message: Message
+    signer: VerifiedSigner
+    verified_at: datetime
+    node: InboxFile | None = None
+    folder: str = ""
+    error: DockerCommsError | None = None
+    failure: str | None = None
+    corrupt: bool = False
+    read_ok: bool = False
+
+
+# --- nodes ----------------------------------------------------------------------------
+
+
+class InboxDir(Directory):
+    """``inbox/`` and ``inbox/<sender>/``: read-only; listing waits for the first poll."""
+
+    refuse = errno.EROFS
+
+    def __init__(self, name: str, table: InodeTable, view: InboxView) -> None:
+        super().__init__(name, table, 0o555)
+        self.view = view
+
+    async def lookup(self, name: str) -> Node:
+        await self.view.first_poll()
+        return await super().lookup(name)
+
+    async def entries(self) -> list[tuple[str, Node]]:
+        await self.view.first_poll()
+        return await super().entries()
+
+
+class InboxFile(Node):
+    """A verified message: ``open()`` verifies again, ``read()`` serves verified chunks."""
+
+    refuse = errno.EROFS
+
+    def __init__(self, view: InboxView, item: InboxItem) -> None:
+        super().__init__(item.message.filename)
+        self.view = view
+        self.item = item
+
+    async def attributes(self) -> Attributes:
+        created = int(self.item.message.created_at.timestamp() * 1_000_000_000)
+        return Attributes(
+            stat.S_IFREG | 0o444,
+            size=self.item.message.total_bytes,
+            mtime_ns=created,
+            timeout=DYNAMIC_TIMEOUT,
+        )
+
+    async def open(self, flags: int) -> Handle:
+        if wants_write(flags):
+            raise fuse_error(errno.EROFS)
+        message = await self.view.open_message(self.item)
+        return InboxHandle(self.view, self.item, message)
+
+    async def xattrs(self) -> dict[str, bytes]:
+        return self.view.xattrs_of(self.item)
+
+
+class InboxHandle(Handle):
+    """An open inbox file; ``keep_cache`` is off so every read goes through verification."""
+
+    def __init__(self, view: InboxView, item: InboxItem, message: Message) -> None:
+        self.view = view
+        self.item = item
+        self.message = message
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await self.view.read(self.item, self.message, offset, size)
+
+
+class RefreshFile(Node):
+    """``inbox/.refresh``: ``touch`` it (or write to it) to poll the registry now."""
+
+    refuse = errno.EROFS
+
+    def __init__(self, view: InboxView) -> None:
+        super().__init__(REFRESH)
+        self.view = view
+
+    async def attributes(self) -> Attributes:
+        started = self.view.status.started_at
+        mtime = int(started.timestamp() * 1e9) if started else None
+        return Attributes(stat.S_IFREG | 0o644, size=0, mtime_ns=mtime or time.time_ns())
+
+    async def open(self, flags: int) -> Handle:
+        if wants_write(flags):
+            await self.view.refresh()
+        return _DiscardHandle()
+
+    async def setattr(
+        self,
+        *,
+        size: int | None,
+        mode: int | None,
+        owner: tuple[int | None, int | None] | None,
+        times: tuple[int | None, int | None] | None,
+        handle: Handle | None,
+    ) -> Attributes:
+        if mode is not None or owner is not None:
+            raise fuse_error(errno.EPERM)
+        await self.view.refresh()
+        return await self.attributes()
+
+
+class _DiscardHandle(Handle):
+    """Writes to ``.refresh`` are accepted and dropped (the open already triggered)."""
+
+    direct_io = True
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return b""
+
+    async def write(self, offset: int, data: bytes) -> int:
+        return len(data)
+
+
+# --- the view -------------------------------------------------------------------------
+
+
+class InboxView:
+    """The state behind ``inbox/``: items by tag, rejected tags, polling, reading.
+
+    Attributes:
+        root: the ``inbox/`` directory node.
+        items: verified messages by tag.
+        rejected: reason text by tag, for ``.rejected/``.
+        aliases: tags that name a message already listed under another tag.
+        status: the last poll.
+    """
+
+    def __init__(
+        self,
+        table: InodeTable,
+        engine: Engine,
+        chunks: ChunkSource,
+        receipts: ReceiptSender,
+        *,
+        poll_seconds: float,
+    ) -> None:
+        self.table = table
+        self.engine = engine
+        self.chunks = chunks
+        self.receipts = receipts
+        self.poll_seconds = poll_seconds
+        self.root = InboxDir("inbox", table, self)
+        table.add(self.root)
+        self.rejected_dir = InboxDir(REJECTED, table, self)
+        self.root.attach(REJECTED, self.rejected_dir)
+        self.root.attach(REFRESH, RefreshFile(self))
+        self.items: dict[str, InboxItem] = {}
+        self.rejected: dict[str, str] = {}
+        self.aliases: dict[str, str] = {}
+        self.status = PollStatus()
+        self.poller: InboxPoller | None = None
+        self._folders: dict[str, InboxDir] = {}
+        self._by_digest: dict[str, InboxItem] = {}
+        self._by_message_id: dict[str, InboxItem] = {}
+        self._ready = trio.Event()
+        self._trust_stamp: tuple[int, int] | None = None
+
+    # --- polling --------------------------------------------------------------------
+
+    async def first_poll(self) -> None:
+        """Wait (bounded) until the first poll has listed the inbox."""
+        if not self._ready.is_set():
+            with trio.move_on_after(FIRST_POLL_WAIT_SECONDS):
+                await self._ready.wait()
+
+    async def refresh(self) -> None:
+        """Poll now and wait (bounded) until that poll is done."""
+        if self.poller is not None:
+            await self.poller.refresh(REFRESH_WAIT_SECONDS)
+
+    async def poll_once(self) -> None:
+        """List the registry, verify new tags, and update the tree."""
+        started = datetime.now(UTC)
+        clock = time.monotonic()
+        stamp = self._trust_file_stamp()
+        retry: frozenset[str] = frozenset()
+        if stamp != self._trust_stamp:
+            retry = frozenset(self.rejected) | {
+                tag for tag, item in self.items.items() if item.error is not None
+            }
+        known = frozenset(self.items) | frozenset(self.rejected) | frozenset(self.aliases)
+        try:
+            result = await self.engine.call(lambda client: self._scan(client, known, retry))
+        except DockerCommsError as exc:
+            self.status.error = reason(exc)
+            log.warning("inbox poll failed: %s", exc.diagnostics())
+            return
+        finally:
+            self.status.polls += 1
+            self.status.started_at = started
+            self.status.seconds = round(time.monotonic() - clock, 3)
+            self._ready.set()
+        self._trust_stamp = stamp
+        self.status.error = None
+        self._apply(result)
+
+    def _trust_file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.engine.workspace.paths.trust_file)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def _scan(
+        self, client: RegistryClient, known: frozenset[str], retry: frozenset[str]
+    ) -> PollResult:
+        """Worker thread: list inbox tags; fetch and verify the new ones."""
+        receiver = self.engine.receiver(client)
+        tags = client.list_tags(p.inbox_prefix(self.engine.me))
+        fresh = [self._check(receiver, tag) for tag in tags if tag not in known or tag in retry]
+        return PollResult(frozenset(tags), fresh)
+
+    @staticmethod
+    def _check(receiver: Receiver, tag: str) -> Listed:
+        try:
+            message = receiver.fetch_message(tag)
+        except DockerCommsError as exc:
+            return Listed(tag, None, None, exc)
+        try:
+            verified = receiver.verify_message(message)
+        except DockerCommsError as exc:
+            return Listed(tag, message, None, exc)
+        return Listed(tag, message, verified.signer, None)
+
+    def _apply(self, result: PollResult) -> None:
+        """Trio thread: add what is new, drop what is gone."""
+        removed = 0
+        for tag in [t for t in self.items if t not in result.tags]:
+            self._remove_item(tag)
+            removed += 1
+        for tag in [t for t in self.rejected if t not in result.tags]:
+            self._remove_rejected(tag)
+        for tag in [t for t in self.aliases if t not in result.tags]:
+            del self.aliases[tag]
+        good = [entry for entry in result.fresh if entry.error is None]
+        good.sort(key=lambda e: (e.message.created_at, e.message.digest) if e.message else ())
+        added = sum(1 for entry in good if self._add_verified(entry))
+        rejected = 0
+        for entry in result.fresh:
+            if entry.error is None:
+                continue
+            if is_rejection(entry.error):
+                rejected += 1
+                self._add_rejected(entry.tag, entry.message, entry.error)
+            else:
+                # Transient (registry trouble for this one tag): not known, so retried.
+                self.status.transient = [*self.status.transient[-9:], reason(entry.error)]
+                log.info("inbox tag %s not checked this time: %s", entry.tag, entry.error)
+        self.status.added, self.status.removed, self.status.rejected = added, removed, rejected
+        if added or removed:
+            log.info("inbox: %d new, %d gone, %d listed", added, removed, len(self.items))
+
+    def _add_verified(self, entry: Listed) -> bool:
+        assert entry.message is not None and entry.signer is not None
+        message = entry.message
+        existing = self.items.get(entry.tag)
+        if existing is not None:
+            # A retried tag verified this time (trust.json changed); corruption stays.
+            if existing.message.digest == message.digest and not existing.corrupt:
+                existing.error = None
+                existing.failure = None
+                existing.signer = entry.signer
+                self._remove_rejected(entry.tag)
+            return False
+        self._remove_rejected(entry.tag)
+        twin = self._by_digest.get(message.digest) or self._by_message_id.get(message.message_id)
+        if twin is not None:
+            self.aliases[entry.tag] = twin.message.digest
+            return False
+        item = InboxItem(entry.tag, message, entry.signer, datetime.now(UTC))
+        folder = self._folder(message.sender)
+        suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
+        name = free_name(message.filename, suffix, folder.children)
+        item.node = InboxFile(self, item)
+        item.folder = folder.name
+        folder.attach(name, item.node)
+        self.items[entry.tag] = item
+        self._by_digest[message.digest] = item
+        self._by_message_id[message.message_id] = item
+        return True
+
+    def _folder(self, sender: str) -> InboxDir:
+        name = folder_name(sender)
+        folder = self._folders.get(name)
+        if folder is None:
+            folder = InboxDir(name, self.table, self)
+            self.root.attach(name, folder)
+            self._folders[name] = folder
+        return folder
+
+    def _remove_item(self, tag: str) -> None:
+        item = self.items.pop(tag)
+        self._by_digest.pop(item.message.digest, None)
+        self._by_message_id.pop(item.message.message_id, None)
+        folder = self._folders.get(item.folder)
+        if folder is None or item.node is None:
+            return
+        for name, node in list(folder.children.items()):
+            if node is item.node:
+                folder.detach(name)
+        if not folder.children:
+            self.root.detach(folder.name)
+            del self._folders[folder.name]
+
+    def _add_rejected(self, tag: str, message: Message | None, error: DockerCommsError) -> None:
+        text = reason(error)
+        if self.rejected.get(tag) != text:
+            if tag not in self.rejected:
+                log.warning("inbox: rejected %s: %s", tag, error.diagnostics())
+            self.rejected[tag] = text
+            self.rejected_dir.detach(tag)
+            content = _rejection_text(tag, message, error).encode()
+            self.rejected_dir.attach(tag, GeneratedFile(tag, fixed(content), changing=False))
+        if message is not None:
+            self.receipts.rejected(message, text)
+
+    def _remove_rejected(self, tag: str) -> None:
+        if self.rejected.pop(tag, None) is not None:
+            self.rejected_dir.detach(tag)
+
+    # --- reading --------------------------------------------------------------------
+
+    async def open_message(self, item: InboxItem) -> Message:
+        """SPEC 5 again at ``open()``, then the first chunk; the message to read from."""
+        if item.corrupt and item.error is not None:
+            raise fuse_error(errno_for(item.error))
+        digest = item.message.digest
+
+        def verify(client: RegistryClient) -> Message:
+            receiver = self.engine.receiver(client)
+            message = receiver.fetch_message(digest)
+            return receiver.verify_message(message).message
+
+        try:
+            message = await self.engine.call(verify)
+            if message.total_bytes:
+                await self.chunks.warm(message, 0)
+        except DockerCommsError as exc:
+            self._failed(item, exc)
+            raise
+        item.verified_at = datetime.now(UTC)
+        if item.error is not None:
+            self._remove_rejected(item.tag)  # a policy failure that no longer holds
+        item.error = None
+        item.failure = None
+        return message
+
+    async def read(self, item: InboxItem, message: Message, offset: int, size: int) -> bytes:
+        """Verified bytes; the first success schedules the ``accepted`` receipt."""
+        try:
+            data = await self.chunks.read(message, offset, size)
+        except DockerCommsError as exc:
+            self._failed(item, exc)
+            raise
+        if not item.read_ok:
+            item.read_ok = True
+            self.receipts.accepted(message)
+        return data
+
+    def _failed(self, item: InboxItem, error: DockerCommsError) -> None:
+        """Remember why, say it in the log; for a rejection list it and answer once."""
+        item.failure = reason(error)
+        log.warning("inbox %s/%s: %s", item.folder, item.message.filename, error.diagnostics())
+        if not is_rejection(error):
+            return
+        item.error = error
+        if isinstance(error, DigestMismatchError | ChunkError | LimitExceededError):
+            item.corrupt = True
+        self._add_rejected(item.tag, item.message, error)
+
+    # --- attributes -----------------------------------------------------------------
+
+    def xattrs_of(self, item: InboxItem) -> dict[str, bytes]:
+        """``user.dockercomms.*`` of an inbox file."""
+        message = item.message
+        answer = self.receipts.book.get(message.digest)
+        if item.error is not None:
+            state = "rejected"
+        elif item.read_ok or answer is not None:
+            state = "read"
+        else:
+            state = "verified"
+        return xattrs.encode(
+            {
+                "sender": message.sender,
+                "recipient": message.recipient,
+                "digest": message.digest,
+                "verified": "false" if item.error is not None else "true",
+                "signer_identity": item.signer.identity,
+                "issuer": item.signer.issuer,
+                "created_at": xattrs.timestamp(message.created_at),
+                "expires_at": xattrs.timestamp(message.expires_at),
+                "receipt": answer.describe() if answer else None,
+                "state": state,
+                "error": item.failure,
+            }
+        )
+
+    def status_json(self) -> dict[str, Any]:
+        """The inbox part of ``.status``."""
+        return {
+            "messages": len(self.items),
+            "rejected": len(self.rejected),
+            "poll_seconds": self.poll_seconds,
+            "last_poll": self.status.to_json(),
+            "open_errors": {
+                f"{item.folder}/{item.message.filename}": item.failure
+                for item in self.items.values()
+                if item.failure is not None
+            },
+        }
+
+
+def _rejection_text(tag: str, message: Message | None, error: DockerCommsError) -> str:
+    lines = [f"tag: {tag}", f"reason: {reason(error)}"]
+    if message is not None:
+        lines += [
+            f"digest: {message.digest}",
+            f"claimed sender: {message.sender}",
+            f"claimed filename: {message.filename}",
+            f"created_at: {p.format_timestamp(message.created_at)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+class InboxPoller:
+    """Background job: poll every ``interval`` seconds, or at once when asked.
+
+    ``refresh()`` waits for a poll that *started after* the request, so a caller
+    that just pushed a message is sure to see it.
+    """
+
+    def __init__(self, view: InboxView, interval: float) -> None:
+        self.view = view
+        self.interval = interval
+        self._wakeup = trio.Event()
+        self._progress = trio.Event()
+        self._started = 0
+        self._finished = 0
+        self._scope: trio.CancelScope | None = None
+        view.poller = self
+
+    async def run(self) -> None:
+        """Poll until stopped."""
+        with trio.CancelScope() as self._scope:
+            while True:
+                self._started += 1
+                try:
+                    await self.view.poll_once()
+                except Exception:
+                    log.exception("inbox poll crashed")
+                finally:
+                    self._finished = self._started
+                    self._progress.set()
+                    self._progress = trio.Event()
+                with trio.move_on_after(self.interval):
+                    await self._wakeup.wait()
+                self._wakeup = trio.Event()
+
+    def stop(self) -> None:
+        """Stop polling (the poll in progress is abandoned)."""
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def refresh(self, timeout: float) -> None:
+        """Ask for a poll now; return when it finished or ``timeout`` passed."""
+        target = self._started + 1
+        self._wakeup.set()
+        with trio.move_on_after(timeout):
+            while self._finished < target:
+                await self._progress.wait()

@@ -1,0 +1,288 @@
+"""``sent/``: what I sent, per recipient, with its queue state and the recipient's receipt.
+
+Caveats first:
+
+* The listing is the push queue (``PushQueue.items()``), re-read at most twice a
+  second when someone looks. State, receipt and errors are extended attributes
+  (``user.dockercomms.state``...) and the whole queue is ``sent/.status.json``.
+* Receipts are the syncer's: it polls for them and records only receipts whose
+  signature verifies and whose signer is the recipient.
+* Reading a file serves the queue's own copy while it has one (queued, uploading,
+  failed). Once sent, the queue drops its copy and the file is read back from the
+  registry like an inbox file: verified at ``open()``, chunk by chunk.
+* ``rm sent/<recipient>/FILE`` cancels a queued or failed item (its bytes are
+  dropped); an item being uploaded is ``EBUSY`` and a sent one ``EPERM``: what is
+  sent cannot be unsent. Everything else is read-only (``EROFS``).
+* ``expires_at`` assumes the current ``ttl_seconds`` setting; an item queued
+  under another setting keeps the TTL it was queued with.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import trio
+
+from dockercomms.core.manifest import Message
+from dockercomms.core.registry.client import RegistryClient
+from dockercomms.fsmount import xattrs
+from dockercomms.fsmount.engine import Engine
+from dockercomms.fsmount.inodes import (
+    DYNAMIC_TIMEOUT,
+    Attributes,
+    Directory,
+    Handle,
+    InodeTable,
+    Node,
+    fuse_error,
+)
+from dockercomms.fsmount.names import folder_name, free_name
+from dockercomms.fsmount.transfers import ChunkSource
+from dockercomms.fsmount.virtual import GeneratedFile, wants_write
+from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem
+
+STATUS_FILE = ".status.json"
+#: ``ls sent/`` re-reads the queue at most this often.
+REFRESH_SECONDS = 0.5
+
+
+@dataclass
+class SentEntry:
+    """A queue item as shown in ``sent/<folder>/<name>``."""
+
+    item: QueueItem
+    folder: str
+    name: str
+
+
+class SentDir(Directory):
+    """``sent/`` and ``sent/<recipient>/``: listing re-reads the queue first."""
+
+    refuse = errno.EROFS
+
+    def __init__(self, name: str, table: InodeTable, view: SentView) -> None:
+        super().__init__(name, table, 0o755)
+        self.view = view
+
+    async def lookup(self, name: str) -> Node:
+        await self.view.refresh()
+        return await super().lookup(name)
+
+    async def entries(self) -> list[tuple[str, Node]]:
+        await self.view.refresh()
+        return await super().entries()
+
+    async def unlink(self, name: str) -> None:
+        await self.view.refresh()
+        node = self.children.get(name)
+        if not isinstance(node, SentFile):
+            raise fuse_error(errno.ENOENT if node is None else errno.EROFS)
+        await self.view.cancel(node.entry)
+
+
+class SentFile(Node):
+    """One queue item."""
+
+    refuse = errno.EROFS
+
+    def __init__(self, view: SentView, entry: SentEntry) -> None:
+        super().__init__(entry.name)
+        self.view = view
+        self.entry = entry
+
+    async def attributes(self) -> Attributes:
+        item = self.entry.item
+        moment = item.sent_at or item.enqueued_at
+        return Attributes(
+            stat.S_IFREG | 0o444,
+            size=item.size,
+            mtime_ns=int(moment.timestamp() * 1_000_000_000),
+            timeout=DYNAMIC_TIMEOUT,
+        )
+
+    async def open(self, flags: int) -> Handle:
+        if wants_write(flags):
+            raise fuse_error(errno.EROFS)
+        return await self.view.open(self.entry)
+
+    async def xattrs(self) -> dict[str, bytes]:
+        await self.view.refresh()
+        return self.view.xattrs_of(self.entry.item)
+
+
+class LocalHandle(Handle):
+    """The queue's own copy of an item not sent yet."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await trio.to_thread.run_sync(os.pread, self.fd, size, offset)
+
+    async def release(self) -> None:
+        os.close(self.fd)
+
+
+class RemoteHandle(Handle):
+    """A sent item, read back from the registry through verified chunks."""
+
+    def __init__(self, chunks: ChunkSource, message: Message) -> None:
+        self.chunks = chunks
+        self.message = message
+
+    async def read(self, offset: int, size: int) -> bytes:
+        return await self.chunks.read(self.message, offset, size)
+
+
+class SentView:
+    """The state behind ``sent/``.
+
+    Attributes:
+        signer_identity: my key's fingerprint (key-pair signing), else empty.
+    """
+
+    def __init__(
+        self,
+        table: InodeTable,
+        queue: PushQueue,
+        engine: Engine,
+        chunks: ChunkSource,
+        *,
+        signer_identity: str,
+        ttl_seconds: int,
+    ) -> None:
+        self.table = table
+        self.queue = queue
+        self.engine = engine
+        self.chunks = chunks
+        self.signer_identity = signer_identity
+        self.ttl_seconds = ttl_seconds
+        self.root = SentDir("sent", table, self)
+        table.add(self.root)
+        self.root.attach(STATUS_FILE, GeneratedFile(STATUS_FILE, self._status_bytes, changing=True))
+        self.files: dict[str, SentFile] = {}
+        self._folders: dict[str, SentDir] = {}
+        self._lock = trio.Lock()
+        self._refreshed_at = -1e9
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Re-read the queue if the last read is older than ``REFRESH_SECONDS``."""
+        async with self._lock:
+            if not force and time.monotonic() - self._refreshed_at < REFRESH_SECONDS:
+                return
+            items = await trio.to_thread.run_sync(self.queue.items)
+            self._refreshed_at = time.monotonic()
+            self._apply(items)
+
+    def _apply(self, items: list[QueueItem]) -> None:
+        current = {item.id for item in items}
+        for item_id in [i for i in self.files if i not in current]:
+            self._remove(self.files.pop(item_id).entry)
+        for item in items:
+            known = self.files.get(item.id)
+            if known is not None:
+                known.entry.item = item
+                continue
+            folder = self._folder(item.recipient)
+            suffix = f"{item.created_at:%Y%m%d}-{item.message_id[:8]}"
+            name = free_name(item.filename, suffix, folder.children)
+            node = SentFile(self, SentEntry(item, folder.name, name))
+            folder.attach(name, node)
+            self.files[item.id] = node
+
+    def _folder(self, recipient: str) -> SentDir:
+        name = folder_name(recipient)
+        folder = self._folders.get(name)
+        if folder is None:
+            folder = SentDir(name, self.table, self)
+            self.root.attach(name, folder)
+            self._folders[name] = folder
+        return folder
+
+    def _remove(self, entry: SentEntry) -> None:
+        folder = self._folders.get(entry.folder)
+        if folder is None:
+            return
+        folder.detach(entry.name)
+        if not folder.children:
+            self.root.detach(folder.name)
+            del self._folders[folder.name]
+
+    async def cancel(self, entry: SentEntry) -> None:
+        """``rm``: drop a queued or failed item; refuse the rest."""
+        item = entry.item
+        if item.state == ItemState.UPLOADING:
+            raise fuse_error(errno.EBUSY)
+        if item.state == ItemState.SENT:
+            raise fuse_error(errno.EPERM)
+        try:
+            await trio.to_thread.run_sync(self.queue.cancel, item.id)
+        except KeyError:
+            # It started uploading (or was sent) since we looked.
+            raise fuse_error(errno.EBUSY) from None
+        await self.refresh(force=True)
+
+    async def open(self, entry: SentEntry) -> Handle:
+        """The queue's copy if it still has one, else the message from the registry."""
+        item = entry.item
+        try:
+            fd = os.open(item.data_path, os.O_RDONLY)
+        except FileNotFoundError:
+            await self.refresh(force=True)
+            item = entry.item
+            if item.digest is None:
+                raise fuse_error(errno.EIO) from None
+        else:
+            return LocalHandle(fd)
+        digest = item.digest
+
+        def verify(client: RegistryClient) -> Message:
+            receiver = self.engine.receiver(client)
+            message = receiver.fetch_message(digest, check_recipient=False)
+            return receiver.verify_message(message).message
+
+        message = await self.engine.call(verify)
+        if message.total_bytes:
+            await self.chunks.warm(message, 0)
+        return RemoteHandle(self.chunks, message)
+
+    def xattrs_of(self, item: QueueItem) -> dict[str, bytes]:
+        """``user.dockercomms.*`` of a sent file."""
+        return xattrs.encode(
+            {
+                "sender": self.engine.me,
+                "recipient": item.recipient,
+                "digest": item.digest,
+                "verified": "true" if item.receipt else None,
+                "signer_identity": self.signer_identity,
+                "created_at": xattrs.timestamp(item.created_at),
+                "expires_at": xattrs.timestamp(
+                    item.created_at + timedelta(seconds=self.ttl_seconds)
+                ),
+                "receipt": item.receipt,
+                "state": str(item.state),
+                "error": item.last_error,
+            }
+        )
+
+    async def _status_bytes(self) -> bytes:
+        await self.refresh()
+        statistics = await trio.to_thread.run_sync(self.queue.statistics)
+        return (json.dumps(self.status_json(statistics.to_json()), indent=2) + "\n").encode()
+
+    def status_json(self, statistics: dict[str, Any]) -> dict[str, Any]:
+        """``sent/.status.json``: every item with its path, plus queue statistics."""
+        return {
+            "statistics": statistics,
+            "items": [
+                node.entry.item.to_json() | {"path": f"sent/{node.entry.folder}/{node.entry.name}"}
+                for node in self.files.values()
+            ],
+        }

@@ -1,0 +1,224 @@
+"""Ranged reads of a message: only bytes of chunks that were fetched by digest and checked.
+
+Caveats first:
+
+* A ``read()`` returns nothing until *every* chunk it touches is in the cache,
+  i.e. was downloaded by its layer digest, hash-checked, and extracted by
+  ``Receiver.fetch_chunk``; then each block it serves is re-hashed by the cache.
+  On any failure the read fails and returns zero bytes.
+* Chunks are fetched lazily, one at a time per chunk: concurrent reads of the
+  same chunk wait for one download. After a read of chunk *i* the next chunk is
+  prefetched in the background, so ``cat`` of a large file streams at download
+  speed instead of stalling at every chunk boundary.
+* A chunk whose cached copy fails its re-hash is dropped and fetched again, once
+  per read; a second failure is an error.
+* A prefetch that fails is only logged; the read that needs the chunk fetches it
+  again and reports the error to the reader.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from dockercomms.core.errors import ChunkError, RegistryUnavailableError
+from dockercomms.core.manifest import Message
+from dockercomms.core.registry.client import RegistryClient
+from dockercomms.fsmount.chunk_cache import CacheCorruptError, ChunkCache, ChunkKey
+from dockercomms.fsmount.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Download:
+    """A chunk being fetched, for ``.status``.
+
+    Attributes:
+        bytes_done: compressed bytes received so far (updated from the worker thread).
+        bytes_total: compressed size of the layer.
+    """
+
+    filename: str
+    digest: str
+    chunk: int
+    bytes_total: int
+    bytes_done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        # A download that broke off is retried from the start and counts again.
+        done = min(self.bytes_done, self.bytes_total)
+        return {
+            "direction": "download",
+            "filename": self.filename,
+            "message": self.digest,
+            "chunk": self.chunk,
+            "bytes_done": done,
+            "bytes_total": self.bytes_total,
+            "percent": round(100 * done / self.bytes_total, 1) if self.bytes_total else 100.0,
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
+
+
+@dataclass
+class _Fetch:
+    """One download that several readers may be waiting for."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: BaseException | None = None
+
+
+def chunk_length(message: Message, index: int) -> int:
+    """Plaintext bytes of chunk ``index`` (the last one may be short)."""
+    return min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
+
+
+class ChunkSource:
+    """Verified byte ranges of messages, through the on-disk cache.
+
+    Attributes:
+        downloads: chunks being fetched right now.
+        prefetch: how many chunks ahead a read starts fetching.
+    """
+
+    def __init__(
+        self, engine: Engine, cache: ChunkCache, nursery: trio.Nursery, *, prefetch: int = 1
+    ) -> None:
+        self.engine = engine
+        self.cache = cache
+        self.prefetch = prefetch
+        self.downloads: dict[ChunkKey, Download] = {}
+        self._nursery = nursery
+        self._fetches: dict[ChunkKey, _Fetch] = {}
+
+    async def read(self, message: Message, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` (fewer at end of file), all verified."""
+        end = min(offset + size, message.total_bytes)
+        if offset >= end or size <= 0:
+            return b""
+        first = offset // message.chunk_bytes
+        last = (end - 1) // message.chunk_bytes
+        for attempt in (1, 2):
+            keys: list[ChunkKey] = []
+            try:
+                for index in range(first, last + 1):
+                    keys.append(await self._pinned(message, index))
+                data = await trio.to_thread.run_sync(
+                    self._read_pinned, message, keys, first, offset, end
+                )
+            except CacheCorruptError as exc:
+                if attempt == 2:
+                    # Local disk trouble, not the message's fault: EIO, not a rejection.
+                    raise OSError(errno.EIO, f"chunk cache keeps failing: {exc}") from exc
+                log.warning("re-fetching corrupt cached chunk of %s", message.filename)
+                continue
+            finally:
+                for key in keys:
+                    self.cache.unpin(key)
+            self._start_prefetch(message, last + 1)
+            return data
+        raise AssertionError("unreachable")
+
+    async def warm(self, message: Message, index: int) -> None:
+        """Make sure chunk ``index`` is fetched and checked (``open()`` does chunk 0)."""
+        key = await self._pinned(message, index)
+        self.cache.unpin(key)
+
+    def _read_pinned(
+        self, message: Message, keys: list[ChunkKey], first: int, offset: int, end: int
+    ) -> bytes:
+        parts = []
+        for index, key in enumerate(keys, start=first):
+            start = index * message.chunk_bytes
+            lo = max(offset, start) - start
+            hi = min(end, start + message.chunk_bytes) - start
+            parts.append(self.cache.read(key, lo, hi - lo))
+        return b"".join(parts)
+
+    async def _pinned(self, message: Message, index: int) -> ChunkKey:
+        """Chunk ``index`` in the cache and pinned, fetching it if needed."""
+        key = ChunkKey(message.chunks[index].digest, index)
+        while True:
+            if self.cache.pin(key):
+                if self.cache.size_of(key) != chunk_length(message, index):
+                    self.cache.unpin(key)
+                    raise ChunkError(
+                        f"chunk {index} of {message.filename!r} is {self.cache.size_of(key)} "
+                        f"bytes, the manifest says {chunk_length(message, index)}"
+                    )
+                return key
+            fetch = self._fetches.get(key)
+            if fetch is None:
+                await self._fetch(message, index, key)
+                continue
+            await fetch.done.wait()
+            if fetch.error is not None:
+                raise fetch.error
+
+    async def _fetch(self, message: Message, index: int, key: ChunkKey) -> None:
+        """Download one chunk into the cache; waiters share the outcome."""
+        fetch = _Fetch()
+        self._fetches[key] = fetch
+        layer = message.chunks[index]
+        download = Download(message.filename, message.digest, index, layer.size)
+        self.downloads[key] = download
+
+        def progress(n: int) -> None:
+            download.bytes_done += n
+
+        def work(client: RegistryClient) -> None:
+            writer = self.cache.writer()
+            try:
+                receiver = self.engine.receiver(client)
+                receiver.fetch_chunk(
+                    message,
+                    index,
+                    writer,  # type: ignore[arg-type]
+                    on_progress=progress,
+                )
+                self.cache.commit(key, writer)
+            except BaseException:
+                writer.discard()
+                raise
+
+        try:
+            await self.engine.call(work)
+        except trio.Cancelled:
+            # Waiters live in other cancel scopes: give them an error of their own.
+            fetch.error = RegistryUnavailableError(f"download of chunk {index} was interrupted")
+            raise
+        except BaseException as exc:
+            fetch.error = exc
+            raise
+        finally:
+            del self._fetches[key]
+            del self.downloads[key]
+            fetch.done.set()
+
+    def _start_prefetch(self, message: Message, index: int) -> None:
+        if self.prefetch <= 0:
+            return
+        for ahead in range(index, min(index + self.prefetch, message.chunk_count)):
+            key = ChunkKey(message.chunks[ahead].digest, ahead)
+            if key in self._fetches or self.cache.size_of(key) is not None:
+                continue
+            self._nursery.start_soon(self._prefetch, message, ahead, key)
+
+    async def _prefetch(self, message: Message, index: int, key: ChunkKey) -> None:
+        if key in self._fetches:
+            return
+        try:
+            await self._fetch(message, index, key)
+        except Exception as exc:
+            log.info("prefetch of chunk %d of %s failed: %s", index, message.filename, exc)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Downloads in flight."""
+        return [d.to_json() for d in self.downloads.values()]
