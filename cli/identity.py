@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dockercomms.cli.output import emit
-from dockercomms.core.config import Settings, resolve_paths, save_settings
+from dockercomms.core.config import Settings, load_settings, resolve_paths, save_settings
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.signing.keypair import (
     generate_key,
@@ -25,7 +25,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     paths = resolve_paths()
     identity = require_identity(args.identity)
     if paths.config_file.exists() and not args.force:
-        raise ConfigError(f"{paths.config_file} exists; pass --force to rewrite the settings")
+        existing = load_settings(paths)
+        if existing.identity != identity:
+            raise ConfigError(
+                f"{paths.config_file} is set up for {existing.identity!r}; "
+                "pass --force to rewrite the settings"
+            )
+        emit(args, {"identity": identity, "config": str(paths.config_file)}, _already)
+        return 0
     settings = Settings(
         identity=identity,
         repository=args.repo or "",
@@ -46,6 +53,10 @@ def cmd_init(args: argparse.Namespace) -> int:
     result["repository"] = settings.repository or paths.default_repository
     emit(args, result, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
     return 0
+
+
+def _already(result: dict[str, str]) -> str:
+    return f"already set up as {result['identity']} ({result['config']})"
 
 
 def cmd_key_export(args: argparse.Namespace) -> int:

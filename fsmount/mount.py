@@ -99,7 +99,9 @@ class MountConfig:
 
 
 def clear_stale_mount(mountpoint: Path) -> None:
-    """Lazily unmount a dead FUSE mount; refuse a live mount or a missing folder."""
+    """Lazily unmount a dead FUSE mount; create a missing folder; refuse a live mount."""
+    if not os.path.lexists(mountpoint):
+        mountpoint.mkdir(parents=True, mode=0o700)
     try:
         # statfs always asks the daemon; stat may be answered from the attribute cache.
         os.statvfs(mountpoint)
