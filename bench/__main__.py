@@ -1,6 +1,8 @@
 """Run the benchmark suites and print medians and ratios against same-run floors.
 
-Usage: ``python -m bench [--suite engine|registry|all] [--size-mib 1024] [--runs 3] [--work DIR]``
+Usage::
+
+    python -m bench [--suite engine|registry|mount|all] [--size-mib 1024] [--runs 3]
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import engine, registry
+from bench import engine, mount, registry
 from bench.measure import MIB
 
-SUITES = {"engine": engine.run, "registry": registry.run}
+SUITES = {"engine": engine.run, "registry": registry.run, "mount": mount.run}
 
 
 def main() -> None:

@@ -1,0 +1,106 @@
+"""The mount: drop-to-visible latency, verified read throughput, daemon memory.
+
+Two identities with their own mounts on one embedded registry, polling every
+second. Targets (issue 5): a file closed in one outbox is listed in the other's
+inbox within 2 s (median); a cached sequential read of a verified inbox file runs
+at >= 0.5x a ``dd`` of the same bytes from local disk, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+from bench.measure import MIB, Sample, Series, drop_from_page_cache, make_random, report
+from tests.fsmount_fixtures import Identity, make_identities, mounted, trust
+
+LATENCY_RUNS = 7
+LATENCY_TARGET_SECONDS = 2.0
+READ_TARGET_RATIO = 0.5
+ALICE, BOB = "alice@example.com", "bob@example.com"
+
+
+def dd_read(path: Path) -> Sample:
+    """Sequential read with ``dd`` in 1 MiB blocks; wall time."""
+    started = time.perf_counter()
+    subprocess.run(["dd", f"if={path}", "of=/dev/null", "bs=1M"], check=True, capture_output=True)
+    return Sample(time.perf_counter() - started, 0)
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of a running process, in bytes."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def wait_for_path(path: Path, timeout: float = 120.0) -> float:
+    """Seconds until ``path`` exists (checked every 10 ms)."""
+    started = time.perf_counter()
+    while not path.exists():
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError(f"{path} did not appear within {timeout} s")
+        time.sleep(0.01)
+    return time.perf_counter() - started
+
+
+def latency(alice_outbox: Path, bob_inbox: Path) -> list[str]:
+    """Close a small file in alice's outbox; time until bob's inbox lists it."""
+    samples = []
+    for n in range(LATENCY_RUNS):
+        name = f"note-{n}-{os.getpid()}.txt"
+        with (alice_outbox / name).open("w") as handle:
+            handle.write(f"note {n}\n")
+        samples.append(wait_for_path(bob_inbox / name))
+    median = statistics.median(samples)
+    verdict = "OK" if median <= LATENCY_TARGET_SECONDS else "MISSED"
+    runs = ", ".join(f"{s:.2f}" for s in samples)
+    target = f"target <= {LATENCY_TARGET_SECONDS} s with a 1 s poll: {verdict}"
+    return [f"{'drop-to-visible latency':<34} median {median:7.2f} s  {target}  [runs: {runs}]"]
+
+
+def reads(alice: Identity, bob_mount_inbox: Path, work: Path, size: int, runs: int) -> list[str]:
+    """First (verify + fetch) and cached reads of a verified inbox file vs dd from disk."""
+    source = make_random(work / "big.bin", size)
+    alice.send(source, BOB)
+    target = bob_mount_inbox / "big.bin"
+    wait_for_path(target)
+    disk = Series("floor: dd from local disk (cold)", size)
+    for _ in range(runs):
+        drop_from_page_cache(source)
+        disk.samples.append(dd_read(source))
+    first = Series("mount read, first (fetch+verify)", size)
+    first.samples.append(dd_read(target))
+    cached = Series("mount read, cached (re-hashed)", size)
+    for _ in range(runs):
+        cached.samples.append(dd_read(target))
+    line = report(cached, disk)
+    ratio = disk.median_seconds / cached.median_seconds
+    verdict = "OK" if ratio >= READ_TARGET_RATIO else "MISSED"
+    line += f"  speed {ratio:.2f}x disk (target >= {READ_TARGET_RATIO}x: {verdict})"
+    source.unlink()
+    return [report(disk), report(first, disk), line]
+
+
+def run(work: Path, size: int, runs: int) -> list[str]:
+    """The mount suite; returns report lines."""
+    work.mkdir(parents=True, exist_ok=True)
+    lines = [f"mount suite: {size // MIB} MiB reads, {runs} runs, embedded registry"]
+    people = make_identities(work, [ALICE, BOB], data_home=work / "xdg-data")
+    alice, bob = people[ALICE], people[BOB]
+    trust(alice, bob)
+    trust(bob, alice)
+    with (
+        mounted(alice, work / "mnt-alice", "--to", BOB) as alice_mount,
+        mounted(bob, work / "mnt-bob", "--to", ALICE) as bob_mount,
+    ):
+        inbox = bob_mount / f"inbox/{ALICE}"
+        lines += latency(alice_mount / "outbox", inbox)
+        lines += reads(alice, inbox, work, size, runs)
+        rss = peak_rss(bob_mount.process.pid)
+        lines.append(f"{'mount daemon peak RSS (reader)':<34} {rss / MIB:7.1f} MiB")
+    return lines
