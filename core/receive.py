@@ -256,10 +256,22 @@ class Receiver:
                     )
                 try:
                     with blob:
+                        start = out.tell()
                         self.extract_chunk(message, index, blob, out)
+                    _start_writeback(out, start)
                 except BaseException:
                     _discard(pending)
                     raise
+
+
+def _start_writeback(out: BinaryIO, start: int) -> None:
+    """Let the disk start on a finished chunk while the next one downloads.
+
+    ``POSIX_FADV_DONTNEED`` on freshly written pages starts their writeback without
+    waiting for it, so the fsync before the rename finds little left to do.
+    """
+    out.flush()
+    os.posix_fadvise(out.fileno(), start, out.tell() - start, os.POSIX_FADV_DONTNEED)
 
 
 def _discard(pending: Future[BinaryIO]) -> None:
