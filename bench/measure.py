@@ -131,6 +131,7 @@ def drop_from_page_cache(path: Path) -> None:
     """Ask the kernel to keep nothing of ``path`` cached (fair cold reads where it matters)."""
     fd = os.open(path, os.O_RDONLY)
     try:
+        os.fsync(fd)  # dirty pages cannot be dropped
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
