@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal, NamedTuple
 
+from tests.background_server import ServedInThread
+
 PIECE = 64 * 1024
 MAX_LINE = 64 * 1024
 
@@ -169,6 +171,11 @@ class _ProxyHTTPServer(ThreadingHTTPServer):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with self._lock:
             self._abort.add(sock)
+
+    def server_close(self) -> None:
+        """Wake stalled handlers and drop their connections before joining them."""
+        self.close_all()
+        super().server_close()
 
     def close_all(self) -> None:
         self.stopping.set()
@@ -485,36 +492,18 @@ class FaultProxy:
         self.location_rewrites = 0
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
-        self._server: _ProxyHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._served = ServedInThread("fault-proxy", lambda: _ProxyHTTPServer(self))
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> FaultProxy:
         """Bind a random port on 127.0.0.1 and serve in a thread; return ``self``."""
-        if self._server is not None:
-            raise RuntimeError("proxy already started")
-        self._server = _ProxyHTTPServer(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fault-proxy",
-            daemon=True,
-        )
-        self._thread.start()
+        self._served.start()
         return self
 
     def shutdown(self) -> None:
         """Stop accepting, wake stalls, close every connection, join threads. Idempotent."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.close_all()
-        server.server_close()
-        if thread is not None:
-            thread.join()
+        self._served.stop()
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -525,10 +514,7 @@ class FaultProxy:
     @property
     def host(self) -> str:
         """``127.0.0.1:PORT`` of the proxy."""
-        if self._server is None:
-            raise RuntimeError("proxy not started")
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
+        return self._served.host
 
     @property
     def url(self) -> str:

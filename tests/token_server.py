@@ -47,6 +47,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.background_server import ServedInThread
+
 DEFAULT_ACTIONS = frozenset({"pull", "push", "delete"})
 
 
@@ -245,35 +247,18 @@ class TokenServer:
         self._key = ec.generate_private_key(ec.SECP256R1())
         self._cert = _self_signed(self._key, self.issuer)
         self._lock = threading.Lock()
-        self._server: _TokenHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._served = ServedInThread("token-server", lambda: _TokenHTTPServer(self))
 
     # -- lifecycle -------------------------------------------------------------------
 
     def start(self) -> TokenServer:
         """Bind a random port and serve in a background thread; return ``self``."""
-        if self._server is not None:
-            raise RuntimeError("token server already started")
-        self._server = _TokenHTTPServer(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="token-server",
-            daemon=True,
-        )
-        self._thread.start()
+        self._served.start()
         return self
 
     def shutdown(self) -> None:
         """Stop serving, close the socket and join every thread. Idempotent."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
+        self._served.stop()
 
     def __enter__(self) -> TokenServer:
         return self.start()
@@ -286,10 +271,7 @@ class TokenServer:
     @property
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` (only valid while started)."""
-        if self._server is None:
-            raise RuntimeError("token server not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://{self._served.host}"
 
     @property
     def realm(self) -> str:
