@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 def _workspace(args: argparse.Namespace) -> Workspace:
     workspace = Workspace.load()
     workspace.identity_token = getattr(args, "identity_token", None)
-    workspace.interactive = getattr(args, "interactive", False)
+    # A person at a terminal may sign in through the browser; scripts never block on it.
+    workspace.interactive = getattr(args, "interactive", False) or sys.stdin.isatty()
     return workspace
 
 
@@ -242,7 +244,11 @@ def add_parsers(
     s.add_argument("--ttl-seconds", type=int)
     s.add_argument("--session", help="session id (tag's sid8); default a fresh UUID")
     s.add_argument("--identity-token", help="OIDC token for keyless signing")
-    s.add_argument("--interactive", action="store_true", help="allow the browser OIDC flow")
+    s.add_argument(
+        "--interactive",
+        action="store_true",
+        help="allow the browser OIDC flow even without a terminal (default: only on a terminal)",
+    )
     s.set_defaults(func=cmd_send)
 
     r = sub.add_parser("recv", parents=parents, help="receive and verify new messages")
