@@ -6,9 +6,10 @@ import argparse
 import logging
 import sys
 
-from dockercomms.cli import demo, identity, messaging, mount_cmd, sync_cmd
+from dockercomms.cli import demo, identity, messaging, mount_cmd, service_cmd, sync_cmd
 from dockercomms.cli.registry_flags import registry_parser
 from dockercomms.core.errors import DockerCommsError, exit_code_for
+from dockercomms.fsmount.sdnotify import use_journal_format
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     messaging.add_parsers(sub, common, registry)
     sync_cmd.add_parsers(sub, common, registry)
     mount_cmd.add_parsers(sub, common, registry)
+    service_cmd.add_parsers(sub, common, registry)
     demo.add_parsers(sub, common)
     return parser
 
@@ -40,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    use_journal_format()
     try:
         code: int = args.func(args)
     except DockerCommsError as exc:

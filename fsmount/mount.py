@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -45,16 +46,19 @@ import pyfuse3
 import trio
 
 from dockercomms.core.errors import ConfigError, DockerCommsError
+from dockercomms.core.gc import GarbageCollector
 from dockercomms.core.signing.keypair import key_hint, load_private_key
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES, ChunkCache
+from dockercomms.fsmount.desktop import DesktopNotifier, EventWatcher
 from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inbox_view import InboxPoller, InboxView
 from dockercomms.fsmount.inodes import ROOT_INODE, InodeTable
 from dockercomms.fsmount.operations import DropFolderOperations
 from dockercomms.fsmount.outbox import OutboxView
 from dockercomms.fsmount.receipt_book import ReceiptBook, ReceiptSender
+from dockercomms.fsmount.sdnotify import SystemdNotifier, serve_under_systemd
 from dockercomms.fsmount.sent_view import SentView
 from dockercomms.fsmount.status import MountRoot, StatusReport
 from dockercomms.fsmount.transfers import ChunkSource
@@ -250,6 +254,10 @@ async def serve(
         nursery.start_soon(poller.run)
         shutdown = ShutdownOnSignal(syncer, config.drain_seconds)
         nursery.start_soon(shutdown.run)
+        events = EventWatcher(DesktopNotifier.from_environment(), inbox, syncer.queue)
+        nursery.start_soon(events.run)
+        collector = GarbageCollector(workspace, config.registry)
+        nursery.start_soon(collect_garbage_periodically, collector)
         log.info(
             "mounted %s for %s (outbox default recipient: %s)",
             mountpoint,
@@ -262,10 +270,39 @@ async def serve(
         log.info("unmounting %s", mountpoint)
 
 
+GC_FIRST_SECONDS = 60.0
+GC_EVERY_SECONDS = 3600.0
+
+
+async def collect_garbage_periodically(collector: GarbageCollector) -> None:
+    """Background job: delete my expired messages now and then (``core/gc.py``)."""
+    await trio.sleep(GC_FIRST_SECONDS)
+    while True:
+        try:
+            report = await trio.to_thread.run_sync(collector.run_once, abandon_on_cancel=True)
+        except DockerCommsError as exc:
+            log.warning("gc failed: %s", exc.diagnostics())
+        else:
+            if report.unsupported:
+                log.info("gc: the registry does not allow deletion (%s)", report.unsupported)
+            elif report.deleted:
+                log.info("gc: deleted %d expired messages", len(report.expired))
+        await trio.sleep(GC_EVERY_SECONDS)
+
+
 def run_foreground(config: MountConfig, workspace: Workspace) -> int:
-    """Serve in this process until unmounted; the exit code."""
+    """Serve in this process until unmounted; the exit code.
+
+    Under systemd (``$NOTIFY_SOCKET``) READY=1 goes out once the mount answers,
+    with STATUS= lines and WATCHDOG=1 pings from a trio task.
+    """
+    notifier = SystemdNotifier.from_environment()
     try:
-        trio.run(serve, config, workspace)
+        if notifier is None:
+            trio.run(serve, config, workspace)
+        else:
+            serving = functools.partial(serve, config, workspace)
+            trio.run(serve_under_systemd, notifier, config.mountpoint.absolute(), serving)
     except KeyboardInterrupt:
         return 130
     return 0

@@ -1,8 +1,9 @@
 #!/bin/sh
 # System packages dockercomms needs: libfuse3 headers to build pyfuse3, fusermount3 for
-# the mount, and (for the tests) Debian's docker-registry, skopeo and getfattr.
+# the mount, and (for the tests) Debian's docker-registry, skopeo, getfattr, systemd-analyze
+# and a D-Bus daemon.
 set -eu
-packages="fuse3 libfuse3-dev pkg-config gcc docker-registry skopeo attr"
+packages="fuse3 libfuse3-dev pkg-config gcc docker-registry skopeo attr systemd dbus-daemon"
 if [ "$(id -u)" -eq 0 ]; then as_root=""; else as_root="sudo"; fi
 missing=""
 for package in $packages; do

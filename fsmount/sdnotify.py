@@ -1,0 +1,331 @@
+"""Talking to systemd: ``sd_notify`` datagrams and journal-friendly log lines.
+
+Caveats first:
+
+* Written with the standard library (one ``AF_UNIX``/``SOCK_DGRAM`` send per
+  message), so there is no ``systemd-notify`` shell-out: that helper is a separate
+  process, and systemd only accepts it with ``NotifyAccess=all``.
+* Nothing happens outside systemd: :meth:`SystemdNotifier.from_environment` returns
+  None when ``$NOTIFY_SOCKET`` is unset, and callers skip every step.
+* ``READY=1`` goes out only once the mount *answers*: :func:`ready_when_answering`
+  reads ``MOUNTPOINT/.status`` from a worker thread. The read is a FUSE request the
+  trio loop of this very process serves, which is why it must never run on the
+  trio thread itself.
+* ``WATCHDOG=1`` is sent from a trio task, so it proves the event loop that serves
+  FUSE is alive; a loop blocked for longer than ``WatchdogSec=`` gets the service
+  killed and (``Restart=on-failure``) restarted. ``$WATCHDOG_PID`` naming another
+  process means the watchdog is not ours and no pings are sent.
+* Sends never block: a notify socket whose queue is full (nobody reading)
+  drops the message rather than stall the event loop that serves FUSE.
+* ``STATUS=`` is a one-line summary of the same ``.status`` document (queue
+  length, last inbox poll); it is refreshed with each ping, or every
+  :data:`STATUS_SECONDS` without a watchdog. A status that cannot be built in time
+  is skipped: the ping never waits for it.
+* Under the journal (``$JOURNAL_STREAM`` naming our stderr) log lines carry no
+  timestamp, since journald adds its own, and start with a ``<N>`` syslog priority,
+  so ``journalctl -p warning`` works.
+
+Wiring (``fsmount/mount.py``, ``run_foreground``)::
+
+    notifier = SystemdNotifier.from_environment()
+    if notifier is None:
+        trio.run(serve, config, workspace)
+    else:
+        trio.run(serve_under_systemd, notifier, config.mountpoint.absolute(),
+                 functools.partial(serve, config, workspace))
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+
+log = logging.getLogger(__name__)
+
+#: How often ``STATUS=`` is refreshed when there is no watchdog to pace it.
+STATUS_SECONDS = 10.0
+#: How often the readiness probe retries while the mount is not answering yet.
+PROBE_SECONDS = 0.05
+#: The mount's status file, read through the mount (see ``fsmount/status.py``).
+STATUS_FILE = ".status"
+
+
+class SystemdNotifier:
+    """Sends ``sd_notify`` messages to the socket systemd gave this service.
+
+    Attributes:
+        address: the socket path, or for the abstract namespace a name that
+            starts with a NUL byte (systemd writes it with a leading ``@``).
+        watchdog_usec: ``$WATCHDOG_USEC`` when the watchdog is meant for us.
+    """
+
+    def __init__(self, address: str, watchdog_usec: int | None = None) -> None:
+        self.address = "\0" + address[1:] if address.startswith("@") else address
+        self.watchdog_usec = watchdog_usec
+        self._failed = False
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> SystemdNotifier | None:
+        """A notifier for ``$NOTIFY_SOCKET``, or None when not started by systemd."""
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        if not address or not address.startswith(("/", "@")):
+            # vsock: and other transports exist only for VMs; a service never gets them.
+            if address:
+                log.debug("ignoring NOTIFY_SOCKET=%r: not a unix socket", address)
+            return None
+        return cls(address, _watchdog_usec(env))
+
+    def notify(self, *assignments: str) -> bool:
+        """Send ``KEY=value`` lines as one datagram; False (logged once) if it failed.
+
+        A failure is not fatal: the service still works, systemd just learns less
+        (and a ``Type=notify`` start times out, which the warning explains).
+        """
+        payload = "\n".join(assignments).encode("utf-8", "replace")
+        try:
+            # A socket per message, as libsystemd does: nothing to keep open or close.
+            # MSG_DONTWAIT: a listener that stops reading fills its queue, and a blocking
+            # send would then stall the trio loop that serves FUSE.
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(payload, socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            log.debug("systemd is not reading its notify socket; dropped %r", assignments)
+            return False
+        except OSError as exc:
+            if not self._failed:
+                log.warning("cannot notify systemd at %r: %s", self.address, exc)
+                self._failed = True
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        """``READY=1``: the service is up (with an optional first status line)."""
+        return self.notify("READY=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        """``STATUS=``: the line ``systemctl status`` shows."""
+        return self.notify(f"STATUS={_one_line(text)}")
+
+    def watchdog(self) -> bool:
+        """``WATCHDOG=1``: the event loop is alive."""
+        return self.notify("WATCHDOG=1")
+
+    def stopping(self, status: str | None = None) -> bool:
+        """``STOPPING=1``: the service is shutting down on its own."""
+        return self.notify("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds systemd waits for a ping before it kills us, or None without a watchdog."""
+        return self.watchdog_usec / 1_000_000 if self.watchdog_usec else None
+
+
+def _watchdog_usec(env: Mapping[str, str]) -> int | None:
+    """``$WATCHDOG_USEC`` if it is set, positive, and (per ``$WATCHDOG_PID``) meant for us."""
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return usec
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- trio tasks -----------------------------------------------------------------------
+
+
+StatusSource = Callable[[], "str | Awaitable[str]"]
+
+
+async def watchdog_pinger(notifier: SystemdNotifier, status_source: StatusSource) -> None:
+    """Ping ``WATCHDOG=1`` at half the watchdog interval and refresh ``STATUS=``; forever.
+
+    ``status_source`` may be a plain function or an async one; it gets until the
+    next ping to answer, and its failures are logged at debug level and skipped.
+    """
+    interval = notifier.watchdog_interval()
+    period = interval / 2 if interval else STATUS_SECONDS
+    last_status: str | None = None
+    while True:
+        # One deadline per round, so a slow status source never delays the next ping.
+        deadline = trio.current_time() + period
+        if interval:
+            notifier.watchdog()
+        text: str | None = None
+        with trio.move_on_at(deadline):
+            try:
+                text = await _call(status_source)
+            except Exception as exc:
+                log.debug("no status for systemd this time: %s", exc)
+        if text and text != last_status:
+            notifier.status(text)
+            last_status = text
+        await trio.sleep_until(deadline)
+
+
+async def _call(source: StatusSource) -> str:
+    result = source()
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def read_mount_status(mountpoint: Path) -> dict[str, Any]:
+    """The mount's ``.status`` document, read through the kernel from a worker thread.
+
+    Raises ``OSError`` while ``mountpoint`` is not a mount yet, so a stray
+    ``.status`` file in the folder underneath never passes for an answer.
+    """
+    raw = await trio.to_thread.run_sync(_read_status, mountpoint, abandon_on_cancel=True)
+    document: dict[str, Any] = json.loads(raw)
+    return document
+
+
+def _read_status(mountpoint: Path) -> bytes:
+    if not os.path.ismount(mountpoint):
+        raise FileNotFoundError(f"{mountpoint} is not mounted")
+    return (mountpoint / STATUS_FILE).read_bytes()
+
+
+async def ready_when_answering(notifier: SystemdNotifier, mountpoint: Path) -> None:
+    """Send ``READY=1`` (with a first ``STATUS=``) once ``.status`` can be read."""
+    while True:
+        try:
+            document = await read_mount_status(mountpoint)
+        except (OSError, ValueError):
+            await trio.sleep(PROBE_SECONDS)
+            continue
+        notifier.ready(status_line(document))
+        log.info("mount answers; told systemd it is ready")
+        return
+
+
+async def mount_status_line(mountpoint: Path) -> str:
+    """``STATUS=`` text for the mount at ``mountpoint``."""
+    return status_line(await read_mount_status(mountpoint))
+
+
+def status_line(document: Mapping[str, Any]) -> str:
+    """One line from a ``.status`` document: queue length, upload, last poll, first error.
+
+    Example: ``2 to send, 14 sent; uploading report.pdf 41%; inbox 3, polled 09:00:05Z``.
+    """
+    parts: list[str] = []
+    outbox = document.get("outbox") or {}
+    counts = (outbox.get("queue") or {}).get("counts") or {}
+    if counts:
+        waiting = int(counts.get("queued", 0)) + int(counts.get("uploading", 0))
+        text = f"{waiting} to send, {counts.get('sent', 0)} sent"
+        if counts.get("failed"):
+            text += f", {counts['failed']} failed"
+        parts.append(text)
+    in_flight = outbox.get("in_flight")
+    if in_flight:
+        percent = float(in_flight.get("percent") or 0)
+        parts.append(f"uploading {in_flight.get('filename')} {percent:.0f}%")
+    inbox = document.get("inbox") or {}
+    last_poll = inbox.get("last_poll") or {}
+    if inbox:
+        text = f"inbox {inbox.get('messages', 0)}"
+        if inbox.get("rejected"):
+            text += f" ({inbox['rejected']} rejected)"
+        at = last_poll.get("at")
+        text += f", polled {at[11:] if isinstance(at, str) else 'not yet'}"
+        parts.append(text)
+    errors = document.get("errors") or []
+    if errors:
+        parts.append(f"error: {errors[0]}")
+    return "; ".join(parts) or "running"
+
+
+async def serve_under_systemd(
+    notifier: SystemdNotifier,
+    mountpoint: Path,
+    serve: Callable[[], Awaitable[None]],
+) -> None:
+    """Run ``serve()`` (the mount) with readiness, watchdog and status reported to systemd.
+
+    ``STOPPING=1`` goes out when ``serve()`` returns or fails: by then the mount
+    is gone, and systemd shows the unit as deactivating instead of running.
+    """
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ready_when_answering, notifier, mountpoint)
+        nursery.start_soon(watchdog_pinger, notifier, lambda: mount_status_line(mountpoint))
+        try:
+            await serve()
+        finally:
+            notifier.stopping("unmounted")
+            nursery.cancel_scope.cancel()
+
+
+# --- the journal ------------------------------------------------------------------------
+
+
+def stderr_is_journal(
+    environ: Mapping[str, str] | None = None, stream: TextIO | None = None
+) -> bool:
+    """True when ``stream`` (stderr) is the journal systemd connected us to.
+
+    ``$JOURNAL_STREAM`` is ``<device>:<inode>`` of that stream; comparing it with
+    the stream itself (as systemd recommends) avoids dropping timestamps in a child
+    that inherited the variable but writes to a log file.
+    """
+    env = os.environ if environ is None else environ
+    expected = env.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return expected == f"{st.st_dev}:{st.st_ino}"
+
+
+#: syslog priorities for Python levels (sd-daemon.h ``SD_ERR`` and friends).
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class JournalFormatter(logging.Formatter):
+    """``<N>LEVEL name: message`` lines: journald's priority prefix, no timestamp.
+
+    Every line of a multi-line record (a traceback) gets the prefix, because
+    journald reads the stream line by line.
+    """
+
+    def __init__(self, fmt: str = "%(levelname)s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record with ``<priority>`` in front of each line."""
+        level = max((lvl for lvl in _PRIORITY if lvl <= record.levelno), default=logging.DEBUG)
+        prefix = f"<{_PRIORITY[level]}>"
+        return "\n".join(prefix + line for line in super().format(record).splitlines())
+
+
+def use_journal_format(logger: logging.Logger | None = None) -> bool:
+    """Give ``logger``'s (default: root's) handlers :class:`JournalFormatter` under the journal."""
+    if not stderr_is_journal():
+        return False
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.setFormatter(JournalFormatter())
+    return True
