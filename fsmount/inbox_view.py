@@ -42,10 +42,11 @@ from dockercomms.core.errors import (
     ChunkError,
     DigestMismatchError,
     DockerCommsError,
+    ExpiredError,
     LimitExceededError,
 )
 from dockercomms.core.manifest import Message
-from dockercomms.core.receive import Receiver
+from dockercomms.core.receive import CLOCK_SKEW, Receiver
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.signing.verify import VerifiedSigner
 from dockercomms.fsmount import xattrs
@@ -303,6 +304,8 @@ class InboxView:
         self.items: dict[str, InboxItem] = {}
         self.rejected: dict[str, str] = {}
         self.aliases: dict[str, str] = {}
+        #: Tags of messages past their TTL: no longer listed, and not checked again.
+        self.expired: set[str] = set()
         self.status = PollStatus()
         self.poller: InboxPoller | None = None
         self._folders: dict[str, InboxDir] = {}
@@ -334,7 +337,12 @@ class InboxView:
             retry = frozenset(self.rejected) | {
                 tag for tag, item in self.items.items() if item.error is not None
             }
-        known = frozenset(self.items) | frozenset(self.rejected) | frozenset(self.aliases)
+        known = (
+            frozenset(self.items)
+            | frozenset(self.rejected)
+            | frozenset(self.aliases)
+            | frozenset(self.expired)
+        )
         try:
             result = await self.engine.call(lambda client: self._scan(client, known, retry))
         except DockerCommsError as exc:
@@ -388,6 +396,8 @@ class InboxView:
             self._remove_rejected(tag)
         for tag in [t for t in self.aliases if t not in result.tags]:
             del self.aliases[tag]
+        self.expired &= result.tags
+        removed += self._drop_expired(datetime.now(UTC))
         good = [entry for entry in result.fresh if entry.error is None]
         good.sort(key=lambda e: (e.message.created_at, e.message.digest) if e.message else ())
         added = sum(1 for entry in good if self._add_verified(entry))
@@ -395,7 +405,9 @@ class InboxView:
         for entry in result.fresh:
             if entry.error is None:
                 continue
-            if is_rejection(entry.error):
+            if isinstance(entry.error, ExpiredError):
+                self.expired.add(entry.tag)
+            elif is_rejection(entry.error):
                 rejected += 1
                 self._add_rejected(entry.tag, entry.message, entry.error)
             else:
@@ -405,6 +417,16 @@ class InboxView:
         self.status.added, self.status.removed, self.status.rejected = added, removed, rejected
         if added or removed:
             log.info("inbox: %d new, %d gone, %d listed", added, removed, len(self.items))
+
+    def _drop_expired(self, now: datetime) -> int:
+        """Unlist messages whose time to live has passed (as receivers judge it)."""
+        gone = [
+            tag for tag, item in self.items.items() if item.message.expires_at + CLOCK_SKEW < now
+        ]
+        for tag in gone:
+            self._remove_item(tag)
+            self.expired.add(tag)
+        return len(gone)
 
     def _add_verified(self, entry: Listed) -> bool:
         assert entry.message is not None and entry.signer is not None

@@ -20,12 +20,13 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from dockercomms.core.send import SendRequest
 from tests.fsmount_fixtures import (
     Identity,
     Mount,
@@ -435,6 +436,25 @@ def test_refresh_by_touch(world: World) -> None:
 
     assert world.bob.status()["inbox"]["last_poll"]["polls"] > polls
     assert (world.bob / f"inbox/{CAROL}/poke.txt").exists()  # no waiting after the touch
+
+
+def test_expired_messages_disappear_from_the_inbox(world: World) -> None:
+    source = world.work("expiring") / "short-lived.txt"
+    source.write_bytes(b"read me soon\n")
+    carol = world.people[CAROL].workspace()
+    # Valid for about 8 more seconds, counting the receivers' 5-minute clock skew.
+    created = datetime.now(UTC) - timedelta(seconds=60 + 300 - 8)
+    with carol.client() as client:
+        carol.sender(client).send(
+            SendRequest(source, BOB, ttl_seconds=60, created_at=created, chunk_bytes=1 << 20)
+        )
+    listed = world.bob / f"inbox/{CAROL}/short-lived.txt"
+    arrives(world.bob, f"inbox/{CAROL}/short-lived.txt", timeout=6)
+    wait_for("the expired message to go", lambda: not listed.exists(), timeout=30)
+    world.bob.refresh()
+    assert not listed.exists()
+    rejected = os.listdir(world.bob / "inbox/.rejected")
+    assert not any("short" in (world.bob / "inbox/.rejected" / r).read_text() for r in rejected)
 
 
 # --- semantics: loud failures ---------------------------------------------------------------
