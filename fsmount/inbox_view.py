@@ -55,10 +55,10 @@ from dockercomms.fsmount.errno_map import errno_for, is_rejection, reason
 from dockercomms.fsmount.inodes import (
     DYNAMIC_TIMEOUT,
     Attributes,
-    Directory,
     Handle,
     InodeTable,
     Node,
+    SyncedDirectory,
     fuse_error,
 )
 from dockercomms.fsmount.names import folder_name, free_name
@@ -154,7 +154,7 @@ class InboxItem:
 # --- nodes ----------------------------------------------------------------------------
 
 
-class InboxDir(Directory):
+class InboxDir(SyncedDirectory):
     """``inbox/`` and ``inbox/<sender>/``: read-only; listing waits for the first poll."""
 
     refuse = errno.EROFS
@@ -163,13 +163,8 @@ class InboxDir(Directory):
         super().__init__(name, table, 0o555)
         self.view = view
 
-    async def lookup(self, name: str) -> Node:
+    async def catch_up(self) -> None:
         await self.view.first_poll()
-        return await super().lookup(name)
-
-    async def entries(self) -> list[tuple[str, Node]]:
-        await self.view.first_poll()
-        return await super().entries()
 
 
 class InboxFile(Node):

@@ -275,6 +275,26 @@ class Directory(Node):
         return node
 
 
+class SyncedDirectory(Directory):
+    """A directory whose children mirror outside state, brought up to date before use.
+
+    ``inbox/`` waits for the first registry poll, ``sent/`` re-reads the queue: both
+    must catch up before a lookup or listing answers, so the order lives here once.
+    """
+
+    async def catch_up(self) -> None:
+        """Bring ``children`` up to date (the subclass says how)."""
+        raise NotImplementedError
+
+    async def lookup(self, name: str) -> Node:
+        await self.catch_up()
+        return await super().lookup(name)
+
+    async def entries(self) -> list[tuple[str, Node]]:
+        await self.catch_up()
+        return await super().entries()
+
+
 class InodeTable:
     """inode -> node, with the kernel's lookup count of each.
 

@@ -37,10 +37,10 @@ from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inodes import (
     DYNAMIC_TIMEOUT,
     Attributes,
-    Directory,
     Handle,
     InodeTable,
     Node,
+    SyncedDirectory,
     fuse_error,
 )
 from dockercomms.fsmount.names import folder_name, free_name
@@ -62,7 +62,7 @@ class SentEntry:
     name: str
 
 
-class SentDir(Directory):
+class SentDir(SyncedDirectory):
     """``sent/`` and ``sent/<recipient>/``: listing re-reads the queue first."""
 
     refuse = errno.EROFS
@@ -71,13 +71,8 @@ class SentDir(Directory):
         super().__init__(name, table, 0o755)
         self.view = view
 
-    async def lookup(self, name: str) -> Node:
+    async def catch_up(self) -> None:
         await self.view.refresh()
-        return await super().lookup(name)
-
-    async def entries(self) -> list[tuple[str, Node]]:
-        await self.view.refresh()
-        return await super().entries()
 
     async def unlink(self, name: str) -> None:
         await self.view.refresh()
