@@ -11,7 +11,6 @@ not register it itself; :data:`SYNC_COMMAND` picks whichever is available.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import os
@@ -26,8 +25,6 @@ from pathlib import Path
 import pytest
 
 from dockercomms.cli import main as cli_main
-from dockercomms.cli import sync_cmd
-from dockercomms.cli.registry_flags import registry_parser
 from dockercomms.core import protocol as p
 from dockercomms.core.config import Paths, resolve_paths, save_settings
 from dockercomms.core.intake import Outcome, receive_new
@@ -59,7 +56,7 @@ class Identity:
         with pytest.MonkeyPatch.context() as patch:
             for key, value in self.env.items():
                 patch.setenv(key, value)
-            return sync_aware_main(list(argv))
+            return cli_main.main(list(argv))
 
     def set_chunk_bytes(self, chunk_bytes: int) -> None:
         """Change ``chunk_bytes`` in config.toml."""
@@ -128,39 +125,7 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
 # --- the sync command as a subprocess ------------------------------------------------
 
 
-def _main_has_sync() -> bool:
-    parser = cli_main.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return "sync" in sub.choices
-
-
-def sync_aware_main(argv: list[str]) -> int:
-    """``dockercomms.cli.main.main``, with ``sync`` registered if main does not yet."""
-    if _main_has_sync():
-        return cli_main.main(argv)
-    original = cli_main.build_parser
-
-    def build_with_sync() -> argparse.ArgumentParser:
-        parser = original()
-        common = argparse.ArgumentParser(add_help=False)
-        common.add_argument("--json", action="store_true")
-        common.add_argument("-v", "--verbose", action="count", default=0)
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        sync_cmd.add_parsers(sub, common, registry_parser())
-        return parser
-
-    cli_main.build_parser = build_with_sync
-    try:
-        return cli_main.main(argv)
-    finally:
-        cli_main.build_parser = original
-
-
-SYNC_COMMAND = (
-    [sys.executable, "-m", "dockercomms.cli"]
-    if _main_has_sync()
-    else [sys.executable, "-m", "tests.syncer_fixtures"]
-)
+SYNC_COMMAND = [sys.executable, "-m", "dockercomms.cli"]
 
 
 @dataclass
@@ -218,7 +183,3 @@ def run_sync(identity: Identity, log_dir: Path, *argv: str, timeout: float = 60)
         if code != 0:
             print(run.output())
         return code
-
-
-if __name__ == "__main__":
-    sys.exit(sync_aware_main(sys.argv[1:]))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -678,7 +677,6 @@ def tar_with(name: str, data: bytes) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")
 def test_skopeo_reads_what_we_pushed(
     session: requests.Session, layout: Path, tmp_path: Path
 ) -> None:

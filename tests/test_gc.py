@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from dockercomms.cli import main as cli_main
 from dockercomms.core import gc
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import NotFoundError, RegistryUnavailableError
@@ -26,7 +27,6 @@ from dockercomms.core.registry.client import RegistryClient
 from tests.conftest import CliResult, Party, introduce, make_party, patched_env
 from tests.forge import Forge
 from tests.registry_server import running_registry
-from tests.test_service import service_main
 
 
 def run(party: Party, *args: str) -> CliResult:
@@ -37,7 +37,7 @@ def run(party: Party, *args: str) -> CliResult:
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
     ):
-        code = service_main(list(args))
+        code = cli_main.main(list(args))
     return CliResult(code, out.getvalue(), err.getvalue())
 
 

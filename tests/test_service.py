@@ -16,9 +16,7 @@ Every process is stopped by PID in ``finally`` and every mount unmounted with
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import inspect
 import io
 import itertools
 import json
@@ -46,8 +44,6 @@ import trio
 
 from dockercomms.cli import main as cli_main
 from dockercomms.cli import service_cmd
-from dockercomms.cli.registry_flags import registry_parser
-from dockercomms.fsmount import mount as mount_module
 from dockercomms.fsmount.desktop import DesktopNotifier, Event, EventWatcher, fold, notify_call
 from dockercomms.fsmount.sdnotify import (
     JournalFormatter,
@@ -77,34 +73,6 @@ TIMESTAMP = re.compile(r"^(<\d>)?\s*\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}")
 
 
 # --- running the CLI with ``service``, ``status`` and ``gc`` --------------------------------
-
-
-def _main_has(command: str) -> bool:
-    parser = cli_main.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return command in sub.choices
-
-
-def service_main(argv: list[str]) -> int:
-    """``dockercomms.cli.main.main``, with this module's commands if main lacks them yet."""
-    if _main_has("service"):
-        return cli_main.main(argv)
-    original = cli_main.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        common = argparse.ArgumentParser(add_help=False)
-        common.add_argument("--json", action="store_true")
-        common.add_argument("-v", "--verbose", action="count", default=0)
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        service_cmd.add_parsers(sub, common, registry_parser())
-        return parser
-
-    cli_main.build_parser = build
-    try:
-        return cli_main.main(argv)
-    finally:
-        cli_main.build_parser = original
 
 
 @dataclass
@@ -137,7 +105,7 @@ def cli(env: dict[str, str], *args: str) -> Run:
     """``dockercomms ARGS`` in-process with exactly ``env``."""
     out, err = io.StringIO(), io.StringIO()
     with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = service_main(list(args))
+        code = cli_main.main(list(args))
     return Run(code, out.getvalue(), err.getvalue())
 
 
@@ -699,36 +667,6 @@ def test_mountinfo_names_are_unescaped(tmp_path: Path) -> None:
 # --- the real daemon ---------------------------------------------------------------------------
 
 
-HELPER = '''"""The mount with systemd wiring around ``serve()`` (until fsmount/mount.py has it)."""
-import functools, logging, sys
-from pathlib import Path
-import trio
-from dockercomms.cli.mount_cmd import standalone_parser
-from dockercomms.core.workspace import Workspace
-from dockercomms.fsmount.mount import MountConfig, serve
-from dockercomms.fsmount.sdnotify import SystemdNotifier, serve_under_systemd, use_journal_format
-
-args = standalone_parser().parse_args(["mount", *sys.argv[1:]])
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-use_journal_format()
-config = MountConfig(
-    Path(args.mountpoint).absolute(),
-    default_recipient=args.to,
-    poll_seconds=args.poll,
-    drain_seconds=args.drain_timeout,
-)
-notifier = SystemdNotifier.from_environment()
-assert notifier is not None
-serving = functools.partial(serve, config, Workspace.load())
-trio.run(serve_under_systemd, notifier, config.mountpoint, serving)
-'''
-
-
-def _mount_is_wired(name: str = "serve_under_systemd") -> bool:
-    """``fsmount/mount.py`` uses ``name`` (the wiring this module's reply describes)."""
-    return name in inspect.getsource(mount_module)
-
-
 @dataclass
 class Daemon:
     """A mount daemon started as systemd would start it."""
@@ -748,12 +686,7 @@ def daemon_under_systemd(
     """Start the daemon with NOTIFY_SOCKET, WATCHDOG_* and JOURNAL_STREAM; always stop it."""
     mountpoint.mkdir(parents=True, exist_ok=True)
     arguments = [str(mountpoint), "--foreground", "--poll", "1", "--drain-timeout", "10", *extra]
-    if _mount_is_wired():
-        command = [sys.executable, "-m", "dockercomms.cli", "mount", *arguments]
-    else:
-        helper = mountpoint.parent / "systemd_mount_helper.py"
-        helper.write_text(HELPER)
-        command = [sys.executable, str(helper), *arguments]
+    command = [sys.executable, "-m", "dockercomms.cli", "mount", *arguments]
     notify = NotifySocket.abstract()
     stderr = mountpoint.parent / f"{mountpoint.name}-{uuid.uuid4().hex[:6]}.log"
     try:
@@ -898,9 +831,6 @@ def test_a_stale_mount_is_cleared_at_start(people: tuple[Path, dict[str, Identit
     assert not is_stale(mountpoint) and not os.path.ismount(mountpoint)
 
 
-@pytest.mark.skipif(
-    not _mount_is_wired("EventWatcher"), reason="fsmount/mount.py does not start EventWatcher yet"
-)
 def test_the_mount_announces_new_inbox_files_on_the_desktop(
     people: tuple[Path, dict[str, Identity]], session_bus: NotificationServer
 ) -> None:
