@@ -134,7 +134,6 @@ class _CappedReader:
         self._source = source
         self._cap = cap
         self._produced = 0
-        self._compression = compression
         self._zstd: zstandard.ZstdDecompressionReader | None = None
         self._zlib: zlib._Decompress | None = None
         self._pending = b""
