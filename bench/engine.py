@@ -1,8 +1,10 @@
 """send and recv of a large file through the embedded registry, against a local-disk floor.
 
-Floor (measured in the same run, same disk): ``cp`` of the file plus sha256 of it,
-which is the least any verified copy must do. Targets (issue 2): send and recv
-each <= 2x the floor for random data; peak RSS <= 150 MiB.
+Floor (measured in the same run, same disk, right before each send/recv pair):
+``cp`` of the file plus sha256 of it, which is the least any verified copy must
+do. Every timed step starts after ``sync``, so none pays for another's writeback.
+Targets (issue 2): send and recv each <= 2x the floor for random data; peak RSS
+<= 150 MiB.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bench.measure import (
     make_random,
     report,
     run_process,
+    settle,
     sha256_file,
     time_call,
 )
@@ -68,40 +71,47 @@ def identities(work: Path, repo: str | None = None) -> tuple[dict[str, str], dic
     return alice, bob
 
 
-def floor(source: Path, work: Path, runs: int) -> tuple[Series, Series]:
+def floor_sample(source: Path, work: Path) -> tuple[Sample, Sample]:
     """cp + sha256 of the same file, same disk; and the same plus fsync of the copy.
 
     The second is not the target's floor; it shows what the durable write that
     ``recv`` must do (fsync before rename) costs on this disk.
     """
-    size = source.stat().st_size
-    plain = Series("floor: cp + sha256", size)
-    durable = Series("floor: cp + sha256 + fsync", size)
-    for _ in range(runs):
-        target = work / "floor-copy"
-        copy = run_process(["cp", str(source), str(target)])
-        digest = time_call(lambda: sha256_file(source))
-        synced = fsync_file(target)
-        plain.samples.append(Sample(copy.seconds + digest.seconds, 0))
-        durable.samples.append(Sample(copy.seconds + digest.seconds + synced.seconds, 0))
-        target.unlink()
-    return plain, durable
+    target = work / "floor-copy"
+    settle()
+    copy = run_process(["cp", str(source), str(target)])
+    digest = time_call(lambda: sha256_file(source))
+    synced = fsync_file(target)
+    target.unlink()
+    plain = copy.seconds + digest.seconds
+    return Sample(plain, 0), Sample(plain + synced.seconds, 0)
 
 
 def run(work: Path, size: int, runs: int) -> list[str]:
-    """The engine suite; returns report lines."""
+    """The engine suite; returns report lines.
+
+    Each run uses new file content (so the registry never already holds its
+    chunks) and measures its floor right before its send and recv, every timed
+    step starting from a settled page cache.
+    """
     lines = [f"engine suite: {size // MIB} MiB, {runs} runs each, embedded registry in {work}"]
     alice, bob = identities(work)
     for kind, make in (("random", make_random), ("compressible", make_compressible)):
-        source = make(work / f"{kind}.bin", size)
-        base, durable = floor(source, work, runs)
+        base = Series("floor: cp + sha256", size)
+        durable = Series("floor: cp + sha256 + fsync", size)
         send = Series(f"send {kind}", size)
         recv = Series(f"recv {kind}", size)
         for n in range(runs):
+            source = make(work / f"{kind}.bin", size, n)
+            plain, synced = floor_sample(source, work)
+            base.samples.append(plain)
+            durable.samples.append(synced)
             out = work / f"out-{kind}-{n}"
+            settle()
             send.samples.append(
                 run_process(dockercomms("send", str(source), "-r", "bob"), env=alice)
             )
+            settle()
             recv.samples.append(
                 run_process(dockercomms("recv", "--out", str(out), "--no-write-receipt"), env=bob)
             )
@@ -109,6 +119,7 @@ def run(work: Path, size: int, runs: int) -> list[str]:
             if received.stat().st_size != size:
                 raise RuntimeError(f"received {received} has the wrong size")
             shutil.rmtree(out)
+            source.unlink()
         target = TARGET_RATIO if kind == "random" else None
         lines += [
             report(base),
@@ -121,6 +132,5 @@ def run(work: Path, size: int, runs: int) -> list[str]:
             ok = series.median_rss <= TARGET_RSS_MIB * MIB
             verdict = "OK" if ok else "MISSED"
             lines.append(f"  {series.name}: peak RSS target <= {TARGET_RSS_MIB} MiB: {verdict}")
-        source.unlink()
         shutil.rmtree(work / "data", ignore_errors=True)
     return lines

@@ -71,6 +71,16 @@ def run_process(command: Sequence[str], env: dict[str, str] | None = None) -> Sa
     return Sample(elapsed, usage.ru_maxrss * 1024)
 
 
+def settle() -> None:
+    """Write back every dirty page before a timed step (not timed itself).
+
+    Otherwise a step pays for the writeback of the step before it (1 GiB of
+    dirty pages from the previous copy or receive), and run-to-run spread hides
+    the differences being measured. Floors and subjects settle alike.
+    """
+    os.sync()
+
+
 def time_call(call: Callable[[], object]) -> Sample:
     """Wall time of an in-process call (RSS not attributed)."""
     started = time.perf_counter()
@@ -98,8 +108,8 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_random(path: Path, size: int) -> Path:
-    """``size`` bytes of os.urandom, written in 8 MiB pieces."""
+def make_random(path: Path, size: int, salt: int = 0) -> Path:
+    """``size`` bytes of os.urandom, written in 8 MiB pieces (``salt`` unused: always new)."""
     with path.open("wb") as handle:
         left = size
         while left:
@@ -109,10 +119,14 @@ def make_random(path: Path, size: int) -> Path:
     return path
 
 
-def make_compressible(path: Path, size: int) -> Path:
-    """Log-like text: compresses well but is not trivially repetitive."""
+def make_compressible(path: Path, size: int, salt: int = 0) -> Path:
+    """Log-like text: compresses well but is not trivially repetitive.
+
+    ``salt`` changes every line, so each run's chunks are new blobs to the registry.
+    """
     lines = [
-        f"2026-11-23T09:{i % 60:02d}:{(i * 7) % 60:02d}Z level=info req={i * 2654435761 % 10**9} "
+        f"2026-11-23T09:{i % 60:02d}:{(i * 7) % 60:02d}Z level=info "
+        f"req={(i + salt) * 2654435761 % 10**9} "
         f"path=/v2/team/comms/blobs/sha256:{(i * 97) % 10**12:012d} status={200 + i % 3} "
         f"bytes={(i * 131) % 100000}\n"
         for i in range(4096)

@@ -2,7 +2,8 @@
 
 It uses the same engine and the embedded registry as real use, in a temporary
 folder, so a new user sees the whole path (sign, push, list, verify, receive,
-receipt) work on their machine before configuring anything.
+receipt) work on their machine before configuring anything. Every CLI call
+builds its parser, so the engine is imported only when the demo runs.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit
-from dockercomms.core.config import Settings, resolve_paths, save_settings
-from dockercomms.core.intake import receive_new
-from dockercomms.core.send import SendRequest
-from dockercomms.core.signing.keypair import generate_key, public_path
-from dockercomms.core.trust import TrustPolicy
-from dockercomms.core.workspace import Workspace
+
+if TYPE_CHECKING:
+    from dockercomms.core.workspace import Workspace
 
 
 def _identity(root: Path, name: str, data_home: Path) -> Workspace:
+    from dockercomms.core.config import Settings, resolve_paths, save_settings
+    from dockercomms.core.signing.keypair import generate_key
+    from dockercomms.core.workspace import Workspace
+
     paths = resolve_paths({"DOCKERCOMMS_HOME": str(root / name), "XDG_DATA_HOME": str(data_home)})
     settings = Settings(identity=name)
     save_settings(paths, settings)
@@ -29,6 +32,8 @@ def _identity(root: Path, name: str, data_home: Path) -> Workspace:
 
 
 def _trust(truster: Workspace, other: Workspace) -> None:
+    from dockercomms.core.signing.keypair import public_path
+
     policy = truster.trust_policy()
     policy.add_key(other.identity, public_path(other.paths.key_file).read_bytes())
     policy.save(truster.paths.trust_file)
@@ -36,6 +41,10 @@ def _trust(truster: Workspace, other: Workspace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo and print each step."""
+    from dockercomms.core.intake import receive_new
+    from dockercomms.core.send import SendRequest
+    from dockercomms.core.trust import TrustPolicy
+
     steps: list[str] = []
     with tempfile.TemporaryDirectory(prefix="dockercomms-demo-") as tmp:
         root = Path(tmp)

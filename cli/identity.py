@@ -1,4 +1,8 @@
-"""``init``, ``key`` and ``trust``: who I am and whom I believe."""
+"""``init``, ``key`` and ``trust``: who I am and whom I believe.
+
+Every CLI call builds this module's parsers, so its top imports stay at the
+argparse level; the commands import config, keys and trust when they run.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +10,34 @@ import argparse
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit
-from dockercomms.core.config import Settings, load_settings, resolve_paths, save_settings
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.signing.keypair import (
-    generate_key,
-    key_hint,
-    load_private_key,
-    public_pem,
-)
-from dockercomms.core.trust import TrustPolicy
-from dockercomms.core.workspace import Workspace, require_identity
+
+if TYPE_CHECKING:
+    from dockercomms.core.workspace import Workspace
+
+
+def _workspace() -> Workspace:
+    """The configured identity; imports the engine, so only once a command runs."""
+    from dockercomms.core.workspace import Workspace
+
+    return Workspace.load()
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Create config, a signing key (key mode) and trust my own key."""
+    from dockercomms.core.config import Settings, load_settings, resolve_paths, save_settings
+    from dockercomms.core.signing.keypair import (
+        generate_key,
+        key_hint,
+        load_private_key,
+        public_pem,
+    )
+    from dockercomms.core.trust import TrustPolicy
+    from dockercomms.core.workspace import require_identity
+
     paths = resolve_paths()
     identity = require_identity(args.identity)
     if paths.config_file.exists() and not args.force:
@@ -61,7 +77,9 @@ def _already(result: dict[str, str]) -> str:
 
 def cmd_key_export(args: argparse.Namespace) -> int:
     """Print my public key (PEM) for others to ``trust add``."""
-    workspace = Workspace.load()
+    from dockercomms.core.signing.keypair import load_private_key, public_pem
+
+    workspace = _workspace()
     key = load_private_key(workspace.paths.key_file).public_key()
     sys.stdout.write(public_pem(key).decode())
     return 0
@@ -69,14 +87,16 @@ def cmd_key_export(args: argparse.Namespace) -> int:
 
 def cmd_key_fingerprint(args: argparse.Namespace) -> int:
     """Print my key's fingerprint (the bundle hint)."""
-    workspace = Workspace.load()
+    from dockercomms.core.signing.keypair import key_hint, load_private_key
+
+    workspace = _workspace()
     print(key_hint(load_private_key(workspace.paths.key_file).public_key()))
     return 0
 
 
 def cmd_trust_add(args: argparse.Namespace) -> int:
     """Trust a key or a keyless identity for a sender name."""
-    workspace = Workspace.load()
+    workspace = _workspace()
     policy = workspace.trust_policy()
     if args.key:
         try:
@@ -95,7 +115,7 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 def cmd_trust_list(args: argparse.Namespace) -> int:
     """List trust entries."""
-    policy = Workspace.load().trust_policy()
+    policy = _workspace().trust_policy()
     emit(
         args,
         [asdict(e) | {"public_key": None} for e in policy.entries],
@@ -106,7 +126,7 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
 
 def cmd_trust_remove(args: argparse.Namespace) -> int:
     """Remove a sender's entries (or one of them with --match)."""
-    workspace = Workspace.load()
+    workspace = _workspace()
     policy = workspace.trust_policy()
     gone = policy.remove(args.name, match=args.match)
     if not gone:

@@ -1,15 +1,21 @@
-"""The ``dockercomms`` command: parse, dispatch, and map errors to exit codes once."""
+"""The ``dockercomms`` command: parse, dispatch, and map errors to exit codes once.
+
+Every call builds the whole command tree, and ``send``/``recv`` are timed against
+a one-second floor, so the command modules import only argparse-level things at
+their top; each command imports the engine, FUSE, the syncer or rich when it
+runs (tests/test_cli_startup.py holds that line).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from dockercomms.cli import demo, identity, messaging, mount_cmd, service_cmd, sync_cmd
 from dockercomms.cli.registry_flags import registry_parser
 from dockercomms.core.errors import DockerCommsError, exit_code_for
-from dockercomms.fsmount.sdnotify import use_journal_format
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _journal_logging() -> None:
+    """Journal-style log lines when stderr is the journal.
+
+    ``sdnotify`` imports trio, so it is loaded only when ``$JOURNAL_STREAM`` is
+    set at all (under systemd), never for a command run from a shell or script.
+    """
+    if not os.environ.get("JOURNAL_STREAM"):
+        return
+    from dockercomms.fsmount.sdnotify import use_journal_format
+
+    use_journal_format()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code (SPEC section 7)."""
     parser = build_parser()
@@ -42,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    use_journal_format()
+    _journal_logging()
     try:
         code: int = args.func(args)
     except DockerCommsError as exc:

@@ -3,6 +3,11 @@
 Wiring: ``main.py`` calls ``mount_cmd.add_parsers(sub, common, registry_parser())``.
 The same commands run without ``main.py`` as ``python -m dockercomms.fsmount``
 (that is what a background mount starts), built by :func:`standalone_parser`.
+
+Every CLI call builds these parsers, and the mount pulls in pyfuse3 and trio, so
+``fsmount`` is imported only when ``mount`` or ``umount`` runs. For the same
+reason ``--cache-bytes`` defaults to None here, meaning the chunk cache's own
+default.
 """
 
 from __future__ import annotations
@@ -11,21 +16,26 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dockercomms.cli.registry_flags import registry_options, registry_parser
-from dockercomms.core.workspace import Workspace
-from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
-from dockercomms.fsmount.mount import MountConfig, run_foreground, start_background, unmount
+
+if TYPE_CHECKING:
+    from dockercomms.fsmount.mount import MountConfig
 
 
 def _config(args: argparse.Namespace) -> MountConfig:
+    from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
+    from dockercomms.fsmount.mount import MountConfig
+
+    cache_bytes = DEFAULT_CAP_BYTES if args.cache_bytes is None else args.cache_bytes
     return MountConfig(
         mountpoint=Path(args.mountpoint),
         default_recipient=args.to,
         poll_seconds=args.poll,
         receipts=args.receipts,
         registry=registry_options(args),
-        cache_bytes=args.cache_bytes,
+        cache_bytes=cache_bytes,
         drain_seconds=args.drain_timeout,
         fuse_debug=args.fuse_debug,
     )
@@ -34,8 +44,9 @@ def _config(args: argparse.Namespace) -> MountConfig:
 def _foreground_argv(args: argparse.Namespace) -> list[str]:
     """The same mount, as a detached ``--foreground`` child."""
     argv = [sys.executable, "-m", "dockercomms.fsmount", "mount", str(Path(args.mountpoint))]
-    argv += ["--poll", str(args.poll), "--cache-bytes", str(args.cache_bytes)]
-    argv += ["--drain-timeout", str(args.drain_timeout), "--foreground"]
+    argv += ["--poll", str(args.poll), "--drain-timeout", str(args.drain_timeout), "--foreground"]
+    if args.cache_bytes is not None:
+        argv += ["--cache-bytes", str(args.cache_bytes)]
     if args.to:
         argv += ["--to", args.to]
     if not args.receipts:
@@ -54,6 +65,9 @@ def _foreground_argv(args: argparse.Namespace) -> list[str]:
 
 def cmd_mount(args: argparse.Namespace) -> int:
     """Mount outbox/, inbox/, sent/ and .status at MOUNTPOINT."""
+    from dockercomms.core.workspace import Workspace
+    from dockercomms.fsmount.mount import run_foreground, start_background
+
     workspace = Workspace.load()
     config = _config(args)
     if not args.foreground:
@@ -69,6 +83,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
 
 def cmd_umount(args: argparse.Namespace) -> int:
     """Drain uploads in flight, then unmount."""
+    from dockercomms.fsmount.mount import unmount
+
     return unmount(Path(args.mountpoint), timeout=args.timeout)
 
 
@@ -98,7 +114,6 @@ def add_parsers(
     m.add_argument(
         "--cache-bytes",
         type=int,
-        default=DEFAULT_CAP_BYTES,
         metavar="BYTES",
         help="size cap of the verified chunk cache (default 2 GiB)",
     )

@@ -1,7 +1,9 @@
 """Progress bars that appear only when someone is watching and the wait is real.
 
 A bar is drawn only when stdout is a terminal and the transfer has already taken
-more than a second; scripts and short transfers get clean output.
+more than a second; scripts and short transfers get clean output. rich is
+imported only then: it costs tens of milliseconds that a script, or a transfer
+over within a second, should not pay.
 """
 
 from __future__ import annotations
@@ -9,19 +11,35 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from types import TracebackType
+from typing import TYPE_CHECKING
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from rich.progress import Progress, TaskID
 
 SHOW_AFTER_SECONDS = 1.0
+
+
+def _new_bar() -> Progress:
+    """A transient transfer bar (imports rich, so only once a bar is due)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
 
 
 class TransferProgress:
@@ -43,14 +61,7 @@ class TransferProgress:
             if not self._enabled:
                 return
             if self._progress is None and time.monotonic() - self._started > SHOW_AFTER_SECONDS:
-                self._progress = Progress(
-                    TextColumn("{task.description}"),
-                    BarColumn(),
-                    DownloadColumn(),
-                    TransferSpeedColumn(),
-                    TimeRemainingColumn(),
-                    transient=True,
-                )
+                self._progress = _new_bar()
                 self._progress.start()
                 self._task = self._progress.add_task(self._description, total=self._total)
             if self._progress is not None and self._task is not None:

@@ -4,6 +4,9 @@ Credentials: ``--username`` with ``--password-stdin`` beats
 ``DOCKERCOMMS_REGISTRY_USER``/``DOCKERCOMMS_REGISTRY_PASSWORD``, which beat the docker
 config (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``). There is no
 ``--password`` flag on purpose: a password in argv is visible to every local user.
+
+Building the parser must stay cheap (every CLI call does it), so the registry
+plumbing (requests, oras, the workspace) is imported only in :func:`registry_options`.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.registry.auth import RegistryAuth
-from dockercomms.core.registry.credentials import Credentials, CredentialSource
-from dockercomms.core.workspace import RegistryOptions
+
+if TYPE_CHECKING:
+    from dockercomms.core.registry.credentials import Credentials
+    from dockercomms.core.workspace import RegistryOptions
 
 
 def registry_parser() -> argparse.ArgumentParser:
@@ -46,6 +51,10 @@ def registry_parser() -> argparse.ArgumentParser:
 
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
     """``RegistryOptions`` from parsed flags; reads the password from stdin if asked."""
+    from dockercomms.core.registry.auth import RegistryAuth
+    from dockercomms.core.registry.credentials import CredentialSource
+    from dockercomms.core.workspace import RegistryOptions
+
     if args.ca_file and not Path(args.ca_file).is_file():
         raise ConfigError(f"--ca-file {args.ca_file}: no such file")
     return RegistryOptions(
@@ -67,4 +76,6 @@ def _flag_credentials(args: argparse.Namespace) -> Credentials | None:
     password = sys.stdin.read().rstrip("\r\n")
     if not password:
         raise ConfigError("--password-stdin: standard input held no password")
+    from dockercomms.core.registry.credentials import Credentials
+
     return Credentials(username, password, source="--username/--password-stdin")

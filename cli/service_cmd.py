@@ -18,6 +18,8 @@ Caveats first:
   and the chunk cache folder directly, and says who holds the queue lock.
 * ``gc`` deletes my expired messages where the registry allows it
   (:mod:`dockercomms.core.gc`); a registry that refuses is a warning, exit 0.
+* Every CLI call builds these parsers, so the engine, the push queue and the
+  garbage collector are imported by the commands that use them, not at the top.
 """
 
 from __future__ import annotations
@@ -34,18 +36,17 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.output import emit, warn
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core import protocol as p
-from dockercomms.core.config import Paths, load_settings, resolve_paths
 from dockercomms.core.errors import ConfigError, DockerCommsError
-from dockercomms.core.gc import GarbageCollector, GcReport
-from dockercomms.core.registry.credentials import PASSWORD_ENV, USER_ENV
-from dockercomms.core.workspace import Workspace
-from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
-from dockercomms.syncer.queue import ItemState, PushQueue
+
+if TYPE_CHECKING:
+    from dockercomms.core.config import Paths
+    from dockercomms.core.gc import GcReport
+    from dockercomms.core.workspace import Workspace
 
 UNIT = "dockercomms.service"
 TEMPLATE = "dockercomms@.service"
@@ -65,9 +66,19 @@ COPIED_ENV = (
     "DOCKERCOMMS_READ_TIMEOUT",
     "DOCKERCOMMS_EMBEDDED_FSYNC",
 )
-#: Never written into a unit file (``SIGSTORE_ID_TOKEN`` is keyless.TOKEN_ENV, whose module
-#: imports all of sigstore).
-SECRET_ENV = (USER_ENV, PASSWORD_ENV, "SIGSTORE_ID_TOKEN")
+
+
+def secret_env() -> tuple[str, ...]:
+    """Variables never written into a unit file.
+
+    A function so that the credentials module (it imports oras) loads only for
+    ``service install``; ``SIGSTORE_ID_TOKEN`` is spelled out because it is
+    keyless.TOKEN_ENV, whose module imports all of sigstore.
+    """
+    from dockercomms.core.registry.credentials import PASSWORD_ENV, USER_ENV
+
+    return (USER_ENV, PASSWORD_ENV, "SIGSTORE_ID_TOKEN")
+
 
 # Kept identical to systemd/dockercomms.service (tests/test_service.py checks).
 UNIT_TEXT = """\
@@ -359,6 +370,8 @@ def _service_text(report: dict[str, Any]) -> str:
 
 def _check_identity(target: ServiceTarget, environ: Mapping[str, str]) -> Paths:
     """The service's identity must exist: ``init`` first (it would only fail to start)."""
+    from dockercomms.core.config import load_settings, resolve_paths
+
     env = dict(environ)
     home = target.profile_home
     if home is not None:
@@ -393,7 +406,7 @@ def cmd_service_install(args: argparse.Namespace) -> int:
         wrote = _write_if_changed(path, text)
         changed |= wrote
         report.files.append({"path": str(path), "action": "wrote" if wrote else "unchanged"})
-    secrets = [key for key in SECRET_ENV if environ.get(key)]
+    secrets = [key for key in secret_env() if environ.get(key)]
     if secrets:
         report.notes.append(
             f"not copied into the unit: {', '.join(secrets)}; the service reads registry "
@@ -557,6 +570,8 @@ def _service_status_text(result: dict[str, Any]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Queue, transfers, last poll, errors and cache: from the mount, else from disk."""
+    from dockercomms.core.workspace import Workspace
+
     workspace = Workspace.load()
     document = None
     candidates = [Path(args.mountpoint)] if args.mountpoint else dockercomms_mounts()
@@ -664,6 +679,8 @@ def _from_mount(document: dict[str, Any], workspace: Workspace) -> dict[str, Any
 
 
 def _from_disk(workspace: Workspace) -> dict[str, Any]:
+    from dockercomms.syncer.queue import ItemState, PushQueue
+
     state = workspace.paths.state_dir
     holder = queue_lock_holder(state / "queue.lock")
     notes = []
@@ -761,6 +778,8 @@ def _size(n: object) -> str:
 
 
 def _status_text(result: dict[str, Any]) -> str:
+    from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
+
     daemon = result["daemon"]
     if result["source"] == "mount":
         lines = [f"daemon: running (pid {daemon['pid']}), mounted at {daemon['mountpoint']}"]
@@ -818,6 +837,9 @@ def _status_text(result: dict[str, Any]) -> str:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     """Delete my expired messages (``--dry-run``: only say what would go)."""
+    from dockercomms.core.gc import GarbageCollector
+    from dockercomms.core.workspace import Workspace
+
     workspace = Workspace.load()
     report = GarbageCollector(workspace, registry_options(args)).run_once(dry_run=args.dry_run)
     if report.unsupported:

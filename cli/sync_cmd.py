@@ -3,7 +3,9 @@
 Without ``--once`` it runs until SIGTERM or SIGINT, then lets the upload in
 flight finish (bounded by ``--drain``) and exits 0; whatever is still queued is
 sent by the next run. ``--status-file`` is rewritten atomically every second
-with the JSON that ``Syncer.status()`` returns.
+with the JSON that ``Syncer.status()`` returns. The syncer (watchdog, the queue,
+the engine) is imported only when ``sync`` runs, not by every CLI call that
+builds this parser.
 """
 
 from __future__ import annotations
@@ -13,21 +15,25 @@ import json
 import signal
 import threading
 from pathlib import Path
-from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.output import emit
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core.errors import exit_code_for
-from dockercomms.core.trust import write_atomic
-from dockercomms.core.workspace import Workspace
-from dockercomms.syncer.service import Syncer
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from dockercomms.syncer.service import Syncer
 
 STATUS_EVERY_SECONDS = 1.0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     """Run the syncer once (``--once``) or until a signal."""
+    from dockercomms.core.workspace import Workspace
+    from dockercomms.syncer.service import Syncer
+
     workspace = Workspace.load()
     syncer = Syncer(
         workspace,
@@ -97,6 +103,8 @@ def _until_signalled(args: argparse.Namespace, syncer: Syncer) -> int:
 
 
 def _write_status(path: Path, status: dict[str, Any]) -> None:
+    from dockercomms.core.trust import write_atomic
+
     write_atomic(path, json.dumps(status, indent=2).encode() + b"\n", mode=0o644)
 
 

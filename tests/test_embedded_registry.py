@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from dockercomms.core.registry.body import HashingBody
 from dockercomms.core.registry.embedded import EMBEDDED_BASE_URL, EmbeddedRegistryAdapter
 
 BASE = EMBEDDED_BASE_URL
@@ -221,6 +222,58 @@ def test_digest_mismatch_is_rejected_and_nothing_stored(
     assert session.head(f"{REPO}/blobs/{claimed}").status_code == 404
     assert session.get(url(location)).status_code == 404
     assert sorted((layout / "blobs" / "sha256").iterdir()) == blobs_before
+    assert staged_files(layout) == []
+
+
+def test_hashing_body_upload_is_stored_and_still_checked(
+    session: requests.Session, layout: Path
+) -> None:
+    """An in-process HashingBody's digest is adopted, but the PUT digest is still checked."""
+    data = [b"a" * 300_000, b"b" * 5, b"c" * 1_000_000]
+    whole = b"".join(data)
+
+    location = session.post(f"{REPO}/blobs/uploads/").headers["Location"]
+    body = HashingBody(iter(data), lambda _: None)
+    patched = session.patch(url(location), data=body)
+    assert patched.status_code == 202, patched.text
+    assert body.complete and body.digest == digest_of(whole)
+    wrong = session.put(url(patched.headers["Location"]), params={"digest": digest_of(b"x")})
+    assert wrong.status_code == 400 and error_code(wrong) == "DIGEST_INVALID"
+
+    location = session.post(f"{REPO}/blobs/uploads/").headers["Location"]
+    patched = session.patch(url(location), data=HashingBody(iter(data), lambda _: None))
+    done = session.put(url(patched.headers["Location"]), params={"digest": digest_of(whole)})
+    assert done.status_code == 201, done.text
+    assert (layout / "blobs" / "sha256" / digest_of(whole)[7:]).read_bytes() == whole
+    assert staged_files(layout) == []
+
+
+def test_hashing_body_after_other_bytes_is_hashed_not_adopted(session: requests.Session) -> None:
+    """Adoption needs an empty upload: the body's hash does not cover earlier PATCHes."""
+    location = session.post(f"{REPO}/blobs/uploads/").headers["Location"]
+    first = session.patch(url(location), data=b"head-")
+    patched = session.patch(
+        url(first.headers["Location"]), data=HashingBody(iter([b"tail"]), lambda _: None)
+    )
+    done = session.put(url(patched.headers["Location"]), params={"digest": digest_of(b"head-tail")})
+    assert done.status_code == 201, done.text
+
+
+def test_upload_of_a_stored_blob_keeps_the_stored_file(
+    session: requests.Session, layout: Path
+) -> None:
+    """Renaming over an existing blob would force ext4 to flush it: keep the one stored."""
+    digest = push_blob(session, b"same bytes")
+    stored = layout / "blobs" / "sha256" / digest[7:]
+    inode = stored.stat().st_ino
+
+    location = session.post(f"{REPO}/blobs/uploads/").headers["Location"]
+    patched = session.patch(url(location), data=b"same bytes")
+    done = session.put(url(patched.headers["Location"]), params={"digest": digest})
+
+    assert done.status_code == 201, done.text
+    assert stored.stat().st_ino == inode
+    assert stored.read_bytes() == b"same bytes"
     assert staged_files(layout) == []
 
 
@@ -585,6 +638,7 @@ PUSHER = """
 import hashlib, json, sys, time
 from pathlib import Path
 import requests
+from dockercomms.core.registry.body import HashingBody
 from dockercomms.core.registry.embedded import EMBEDDED_BASE_URL, EmbeddedRegistryAdapter
 
 layout, worker, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 from datetime import UTC, datetime
 
 import pytest
@@ -13,7 +14,7 @@ from dockercomms.core.chunking import extract_layer, plan_chunks
 from dockercomms.core.errors import ChunkError, FilenameError, ManifestError
 from dockercomms.core.limits import check_filename, sanitize_filename
 from dockercomms.core.signing.statement import signed_digests, statement_bytes
-from tests.forge import honest_layer
+from tests.forge import compress, honest_layer
 
 
 @pytest.mark.parametrize(
@@ -126,6 +127,76 @@ def test_layer_wrong_index_is_refused() -> None:
             compression="zstd",
             out=io.BytesIO(),
         )
+
+
+def _plain_tar(data: bytes, index: int = 0, *, end: bytes = b"\0" * 1024) -> bytes:
+    """A USTAR entry for chunk ``index`` followed by ``end`` instead of the usual zero blocks."""
+    info = tarfile.TarInfo(f"chunk_{index}.bin")
+    info.size = len(data)
+    header = info.tobuf(format=tarfile.USTAR_FORMAT)
+    return header + data + b"\0" * (-len(data) % 512) + end
+
+
+def _extract(layer: bytes | memoryview | io.BytesIO, length: int, compression: str) -> bytes:
+    out = io.BytesIO()
+    extract_layer(layer, index=0, expected_length=length, compression=compression, out=out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+@pytest.mark.parametrize("source", ["bytes", "memoryview", "file"])
+def test_layer_sources(compression: str, source: str) -> None:
+    """A spooled blob is read in place (memory) or from its temp file; both extract."""
+    data = bytes(range(256)) * 5000
+    layer = honest_layer(data, 0, compression)
+    given = {"bytes": layer, "memoryview": memoryview(bytearray(layer)), "file": io.BytesIO(layer)}
+    assert _extract(given[source], len(data), compression) == data
+
+
+@pytest.mark.parametrize("compression", ["zstd", "gzip"])
+def test_pax_layer_goes_through_tarfile(compression: str) -> None:
+    data = b"pax" * 1000
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        info = tarfile.TarInfo("chunk_0.bin")
+        info.size = len(data)
+        info.pax_headers = {"comment": "written by another tool"}
+        archive.addfile(info, io.BytesIO(data))
+    assert buffer.getvalue()[156:157] == tarfile.XHDTYPE
+    assert _extract(compress(buffer.getvalue(), compression), len(data), compression) == data
+
+
+def test_layer_without_end_blocks_is_accepted() -> None:
+    data = b"x" * 1000
+    assert _extract(compress(_plain_tar(data, end=b""), "zstd"), len(data), "zstd") == data
+
+
+def test_gzip_members_may_be_concatenated() -> None:
+    raw = _plain_tar(b"y" * 3000)
+    layer = compress(raw[:700], "gzip") + compress(raw[700:], "gzip")
+    assert _extract(layer, 3000, "gzip") == b"y" * 3000
+
+
+@pytest.mark.parametrize(
+    ("end", "message"),
+    [
+        (b"junk".ljust(512, b"\0"), "unexpected data after"),
+        (b"\0" * 512 + _plain_tar(b"second", 1), "more than one entry"),
+        (b"\0" * 1024 + b"\1", "unexpected data after"),
+    ],
+    ids=["garbage", "entry-after-a-zero-block", "byte-after-the-end"],
+)
+def test_anything_but_zero_blocks_after_the_entry_is_refused(end: bytes, message: str) -> None:
+    layer = compress(_plain_tar(b"abc", end=end), "zstd")
+    with pytest.raises(ChunkError, match=message):
+        _extract(layer, 3, "zstd")
+
+
+@pytest.mark.parametrize("cut", [100, 512, 700])
+def test_truncated_layer_is_refused(cut: int) -> None:
+    layer = compress(_plain_tar(b"z" * 1000)[:cut], "zstd")
+    with pytest.raises(ChunkError):
+        _extract(layer, 1000, "zstd")
 
 
 def _annotations(**overrides: str) -> dict[str, str]:

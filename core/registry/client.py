@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, BinaryIO, TypeVar
@@ -45,6 +45,7 @@ from dockercomms.core.registry.auth import (
     RegistryEndpoint,
     system_trust_store,
 )
+from dockercomms.core.registry.body import HashingBody
 from dockercomms.core.registry.reference import RepositoryRef
 from dockercomms.core.registry.retry import (
     TEMPORARY_EXCEPTIONS,
@@ -294,30 +295,22 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         bytes are read once. Not retried here: a failure restarts the whole blob
         at the caller, which regenerates ``pieces``.
         """
-        hasher = hashlib.sha256()
-        sent = 0
-
-        def body() -> Iterator[bytes]:
-            nonlocal sent
-            for piece in pieces:
-                hasher.update(piece)
-                sent += len(piece)
-                on_progress(len(piece))
-                yield piece
-
+        body = HashingBody(pieces, on_progress)
         location = self._start_upload()
         response = self.request(
             "PATCH",
             location,
-            data=body(),
+            data=body,
             headers={"Content-Type": "application/octet-stream"},
             push=True,
             ok=(202, 204),
             what="upload blob data",
         )
         response.close()
+        if not body.complete:
+            raise RegistryError("registry answered the upload before reading all of it")
         location = self._url(response.headers.get("Location") or location)
-        digest = "sha256:" + hasher.hexdigest()
+        digest = body.digest
         self.request(
             "PUT",
             self._with_digest(location, digest),
@@ -327,7 +320,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             ok=(201, 204),
             what=f"finish blob {digest[:19]}",
         ).close()
-        return Descriptor(media_type, digest, sent)
+        return Descriptor(media_type, digest, body.size)
 
     def fetch_blob(
         self,

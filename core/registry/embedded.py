@@ -57,6 +57,8 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
+from dockercomms.core.registry.body import HashingBody
+
 __all__ = [
     "DURABLE_BLOBS_ENV",
     "EMBEDDED_BASE_URL",
@@ -220,14 +222,30 @@ class _Upload:
         """Digest of everything appended so far."""
         return "sha256:" + self.hasher.hexdigest()
 
-    def append(self, chunks: Iterable[bytes], expected_length: int | None = None) -> None:
-        """Append one request body; if it fails, rewind so the client can retry the chunk."""
+    def append(
+        self,
+        chunks: Iterable[bytes],
+        expected_length: int | None = None,
+        *,
+        adopt: HashingBody | None = None,
+    ) -> None:
+        """Append one request body; if it fails, rewind so the client can retry the chunk.
+
+        ``adopt``: the body is an in-process :class:`HashingBody` and the upload was
+        empty, so its hash covers exactly what is staged; take it instead of hashing
+        every byte a second time.
+        """
         start, saved = self.offset, self.hasher.copy()
         try:
             for piece in chunks:
                 self.file.write(piece)
-                self.hasher.update(piece)
+                if adopt is None:
+                    self.hasher.update(piece)
                 self.offset += len(piece)
+            if adopt is not None:
+                if not adopt.complete or adopt.size != self.offset - start or start != 0:
+                    raise _RegistryError(400, "BLOB_UPLOAD_INVALID", "upload body ended early")
+                self.hasher = adopt.hasher()
             received = self.offset - start
             if expected_length is not None and received != expected_length:
                 raise _RegistryError(
@@ -346,15 +364,22 @@ class _Layout:
     def commit(self, upload: _Upload, digest: str, *, durable: bool | None = None) -> None:
         """Verify a staged upload against ``digest`` and rename it into place.
 
-        The rename may replace an identical blob written by a racing client: content
-        addressing makes that harmless.
+        A blob already stored with the same size is kept and the upload dropped:
+        content addressing makes them identical, and renaming over an existing file
+        makes ext4 flush the new file's data first (``auto_da_alloc``), which turns
+        every repeated upload into a synchronous disk write. Otherwise the rename may
+        still replace a blob a racing client just wrote, which is harmless.
         """
         if upload.digest != digest:
             raise _RegistryError(
                 400, "DIGEST_INVALID", f"upload hashes to {upload.digest}, not {digest}"
             )
+        target = self.blob_path(digest)
+        if _file_size(target) == upload.offset:
+            upload.discard()
+            return
         upload.seal(durable=self.durable_blobs if durable is None else durable)
-        os.replace(upload.path, self.blob_path(digest))
+        os.replace(upload.path, target)
         _fsync_dir(self.blob_dir)
 
     def write_blob(self, digest: str, data: bytes) -> None:
@@ -600,7 +625,10 @@ class EmbeddedRegistryAdapter(BaseAdapter):
                     _upload_headers(call.name, call.arg, upload.offset),
                 )
             expected = None if span is None else span[1] - span[0] + 1
-            upload.append(_body_chunks(call.body), expected)
+            if isinstance(call.body, HashingBody) and upload.offset == 0:
+                upload.append(call.body, expected, adopt=call.body)
+            else:
+                upload.append(_body_chunks(call.body), expected)
             return _Reply(202, _upload_headers(call.name, call.arg, upload.offset))
 
     def _finish_upload(self, call: _Call) -> _Reply:
@@ -854,6 +882,14 @@ def _blob_created(name: str, digest: str) -> _Reply:
             "Content-Length": "0",
         },
     )
+
+
+def _file_size(path: Path) -> int | None:
+    """Size of ``path``, or None when it does not exist."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def _body_chunks(body: object) -> Iterator[bytes]:
