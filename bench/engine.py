@@ -2,7 +2,7 @@
 
 Floor (measured in the same run, same disk, right before each send/recv pair):
 ``cp`` of the file plus sha256 of it, which is the least any verified copy must
-do. Every timed step starts after ``sync``, so none pays for another's writeback.
+do. Every timed step starts from the same settled state (see ``settle``).
 Targets (issue 2): send and recv each <= 2x the floor for random data; peak RSS
 <= 150 MiB.
 """
@@ -71,14 +71,14 @@ def identities(work: Path, repo: str | None = None) -> tuple[dict[str, str], dic
     return alice, bob
 
 
-def floor_sample(source: Path, work: Path) -> tuple[Sample, Sample]:
+def floor_sample(source: Path, work: Path, size: int) -> tuple[Sample, Sample]:
     """cp + sha256 of the same file, same disk; and the same plus fsync of the copy.
 
     The second is not the target's floor; it shows what the durable write that
     ``recv`` must do (fsync before rename) costs on this disk.
     """
     target = work / "floor-copy"
-    settle()
+    settle(work, size)
     copy = run_process(["cp", str(source), str(target)])
     digest = time_call(lambda: sha256_file(source))
     synced = fsync_file(target)
@@ -103,15 +103,15 @@ def run(work: Path, size: int, runs: int) -> list[str]:
         recv = Series(f"recv {kind}", size)
         for n in range(runs):
             source = make(work / f"{kind}.bin", size, n)
-            plain, synced = floor_sample(source, work)
+            plain, synced = floor_sample(source, work, size)
             base.samples.append(plain)
             durable.samples.append(synced)
             out = work / f"out-{kind}-{n}"
-            settle()
+            settle(work, size)
             send.samples.append(
                 run_process(dockercomms("send", str(source), "-r", "bob"), env=alice)
             )
-            settle()
+            settle(work, size)
             recv.samples.append(
                 run_process(dockercomms("recv", "--out", str(out), "--no-write-receipt"), env=bob)
             )

@@ -71,13 +71,26 @@ def run_process(command: Sequence[str], env: dict[str, str] | None = None) -> Sa
     return Sample(elapsed, usage.ru_maxrss * 1024)
 
 
-def settle() -> None:
-    """Write back every dirty page before a timed step (not timed itself).
+def settle(work: Path, size: int) -> None:
+    """Put the machine in the same state before every timed step (not timed itself).
 
-    Otherwise a step pays for the writeback of the step before it (1 GiB of
-    dirty pages from the previous copy or receive), and run-to-run spread hides
-    the differences being measured. Floors and subjects settle alike.
+    1. ``sync``: otherwise a step pays for the writeback of the step before it.
+    2. Write and delete a scratch file a bit larger than ``size``, then sync again.
+       On this VM, memory freed more than a second or two ago has been handed
+       back to the hypervisor and costs ~1 s per GiB to touch again (measured:
+       ``cp`` of 1 GiB takes 0.35 s right after 1.5 GiB was freed, 0.7-1.1 s
+       otherwise). Every step, floors included, starts with recently freed pages.
     """
+    os.sync()
+    scratch = work / ".settle-scratch"
+    block = bytes(8 * MIB)
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range((size + 512 * MIB) // len(block)):
+            os.write(fd, block)
+    finally:
+        os.close(fd)
+        scratch.unlink()
     os.sync()
 
 

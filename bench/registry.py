@@ -105,19 +105,19 @@ def transfer_suite(work: Path, host: str, size: int, runs: int) -> list[str]:
     )
     for n in range(runs):
         floor_repo = f"bench/floor-{uuid.uuid4().hex[:8]}"
-        settle()
+        settle(work, size)
         up.samples.append(curl_upload(base, floor_repo, source, digest))
-        settle()
+        settle(work, size)
         plain, synced = curl_download(base, floor_repo, digest, work / "downloaded.bin")
         down.samples.append(plain)
         durable.samples.append(synced)
         repo = f"{host}/bench/run-{uuid.uuid4().hex[:8]}"
         home = work / f"ids-{n}"
         alice, bob = identities(home, repo)
-        settle()
+        settle(work, size)
         send.samples.append(run_process(dockercomms("send", str(source), "-r", "bob"), env=alice))
         out = work / f"out-{n}"
-        settle()
+        settle(work, size)
         recv.samples.append(
             run_process(dockercomms("recv", "--out", str(out), "--no-write-receipt"), env=bob)
         )

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dockercomms.core import protocol as p
-from dockercomms.core.errors import DockerCommsError, RegistryError
+from dockercomms.core.errors import DockerCommsError, OutputError, RegistryError
 from dockercomms.core.ledger import ReceivedLedger
 from dockercomms.core.manifest import Message
 from dockercomms.core.receipts import send_receipt
@@ -33,7 +33,8 @@ class Outcome:
 
     Attributes:
         status: ``received``, ``already-received``, ``rejected`` (the message is
-            bad), or ``deferred`` (the registry failed us; the next run tries again).
+            bad), or ``deferred`` (the registry or the local disk failed us; the next run
+            tries again).
         error: the rejection, when rejected.
         receipt: digest of the receipt we sent, if any.
     """
@@ -130,7 +131,8 @@ def receive_new(
 
 
 def _rejected(tag: str, message: Message | None, error: DockerCommsError) -> Outcome:
-    if isinstance(error, RegistryError) and error.temporary:
+    if (isinstance(error, RegistryError) and error.temporary) or isinstance(error, OutputError):
+        # Not the message's fault (registry hiccup, full disk): the next run tries again.
         log.warning("deferred %s: %s", tag, error.diagnostics())
         return Outcome(tag, "deferred", message, error=error)
     log.warning("rejected %s: %s", tag, error.diagnostics())

@@ -7,7 +7,10 @@ Alice (trusted by Bob) or Mallory (not trusted) forges a message to Bob; Bob run
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import tarfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -296,3 +299,37 @@ def test_bundle_without_key_or_certificate(embedded_pair: tuple[Party, Party]) -
     digest = forge.message(bob.name, sign=lambda _: b'{"verificationMaterial": {}}')
     result = bob.cli("verify", "--digest", digest)
     assert result.code == VERIFICATION, result.err
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB filesystem (tmpfs), unmounted afterwards."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True)
+
+
+def test_full_disk_fails_cleanly_and_loses_nothing(
+    embedded_pair: tuple[Party, Party], small_disk: Path, tmp_path: Path
+) -> None:
+    """The space is reserved before any chunk downloads; the message stays pending."""
+    alice, bob = embedded_pair
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 * 1024 * 1024))
+    alice.ok("send", str(big), "--recipient", bob.name)
+
+    full = bob.cli("recv", "--out", str(small_disk), "--json")
+
+    assert full.code == 1, full.out + full.err
+    (outcome,) = json.loads(full.out)
+    assert outcome["status"] == "deferred"
+    assert "No space left on device" in outcome["error"]
+    assert list(small_disk.iterdir()) == []  # no partial file, no hidden temp file
+    roomy = tmp_path / "roomy"
+    later = bob.cli("recv", "--out", str(roomy), "--json")
+    assert later.code == 0, later.out + later.err
+    assert (roomy / "big.bin").read_bytes() == big.read_bytes()
