@@ -14,7 +14,9 @@ Caveats first:
   dropped); an item being uploaded is ``EBUSY`` and a sent one ``EPERM``: what is
   sent cannot be unsent. Everything else is read-only (``EROFS``).
 * ``expires_at`` assumes the current ``ttl_seconds`` setting; an item queued
-  under another setting keeps the TTL it was queued with.
+  under another setting keeps the TTL it was queued with. A sent message leaves
+  the listing once it expires (as in ``inbox/``): recipients refuse it from then
+  on and ``gc`` deletes it, so there would be nothing left to read.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import stat
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import trio
@@ -177,6 +179,8 @@ class SentView:
             self._apply(items)
 
     def _apply(self, items: list[QueueItem]) -> None:
+        now = datetime.now(UTC)
+        items = [item for item in items if not self._expired(item, now)]
         current = {item.id for item in items}
         for item_id in [i for i in self.files if i not in current]:
             self._remove(self.files.pop(item_id).entry)
@@ -191,6 +195,13 @@ class SentView:
             node = SentFile(self, SentEntry(item, folder.name, name))
             folder.attach(name, node)
             self.files[item.id] = node
+
+    def _expired(self, item: QueueItem, now: datetime) -> bool:
+        """A sent message past its ``expires_at``: readers refuse it and gc deletes it."""
+        return item.state == ItemState.SENT and self._expires_at(item) <= now
+
+    def _expires_at(self, item: QueueItem) -> datetime:
+        return item.created_at + timedelta(seconds=self.ttl_seconds)
 
     def _folder(self, recipient: str) -> SentDir:
         name = folder_name(recipient)
@@ -258,9 +269,7 @@ class SentView:
                 "verified": "true" if item.receipt else None,
                 "signer_identity": self.signer_identity,
                 "created_at": xattrs.timestamp(item.created_at),
-                "expires_at": xattrs.timestamp(
-                    item.created_at + timedelta(seconds=self.ttl_seconds)
-                ),
+                "expires_at": xattrs.timestamp(self._expires_at(item)),
                 "receipt": item.receipt,
                 "state": str(item.state),
                 "error": item.last_error,

@@ -8,6 +8,7 @@ class directly. Mounts are stopped by PID and unmounted in ``finally`` by
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import mmap
@@ -26,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from dockercomms.core.config import load_settings, resolve_paths, save_settings
 from dockercomms.core.send import SendRequest
 from tests.fsmount_fixtures import (
     Identity,
@@ -455,6 +457,22 @@ def test_expired_messages_disappear_from_the_inbox(world: World) -> None:
     assert not listed.exists()
     rejected = os.listdir(world.bob / "inbox/.rejected")
     assert not any("short" in (world.bob / "inbox/.rejected" / r).read_text() for r in rejected)
+
+
+def test_expired_sent_messages_leave_sent(scratch: Path) -> None:
+    """With a 5 s TTL, a sent file is listed, then goes once recipients would refuse it."""
+    people = make_identities(scratch, [ALICE, BOB], data_home=scratch / "xdg-data")
+    alice = people[ALICE]
+    trust(alice, people[BOB])
+    paths = resolve_paths(alice.env)
+    save_settings(paths, dataclasses.replace(load_settings(paths), ttl_seconds=5))
+    with mounted(alice, scratch / "mnt-alice", "--to", BOB) as mount:
+        (mount / "outbox/brief.txt").write_bytes(b"gone soon\n")
+        listed = mount / f"sent/{BOB}/brief.txt"
+        wait_for("the sent state", lambda: listed.exists() and xattr(listed, "state") == "sent")
+        assert xattr(listed, "expires_at") is not None
+        wait_for("the expired message to leave sent/", lambda: not listed.exists(), timeout=20)
+        assert os.listdir(mount / "sent") == [".status.json"]
 
 
 # --- semantics: loud failures ---------------------------------------------------------------
