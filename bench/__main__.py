@@ -8,6 +8,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +18,19 @@ from bench import engine, mount, registry
 from bench.measure import MIB
 
 SUITES = {"engine": engine.run, "registry": registry.run, "mount": mount.run}
+
+
+def compile_bytecode() -> None:
+    """Compile dockercomms' modules, as ``pip install`` does.
+
+    An editable checkout run with ``PYTHONDONTWRITEBYTECODE`` (set on this
+    machine) recompiles every module at every CLI start, ~0.1 s per command that
+    an installed copy never pays. The bytecode lands in ``__pycache__`` (ignored).
+    """
+    for name in ("core", "cli", "fsmount", "syncer"):
+        package = importlib.import_module(f"dockercomms.{name}")
+        for folder in package.__path__:
+            compileall.compile_dir(folder, quiet=1)
 
 
 def main() -> None:
@@ -30,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="dockercomms-bench-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
+    compile_bytecode()
     try:
         for name, suite in SUITES.items():
             if args.suite in (name, "all"):
