@@ -461,12 +461,14 @@ def test_expired_messages_disappear_from_the_inbox(world: World) -> None:
 
 def test_expired_sent_messages_leave_sent(scratch: Path) -> None:
     """With a 5 s TTL, a sent file is listed, then goes once recipients would refuse it."""
-    people = make_identities(scratch, [ALICE, BOB], data_home=scratch / "xdg-data")
+    root = scratch / "short-ttl"  # scratch is the module's, shared with `world`
+    root.mkdir()
+    people = make_identities(root, [ALICE, BOB], data_home=root / "xdg-data")
     alice = people[ALICE]
     trust(alice, people[BOB])
     paths = resolve_paths(alice.env)
     save_settings(paths, dataclasses.replace(load_settings(paths), ttl_seconds=5))
-    with mounted(alice, scratch / "mnt-alice", "--to", BOB) as mount:
+    with mounted(alice, root / "mnt-alice", "--to", BOB) as mount:
         (mount / "outbox/brief.txt").write_bytes(b"gone soon\n")
         listed = mount / f"sent/{BOB}/brief.txt"
         wait_for("the sent state", lambda: listed.exists() and xattr(listed, "state") == "sent")
