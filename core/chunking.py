@@ -155,22 +155,15 @@ class _CappedReader:
             )
         elif compression == "gzip":
             self._zlib = zlib.decompressobj(31)
-            self._gzip_input = (
-                _MemoryReader(source)
-                if isinstance(source, bytes | bytearray | memoryview)
-                else source
-            )
+            self._gzip_input = _MemoryReader(source) if isinstance(source, Buffer) else source
         else:
             raise ProtocolError(f"unknown compression {compression!r}")
 
     def read(self, size: int = -1) -> bytes:
         """Up to ``size`` (at most one piece of) decompressed bytes; b"" at the end."""
         want = PIECE if size is None or size < 0 else min(size, PIECE)
-        if self._zstd is not None:
-            buffer = bytearray(want)
-            return bytes(buffer[: self.readinto(buffer)])
         with _decoding_errors():
-            data = self._inflate(want)
+            data = self._zstd.read(want) if self._zstd is not None else self._inflate(want)
         self._count(len(data))
         return data
 

@@ -353,8 +353,7 @@ class EarlyWriteback:
 
     ``POSIX_FADV_DONTNEED`` on freshly written pages starts their writeback without
     waiting for it, so the disk works while later chunks download and the fsync
-    before the rename (SPEC 5 step 9) finds little left to do; the written pages
-    also leave the page cache once on disk instead of crowding it.
+    before the rename (SPEC 5 step 9) finds little left to do.
     """
 
     def __init__(self, out: BinaryIO, step: int = WRITEBACK_STEP) -> None:

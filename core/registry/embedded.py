@@ -222,20 +222,15 @@ class _Upload:
         """Digest of everything appended so far."""
         return "sha256:" + self.hasher.hexdigest()
 
-    def append(
-        self,
-        chunks: Iterable[bytes],
-        expected_length: int | None = None,
-        *,
-        adopt: HashingBody | None = None,
-    ) -> None:
+    def append(self, chunks: Iterable[bytes], expected_length: int | None = None) -> None:
         """Append one request body; if it fails, rewind so the client can retry the chunk.
 
-        ``adopt``: the body is an in-process :class:`HashingBody` and the upload was
-        empty, so its hash covers exactly what is staged; take it instead of hashing
+        When the body is an in-process :class:`HashingBody` and the upload was empty,
+        its hash covers exactly what is staged: it is adopted instead of hashing
         every byte a second time.
         """
         start, saved = self.offset, self.hasher.copy()
+        adopt = chunks if isinstance(chunks, HashingBody) and start == 0 else None
         try:
             for piece in chunks:
                 self.file.write(piece)
@@ -243,7 +238,7 @@ class _Upload:
                     self.hasher.update(piece)
                 self.offset += len(piece)
             if adopt is not None:
-                if not adopt.complete or adopt.size != self.offset - start or start != 0:
+                if not adopt.complete or adopt.size != self.offset:
                     raise _RegistryError(400, "BLOB_UPLOAD_INVALID", "upload body ended early")
                 self.hasher = adopt.hasher()
             received = self.offset - start
@@ -625,10 +620,7 @@ class EmbeddedRegistryAdapter(BaseAdapter):
                     _upload_headers(call.name, call.arg, upload.offset),
                 )
             expected = None if span is None else span[1] - span[0] + 1
-            if isinstance(call.body, HashingBody) and upload.offset == 0:
-                upload.append(call.body, expected, adopt=call.body)
-            else:
-                upload.append(_body_chunks(call.body), expected)
+            upload.append(_body_chunks(call.body), expected)
             return _Reply(202, _upload_headers(call.name, call.arg, upload.offset))
 
     def _finish_upload(self, call: _Call) -> _Reply:
@@ -892,7 +884,15 @@ def _file_size(path: Path) -> int | None:
         return None
 
 
-def _body_chunks(body: object) -> Iterator[bytes]:
+def _body_chunks(body: object) -> Iterable[bytes]:
+    """A request body as pieces; an in-process :class:`HashingBody` stays itself.
+
+    Kept whole, an upload can adopt its hash (see :meth:`_Upload.append`).
+    """
+    return body if isinstance(body, HashingBody) else _split_body(body)
+
+
+def _split_body(body: object) -> Iterator[bytes]:
     """Yield a request body in pieces of at most 1 MiB, whatever form requests left it in.
 
     requests passes ``data=`` through unprepared: bytes, str, a file object, or any
