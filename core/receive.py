@@ -165,9 +165,10 @@ class Receiver:
         out: BinaryIO,
         *,
         on_progress: Callable[[int], None] | None = None,
+        buffers: BufferPool | None = None,
     ) -> None:
         """Write chunk ``index``'s verified bytes to ``out`` (nothing on failure)."""
-        with self.download_chunk(message, index, on_progress=on_progress) as blob:
+        with self.download_chunk(message, index, on_progress=on_progress, buffers=buffers) as blob:
             self.extract_chunk(message, index, blob, out)
 
     def download_chunk(
@@ -272,7 +273,8 @@ class BufferPool:
 
     Fresh memory costs a page fault per 4 KiB on first touch (and far more on
     some VMs); a 1 GiB receive would otherwise touch 1 GiB of new memory just to
-    spool its chunks. Scoped to one transfer so a long-lived process keeps nothing.
+    spool its chunks. Scoped to one transfer (or cleared when idle) so a
+    long-lived process keeps nothing.
     """
 
     def __init__(self, keep: int = 2) -> None:
@@ -293,6 +295,11 @@ class BufferPool:
         with self._lock:
             if len(self._free) < self._keep:
                 self._free.append(buffer)
+
+    def clear(self) -> None:
+        """Let every free buffer go (a long-lived owner that has gone idle)."""
+        with self._lock:
+            self._free.clear()
 
 
 class BlobSpool:

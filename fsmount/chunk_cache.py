@@ -8,12 +8,15 @@ Caveats first:
   plaintext as it is written, and anyone who can rewrite both files in the cache
   folder (0700, the user's own) could fool it. That is the same trust we give the
   user's private key next to it.
-* Reading re-hashes: the first read of an entry in this process re-hashes the
-  whole chunk (sha256 of the chunk, as stored), and every read re-hashes the 1 MiB
-  blocks it touches. A mismatch drops the entry (:class:`CacheCorruptError`); the
-  caller fetches the chunk from the registry again. A small in-memory LRU of
-  verified blocks keeps sequential 128 KiB reads from re-hashing a block eight
-  times.
+* Reading re-hashes: every read checks the 1 MiB blocks it touches against their
+  sha256 in the sidecar (and the file's size at start-up). A mismatch drops the
+  entry (:class:`CacheCorruptError`); the caller fetches the chunk from the
+  registry again. A small in-memory LRU of verified blocks keeps sequential
+  128 KiB reads from re-hashing a block eight times, and serves them without
+  touching the disk (:meth:`ChunkCache.read_from_memory`).
+* Nothing is fsynced: a cache entry torn by a crash fails its size or block check
+  and is fetched again, so durability would only cost time (a disk flush per
+  chunk, on the path of the first read).
 * The cap counts chunk files only. Pinned entries (being read right now) are never
   evicted, even when that leaves the cache over its cap for a moment. Outbox data
   is not here at all (it is in the spool and the queue), so it is never evicted.
@@ -40,8 +43,8 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 1024 * 1024
 DEFAULT_CAP_BYTES = 2 * 1024**3
-DEFAULT_MEMORY_BYTES = 32 * 1024 * 1024
-_SIDECAR_VERSION = 1
+DEFAULT_MEMORY_BYTES = 8 * 1024 * 1024  # verified blocks: a few per sequential reader
+_SIDECAR_VERSION = 2
 
 
 class CacheCorruptError(Exception):
@@ -71,17 +74,13 @@ class _Entry:
 
     Attributes:
         size: plaintext bytes.
-        sha256: hex digest of the whole plaintext.
         blocks: hex digest of each ``BLOCK_BYTES`` block, in order.
-        checked: the whole file was re-hashed (or written) by this process.
         pins: readers using the entry right now; pinned entries are not evicted.
     """
 
     key: ChunkKey
     size: int
-    sha256: str
     blocks: tuple[str, ...]
-    checked: bool
     pins: int = 0
 
 
@@ -121,7 +120,6 @@ class ChunkWriter:
         fd, name = tempfile.mkstemp(dir=directory, prefix=".fetch-", suffix=".tmp")
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
-        self._whole = hashlib.sha256()
         self._block = hashlib.sha256()
         self._block_fill = 0
         self._blocks: list[str] = []
@@ -131,7 +129,6 @@ class ChunkWriter:
         """Store and hash ``data``."""
         view = memoryview(data)
         self._file.write(view)
-        self._whole.update(view)
         while len(view):
             take = min(len(view), BLOCK_BYTES - self._block_fill)
             self._block.update(view[:take])
@@ -144,15 +141,13 @@ class ChunkWriter:
         self.size += len(data)
         return len(data)
 
-    def finish(self) -> tuple[str, tuple[str, ...]]:
-        """Flush to disk; the whole digest and the block digests."""
+    def finish(self) -> tuple[str, ...]:
+        """Close the file (no fsync: see the module notes); the block digests."""
         if self._block_fill:
             self._blocks.append(self._block.hexdigest())
             self._block_fill = 0
-        self._file.flush()
-        os.fsync(self._file.fileno())
         self._file.close()
-        return self._whole.hexdigest(), tuple(self._blocks)
+        return tuple(self._blocks)
 
     def discard(self) -> None:
         """Throw the temp file away (the fetch failed)."""
@@ -222,16 +217,12 @@ class ChunkCache:
         try:
             doc = json.loads(path.read_bytes())
             key = ChunkKey(str(doc["layer"]), int(doc["index"]))
-            entry = _Entry(
-                key,
-                int(doc["size"]),
-                str(doc["sha256"]),
-                tuple(str(b) for b in doc["blocks"]),
-                checked=False,
-            )
+            entry = _Entry(key, int(doc["size"]), tuple(str(b) for b in doc["blocks"]))
             if doc.get("version") != _SIDECAR_VERSION or key.name != path.stem:
                 return None
             if doc.get("block_bytes") != BLOCK_BYTES:
+                return None
+            if len(entry.blocks) != -(-entry.size // BLOCK_BYTES):
                 return None
             if (self.root / f"{key.name}.bin").stat().st_size != entry.size:
                 return None
@@ -248,7 +239,7 @@ class ChunkCache:
 
     def commit(self, key: ChunkKey, writer: ChunkWriter, *, pin: bool = False) -> None:
         """Move a fully written chunk into the cache (optionally pinned for the caller)."""
-        sha256, blocks = writer.finish()
+        blocks = writer.finish()
         bin_path = self.root / f"{key.name}.bin"
         os.replace(writer.path, bin_path)
         sidecar = {
@@ -256,21 +247,18 @@ class ChunkCache:
             "layer": key.layer_digest,
             "index": key.index,
             "size": writer.size,
-            "sha256": sha256,
             "block_bytes": BLOCK_BYTES,
             "blocks": list(blocks),
         }
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".fetch-", suffix=".tmp")
         with os.fdopen(fd, "w") as out:
             json.dump(sidecar, out)
-            out.flush()
-            os.fsync(out.fileno())
         os.replace(tmp, self.root / f"{key.name}.json")
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._total -= old.size
-            entry = _Entry(key, writer.size, sha256, blocks, checked=True)
+            entry = _Entry(key, writer.size, blocks)
             entry.pins = (old.pins if old else 0) + (1 if pin else 0)
             self._entries[key] = entry
             self._total += entry.size
@@ -317,8 +305,6 @@ class ChunkCache:
         path = self.root / f"{key.name}.bin"
         try:
             with open(path, "rb") as file:
-                if not entry.checked:
-                    self._check_whole(entry, file)
                 parts = []
                 for block in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
                     data = self._block(entry, file, block)
@@ -329,17 +315,25 @@ class ChunkCache:
             raise CacheCorruptError(f"cached chunk {key.name} unreadable: {exc}") from exc
         return b"".join(parts)
 
-    def _check_whole(self, entry: _Entry, file: BinaryIO) -> None:
-        """First use in this process: re-hash the whole chunk and its block list."""
-        whole = hashlib.sha256()
-        blocks: list[str] = []
-        while data := file.read(BLOCK_BYTES):
-            whole.update(data)
-            blocks.append(hashlib.sha256(data).hexdigest())
-        if whole.hexdigest() != entry.sha256 or tuple(blocks) != entry.blocks:
-            self._drop(entry, "whole-chunk hash mismatch")
-            raise CacheCorruptError(f"cached chunk {entry.key.name} does not match its sha256")
-        entry.checked = True
+    def read_from_memory(self, key: ChunkKey, offset: int, size: int) -> bytes | None:
+        """Like :meth:`read`, from verified blocks in memory only; None if one is missing.
+
+        No disk and no hashing, so the FUSE loop can call it without a thread.
+        """
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            end = min(offset + size, entry.size)
+            parts = []
+            for block in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
+                data = self._memory.get((key, block))
+                if data is None:
+                    return None
+                self._memory.move_to_end((key, block))
+                start = block * BLOCK_BYTES
+                parts.append(data[max(offset - start, 0) : end - start])
+        return b"".join(parts)
 
     def _block(self, entry: _Entry, file: BinaryIO, block: int) -> bytes:
         memory_key = (entry.key, block)

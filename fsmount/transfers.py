@@ -7,9 +7,11 @@ Caveats first:
   ``Receiver.fetch_chunk``; then each block it serves is re-hashed by the cache.
   On any failure the read fails and returns zero bytes.
 * Chunks are fetched lazily, one at a time per chunk: concurrent reads of the
-  same chunk wait for one download. After a read of chunk *i* the next chunk is
-  prefetched in the background, so ``cat`` of a large file streams at download
-  speed instead of stalling at every chunk boundary.
+  same chunk wait for one download. After a read of chunk *i* the next two chunks
+  are prefetched in the background (two fetches use both cores), so ``cat`` of a
+  large file streams at download speed instead of stalling at every chunk boundary.
+* Most reads are served on the FUSE loop itself from verified blocks in memory;
+  only a read that needs the disk (and a re-hash) goes to a worker thread.
 * A chunk whose cached copy fails its re-hash is dropped and fetched again, once
   per read; a second failure is an error.
 * A prefetch that fails is only logged; the read that needs the chunk fetches it
@@ -21,6 +23,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +31,14 @@ import trio
 
 from dockercomms.core.errors import ChunkError, RegistryUnavailableError
 from dockercomms.core.manifest import Message
+from dockercomms.core.receive import BufferPool
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.fsmount.chunk_cache import CacheCorruptError, ChunkCache, ChunkKey
 from dockercomms.fsmount.engine import Engine
 
 log = logging.getLogger(__name__)
+
+BUFFER_IDLE_SECONDS = 5.0
 
 
 @dataclass
@@ -80,6 +86,17 @@ def chunk_length(message: Message, index: int) -> int:
     return min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
 
 
+def _spans(
+    message: Message, keys: list[ChunkKey], first: int, offset: int, end: int
+) -> Iterator[tuple[ChunkKey, int, int]]:
+    """(chunk, offset in it, length) for the bytes ``offset:end`` of chunks ``first``..."""
+    for index, key in enumerate(keys, start=first):
+        start = index * message.chunk_bytes
+        lo = max(offset, start) - start
+        hi = min(end, start + message.chunk_bytes) - start
+        yield key, lo, hi - lo
+
+
 class ChunkSource:
     """Verified byte ranges of messages, through the on-disk cache.
 
@@ -89,7 +106,7 @@ class ChunkSource:
     """
 
     def __init__(
-        self, engine: Engine, cache: ChunkCache, nursery: trio.Nursery, *, prefetch: int = 1
+        self, engine: Engine, cache: ChunkCache, nursery: trio.Nursery, *, prefetch: int = 2
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -97,6 +114,10 @@ class ChunkSource:
         self.downloads: dict[ChunkKey, Download] = {}
         self._nursery = nursery
         self._fetches: dict[ChunkKey, _Fetch] = {}
+        # Spool buffers reused while chunks stream in (fresh memory costs page
+        # faults); let go after BUFFER_IDLE_SECONDS without a fetch.
+        self._buffers = BufferPool(keep=prefetch)
+        self._fetches_started = 0
 
     async def read(self, message: Message, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` (fewer at end of file), all verified."""
@@ -110,9 +131,11 @@ class ChunkSource:
             try:
                 for index in range(first, last + 1):
                     keys.append(await self._pinned(message, index))
-                data = await trio.to_thread.run_sync(
-                    self._read_pinned, message, keys, first, offset, end
-                )
+                data = self._read_from_memory(message, keys, first, offset, end)
+                if data is None:
+                    data = await trio.to_thread.run_sync(
+                        self._read_pinned, message, keys, first, offset, end
+                    )
             except CacheCorruptError as exc:
                 if attempt == 2:
                     # Local disk trouble, not the message's fault: EIO, not a rejection.
@@ -134,38 +157,52 @@ class ChunkSource:
     def _read_pinned(
         self, message: Message, keys: list[ChunkKey], first: int, offset: int, end: int
     ) -> bytes:
+        """The bytes from pinned chunks, re-hashed from disk where not in memory (a thread)."""
+        spans = _spans(message, keys, first, offset, end)
+        return b"".join(self.cache.read(key, lo, size) for key, lo, size in spans)
+
+    def _read_from_memory(
+        self, message: Message, keys: list[ChunkKey], first: int, offset: int, end: int
+    ) -> bytes | None:
+        """The same bytes if every block is already verified in memory (no thread), else None."""
         parts = []
-        for index, key in enumerate(keys, start=first):
-            start = index * message.chunk_bytes
-            lo = max(offset, start) - start
-            hi = min(end, start + message.chunk_bytes) - start
-            parts.append(self.cache.read(key, lo, hi - lo))
+        for key, lo, size in _spans(message, keys, first, offset, end):
+            part = self.cache.read_from_memory(key, lo, size)
+            if part is None:
+                return None
+            parts.append(part)
         return b"".join(parts)
 
     async def _pinned(self, message: Message, index: int) -> ChunkKey:
-        """Chunk ``index`` in the cache and pinned, fetching it if needed."""
+        """Chunk ``index`` in the cache and pinned, fetching it if needed.
+
+        A chunk this call fetches itself is committed pinned, so a cache cap
+        smaller than the chunks being read cannot evict it before it is read.
+        """
         key = ChunkKey(message.chunks[index].digest, index)
-        while True:
-            if self.cache.pin(key):
-                if self.cache.size_of(key) != chunk_length(message, index):
-                    self.cache.unpin(key)
-                    raise ChunkError(
-                        f"chunk {index} of {message.filename!r} is {self.cache.size_of(key)} "
-                        f"bytes, the manifest says {chunk_length(message, index)}"
-                    )
-                return key
+        while not self.cache.pin(key):
             fetch = self._fetches.get(key)
             if fetch is None:
-                await self._fetch(message, index, key)
-                continue
+                await self._fetch(message, index, key, pin=True)
+                break
             await fetch.done.wait()
             if fetch.error is not None:
                 raise fetch.error
+        if self.cache.size_of(key) != chunk_length(message, index):
+            self.cache.unpin(key)
+            raise ChunkError(
+                f"chunk {index} of {message.filename!r} is {self.cache.size_of(key)} "
+                f"bytes, the manifest says {chunk_length(message, index)}"
+            )
+        return key
 
-    async def _fetch(self, message: Message, index: int, key: ChunkKey) -> None:
-        """Download one chunk into the cache; waiters share the outcome."""
+    async def _fetch(
+        self, message: Message, index: int, key: ChunkKey, *, pin: bool = False
+    ) -> None:
+        """Download one chunk into the cache (``pin``: for the caller); waiters share it."""
         fetch = _Fetch()
         self._fetches[key] = fetch
+        self._fetches_started += 1
         layer = message.chunks[index]
         download = Download(message.filename, message.digest, index, layer.size)
         self.downloads[key] = download
@@ -182,8 +219,9 @@ class ChunkSource:
                     index,
                     writer,  # type: ignore[arg-type]
                     on_progress=progress,
+                    buffers=self._buffers,
                 )
-                self.cache.commit(key, writer)
+                self.cache.commit(key, writer, pin=pin)
             except BaseException:
                 writer.discard()
                 raise
@@ -191,7 +229,9 @@ class ChunkSource:
         try:
             await self.engine.call(work)
         except trio.Cancelled:
-            # Waiters live in other cancel scopes: give them an error of their own.
+            # Only at shutdown (the thread is abandoned and may still commit, and pin,
+            # its chunk: that pin ends with the process). Waiters live in other
+            # cancel scopes: give them an error of their own.
             fetch.error = RegistryUnavailableError(f"download of chunk {index} was interrupted")
             raise
         except BaseException as exc:
@@ -200,7 +240,16 @@ class ChunkSource:
         finally:
             del self._fetches[key]
             del self.downloads[key]
+            if not self._fetches:
+                self._nursery.start_soon(self._release_buffers_when_idle)
             fetch.done.set()
+
+    async def _release_buffers_when_idle(self) -> None:
+        """Free the spool buffers unless another fetch starts within the idle spell."""
+        started = self._fetches_started
+        await trio.sleep(BUFFER_IDLE_SECONDS)
+        if not self._fetches and self._fetches_started == started:
+            self._buffers.clear()
 
     def _start_prefetch(self, message: Message, index: int) -> None:
         if self.prefetch <= 0:

@@ -1,0 +1,114 @@
+"""The mount's chunk cache on real files: ranges, the in-memory path, damage, restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from dockercomms.fsmount.chunk_cache import BLOCK_BYTES, CacheCorruptError, ChunkCache, ChunkKey
+
+KEY = ChunkKey("sha256:" + "ab" * 32, 3)
+
+
+def cached(root: Path, data: bytes, **options: int) -> ChunkCache:
+    """A cache in ``root`` holding ``data`` under KEY, written in uneven pieces."""
+    cache = ChunkCache(root, **options)
+    writer = cache.writer()
+    view, rng = memoryview(data), random.Random(7)
+    while view:
+        piece = rng.randint(1, 300_000)
+        writer.write(bytes(view[:piece]))
+        view = view[piece:]
+    cache.commit(KEY, writer)
+    return cache
+
+
+def test_ranges_across_blocks_match_from_disk_and_from_memory(tmp_path: Path) -> None:
+    data = os.urandom(3 * BLOCK_BYTES + 12345)
+    cache = cached(tmp_path, data)
+    rng = random.Random(1)
+    for _ in range(200):
+        offset = rng.randrange(len(data))
+        size = rng.randint(1, 2 * BLOCK_BYTES)
+        assert cache.read(KEY, offset, size) == data[offset : offset + size]
+        # read() left every block it touched verified in memory
+        assert cache.read_from_memory(KEY, offset, size) == data[offset : offset + size]
+
+
+def test_memory_path_says_none_for_a_block_it_has_not_verified(tmp_path: Path) -> None:
+    data = os.urandom(2 * BLOCK_BYTES)
+    cache = cached(tmp_path, data)
+    assert cache.read_from_memory(KEY, 0, 10) is None  # written, never read back
+    assert cache.read(KEY, 0, 10) == data[:10]
+    assert cache.read_from_memory(KEY, BLOCK_BYTES - 5, 10) is None  # spans block 1
+    assert cache.read_from_memory(ChunkKey(KEY.layer_digest, 4), 0, 10) is None
+
+
+def test_a_damaged_block_is_refused_and_the_entry_dropped(tmp_path: Path) -> None:
+    data = os.urandom(2 * BLOCK_BYTES)
+    cache = cached(tmp_path, data)
+    path = tmp_path / f"{KEY.name}.bin"
+    with path.open("r+b") as handle:
+        handle.seek(BLOCK_BYTES + 99)
+        handle.write(b"\x00" if data[BLOCK_BYTES + 99] else b"\x01")
+    assert cache.read(KEY, 0, 100) == data[:100]  # block 0 is still good
+    with pytest.raises(CacheCorruptError, match="block 1"):
+        cache.read(KEY, BLOCK_BYTES, 100)
+    assert not path.exists()
+    assert cache.statistics().corruptions == 1
+    assert cache.read_from_memory(KEY, 0, 100) is None  # its verified blocks went too
+
+
+def test_a_restart_keeps_good_entries_and_drops_torn_or_old_ones(tmp_path: Path) -> None:
+    data = os.urandom(BLOCK_BYTES + 1)
+    cached(tmp_path, data)
+    assert ChunkCache(tmp_path).read(KEY, 0, len(data)) == data
+
+    with (tmp_path / f"{KEY.name}.bin").open("r+b") as handle:
+        handle.truncate(BLOCK_BYTES)  # as a crash before writeback might leave it
+    assert ChunkCache(tmp_path).statistics().entries == 0
+    assert list(tmp_path.iterdir()) == []
+
+    cached(tmp_path, data)
+    sidecar = tmp_path / f"{KEY.name}.json"
+    doc = json.loads(sidecar.read_bytes())
+    sidecar.write_text(json.dumps({**doc, "version": 1}))
+    assert ChunkCache(tmp_path).statistics().entries == 0
+
+
+def test_the_cap_evicts_least_recently_used_but_never_a_pinned_entry(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path, cap_bytes=BLOCK_BYTES + BLOCK_BYTES // 2)
+    keys = [ChunkKey(KEY.layer_digest, n) for n in range(4)]
+
+    def add(key: ChunkKey, size: int, *, pin: bool = False) -> None:
+        writer = cache.writer()
+        writer.write(os.urandom(size))
+        cache.commit(key, writer, pin=pin)
+
+    add(keys[0], BLOCK_BYTES // 2)
+    add(keys[1], BLOCK_BYTES // 2)
+    assert cache.pin(keys[1])
+    assert cache.pin(keys[0])  # now the most recently used
+    add(keys[2], BLOCK_BYTES, pin=True)  # 2 MiB in all, over the cap, all of it pinned
+    assert [cache.size_of(k) is not None for k in keys[:3]] == [True, True, True]
+    cache.unpin(keys[1])  # the least recently used, no longer pinned: goes
+    assert [cache.size_of(k) is not None for k in keys[:3]] == [True, False, True]
+    cache.unpin(keys[2])
+    cache.unpin(keys[0])
+    add(keys[3], BLOCK_BYTES // 2)
+    assert [cache.size_of(k) is not None for k in keys] == [False, False, True, True]
+    assert cache.statistics().evictions == 2
+    assert cache.statistics().bytes <= cache.cap_bytes
+
+
+def test_an_entry_committed_unpinned_into_a_full_cache_goes_at_once(tmp_path: Path) -> None:
+    """Why a reader's own fetch commits pinned: otherwise it could never read it."""
+    cache = ChunkCache(tmp_path, cap_bytes=BLOCK_BYTES // 2)
+    writer = cache.writer()
+    writer.write(os.urandom(BLOCK_BYTES))
+    cache.commit(KEY, writer)
+    assert cache.size_of(KEY) is None
