@@ -220,26 +220,32 @@ def cmd_ack(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """List my inbox with verification state (signatures only, no chunk download)."""
+    from dockercomms.core import protocol as p
     from dockercomms.core.intake import summary
+    from dockercomms.core.listing import check_tags, first_of_each_message, listing_workers
 
     workspace = _workspace(args)
+    options = registry_options(args)
+    with workspace.client(options) as client:
+        tags = client.list_tags(p.inbox_prefix(workspace.identity))
+    checked = check_tags(
+        tags,
+        new_client=lambda: workspace.client(options),
+        receiver_for=workspace.receiver,
+        workers=listing_workers(workspace.repository(options)),
+    )
     rows: list[dict[str, Any]] = []
-    with workspace.client(registry_options(args)) as client:
-        receiver = workspace.receiver(client)
-        for entry in receiver.inbox():
-            if entry.message is None:
-                assert entry.error is not None
-                rows.append(
-                    {"tag": entry.tag, "verified": False, "error": entry.error.diagnostics()}
-                )
-                continue
-            row = summary(entry.message)
-            try:
-                receiver.verify_message(entry.message)
-                row |= {"verified": True}
-            except DockerCommsError as exc:
-                row |= {"verified": False, "error": exc.diagnostics()}
-            rows.append(row)
+    for entry in first_of_each_message(checked):
+        if entry.message is None:
+            assert entry.error is not None
+            rows.append({"tag": entry.tag, "verified": False, "error": entry.error.diagnostics()})
+            continue
+        row = summary(entry.message)
+        if entry.error is None:
+            row |= {"verified": True}
+        else:
+            row |= {"verified": False, "error": entry.error.diagnostics()}
+        rows.append(row)
     rows.sort(key=lambda r: (str(r.get("created_at", "")), r["tag"]))
     emit(args, rows, _ls_text)
     return 0

@@ -27,6 +27,7 @@ Caveats first:
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -45,8 +46,9 @@ from dockercomms.core.errors import (
     ExpiredError,
     LimitExceededError,
 )
+from dockercomms.core.listing import CheckedTag, batches, check_tag, listing_workers
 from dockercomms.core.manifest import Message
-from dockercomms.core.receive import CLOCK_SKEW, Receiver
+from dockercomms.core.receive import CLOCK_SKEW
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.signing.verify import VerifiedSigner
 from dockercomms.fsmount import xattrs
@@ -74,19 +76,12 @@ REFRESH = ".refresh"
 REFRESH_WAIT_SECONDS = 120.0
 #: Longest ``ls inbox/`` waits for the first poll after mounting.
 FIRST_POLL_WAIT_SECONDS = 300.0
+#: New tags are checked in batches (core.listing), this many at once over HTTP;
+#: one engine thread stays free for reads and receipts.
+SCAN_WORKERS = 3
 
 
 # --- what a poll finds ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Listed:
-    """One tag as a poll found it: verified (``signer`` set) or not (``error`` set)."""
-
-    tag: str
-    message: Message | None
-    signer: VerifiedSigner | None
-    error: DockerCommsError | None
 
 
 @dataclass(frozen=True)
@@ -94,7 +89,7 @@ class PollResult:
     """Every inbox tag now present, and what the new (or retried) ones are."""
 
     tags: frozenset[str]
-    fresh: list[Listed]
+    fresh: list[CheckedTag]
 
 
 @dataclass
@@ -338,8 +333,10 @@ class InboxView:
             | frozenset(self.aliases)
             | frozenset(self.expired)
         )
+        prefix = p.inbox_prefix(self.engine.me)
         try:
-            result = await self.engine.call(lambda client: self._scan(client, known, retry))
+            tags = await self.engine.call(lambda client: client.list_tags(prefix))
+            fresh = await self._check_tags([t for t in tags if t not in known or t in retry])
         except DockerCommsError as exc:
             self.status.error = reason(exc)
             log.warning("inbox poll failed: %s", exc.diagnostics())
@@ -351,7 +348,7 @@ class InboxView:
             self._ready.set()
         self._trust_stamp = stamp
         self.status.error = None
-        self._apply(result)
+        self._apply(PollResult(frozenset(tags), fresh))
 
     def _trust_file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -360,26 +357,35 @@ class InboxView:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    def _scan(
-        self, client: RegistryClient, known: frozenset[str], retry: frozenset[str]
-    ) -> PollResult:
-        """Worker thread: list inbox tags; fetch and verify the new ones."""
-        receiver = self.engine.receiver(client)
-        tags = client.list_tags(p.inbox_prefix(self.engine.me))
-        fresh = [self._check(receiver, tag) for tag in tags if tag not in known or tag in retry]
-        return PollResult(frozenset(tags), fresh)
+    async def _check_tags(self, tags: list[str]) -> list[CheckedTag]:
+        """Fetch and verify ``tags``, ``SCAN_WORKERS`` batches at a time, in order."""
+        groups = batches(tags)
+        results: list[list[CheckedTag]] = [[] for _ in groups]
+        queue = iter(enumerate(groups))  # shared by the workers (one trio thread)
+        failures: list[DockerCommsError] = []  # a whole batch failed (e.g. trust policy)
 
-    @staticmethod
-    def _check(receiver: Receiver, tag: str) -> Listed:
-        try:
-            message = receiver.fetch_message(tag)
-        except DockerCommsError as exc:
-            return Listed(tag, None, None, exc)
-        try:
-            verified = receiver.verify_message(message)
-        except DockerCommsError as exc:
-            return Listed(tag, message, None, exc)
-        return Listed(tag, message, verified.signer, None)
+        async def worker() -> None:
+            for position, batch in queue:
+                try:
+                    results[position] = await self.engine.call(
+                        functools.partial(self._check_batch, batch=batch)
+                    )
+                except DockerCommsError as exc:
+                    failures.append(exc)
+                    return
+
+        async with trio.open_nursery() as nursery:
+            ref = self.engine.workspace.repository(self.engine.options)
+            for _ in range(min(listing_workers(ref, SCAN_WORKERS), len(groups))):
+                nursery.start_soon(worker)
+        if failures:
+            raise failures[0]
+        return [listed for batch in results for listed in batch]
+
+    def _check_batch(self, client: RegistryClient, *, batch: list[str]) -> list[CheckedTag]:
+        """Worker thread: one receiver (one read of the trust policy) for a batch."""
+        receiver = self.engine.receiver(client)
+        return [check_tag(receiver, tag) for tag in batch]
 
     def _apply(self, result: PollResult) -> None:
         """Trio thread: add what is new, drop what is gone."""
@@ -423,7 +429,7 @@ class InboxView:
             self.expired.add(tag)
         return len(gone)
 
-    def _add_verified(self, entry: Listed) -> bool:
+    def _add_verified(self, entry: CheckedTag) -> bool:
         assert entry.message is not None and entry.signer is not None
         message = entry.message
         existing = self.items.get(entry.tag)

@@ -12,10 +12,11 @@ Caveats first:
 * After a mount stops, its log is checked: a traceback or an ERROR line fails the
   test (the s3ql rule: unexpected errors are failures even if the test passed).
 * :func:`seed_inbox` pushes 1,000 signed messages' blobs through the registry
-  client but tags them with a single ``index.json`` update (the OCI layout file,
-  under the embedded registry's lock file), because pushing the manifests one by
-  one rewrites the index thousands of times. The messages are built and signed
-  exactly as ``Sender`` builds them.
+  client but, on the embedded registry, tags them with a single ``index.json``
+  update (the OCI layout file, under the embedded registry's lock file), because
+  pushing the manifests one by one rewrites the index thousands of times. Over
+  HTTP it tags and attaches bundles as ``send`` does. The messages are built and
+  signed exactly as ``Sender`` builds them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,7 +48,8 @@ from dockercomms.core import protocol as p
 from dockercomms.core.chunking import ChunkSpan, layer_stream
 from dockercomms.core.config import load_settings, resolve_paths, save_settings
 from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.send import SendRequest, SentMessage
+from dockercomms.core.send import DigestSigner, SendRequest, SentMessage
+from dockercomms.core.signatures import attach_bundle, push_empty_config
 from dockercomms.core.workspace import Workspace
 
 FUSERMOUNT = "fusermount3"
@@ -314,15 +317,18 @@ class Seeded:
 
 
 def seed_inbox(sender: Identity, recipient: str, count: int) -> list[Seeded]:
-    """``count`` small signed messages from ``sender`` to ``recipient``, one index update."""
+    """``count`` small signed messages from ``sender`` to ``recipient``.
+
+    On the embedded registry, one ``index.json`` update tags them all. Over HTTP each
+    message is tagged and its bundle attached as ``send`` does it, eight at a time.
+    """
     workspace = sender.workspace()
     signer = workspace.signer()
-    seeded: list[Seeded] = []
-    descriptors: list[dict[str, Any]] = []
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     with workspace.client() as client:
         layers = {size: _chunk_layer(client, size) for size in range(1, 51)}
-        for i in range(count):
+
+        def build(i: int) -> tuple[Seeded, bytes, str]:
             size = i % 50 + 1
             created = start + timedelta(seconds=i)
             filename = f"note-{i:04d}.txt"
@@ -341,18 +347,47 @@ def seed_inbox(sender: Identity, recipient: str, count: int) -> list[Seeded]:
             )
             raw = m.build_message(annotations, [layers[size]])
             digest = p.sha256_digest(raw)
-            client.push_blob_bytes(raw, p.OCI_MANIFEST)
             tag = p.message_tag(recipient, created, p.new_message_id(), message_id)
-            descriptors.append(_index_entry(raw, tag, p.MESSAGE_ARTIFACT_TYPE))
-            bundle = client.push_blob_bytes(signer.sign_digest(digest), p.BUNDLE_MEDIA_TYPE)
-            bundle_raw = m.build_bundle_manifest(
-                m.Descriptor(p.OCI_MANIFEST, digest, len(raw)), bundle
-            )
-            client.push_blob_bytes(bundle_raw, p.OCI_MANIFEST)
-            descriptors.append(_index_entry(bundle_raw, p.bundle_tag(digest), p.BUNDLE_MEDIA_TYPE))
-            seeded.append(Seeded(filename, size, created, digest))
-    _append_to_index(sender.layout, descriptors)
-    return seeded
+            return Seeded(filename, size, created, digest), raw, tag
+
+        built = [build(i) for i in range(count)]
+        if client.ref.layout_dir is None:
+            push_empty_config(client)
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(lambda one: _push_over_http(workspace, signer, *one), built))
+        else:
+            _seed_layout(client, signer, sender.layout, built)
+    return [seeded for seeded, _, _ in built]
+
+
+def _push_over_http(
+    workspace: Workspace, signer: DigestSigner, seeded: Seeded, raw: bytes, tag: str
+) -> None:
+    with workspace.client() as client:
+        client.push_manifest(raw, tag)
+        subject = m.Descriptor(p.OCI_MANIFEST, seeded.digest, len(raw))
+        attach_bundle(client, subject, signer.sign_digest(seeded.digest))
+
+
+def _seed_layout(
+    client: RegistryClient,
+    signer: DigestSigner,
+    layout: Path,
+    built: list[tuple[Seeded, bytes, str]],
+) -> None:
+    descriptors: list[dict[str, Any]] = []
+    for seeded, raw, tag in built:
+        client.push_blob_bytes(raw, p.OCI_MANIFEST)
+        descriptors.append(_index_entry(raw, tag, p.MESSAGE_ARTIFACT_TYPE))
+        bundle = client.push_blob_bytes(signer.sign_digest(seeded.digest), p.BUNDLE_MEDIA_TYPE)
+        bundle_raw = m.build_bundle_manifest(
+            m.Descriptor(p.OCI_MANIFEST, seeded.digest, len(raw)), bundle
+        )
+        client.push_blob_bytes(bundle_raw, p.OCI_MANIFEST)
+        descriptors.append(
+            _index_entry(bundle_raw, p.bundle_tag(seeded.digest), p.BUNDLE_MEDIA_TYPE)
+        )
+    _append_to_index(layout, descriptors)
 
 
 def _append_to_index(layout: Path, descriptors: list[dict[str, Any]]) -> None:

@@ -20,12 +20,16 @@ from pathlib import Path
 import pytest
 
 from dockercomms.core.config import load_settings, resolve_paths, save_settings
+from dockercomms.core.listing import BATCH
+from dockercomms.fsmount.inbox_view import SCAN_WORKERS
 from dockercomms.syncer.queue import PushQueue
 from tests.fsmount_fixtures import (
     Identity,
     make_identities,
     mounted,
     scratch_root,
+    seed_inbox,
+    seeded_content,
     trust,
     unmount_quietly,
     wait_for,
@@ -112,3 +116,20 @@ def test_kill_9_mid_upload_then_restart_sends_exactly_once(
     bob.cli("recv", "--out", str(out))
     assert (out / "big.bin").read_bytes() == source.read_bytes()
     assert sorted(p.name for p in out.iterdir()) == ["big.bin"]
+
+
+def test_a_first_listing_checks_many_new_messages_in_parallel_batches(
+    pair: tuple[Path, Identity, Identity],
+) -> None:
+    """More tags than SCAN_WORKERS x BATCH: every batch lands, in order, once."""
+    root, alice, bob = pair
+    count = SCAN_WORKERS * BATCH + 17
+    seeded = seed_inbox(alice, bob.name, count)
+
+    with mounted(bob, root / "mnt-bob", "--no-receipts") as mount:
+        folder = mount / f"inbox/{ALICE}"
+        listed = {path.name: path.stat().st_size for path in folder.iterdir()}
+        assert listed == {message.filename: message.size for message in seeded}
+        assert mount.status()["inbox"]["rejected"] == 0
+        sample = seeded[count // 2]
+        assert (folder / sample.filename).read_bytes() == seeded_content(sample.size)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from dockercomms.core import protocol as p
+from dockercomms.core.listing import BATCH
 from tests.conftest import Party
 
 CHUNK = 4096
@@ -120,6 +121,27 @@ def test_ls_shows_verified_state(alice_bob: tuple[Party, Party], tmp_path: Path)
     send(alice, write(tmp_path / "l.txt", 42), bob.name)
     rows = json.loads(bob.ok("ls", "--json"))
     assert [(r["filename"], r["total_bytes"], r["verified"]) for r in rows] == [("l.txt", 42, True)]
+
+
+def test_ls_checks_in_batches_and_lists_each_message_once(
+    alice_bob: tuple[Party, Party], tmp_path: Path
+) -> None:
+    """More messages than two batches (parallel over HTTP), one under a second tag."""
+    alice, bob = alice_bob
+    count = 2 * BATCH + 3
+    sent = [
+        send(alice, write(tmp_path / f"n{n:02d}.txt", n + 1, seed=n), bob.name)
+        for n in range(count)
+    ]
+    with bob.workspace().client() as client:
+        raw, _ = client.fetch_manifest(sent[0]["tag"])
+        message = bob.workspace().receiver(client).fetch_message(sent[0]["tag"])
+        alias = p.message_tag(bob.name, message.created_at, p.new_message_id(), message.message_id)
+        client.push_manifest(raw, alias)
+    rows = json.loads(bob.ok("ls", "--json"))  # ordered by second, then by tag
+    assert sorted((r["filename"], r["total_bytes"], r["verified"]) for r in rows) == [
+        (f"n{n:02d}.txt", n + 1, True) for n in range(count)
+    ]
 
 
 def test_since_and_max(alice_bob: tuple[Party, Party], tmp_path: Path) -> None:

@@ -106,6 +106,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         )
         self.ref = ref
         self.policy = policy or RetryPolicy()
+        self._no_referrers_api = False
         self.limits = limits
         self._authenticator: Authenticator = (authenticator or Anonymous()).prepare(
             RegistryEndpoint(ref.host, ref.scheme, tls_verify, self.policy)
@@ -118,6 +119,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
             self.base_url = EMBEDDED_BASE_URL
             self.session.mount(EMBEDDED_BASE_URL + "/", EmbeddedRegistryAdapter(ref.layout_dir))
+            # No network in between: skip requests' per-request lookups of proxy
+            # variables and .netrc (measured: an eighth of listing a big inbox).
+            self.session.trust_env = False
         else:
             self.base_url = f"{ref.scheme}://{ref.host}"
         self._repo_url = f"{self.base_url}/v2/{ref.name}"
@@ -476,13 +480,21 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         return link, _json_object(raw, "tag list")
 
     def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor] | None:
-        """Referrers via the OCI 1.1 API, or None when the registry lacks it."""
+        """Referrers via the OCI 1.1 API, or None when the registry lacks it.
+
+        A registry with the API answers 200 (an empty index) for any subject, so a
+        404 means it has none (distribution 2.8): remembered for this client, which
+        saves one round trip per message when listing an inbox.
+        """
+        if self._no_referrers_api:
+            return None
         url = f"{self._repo_url}/referrers/{p.check_digest(digest)}"
         if artifact_type:
             url += "?" + urlencode({"artifactType": artifact_type})
         try:
             response = self.request("GET", url, stream=True, what="referrers")
         except NotFoundError:
+            self._no_referrers_api = True
             return None
         except RegistryError as exc:
             log.debug("referrers API unusable: %s", exc)

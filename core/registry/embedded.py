@@ -154,6 +154,50 @@ class _ManifestFacts:
     subject: str | None
 
 
+@dataclass(frozen=True)
+class _IndexLookup:
+    """One version of ``index.json`` keyed three ways, so a lookup is not a scan.
+
+    Listing an inbox asks for a manifest and its referrers per message; scanning
+    every descriptor for each made a 1,000-message listing quadratic. Rebuilt
+    whenever ``index.json`` changes (one pass, manifest facts cached by digest).
+
+    Attributes:
+        by_digest: the last descriptor of each manifest digest.
+        by_tag: the last descriptor carrying each tag.
+        referrers: per subject digest, each referring manifest once, in index order.
+    """
+
+    by_digest: Mapping[str, _Descriptor]
+    by_tag: Mapping[str, _Descriptor]
+    referrers: Mapping[str, list[tuple[_Descriptor, _ManifestFacts]]]
+
+    @classmethod
+    def build(
+        cls,
+        descriptors: list[_Descriptor],
+        facts_of: Callable[[_Descriptor], _ManifestFacts | None],
+    ) -> _IndexLookup:
+        by_digest: dict[str, _Descriptor] = {}
+        by_tag: dict[str, _Descriptor] = {}
+        referrers: dict[str, list[tuple[_Descriptor, _ManifestFacts]]] = {}
+        seen: set[str] = set()
+        for entry in descriptors:
+            digest = entry.get("digest")
+            if not isinstance(digest, str):
+                continue
+            by_digest[digest] = entry
+            if (tag := _ref_name(entry)) is not None:
+                by_tag[tag] = entry
+            if digest in seen:
+                continue
+            facts = facts_of(entry)
+            if facts is not None and facts.subject is not None:
+                seen.add(digest)
+                referrers.setdefault(facts.subject, []).append((entry, facts))
+        return cls(by_digest, by_tag, referrers)
+
+
 class _BlobStream:
     """A response body read lazily from a blob file, shaped like urllib3's response.
 
@@ -469,6 +513,7 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         self._layout = _Layout(self.layout_dir, durable_blobs=durable_blobs)
         self._uploads = _Uploads()
         self._facts: dict[str, _ManifestFacts] = {}
+        self._lookup: tuple[object, _IndexLookup] | None = None
         self._routes: tuple[tuple[re.Pattern[str], dict[str, Callable[[_Call], _Reply]]], ...] = (
             (re.compile(r"/v2/?"), {"GET": self._api_version, "HEAD": self._api_version}),
             (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self._start_upload}),
@@ -648,16 +693,25 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         media_type = descriptor.get("mediaType") or _declared_media_type(body)
         return _Reply(200, {"Content-Type": media_type, "Docker-Content-Digest": digest}, body=body)
 
+    def _index_lookup(self) -> _IndexLookup:
+        """The lookup for the current ``index.json`` (rebuilt only when it changed)."""
+        index = self._layout.read_index()  # the same object until the file changes
+        cached = self._lookup
+        if cached is not None and cached[0] is index:
+            return cached[1]
+        lookup = _IndexLookup.build(index["manifests"], self._manifest_facts)
+        self._lookup = (index, lookup)
+        return lookup
+
     def _find_manifest(self, reference: str) -> _Descriptor:
+        lookup = self._index_lookup()
         if ":" in reference:
-            digest = _check_digest(reference)
-            found = [d for d in self._layout.descriptors() if d.get("digest") == digest]
+            found = lookup.by_digest.get(_check_digest(reference))
         else:
-            tag = _check_tag(reference)
-            found = [d for d in self._layout.descriptors() if _ref_name(d) == tag]
-        if not found or not _DIGEST_RE.fullmatch(str(found[-1].get("digest"))):
+            found = lookup.by_tag.get(_check_tag(reference))
+        if found is None or not _DIGEST_RE.fullmatch(str(found.get("digest"))):
             raise _unknown_manifest(reference)
-        return found[-1]
+        return found
 
     def _put_manifest(self, call: _Call) -> _Reply:
         body = _read_limited(call.body, self.max_manifest_bytes)
@@ -728,20 +782,11 @@ class EmbeddedRegistryAdapter(BaseAdapter):
     def _referrers(self, call: _Call) -> _Reply:
         subject = _check_digest(call.arg)
         wanted = call.query.get("artifactType")
-        found: list[_Descriptor] = []
-        seen: set[str] = set()
-        for entry in self._layout.descriptors():
-            digest = entry.get("digest")
-            if not isinstance(digest, str) or digest in seen:
-                continue
-            facts = self._manifest_facts(entry)
-            if facts is None or facts.subject != subject:
-                continue
-            seen.add(digest)
-            if wanted is None or facts.artifact_type == wanted:
-                found.append(
-                    _descriptor(str(entry.get("mediaType")), digest, entry.get("size"), facts)
-                )
+        found = [
+            _descriptor(str(entry.get("mediaType")), str(entry["digest"]), entry.get("size"), facts)
+            for entry, facts in self._index_lookup().referrers.get(subject, [])
+            if wanted is None or facts.artifact_type == wanted
+        ]
         reply = _json_reply(200, {"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": found})
         reply.headers["Content-Type"] = _OCI_INDEX
         if wanted is not None:
