@@ -41,16 +41,50 @@ def _config(args: argparse.Namespace) -> MountConfig:
     )
 
 
-def _foreground_argv(args: argparse.Namespace) -> list[str]:
-    """The same mount, as a detached ``--foreground`` child."""
-    argv = [sys.executable, "-m", "dockercomms.fsmount", "mount", str(Path(args.mountpoint))]
-    argv += ["--poll", str(args.poll), "--drain-timeout", str(args.drain_timeout), "--foreground"]
+def add_behaviour_flags(parser: argparse.ArgumentParser, *, poll_default: float | None) -> None:
+    """What the mount does: the flags ``mount`` and ``service install`` share."""
+    parser.add_argument(
+        "--to", metavar="RECIPIENT", help="default recipient of files put directly in outbox/"
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=poll_default,
+        metavar="SECONDS",
+        help="inbox poll interval (default 5)",
+    )
+    parser.add_argument(
+        "--no-receipts",
+        dest="receipts",
+        action="store_false",
+        help="do not send accepted/rejected receipts",
+    )
+    parser.add_argument(
+        "--cache-bytes",
+        type=int,
+        metavar="BYTES",
+        help="size cap of the verified chunk cache (default 2 GiB)",
+    )
+
+
+def behaviour_argv(args: argparse.Namespace) -> list[str]:
+    """The flags of :func:`add_behaviour_flags` that were given, as ``mount`` arguments."""
+    argv = []
+    if args.poll is not None:
+        argv += ["--poll", str(args.poll)]
     if args.cache_bytes is not None:
         argv += ["--cache-bytes", str(args.cache_bytes)]
     if args.to:
         argv += ["--to", args.to]
     if not args.receipts:
         argv.append("--no-receipts")
+    return argv
+
+
+def _foreground_argv(args: argparse.Namespace) -> list[str]:
+    """The same mount, as a detached ``--foreground`` child."""
+    argv = [sys.executable, "-m", "dockercomms.fsmount", "mount", str(Path(args.mountpoint))]
+    argv += ["--drain-timeout", str(args.drain_timeout), "--foreground", *behaviour_argv(args)]
     if args.repo:
         argv += ["--repo", args.repo]
     if args.insecure:
@@ -98,24 +132,9 @@ def add_parsers(
         "mount", parents=[common, registry], help="mount the drop folder as a filesystem"
     )
     m.add_argument("mountpoint", metavar="MOUNTPOINT")
-    m.add_argument(
-        "--to", metavar="RECIPIENT", help="default recipient of files put directly in outbox/"
-    )
-    m.add_argument("--poll", type=float, default=5.0, metavar="SECONDS", help="inbox poll interval")
-    m.add_argument(
-        "--no-receipts",
-        dest="receipts",
-        action="store_false",
-        help="do not send accepted/rejected receipts",
-    )
+    add_behaviour_flags(m, poll_default=5.0)
     m.add_argument(
         "--foreground", action="store_true", help="stay in the foreground (do not daemonize)"
-    )
-    m.add_argument(
-        "--cache-bytes",
-        type=int,
-        metavar="BYTES",
-        help="size cap of the verified chunk cache (default 2 GiB)",
     )
     m.add_argument(
         "--drain-timeout",

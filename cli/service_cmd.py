@@ -33,11 +33,12 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dockercomms.cli.mount_cmd import add_behaviour_flags, behaviour_argv
 from dockercomms.cli.output import emit, warn
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core import protocol as p
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 UNIT = "dockercomms.service"
 TEMPLATE = "dockercomms@.service"
 DROP_IN = "50-install.conf"
+MOUNT_OPTIONS_ENV = "DOCKERCOMMS_MOUNT_OPTIONS"
 MOUNT_FSTYPE = "fuse.dockercomms"
 STATUS_TIMEOUT_SECONDS = 5.0
 SYSTEMCTL_TIMEOUT_SECONDS = 120.0
@@ -103,7 +105,10 @@ Environment=PYTHONUNBUFFERED=1 NO_COLOR=1
 # A mount left by a crash answers "Transport endpoint is not connected" and
 # blocks the next mount; "-": nothing to clear is fine.
 ExecStartPre=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
-ExecStart=dockercomms mount --foreground --drain-timeout 30 ${DOCKERCOMMS_MOUNTPOINT}
+# $DOCKERCOMMS_MOUNT_OPTIONS (unbraced: split into words, none when unset) holds
+# what `service install --to/--poll/--no-receipts/--cache-bytes` was given.
+ExecStart=dockercomms mount --foreground --drain-timeout 30 \\
+    $DOCKERCOMMS_MOUNT_OPTIONS ${DOCKERCOMMS_MOUNTPOINT}
 ExecStopPost=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
 Restart=on-failure
 RestartSec=10
@@ -141,7 +146,10 @@ Environment=PYTHONUNBUFFERED=1 NO_COLOR=1
 # A mount left by a crash answers "Transport endpoint is not connected" and
 # blocks the next mount; "-": nothing to clear is fine.
 ExecStartPre=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
-ExecStart=dockercomms mount --foreground --drain-timeout 30 ${DOCKERCOMMS_MOUNTPOINT}
+# $DOCKERCOMMS_MOUNT_OPTIONS (unbraced: split into words, none when unset) holds
+# what `service install --to/--poll/--no-receipts/--cache-bytes` was given.
+ExecStart=dockercomms mount --foreground --drain-timeout 30 \\
+    $DOCKERCOMMS_MOUNT_OPTIONS ${DOCKERCOMMS_MOUNTPOINT}
 ExecStopPost=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
 Restart=on-failure
 RestartSec=10
@@ -253,16 +261,23 @@ def _environment_line(key: str, value: str) -> str:
     return f'Environment="{text}"\n'
 
 
-def drop_in_text(target: ServiceTarget, mountpoint: Path | None, environ: Mapping[str, str]) -> str:
-    """The install drop-in: the mount point and the environment that selects the identity."""
+def drop_in_text(
+    target: ServiceTarget,
+    mountpoint: Path | None,
+    environ: Mapping[str, str],
+    mount_options: Sequence[str] = (),
+) -> str:
+    """The install drop-in: mount point, mount options, and the environment of the identity."""
     lines = [
-        "# Written by `dockercomms service install`: the mount point and the environment\n",
-        "# of the shell it ran in, so the service is the same identity. Install again to\n",
-        "# change it.\n",
+        "# Written by `dockercomms service install`: the mount point and options, and the\n",
+        "# environment of the shell it ran in, so the service is the same identity. Install\n",
+        "# again to change it.\n",
         "[Service]\n",
     ]
     if mountpoint is not None:
         lines.append(_environment_line("DOCKERCOMMS_MOUNTPOINT", str(mountpoint)))
+    if mount_options:
+        lines.append(_environment_line(MOUNT_OPTIONS_ENV, " ".join(_unit_words(mount_options))))
     for key in COPIED_ENV:
         if target.profile is not None and key == "DOCKERCOMMS_HOME":
             continue  # the profile is the template's DOCKERCOMMS_HOME
@@ -270,6 +285,17 @@ def drop_in_text(target: ServiceTarget, mountpoint: Path | None, environ: Mappin
         if value:
             lines.append(_environment_line(key, value))
     return "".join(lines)
+
+
+def _unit_words(words: Sequence[str]) -> Sequence[str]:
+    """Words that survive systemd's split of an unbraced ``$VAR`` unchanged."""
+    for word in words:
+        if not word or any(c.isspace() or c in "\"'\\$;" for c in word):
+            raise ConfigError(
+                f"mount option {word!r} cannot go into the unit: no spaces, quotes, "
+                "backslashes, '$' or ';'"
+            )
+    return words
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
@@ -398,7 +424,9 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     mountpoint = Path(args.mountpoint).expanduser().absolute() if args.mountpoint else None
     files = {
         directory / target.unit_file: render_unit(UNIT_TEXTS[target.unit_file], resolve_commands()),
-        target.drop_in_dir(directory) / DROP_IN: drop_in_text(target, mountpoint, environ),
+        target.drop_in_dir(directory) / DROP_IN: drop_in_text(
+            target, mountpoint, environ, behaviour_argv(args)
+        ),
     }
     report = ServiceReport(target.unit)
     changed = False
@@ -914,6 +942,7 @@ def add_parsers(
         metavar="DIR",
         help="where to mount (default ~/Comms, or ~/Comms-NAME with --profile)",
     )
+    add_behaviour_flags(i, poll_default=None)
     i.set_defaults(func=cmd_service_install)
     u = actions.add_parser(
         "uninstall", parents=[common, profile], help="stop, disable and remove the unit"

@@ -142,8 +142,8 @@ def test_render_makes_commands_absolute_and_escapes() -> None:
     }
     text = service_cmd.render_unit(service_cmd.UNIT_TEXT, commands)
     assert (
-        'ExecStart="/opt/my tools/dockercomms" mount --foreground --drain-timeout 30 '
-        "${DOCKERCOMMS_MOUNTPOINT}\n" in text
+        'ExecStart="/opt/my tools/dockercomms" mount --foreground --drain-timeout 30 \\\n'
+        "    $DOCKERCOMMS_MOUNT_OPTIONS ${DOCKERCOMMS_MOUNTPOINT}\n" in text
     )
     assert "ExecStartPre=-/usr/bin/fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}\n" in text
     assert "ExecStopPost=-/usr/bin/fusermount3 " in text
@@ -228,6 +228,42 @@ def verify_unit(path: Path, runtime: Path) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "dockercomms" not in output, output
+
+
+def test_install_passes_mount_options_through_the_drop_in(desk: Desk) -> None:
+    """--to/--poll/--no-receipts/--cache-bytes reach the mount as its own flags."""
+    done = cli(
+        desk.env,
+        "service",
+        "install",
+        *("--to", "bob@example.com", "--poll", "2", "--no-receipts", "--cache-bytes", "1000000"),
+    )
+    assert done.code == 0, done.err
+    unit = desk.unit_dir / "dockercomms.service"
+    drop_in = (desk.unit_dir / "dockercomms.service.d" / "50-install.conf").read_text()
+    line = next(x for x in drop_in.splitlines() if "DOCKERCOMMS_MOUNT_OPTIONS=" in x)
+    words = line.removeprefix('Environment="DOCKERCOMMS_MOUNT_OPTIONS=').removesuffix('"').split()
+    # What systemd runs: the unit's ExecStart with $DOCKERCOMMS_MOUNT_OPTIONS split into words.
+    args = cli_main.build_parser().parse_args(
+        ["mount", "--foreground", "--drain-timeout", "30", *words, "/home/u/Comms"]
+    )
+    assert (args.to, args.poll, args.receipts, args.cache_bytes) == (
+        "bob@example.com",
+        2.0,
+        False,
+        1_000_000,
+    )
+    verify_unit(unit, desk.root / "run")
+
+    plain = cli(desk.env, "service", "install")  # options left out: the line goes
+    assert plain.code == 0, plain.err
+    assert (
+        "DOCKERCOMMS_MOUNT_OPTIONS"
+        not in (desk.unit_dir / "dockercomms.service.d" / "50-install.conf").read_text()
+    )
+
+    refused = cli(desk.env, "service", "install", "--to", "bob smith")
+    assert refused.code == 1 and "cannot go into the unit" in refused.err
 
 
 def test_install_without_a_user_manager_writes_verified_units_and_says_what_to_run(
