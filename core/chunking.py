@@ -69,6 +69,15 @@ def chunk_entry_name(index: int) -> str:
     return f"chunk_{index}.bin"
 
 
+class ByteSink(Protocol):
+    """Where verified bytes go: an output file, a blob spool, a cache writer.
+
+    Only ``write`` is used, so a spool or a writeback wrapper needs no file API.
+    """
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes | memoryview: ...
 
@@ -251,7 +260,7 @@ def extract_layer(
     index: int,
     expected_length: int,
     compression: str,
-    out: BinaryIO,
+    out: ByteSink,
 ) -> None:
     """Decompress a chunk layer and write its one file's bytes to ``out``.
 
@@ -300,7 +309,7 @@ def _plain_header(header: bytes, index: int) -> tarfile.TarInfo | None:
     return None if info.type in _EXTENDED_TYPES else info
 
 
-def _copy_entry(reader: _CappedReader, length: int, index: int, out: BinaryIO) -> None:
+def _copy_entry(reader: _CappedReader, length: int, index: int, out: ByteSink) -> None:
     """Copy exactly ``length`` decompressed bytes to ``out`` through one reused buffer."""
     buffer = bytearray(min(PIECE, max(length, 1)))
     view = memoryview(buffer)
@@ -339,7 +348,7 @@ def _read_exact(reader: _CappedReader, size: int) -> bytes:
 
 
 def _extract_with_tarfile(
-    source: _Prefixed, index: int, expected_length: int, out: BinaryIO
+    source: _Prefixed, index: int, expected_length: int, out: ByteSink
 ) -> None:
     try:
         # A large bufsize: tarfile's default (10 KiB) makes the data path crawl.
@@ -375,7 +384,7 @@ def _check_member(member: tarfile.TarInfo | None, index: int, expected_length: i
         )
 
 
-def _copy(source: BinaryIO, out: BinaryIO) -> int:
+def _copy(source: BinaryIO, out: ByteSink) -> int:
     written = 0
     while piece := source.read(PIECE):
         out.write(piece)

@@ -30,7 +30,7 @@ from typing import BinaryIO
 
 from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
-from dockercomms.core.chunking import extract_layer
+from dockercomms.core.chunking import ByteSink, extract_layer
 from dockercomms.core.errors import (
     DockerCommsError,
     ExpiredError,
@@ -162,7 +162,7 @@ class Receiver:
         self,
         message: m.Message,
         index: int,
-        out: BinaryIO,
+        out: ByteSink,
         *,
         on_progress: Callable[[int], None] | None = None,
         buffers: BufferPool | None = None,
@@ -187,7 +187,7 @@ class Receiver:
             try:
                 self.client.fetch_blob(
                     layer.digest,
-                    spool,  # type: ignore[arg-type]
+                    spool,
                     expected_size=layer.size,
                     on_progress=on_progress or (lambda _: None),
                 )
@@ -198,7 +198,7 @@ class Receiver:
 
         return self.client.retry_broken_body(f"chunk {index}", attempt)
 
-    def extract_chunk(self, message: m.Message, index: int, blob: BlobSpool, out: BinaryIO) -> None:
+    def extract_chunk(self, message: m.Message, index: int, blob: BlobSpool, out: ByteSink) -> None:
         """Decompress a verified blob from :meth:`download_chunk` into ``out``."""
         length = min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
         extract_layer(
@@ -230,7 +230,7 @@ class Receiver:
         try:
             with os.fdopen(fd, "wb") as out:
                 _reserve(out.fileno(), message.total_bytes)
-                self._write_chunks(message, EarlyWriteback(out), on_progress)  # type: ignore[arg-type]
+                self._write_chunks(message, EarlyWriteback(out), on_progress)
                 out.flush()
                 if out.tell() != message.total_bytes:
                     raise ManifestError(
@@ -246,7 +246,7 @@ class Receiver:
         return final
 
     def _write_chunks(
-        self, message: m.Message, out: BinaryIO, on_progress: Callable[[int], None] | None
+        self, message: m.Message, out: ByteSink, on_progress: Callable[[int], None] | None
     ) -> None:
         if message.chunk_count == 0:
             return
@@ -320,7 +320,7 @@ class BlobSpool:
             self._file = tempfile.TemporaryFile(prefix=".dockercomms-blob-")  # noqa: SIM115
         self._filled = 0
 
-    def write(self, piece: bytes) -> int:
+    def write(self, piece: bytes | memoryview) -> int:
         """Append ``piece`` (the caller never writes more than the size given)."""
         if self._memory is None:
             assert self._file is not None

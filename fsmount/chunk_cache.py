@@ -125,7 +125,7 @@ class ChunkWriter:
         self._blocks: list[str] = []
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         """Store and hash ``data``."""
         view = memoryview(data)
         self._file.write(view)

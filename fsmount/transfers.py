@@ -217,7 +217,7 @@ class ChunkSource:
                 receiver.fetch_chunk(
                     message,
                     index,
-                    writer,  # type: ignore[arg-type]
+                    writer,
                     on_progress=progress,
                     buffers=self._buffers,
                 )

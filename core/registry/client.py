@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import oras.provider
@@ -54,6 +54,9 @@ from dockercomms.core.registry.retry import (
     RetryPolicy,
     retry_after_seconds,
 )
+
+if TYPE_CHECKING:
+    from dockercomms.core.chunking import ByteSink
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +332,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
     def fetch_blob(
         self,
         digest: str,
-        out: BinaryIO,
+        out: ByteSink,
         *,
         expected_size: int,
         on_progress: Progress = _no_progress,
