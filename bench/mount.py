@@ -4,6 +4,8 @@ Two identities with their own mounts on one embedded registry, polling every
 second. Targets (issue 5): a file closed in one outbox is listed in the other's
 inbox within 2 s (median); a cached sequential read of a verified inbox file runs
 at >= 0.5x a ``dd`` of the same bytes from local disk, measured in the same run.
+Also timed, without a target: the first ``ls -l`` of an inbox of 1,000 messages
+(each fetched and its signature verified), and ``dockercomms ls`` of the same.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import time
 from pathlib import Path
 
 from bench.measure import MIB, Sample, Series, drop_from_page_cache, make_random, report
-from tests.fsmount_fixtures import Identity, make_identities, mounted, trust
+from tests.fsmount_fixtures import Identity, make_identities, mounted, seed_inbox, trust
 
 LATENCY_RUNS = 7
+LISTING_MESSAGES = 1000
 LATENCY_TARGET_SECONDS = 2.0
 READ_TARGET_RATIO = 0.5
 ALICE, BOB = "alice@example.com", "bob@example.com"
@@ -90,6 +93,37 @@ def reads(alice: Identity, bob_mount_inbox: Path, work: Path, size: int, runs: i
     return [report(disk), report(first, disk), line, report(on_disk, disk)]
 
 
+def listing(work: Path, runs: int) -> list[str]:
+    """First ``ls -l`` of a fresh mount over 1,000 messages, and ``dockercomms ls``."""
+    dave, erin = "dave@example.com", "erin@example.com"
+    people = make_identities(work / "listing", [dave, erin], data_home=work / "listing-data")
+    trust(people[erin], people[dave])
+    seed_inbox(people[dave], erin, LISTING_MESSAGES)
+    first = Series(f"mount: first ls -l, {LISTING_MESSAGES} messages", 0)
+    cli = Series(f"dockercomms ls, {LISTING_MESSAGES} messages", 0)
+    for _ in range(runs):
+        with mounted(people[erin], work / "mnt-erin", "--no-receipts") as mount:
+            started = time.perf_counter()
+            listed = subprocess.run(
+                ["ls", "-l", str(mount / f"inbox/{dave}")],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.splitlines()
+            first.samples.append(Sample(time.perf_counter() - started, 0))
+        if len(listed) != LISTING_MESSAGES + 1:
+            raise RuntimeError(f"ls -l listed {len(listed) - 1} messages")
+        started = time.perf_counter()
+        people[erin].cli("ls")
+        cli.samples.append(Sample(time.perf_counter() - started, 0))
+    return [_seconds_line(first), _seconds_line(cli)]
+
+
+def _seconds_line(series: Series) -> str:
+    runs = ", ".join(f"{s.seconds:.2f}" for s in series.samples)
+    return f"{series.name:<34} median {series.median_seconds:7.2f} s  [runs: {runs}]"
+
+
 def run(work: Path, size: int, runs: int) -> list[str]:
     """The mount suite; returns report lines."""
     work.mkdir(parents=True, exist_ok=True)
@@ -107,4 +141,5 @@ def run(work: Path, size: int, runs: int) -> list[str]:
         lines += reads(alice, inbox, work, size, runs)
         rss = peak_rss(bob_mount.process.pid)
         lines.append(f"{'mount daemon peak RSS (reader)':<34} {rss / MIB:7.1f} MiB")
+    lines += listing(work, runs)
     return lines
