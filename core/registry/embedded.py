@@ -36,6 +36,7 @@ Changes to ``index.json`` are read-modify-write cycles serialised by a file lock
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import http
 import io
@@ -154,48 +155,50 @@ class _ManifestFacts:
     subject: str | None
 
 
-@dataclass(frozen=True)
 class _IndexLookup:
     """One version of ``index.json`` keyed three ways, so a lookup is not a scan.
 
     Listing an inbox asks for a manifest and its referrers per message; scanning
-    every descriptor for each made a 1,000-message listing quadratic. Rebuilt
-    whenever ``index.json`` changes (one pass, manifest facts cached by digest).
+    every descriptor for each made a 1,000-message listing quadratic. Built again
+    whenever ``index.json`` changes. The tag and digest tables cost one pass over
+    the index; the referrers table reads every manifest (facts cached by digest),
+    so it is built only when a referrers query first needs it.
 
     Attributes:
         by_digest: the last descriptor of each manifest digest.
         by_tag: the last descriptor carrying each tag.
-        referrers: per subject digest, each referring manifest once, in index order.
     """
 
-    by_digest: Mapping[str, _Descriptor]
-    by_tag: Mapping[str, _Descriptor]
-    referrers: Mapping[str, list[tuple[_Descriptor, _ManifestFacts]]]
-
-    @classmethod
-    def build(
-        cls,
+    def __init__(
+        self,
         descriptors: list[_Descriptor],
         facts_of: Callable[[_Descriptor], _ManifestFacts | None],
-    ) -> _IndexLookup:
-        by_digest: dict[str, _Descriptor] = {}
-        by_tag: dict[str, _Descriptor] = {}
-        referrers: dict[str, list[tuple[_Descriptor, _ManifestFacts]]] = {}
-        seen: set[str] = set()
+    ) -> None:
+        self._descriptors = descriptors
+        self._facts_of = facts_of
+        self.by_digest: dict[str, _Descriptor] = {}
+        self.by_tag: dict[str, _Descriptor] = {}
         for entry in descriptors:
             digest = entry.get("digest")
-            if not isinstance(digest, str):
+            if isinstance(digest, str):
+                self.by_digest[digest] = entry
+                if (tag := _ref_name(entry)) is not None:
+                    self.by_tag[tag] = entry
+
+    @functools.cached_property
+    def referrers(self) -> dict[str, list[tuple[_Descriptor, _ManifestFacts]]]:
+        """Per subject digest, each referring manifest once, in index order."""
+        found: dict[str, list[tuple[_Descriptor, _ManifestFacts]]] = {}
+        seen: set[str] = set()
+        for entry in self._descriptors:
+            digest = entry.get("digest")
+            if not isinstance(digest, str) or digest in seen:
                 continue
-            by_digest[digest] = entry
-            if (tag := _ref_name(entry)) is not None:
-                by_tag[tag] = entry
-            if digest in seen:
-                continue
-            facts = facts_of(entry)
+            facts = self._facts_of(entry)
             if facts is not None and facts.subject is not None:
                 seen.add(digest)
-                referrers.setdefault(facts.subject, []).append((entry, facts))
-        return cls(by_digest, by_tag, referrers)
+                found.setdefault(facts.subject, []).append((entry, facts))
+        return found
 
 
 class _BlobStream:
@@ -699,7 +702,7 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         cached = self._lookup
         if cached is not None and cached[0] is index:
             return cached[1]
-        lookup = _IndexLookup.build(index["manifests"], self._manifest_facts)
+        lookup = _IndexLookup(index["manifests"], self._manifest_facts)
         self._lookup = (index, lookup)
         return lookup
 
