@@ -2,8 +2,8 @@
 
 Caveats first:
 
-* The unit texts live here, identical to ``systemd/*.service`` (a test checks),
-  because the package ships no data files. ``service install`` writes them with
+* The unit texts are ``systemd/*.service``, shipped as package data
+  (``dockercomms.systemd``). ``service install`` writes them with
   absolute command paths (``systemd-analyze verify`` and a user manager without
   our ``PATH`` both need those) and puts the mount point and the identity's
   environment (``DOCKERCOMMS_HOME``, ``XDG_*``) in a drop-in, so the service is
@@ -25,6 +25,7 @@ Caveats first:
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import json
 import os
 import re
@@ -82,88 +83,9 @@ def secret_env() -> tuple[str, ...]:
     return (USER_ENV, PASSWORD_ENV, "SIGSTORE_ID_TOKEN")
 
 
-# Kept identical to systemd/dockercomms.service (tests/test_service.py checks).
-UNIT_TEXT = """\
-# DockerComms: the drop folder as a systemd user service.
-#
-# `dockercomms service install` writes this unit with absolute command paths, and
-# the mount point and this identity's environment into the drop-in
-# dockercomms.service.d/50-install.conf; change the drop-in, not this file.
-# Several identities: dockercomms@.service, one instance per profile.
-
-[Unit]
-Description=DockerComms drop folder (signed files over an OCI registry)
-
-[Service]
-# READY=1 comes once the mount answers; WATCHDOG=1 from the event loop that
-# serves it, so a hung loop is killed and restarted.
-Type=notify
-NotifyAccess=main
-WatchdogSec=60
-Environment=DOCKERCOMMS_MOUNTPOINT=%h/Comms
-Environment=PYTHONUNBUFFERED=1 NO_COLOR=1
-# A mount left by a crash answers "Transport endpoint is not connected" and
-# blocks the next mount; "-": nothing to clear is fine.
-ExecStartPre=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
-# $DOCKERCOMMS_MOUNT_OPTIONS (unbraced: split into words, none when unset) holds
-# what `service install --to/--poll/--no-receipts/--cache-bytes` was given.
-ExecStart=dockercomms mount --foreground --drain-timeout 30 \\
-    $DOCKERCOMMS_MOUNT_OPTIONS ${DOCKERCOMMS_MOUNTPOINT}
-ExecStopPost=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
-Restart=on-failure
-RestartSec=10
-TimeoutStartSec=120
-# SIGTERM drains the upload in flight (up to --drain-timeout) before unmounting.
-TimeoutStopSec=90
-KillMode=mixed
-SyslogIdentifier=dockercomms
-
-[Install]
-WantedBy=default.target
-"""
-
-# Kept identical to systemd/dockercomms@.service (tests/test_service.py checks).
-TEMPLATE_TEXT = """\
-# DockerComms: one drop folder per profile, as a systemd user service.
-#
-# dockercomms@work.service is the identity in ~/.config/dockercomms/profiles/work
-# (its DOCKERCOMMS_HOME), mounted at ~/Comms-work. `dockercomms service install
-# --profile work` writes this unit with absolute command paths, and the mount
-# point and environment into dockercomms@work.service.d/50-install.conf.
-
-[Unit]
-Description=DockerComms drop folder of profile %i (signed files over an OCI registry)
-
-[Service]
-# READY=1 comes once the mount answers; WATCHDOG=1 from the event loop that
-# serves it, so a hung loop is killed and restarted.
-Type=notify
-NotifyAccess=main
-WatchdogSec=60
-Environment=DOCKERCOMMS_HOME=%h/.config/dockercomms/profiles/%i
-Environment=DOCKERCOMMS_MOUNTPOINT=%h/Comms-%i
-Environment=PYTHONUNBUFFERED=1 NO_COLOR=1
-# A mount left by a crash answers "Transport endpoint is not connected" and
-# blocks the next mount; "-": nothing to clear is fine.
-ExecStartPre=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
-# $DOCKERCOMMS_MOUNT_OPTIONS (unbraced: split into words, none when unset) holds
-# what `service install --to/--poll/--no-receipts/--cache-bytes` was given.
-ExecStart=dockercomms mount --foreground --drain-timeout 30 \\
-    $DOCKERCOMMS_MOUNT_OPTIONS ${DOCKERCOMMS_MOUNTPOINT}
-ExecStopPost=-fusermount3 -u -q -z ${DOCKERCOMMS_MOUNTPOINT}
-Restart=on-failure
-RestartSec=10
-TimeoutStartSec=120
-# SIGTERM drains the upload in flight (up to --drain-timeout) before unmounting.
-TimeoutStopSec=90
-KillMode=mixed
-SyslogIdentifier=dockercomms-%i
-
-[Install]
-WantedBy=default.target
-"""
-
-UNIT_TEXTS = {UNIT: UNIT_TEXT, TEMPLATE: TEMPLATE_TEXT}
+def unit_text(name: str) -> str:
+    """A unit file as shipped in ``systemd/`` (installed as ``dockercomms.systemd`` data)."""
+    return importlib.resources.files("dockercomms.systemd").joinpath(name).read_text()
 
 
 # --- units on disk ---------------------------------------------------------------------
@@ -423,7 +345,7 @@ def cmd_service_install(args: argparse.Namespace) -> int:
     directory = unit_dir(environ)
     mountpoint = Path(args.mountpoint).expanduser().absolute() if args.mountpoint else None
     files = {
-        directory / target.unit_file: render_unit(UNIT_TEXTS[target.unit_file], resolve_commands()),
+        directory / target.unit_file: render_unit(unit_text(target.unit_file), resolve_commands()),
         target.drop_in_dir(directory) / DROP_IN: drop_in_text(
             target, mountpoint, environ, behaviour_argv(args)
         ),
