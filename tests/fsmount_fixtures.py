@@ -88,7 +88,7 @@ class Identity:
         """Run ``dockercomms ARGS`` in-process as this identity; stdout, or raise."""
         out, err = io.StringIO(), io.StringIO()
         with (
-            _environment(self.env),
+            replaced_environment(self.env),
             contextlib.redirect_stdout(out),
             contextlib.redirect_stderr(err),
         ):
@@ -126,7 +126,8 @@ class Identity:
 
 
 @contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
+def replaced_environment(values: dict[str, str]) -> Iterator[None]:
+    """Replace the whole environment for a block (nothing of the developer's leaks in)."""
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(values)

@@ -59,6 +59,7 @@ from tests.fsmount_fixtures import (
     check_log,
     is_stale,
     make_identities,
+    replaced_environment,
     scratch_root,
     stop,
     trust,
@@ -88,23 +89,14 @@ class Run:
         return json.loads(self.out)
 
 
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Replace the whole environment for a block (nothing of the developer's leaks in)."""
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def cli(env: dict[str, str], *args: str) -> Run:
     """``dockercomms ARGS`` in-process with exactly ``env``."""
     out, err = io.StringIO(), io.StringIO()
-    with environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        replaced_environment(env),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         code = cli_main.main(list(args))
     return Run(code, out.getvalue(), err.getvalue())
 
