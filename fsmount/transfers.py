@@ -20,6 +20,7 @@ Caveats first:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import time
@@ -240,9 +241,10 @@ class ChunkSource:
         finally:
             del self._fetches[key]
             del self.downloads[key]
-            if not self._fetches:
-                self._nursery.start_soon(self._release_buffers_when_idle)
             fetch.done.set()
+            if not self._fetches:
+                with contextlib.suppress(RuntimeError):  # nursery closed: shutting down
+                    self._nursery.start_soon(self._release_buffers_when_idle)
 
     async def _release_buffers_when_idle(self) -> None:
         """Free the spool buffers unless another fetch starts within the idle spell."""
