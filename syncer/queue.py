@@ -10,8 +10,10 @@ Caveats first:
 * ``message_id``, ``session_id`` and ``created_at`` are fixed at enqueue and the
   send options are pinned at the first upload, so every retry builds the same
   manifest and tag: a retry after a crash is the same message, never a second one.
-* ``created_at`` is the enqueue time, so an item that waits longer than its TTL
-  for the registry arrives already expired and the recipient rejects it.
+* ``created_at`` is the enqueue time. An item that waited out most of its TTL
+  (a long registry outage) gets a new one from the worker, but only once the
+  registry confirms its old inbox tag is not there (:meth:`PushQueue.restamp`),
+  so no recipient can have seen the old date.
 * Sent items keep their row (digest, tag, receipt) but not their bytes.
 
 The on-disk protocol of ``enqueue`` (each step is durable before the next)::
@@ -529,6 +531,20 @@ class PushQueue:
     def set_receipt(self, item_id: str, status: str) -> QueueItem:
         """Remember the latest verified receipt status for a sent item."""
         return self._update(item_id, "receipt = ?", (status,))
+
+    def restamp(self, item_id: str, created_at: datetime) -> QueueItem:
+        """A new ``created_at`` (so a fresh TTL) for an item whose message nobody has seen.
+
+        The caller checks the registry first: the old inbox tag must be absent.
+        Ids and pinned options stay, so retries after this are still one message.
+        """
+        stamp = _ts(created_at.astimezone(UTC).replace(microsecond=0))
+        return self._update(
+            item_id,
+            "created_at = ?",
+            (stamp,),
+            only_states=(ItemState.QUEUED, ItemState.UPLOADING),
+        )
 
     def requeue(self, item_id: str) -> QueueItem:
         """Give a failed item another go (same ids, so still the same message)."""

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dockercomms.core import protocol as p
-from dockercomms.core.errors import DockerCommsError, RegistryError
+from dockercomms.core.errors import DockerCommsError, NotFoundError, RegistryError
 from dockercomms.core.manifest import Descriptor
 from dockercomms.core.send import Sender, SendRequest, SentMessage
 from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 #: Longest sleep between looks at the queue when nothing wakes the worker
 #: (another process may have enqueued).
 IDLE_POLL_SECONDS = 1.0
+#: An item with less than this share of its TTL left when its turn comes is sent
+#: with a new date (if the registry does not have it yet): after a long outage it
+#: would otherwise arrive expired, or nearly, and be refused.
+RESTAMP_BELOW = 0.25
 
 
 class _Aborted(Exception):
@@ -223,6 +227,7 @@ class PushWorker:
 
     def _send(self, item: QueueItem) -> SentMessage:
         options = self.queue.pin_send_options(item.id, self.options)
+        item = self._restamped_if_stale(item, options.ttl_seconds)
         request = SendRequest(
             path=item.data_path,
             recipient=item.recipient,
@@ -247,6 +252,26 @@ class PushWorker:
                 raise _Aborted
 
         return self._get_sender().send(request, on_progress=progress, on_chunk=chunk_done)
+
+    def _restamped_if_stale(self, item: QueueItem, ttl_seconds: int) -> QueueItem:
+        """``item`` with a new ``created_at`` if it waited out most of its TTL unseen."""
+        now = datetime.now(UTC)
+        left = item.created_at + timedelta(seconds=ttl_seconds) - now
+        if left >= timedelta(seconds=ttl_seconds * RESTAMP_BELOW):
+            return item
+        tag = p.message_tag(item.recipient, item.created_at, item.session_id, item.message_id)
+        try:
+            self._get_sender().client.fetch_manifest(tag)
+        except NotFoundError:
+            log.warning(
+                "%s waited in the queue since %s; sending it with today's date so it "
+                "does not arrive expired",
+                item.filename,
+                _rfc3339(item.created_at),
+            )
+            return self.queue.restamp(item.id, now)
+        # Tagged before a crash: recipients may have it. Finish it as that message.
+        return item
 
     def _failed(self, item: QueueItem, error: Exception) -> PushResult:
         text = describe(error)

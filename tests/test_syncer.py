@@ -16,6 +16,7 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from dockercomms.core.errors import ConfigError
 from dockercomms.core.limits import MIB
 from dockercomms.core.send import SendRequest
 from dockercomms.core.workspace import RegistryOptions
-from dockercomms.syncer.queue import ItemState, PushQueue
+from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions
 from dockercomms.syncer.service import Syncer
 from dockercomms.syncer.watcher import is_temporary_name
 from tests.syncer_fixtures import (
@@ -390,6 +391,70 @@ def test_crash_after_tag_before_mark_sent_is_the_same_message(
     assert bob.inbox_tags() == [first.tag]
     [outcome] = bob.receive(tmp_path / "bob-inbox")
     assert outcome.path is not None and outcome.path.read_text() == "sent twice, received once"
+
+
+def _stale_item(alice: Identity, outbox: Path, text: str) -> tuple[PushQueue, QueueItem]:
+    """An item with a 60 s TTL enqueued 55 s ago (as after a long registry outage)."""
+    workspace = alice.workspace()
+    state = workspace.paths.state_dir
+    (outbox / "bob" / "old.txt").write_text(text)
+    queue = PushQueue(state / "queue.db", state / "queue")
+    item = queue.enqueue(outbox / "bob" / "old.txt", "bob")
+    queue.pin_send_options(item.id, SendOptions(workspace.settings.chunk_bytes, "zstd", 60))
+    return queue, queue.restamp(item.id, datetime.now(UTC) - timedelta(seconds=55))
+
+
+def test_an_item_that_waited_out_its_ttl_is_sent_with_a_new_date(
+    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
+) -> None:
+    alice, bob = pair
+    queue, item = _stale_item(alice, outbox, "late but alive")
+    queue.close()
+    syncer = Syncer(
+        alice.workspace(), None, spool_dir=outbox, inbox_dir=None, default_recipient=None
+    )
+    try:
+        summary = syncer.run_once()
+    finally:
+        syncer.close()
+    [sent] = summary.sent
+    assert sent.message_id == item.message_id
+    assert sent.created_at > item.created_at + timedelta(seconds=50)
+    assert bob.inbox_tags() == [sent.tag]
+    [outcome] = bob.receive(tmp_path / "bob-inbox")
+    assert outcome.status == "received", outcome
+    assert outcome.path is not None and outcome.path.read_text() == "late but alive"
+
+
+def test_a_stale_item_already_tagged_before_a_crash_keeps_its_date(
+    pair: tuple[Identity, Identity], outbox: Path
+) -> None:
+    """Its recipients may have seen it: a new date would make it a second message."""
+    alice, bob = pair
+    queue, item = _stale_item(alice, outbox, "tagged, then the crash")
+    workspace = alice.workspace()
+    with queue, workspace.client() as client:
+        queue.mark_uploading(item.id)
+        first = workspace.sender(client).send(
+            SendRequest(
+                path=item.data_path,
+                recipient="bob",
+                filename=item.filename,
+                chunk_bytes=workspace.settings.chunk_bytes,
+                ttl_seconds=60,
+                message_id=item.message_id,
+                session_id=item.session_id,
+                created_at=item.created_at,
+            )
+        )
+    syncer = Syncer(workspace, None, spool_dir=outbox, inbox_dir=None, default_recipient=None)
+    try:
+        summary = syncer.run_once()
+    finally:
+        syncer.close()
+    [sent] = summary.sent
+    assert (sent.tag, sent.digest) == (first.tag, first.digest)
+    assert bob.inbox_tags() == [first.tag]
 
 
 def test_intake_interrupted_at_each_step_recovers_to_one_item(
