@@ -23,10 +23,10 @@ import pytest
 
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.limits import MIB
-from dockercomms.core.send import SendRequest
-from dockercomms.core.workspace import RegistryOptions
+from dockercomms.core.send import SendRequest, SentMessage
+from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions
-from dockercomms.syncer.service import Syncer
+from dockercomms.syncer.service import Syncer, SyncSummary
 from dockercomms.syncer.watcher import is_temporary_name
 from tests.syncer_fixtures import (
     Identity,
@@ -367,30 +367,42 @@ def test_crash_after_tag_before_mark_sent_is_the_same_message(
     (outbox / "bob" / "late.txt").write_text("sent twice, received once")
     with PushQueue(state / "queue.db", state / "queue") as queue:
         item = queue.enqueue(outbox / "bob" / "late.txt", "bob")
-        queue.mark_uploading(item.id)
-        with workspace.client() as client:
-            first = workspace.sender(client).send(
-                SendRequest(
-                    path=item.data_path,
-                    recipient="bob",
-                    filename=item.filename,
-                    chunk_bytes=workspace.settings.chunk_bytes,
-                    message_id=item.message_id,
-                    session_id=item.session_id,
-                    created_at=item.created_at,
-                )
-            )
+        first = _tag_then_crash(workspace, queue, item)
     # (the process "dies" here: the row is still 'uploading')
-    syncer = Syncer(workspace, None, spool_dir=outbox, inbox_dir=None, default_recipient=None)
-    try:
-        summary = syncer.run_once()
-    finally:
-        syncer.close()
-    [sent] = summary.sent
+    [sent] = _one_sync_pass(workspace, outbox).sent
     assert (sent.message_id, sent.tag) == (first.message_id, first.tag)
     assert bob.inbox_tags() == [first.tag]
     [outcome] = bob.receive(tmp_path / "bob-inbox")
     assert outcome.path is not None and outcome.path.read_text() == "sent twice, received once"
+
+
+def _tag_then_crash(
+    workspace: Workspace, queue: PushQueue, item: QueueItem, ttl_seconds: int | None = None
+) -> SentMessage:
+    """Send ``item`` with its fixed ids as the worker would, but never tell the queue."""
+    queue.mark_uploading(item.id)
+    with workspace.client() as client:
+        return workspace.sender(client).send(
+            SendRequest(
+                path=item.data_path,
+                recipient=item.recipient,
+                filename=item.filename,
+                chunk_bytes=workspace.settings.chunk_bytes,
+                ttl_seconds=ttl_seconds or workspace.settings.ttl_seconds,
+                message_id=item.message_id,
+                session_id=item.session_id,
+                created_at=item.created_at,
+            )
+        )
+
+
+def _one_sync_pass(workspace: Workspace, outbox: Path) -> SyncSummary:
+    """``sync --once`` over ``outbox`` (no inbox, no default recipient)."""
+    syncer = Syncer(workspace, None, spool_dir=outbox, inbox_dir=None, default_recipient=None)
+    try:
+        return syncer.run_once()
+    finally:
+        syncer.close()
 
 
 def _stale_item(alice: Identity, outbox: Path, text: str) -> tuple[PushQueue, QueueItem]:
@@ -410,14 +422,7 @@ def test_an_item_that_waited_out_its_ttl_is_sent_with_a_new_date(
     alice, bob = pair
     queue, item = _stale_item(alice, outbox, "late but alive")
     queue.close()
-    syncer = Syncer(
-        alice.workspace(), None, spool_dir=outbox, inbox_dir=None, default_recipient=None
-    )
-    try:
-        summary = syncer.run_once()
-    finally:
-        syncer.close()
-    [sent] = summary.sent
+    [sent] = _one_sync_pass(alice.workspace(), outbox).sent
     assert sent.message_id == item.message_id
     assert sent.created_at > item.created_at + timedelta(seconds=50)
     assert bob.inbox_tags() == [sent.tag]
@@ -433,26 +438,9 @@ def test_a_stale_item_already_tagged_before_a_crash_keeps_its_date(
     alice, bob = pair
     queue, item = _stale_item(alice, outbox, "tagged, then the crash")
     workspace = alice.workspace()
-    with queue, workspace.client() as client:
-        queue.mark_uploading(item.id)
-        first = workspace.sender(client).send(
-            SendRequest(
-                path=item.data_path,
-                recipient="bob",
-                filename=item.filename,
-                chunk_bytes=workspace.settings.chunk_bytes,
-                ttl_seconds=60,
-                message_id=item.message_id,
-                session_id=item.session_id,
-                created_at=item.created_at,
-            )
-        )
-    syncer = Syncer(workspace, None, spool_dir=outbox, inbox_dir=None, default_recipient=None)
-    try:
-        summary = syncer.run_once()
-    finally:
-        syncer.close()
-    [sent] = summary.sent
+    with queue:
+        first = _tag_then_crash(workspace, queue, item, ttl_seconds=60)
+    [sent] = _one_sync_pass(workspace, outbox).sent
     assert (sent.tag, sent.digest) == (first.tag, first.digest)
     assert bob.inbox_tags() == [first.tag]
 
