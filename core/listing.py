@@ -13,7 +13,8 @@ Caveats first:
 * Registries that meter manifest pulls (Docker Hub) count every check, however
   many run at once.
 * Results come back in the order of the tags given. Nothing is de-duplicated
-  here; :func:`first_of_each_message` does that, as ``Receiver.inbox`` does.
+  here; :func:`first_of_each_message` does that, by ``Receiver.inbox``'s rule
+  (:class:`~dockercomms.core.receive.SeenMessages`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.manifest import Message
-from dockercomms.core.receive import Receiver
+from dockercomms.core.receive import Receiver, SeenMessages
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.registry.reference import RepositoryRef
 from dockercomms.core.signing.verify import VerifiedSigner
@@ -110,15 +111,5 @@ def check_tags(
 
 def first_of_each_message(checked: Iterable[CheckedTag]) -> list[CheckedTag]:
     """Drop later tags naming a message (by id or digest) an earlier tag named."""
-    seen_ids: set[str] = set()
-    seen_digests: set[str] = set()
-    kept = []
-    for entry in checked:
-        message = entry.message
-        if message is not None:
-            if message.message_id in seen_ids or message.digest in seen_digests:
-                continue
-            seen_ids.add(message.message_id)
-            seen_digests.add(message.digest)
-        kept.append(entry)
-    return kept
+    seen = SeenMessages()
+    return [e for e in checked if e.message is None or seen.first_time(e.message)]

@@ -73,6 +73,26 @@ class InboxEntry:
     error: DockerCommsError | None
 
 
+class SeenMessages:
+    """The de-duplication rule of an inbox listing: one entry per message id and digest.
+
+    A later tag naming a message (by id or by manifest digest) that an earlier tag
+    named is the same message, listed once.
+    """
+
+    def __init__(self) -> None:
+        self._ids: set[str] = set()
+        self._digests: set[str] = set()
+
+    def first_time(self, message: m.Message) -> bool:
+        """True the first time ``message`` (by id or digest) comes up."""
+        if message.message_id in self._ids or message.digest in self._digests:
+            return False
+        self._ids.add(message.message_id)
+        self._digests.add(message.digest)
+        return True
+
+
 class Receiver:
     """Reads and verifies messages addressed to ``me`` in one repository."""
 
@@ -94,19 +114,15 @@ class Receiver:
     # Step 1.
     def inbox(self) -> Iterator[InboxEntry]:
         """Every message tag addressed to me, parsed, de-duplicated by id and digest."""
-        seen_ids: set[str] = set()
-        seen_digests: set[str] = set()
+        seen = SeenMessages()
         for tag in self.client.list_tags(p.inbox_prefix(self.me)):
             try:
                 message = self.fetch_message(tag)
             except DockerCommsError as exc:
                 yield InboxEntry(tag, None, exc)
                 continue
-            if message.message_id in seen_ids or message.digest in seen_digests:
-                continue
-            seen_ids.add(message.message_id)
-            seen_digests.add(message.digest)
-            yield InboxEntry(tag, message, None)
+            if seen.first_time(message):
+                yield InboxEntry(tag, message, None)
 
     # Steps 2-3.
     def fetch_message(self, reference: str, *, check_recipient: bool = True) -> m.Message:
