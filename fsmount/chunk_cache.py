@@ -35,6 +35,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -107,6 +108,13 @@ class CacheStatistics:
             "evictions": self.evictions,
             "corruptions": self.corruptions,
         }
+
+
+def _blocks(offset: int, end: int) -> Iterator[tuple[int, slice]]:
+    """Each block that bytes ``offset:end`` touch, and the slice of it they cover."""
+    for block in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
+        start = block * BLOCK_BYTES
+        yield block, slice(max(offset - start, 0), end - start)
 
 
 class ChunkWriter:
@@ -305,11 +313,7 @@ class ChunkCache:
         path = self.root / f"{key.name}.bin"
         try:
             with open(path, "rb") as file:
-                parts = []
-                for block in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
-                    data = self._block(entry, file, block)
-                    start = block * BLOCK_BYTES
-                    parts.append(data[max(offset - start, 0) : end - start])
+                parts = [self._block(entry, file, b)[part] for b, part in _blocks(offset, end)]
         except OSError as exc:
             self._drop(entry, f"unreadable: {exc}")
             raise CacheCorruptError(f"cached chunk {key.name} unreadable: {exc}") from exc
@@ -324,23 +328,26 @@ class ChunkCache:
             entry = self._entries.get(key)
             if entry is None:
                 return None
-            end = min(offset + size, entry.size)
             parts = []
-            for block in range(offset // BLOCK_BYTES, (end - 1) // BLOCK_BYTES + 1):
-                data = self._memory.get((key, block))
+            for block, part in _blocks(offset, min(offset + size, entry.size)):
+                data = self._remembered(key, block)
                 if data is None:
                     return None
-                self._memory.move_to_end((key, block))
-                start = block * BLOCK_BYTES
-                parts.append(data[max(offset - start, 0) : end - start])
+                parts.append(data[part])
         return b"".join(parts)
+
+    def _remembered(self, key: ChunkKey, block: int) -> bytes | None:
+        """A verified block kept in memory, marked recently used (lock held)."""
+        data = self._memory.get((key, block))
+        if data is not None:
+            self._memory.move_to_end((key, block))
+        return data
 
     def _block(self, entry: _Entry, file: BinaryIO, block: int) -> bytes:
         memory_key = (entry.key, block)
         with self._lock:
-            data = self._memory.get(memory_key)
+            data = self._remembered(entry.key, block)
             if data is not None:
-                self._memory.move_to_end(memory_key)
                 return data
         file.seek(block * BLOCK_BYTES)
         data = file.read(BLOCK_BYTES)
