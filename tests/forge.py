@@ -23,7 +23,7 @@ from dockercomms.core import protocol as p
 from dockercomms.core.chunking import ChunkSpan, layer_stream
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.send import DigestSigner
-from dockercomms.core.signatures import attach_bundle, push_empty_config
+from dockercomms.core.signatures import attach_bundle, attach_referrer, push_empty_config
 
 
 def compress(data: bytes, compression: str) -> bytes:
@@ -171,3 +171,120 @@ def tamper_blob_on_disk(storage: Path, digest: str) -> None:
             path.write_bytes(bytes(data))
             return
     raise FileNotFoundError(f"blob {digest} not found under {storage}")
+
+
+# --- the #13 receive-hardening toolkit: decoys, hostile JSON, crowds of junk bundles ----
+
+
+def push_unsigned(client: RegistryClient, raw: bytes, tag: str) -> str:
+    """Push manifest bytes under ``tag`` with no signature at all, as any pusher can."""
+    push_empty_config(client)
+    return client.push_manifest(raw, tag).digest
+
+
+def nested_member(raw: bytes, depth: int) -> bytes:
+    """JSON object ``raw`` with one more member, ``depth`` arrays deep (a parser's stack)."""
+    return b'{"nested":' + b"[" * depth + b"]" * depth + b"," + raw[1:]
+
+
+def sorting_first_tag(recipient: str, message_id: str) -> str:
+    """An inbox tag for ``recipient`` that sorts before any real one (dated 1999)."""
+    return p.check_tag(
+        f"inbox-{p.recipient_tag(recipient)}-19990101-00000000-{message_id.replace('-', '')[:8]}"
+    )
+
+
+def crowd_bundles(client: RegistryClient, subject: m.Descriptor, junk: bytes, count: int) -> str:
+    """Attach ``count`` distinct bundle manifests to ``subject``, all naming one junk blob.
+
+    Returns the digest of the first, so a test can also list it over and over in
+    the fallback index.
+    """
+    push_empty_config(client)
+    blob = client.push_blob_bytes(junk, p.BUNDLE_MEDIA_TYPE)
+    first = ""
+    for n in range(count):
+        raw = m.dump(
+            {
+                "schemaVersion": 2,
+                "mediaType": p.OCI_MANIFEST,
+                "artifactType": p.BUNDLE_MEDIA_TYPE,
+                "config": dict(p.EMPTY_CONFIG_DESCRIPTOR),
+                "layers": [blob.to_json()],
+                "subject": subject.to_json(),
+                "annotations": {p.A_VERSION: p.PROTOCOL_VERSION, "junk": str(n)},
+            }
+        )
+        digest = attach_referrer(
+            client,
+            raw,
+            p.bundle_tag(subject.digest),
+            artifact_type=p.BUNDLE_MEDIA_TYPE,
+            annotations={p.A_VERSION: p.PROTOCOL_VERSION},
+            subject=subject.digest,
+        )
+        first = first or digest
+    return first
+
+
+def repeat_in_fallback_index(
+    client: RegistryClient, subject_digest: str, manifest_digest: str, times: int
+) -> None:
+    """Rewrite the ``sha256-<hex>`` index to list one bundle manifest ``times`` times."""
+    raw, _ = client.fetch_manifest(manifest_digest)
+    entry = m.Descriptor(
+        p.OCI_MANIFEST, manifest_digest, len(raw), {}, artifact_type=p.BUNDLE_MEDIA_TYPE
+    )
+    client.push_manifest(
+        m.build_referrers_index([entry] * times),
+        p.referrers_fallback_tag(subject_digest),
+        media_type=p.OCI_INDEX,
+    )
+
+
+def key_signed_statement(key_file: Path, statement: dict[str, object]) -> bytes:
+    """A key-pair bundle over any in-toto statement (an attestation, two subjects...)."""
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from dockercomms.core.signing.keypair import key_hint, load_private_key
+    from dockercomms.core.signing.statement import pae
+
+    key = load_private_key(key_file)
+    payload = json.dumps(statement, separators=(",", ":")).encode()
+    signature = key.sign(pae(p.DSSE_PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
+    bundle = {
+        "mediaType": p.BUNDLE_MEDIA_TYPE,
+        "verificationMaterial": {"publicKey": {"hint": key_hint(key.public_key())}},
+        "dsseEnvelope": {
+            "payload": base64.b64encode(payload).decode("ascii"),
+            "payloadType": p.DSSE_PAYLOAD_TYPE,
+            "signatures": [{"sig": base64.b64encode(signature).decode("ascii"), "keyid": ""}],
+        },
+    }
+    return json.dumps(bundle).encode()
+
+
+def plant_in_layout(layout: Path, raw: bytes, tag: str) -> str:
+    """Tag manifest bytes straight into an OCI layout, as a compromised registry serves them.
+
+    For documents the embedded registry would refuse on push (too big, too deep).
+    """
+    import json
+
+    digest = p.sha256_digest(raw)
+    (layout / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(raw)
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"].append(
+        {
+            "mediaType": p.OCI_MANIFEST,
+            "digest": digest,
+            "size": len(raw),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }
+    )
+    (layout / "index.json").write_text(json.dumps(index))
+    return digest

@@ -24,6 +24,7 @@ from tests.forge import (
     bomb_layer,
     compress,
     honest_layer,
+    key_signed_statement,
     regular,
     tamper_blob_on_disk,
     tar_bytes,
@@ -333,3 +334,43 @@ def test_full_disk_fails_cleanly_and_loses_nothing(
     later = bob.cli("recv", "--out", str(roomy), "--json")
     assert later.code == 0, later.out + later.err
     assert (roomy / "big.bin").read_bytes() == big.read_bytes()
+
+
+def _attestation(digest: str, **changes: object) -> dict[str, object]:
+    statement: dict[str, object] = {
+        "_type": p.IN_TOTO_STATEMENT_TYPE,
+        "subject": [{"name": digest, "digest": {"sha256": digest.split(":")[1]}}],
+        "predicateType": p.COSIGN_PREDICATE_TYPE,
+        "predicate": {},
+    }
+    return statement | changes
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"predicateType": "https://slsa.dev/provenance/v1"},
+        {"subject": "two"},
+    ],
+    ids=["provenance-attestation", "two-subjects"],
+)
+def test_other_statements_by_a_trusted_key_are_no_message_signature(
+    alice_bob: tuple[Party, Party], out: Path, changes: dict[str, object]
+) -> None:
+    """SPEC 3: only a cosign sign/v1 statement naming the manifest digest alone counts."""
+    alice, bob = alice_bob
+    key_file = alice.workspace().paths.key_file
+
+    def sign(digest: str) -> bytes:
+        statement = _attestation(digest, **changes)
+        if changes.get("subject") == "two":
+            other = p.sha256_digest(b"another artifact")
+            statement["subject"] = [
+                {"name": digest, "digest": {"sha256": digest.split(":")[1]}},
+                {"name": other, "digest": {"sha256": other.split(":")[1]}},
+            ]
+        return key_signed_statement(key_file, statement)
+
+    forge_as(alice).message(bob.name, sign=sign)
+    rejection = recv_refuses(bob, out, VERIFICATION)
+    assert rejection["error_type"] == "SignatureError"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ from dockercomms.core import protocol as p
 from dockercomms.core.chunking import extract_layer, plan_chunks
 from dockercomms.core.errors import ChunkError, FilenameError, ManifestError
 from dockercomms.core.limits import check_filename, sanitize_filename
-from dockercomms.core.signing.statement import signed_digests, statement_bytes
+from dockercomms.core.signing.statement import signed_digest, statement_bytes
 from tests.forge import compress, honest_layer
 
 
@@ -293,6 +294,38 @@ def test_missing_annotation_and_wrong_config() -> None:
 
 def test_statement_names_the_digest() -> None:
     digest = p.sha256_digest(b"manifest")
-    assert signed_digests(p.DSSE_PAYLOAD_TYPE, statement_bytes(digest)) == [digest]
+    assert signed_digest(p.DSSE_PAYLOAD_TYPE, statement_bytes(digest)) == digest
     with pytest.raises(ValueError):
-        signed_digests("text/plain", statement_bytes(digest))
+        signed_digest("text/plain", statement_bytes(digest))
+
+
+def _statement(**changes: object) -> bytes:
+    digest = p.sha256_digest(b"manifest")
+    statement = json.loads(statement_bytes(digest)) | changes
+    return json.dumps(statement).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (_statement(predicateType="https://slsa.dev/provenance/v1"), "predicateType"),
+        (_statement(predicateType=None), "predicateType"),
+        (
+            _statement(
+                subject=[
+                    {"name": "a", "digest": {"sha256": "a" * 64}},
+                    {"name": "b", "digest": {"sha256": "b" * 64}},
+                ]
+            ),
+            "exactly one subject",
+        ),
+        (_statement(subject=[{"name": "a", "digest": {"sha256": "A" * 64}}]), "sha256"),
+        (b"[" * 5000 + b"]" * 5000, "nested"),
+    ],
+    ids=["attestation", "no-predicate", "two-subjects", "uppercase-hex", "deep"],
+)
+def test_only_a_cosign_signature_statement_is_a_message_signature(
+    payload: bytes, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        signed_digest(p.DSSE_PAYLOAD_TYPE, payload)

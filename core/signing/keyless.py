@@ -46,8 +46,8 @@ from dockercomms.core.errors import (
     UntrustedSignerError,
     VerificationError,
 )
-from dockercomms.core.protocol import COSIGN_PREDICATE_TYPE, DSSE_PAYLOAD_TYPE, check_digest
-from dockercomms.core.signing.statement import signed_digests, statement_bytes
+from dockercomms.core.protocol import check_digest
+from dockercomms.core.signing.statement import signed_digest, statement_bytes
 
 PUBLIC_GOOD: Final = "public-good"
 STAGING: Final = "staging"
@@ -334,19 +334,12 @@ def _verify(
 
 
 def _require_statement_for(payload_type: str, payload: bytes, manifest_digest: str) -> None:
-    if payload_type != DSSE_PAYLOAD_TYPE:
-        raise ValueError(f"DSSE payload type is {payload_type!r}, expected {DSSE_PAYLOAD_TYPE!r}")
-    claimed = signed_digests(payload_type, payload)
-    predicate_type = json.loads(payload).get("predicateType")
-    if predicate_type != COSIGN_PREDICATE_TYPE:
-        # An attestation (SBOM, provenance) about the manifest is not a signature of it.
-        raise ValueError(
-            f"statement predicateType is {predicate_type!r}, expected {COSIGN_PREDICATE_TYPE!r}"
-        )
-    wanted = manifest_digest.encode()
-    # A list, not a generator: compare every claimed digest, not just up to a match.
-    if not any([hmac.compare_digest(found.encode(), wanted) for found in claimed]):
-        raise ValueError(f"statement covers {', '.join(claimed)}, not {manifest_digest}")
+    # signed_digest refuses every other statement: another predicateType (an SBOM
+    # or provenance attestation about the manifest is not a signature of it), or
+    # more than one subject.
+    claimed = signed_digest(payload_type, payload)
+    if not hmac.compare_digest(claimed.encode(), manifest_digest.encode()):
+        raise ValueError(f"statement covers {claimed}, not {manifest_digest}")
 
 
 def _failure(

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError, SignatureError, UntrustedSignerError
-from dockercomms.core.signing.statement import pae, signed_digests, statement_bytes
+from dockercomms.core.signing.statement import pae, signed_digest, statement_bytes
 
 _Check = Callable[[ec.EllipticCurvePublicKey], bool]
 
@@ -159,8 +159,9 @@ def verify_key_bundle(
     Steps:
     1. The bundle is a v0.3 bundle with a public-key hint and no certificate.
     2. The hint selects pinned keys (none: untrusted signer).
-    3. DSSE: the signature over the PAE verifies, the payload is an in-toto
-       statement, and its subject digest equals the manifest digest (constant time).
+    3. DSSE: the signature over the PAE verifies, the payload is a cosign sign/v1
+       in-toto statement with exactly one subject, and that subject's digest equals
+       the manifest digest (constant time).
        messageSignature: messageDigest equals the manifest digest (constant time)
        and the signature over that prehashed digest verifies.
     """
@@ -213,11 +214,11 @@ def _dsse_checker(envelope: object, manifest_digest: str) -> _Check:
         raise SignatureError("DSSE envelope must carry exactly one signature")
     signature = _b64(signatures[0].get("sig") if isinstance(signatures[0], dict) else None, "sig")
     try:
-        claimed = signed_digests(payload_type, payload)
+        claimed = signed_digest(payload_type, payload)
     except ValueError as exc:
         raise SignatureError(f"DSSE payload: {exc}") from exc
-    if not any(hmac.compare_digest(c.encode(), manifest_digest.encode()) for c in claimed):
-        raise SignatureError(f"bundle signs {claimed[0]}, not {manifest_digest}")
+    if not hmac.compare_digest(claimed.encode(), manifest_digest.encode()):
+        raise SignatureError(f"bundle signs {claimed}, not {manifest_digest}")
     signed = pae(payload_type, payload)
 
     def check(key: ec.EllipticCurvePublicKey) -> bool:
