@@ -31,6 +31,7 @@ from typing import BinaryIO
 from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
 from dockercomms.core.chunking import ByteSink, extract_layer
+from dockercomms.core.collision_names import suffixed_names
 from dockercomms.core.errors import (
     DockerCommsError,
     ExpiredError,
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 CLOCK_SKEW = timedelta(minutes=5)
 SPOOL_IN_MEMORY = 64 * 1024 * 1024
 WRITEBACK_STEP = 8 * 1024 * 1024
+#: Names tried in the output folder (the own name, then suffixed ones) before giving up.
+MAX_NAME_CANDIDATES = 1000
 Clock = Callable[[], datetime]
 
 
@@ -417,25 +420,12 @@ def _discard(pending: Future[BlobSpool]) -> None:
         return
 
 
-def _candidate_names(message: m.Message) -> Iterator[str]:
-    yield message.filename
-    stem, dot, ext = message.filename.rpartition(".")
-    if not stem:
-        stem, dot, ext = message.filename, "", ""
-    suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
-    yield f"{stem} ({suffix}){dot}{ext}"
-    for n in range(2, 1000):
-        yield f"{stem} ({suffix}-{n}){dot}{ext}"
-
-
 def _link_to_free_name(tmp: Path, out_dir: Path, message: m.Message) -> Path:
-    for name in _candidate_names(message):
-        target = out_dir / name
-        if len(name.encode()) > 255:
-            continue
+    suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
+    for name in suffixed_names(message.filename, suffix, count=MAX_NAME_CANDIDATES):
         with contextlib.suppress(FileExistsError):
-            os.link(tmp, target)
-            return target
+            os.link(tmp, out_dir / name)
+            return out_dir / name
     raise OutputError(f"no free name for {message.filename!r} in {out_dir}")
 
 

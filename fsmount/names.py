@@ -6,13 +6,16 @@ changes its name under a reader; only a later arrival gets a suffix.
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterator
+from collections.abc import Container
 
+from dockercomms.core.collision_names import suffixed_names
 from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.limits import check_filename
 
 #: Names the mount itself uses inside ``inbox/`` and ``sent/``.
 RESERVED = frozenset({".rejected", ".refresh", ".status.json"})
+#: Names tried for one file before giving up.
+MAX_CANDIDATES = 100_000
 
 
 def folder_name(identity: str) -> str:
@@ -25,20 +28,13 @@ def folder_name(identity: str) -> str:
     return f"_{name}" if name in RESERVED or name in (".", "..") else name
 
 
-def suffixed_names(filename: str, suffix: str) -> Iterator[str]:
-    """``filename``, then ``stem (suffix).ext``, then ``stem (suffix-2).ext``..."""
-    yield filename
-    stem, dot, ext = filename.rpartition(".")
-    if not stem:
-        stem, dot, ext = filename, "", ""
-    yield f"{stem} ({suffix}){dot}{ext}"
-    for n in range(2, 100_000):
-        yield f"{stem} ({suffix}-{n}){dot}{ext}"
-
-
 def free_name(filename: str, suffix: str, taken: Container[str]) -> str:
-    """The first of :func:`suffixed_names` not in ``taken`` (and not too long)."""
-    for name in suffixed_names(filename, suffix):
-        if name not in taken and name not in RESERVED and len(name.encode()) <= 255:
+    """The first name by :mod:`~dockercomms.core.collision_names`' rule not ``taken``.
+
+    Every candidate fits 255 bytes (a long name's stem is shortened), so a second
+    message with a long name always gets one.
+    """
+    for name in suffixed_names(filename, suffix, count=MAX_CANDIDATES):
+        if name not in taken and name not in RESERVED:
             return name
     raise RuntimeError(f"no free name for {filename!r}")

@@ -193,3 +193,22 @@ def test_concurrent_sends_share_one_layout(
     )
     for f in files:
         assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes()
+
+
+def test_two_messages_with_one_long_name_both_arrive(
+    alice_bob: tuple[Party, Party], tmp_path: Path
+) -> None:
+    """The collision name is shortened on a character boundary to fit 255 bytes."""
+    alice, bob = alice_bob
+    name = "é" * 120 + ".txt"  # 244 bytes: the suffixed name would not fit
+    for n in range(2):
+        folder = tmp_path / f"from-{n}"
+        folder.mkdir()
+        send(alice, write(folder / name, 10 + n, seed=n), bob.name)
+    out = tmp_path / "out"
+    outcomes = recv(bob, out)
+    assert [o["status"] for o in outcomes] == ["received", "received"]
+    names = sorted(os.listdir(out))
+    assert name in names and len(names) == 2
+    assert all(len(n.encode()) <= 255 and n.endswith(".txt") for n in names)
+    assert sorted(f.stat().st_size for f in out.iterdir()) == [10, 11]
