@@ -3,6 +3,13 @@
 Building produces the exact bytes we push (compact JSON), so the digest we sign is
 the digest of those bytes. Validation is SPEC 5 step 3: every field an artifact
 claims is checked before anything it points to is fetched.
+
+Caveats first: every document parsed here is untrusted. Its JSON is size- and
+depth-bounded (:mod:`dockercomms.core.untrusted`), and every date and number is
+range-checked before any arithmetic: ``created_at`` lies in
+[``EARLIEST_CREATED_AT``, ``LATEST_CREATED_AT``) and ``ttl_seconds`` is at most
+``MAX_TTL_SECONDS``, so ``created_at + ttl`` (and a clock skew either side) can
+never overflow a ``datetime``.
 """
 
 from __future__ import annotations
@@ -10,10 +17,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dockercomms.core import protocol as p
+from dockercomms.core import untrusted
 from dockercomms.core.errors import LimitExceededError, ManifestError
 from dockercomms.core.limits import DEFAULT_LIMITS, Limits, check_filename
 
@@ -21,6 +29,12 @@ _UINT = re.compile(r"^(0|[1-9][0-9]{0,19})$")
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 # Compressed random data can be slightly larger than its input; allow for that.
 _LAYER_OVERHEAD = 64 * 1024
+#: Longest time to live a message or receipt may claim: ten years.
+MAX_TTL_SECONDS = 10 * 366 * 24 * 3600
+#: Dates a manifest may claim. Far from ``datetime``'s own limits (years 1 and
+#: 9999), so adding a TTL or a clock skew never overflows.
+EARLIEST_CREATED_AT = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_CREATED_AT = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -188,15 +202,15 @@ def build_referrers_index(descriptors: list[Descriptor]) -> bytes:
 # --- parsing ---------------------------------------------------------------------------
 
 
-def parse_json(raw: bytes, what: str) -> dict[str, Any]:
-    """Parse manifest/index JSON strictly into a dict, or raise ``ManifestError``."""
-    try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise ManifestError(f"{what} is not a JSON object")
-    return value
+def parse_json(
+    raw: bytes, what: str, *, max_bytes: int = DEFAULT_LIMITS.max_manifest_bytes
+) -> dict[str, Any]:
+    """Parse untrusted manifest/index JSON into a dict, bounded in size and depth.
+
+    Raises ``ManifestError`` (not JSON, not an object) or ``LimitExceededError``
+    (too large, nested too deeply); never anything else.
+    """
+    return untrusted.parse_json_object(raw, what, max_bytes=max_bytes)
 
 
 def parse_descriptor(value: object, what: str) -> Descriptor:
@@ -261,9 +275,22 @@ def _required(annotations: dict[str, str], keys: tuple[str, ...]) -> None:
 
 def _timestamp(annotations: dict[str, str], key: str) -> datetime:
     try:
-        return p.parse_timestamp(annotations[key])
+        moment = p.parse_timestamp(annotations[key])
     except ValueError as exc:
         raise ManifestError(f"annotation {key}: {exc}") from exc
+    if not EARLIEST_CREATED_AT <= moment < LATEST_CREATED_AT:
+        raise ManifestError(
+            f"annotation {key} {annotations[key][:40]!r} is not between "
+            f"{EARLIEST_CREATED_AT.year} and {LATEST_CREATED_AT.year}"
+        )
+    return moment
+
+
+def _ttl(annotations: dict[str, str]) -> int:
+    ttl = _uint(annotations, p.A_TTL)
+    if ttl > MAX_TTL_SECONDS:
+        raise LimitExceededError(f"ttl_seconds {ttl} exceeds {MAX_TTL_SECONDS}")
+    return ttl
 
 
 _MESSAGE_KEYS = (
@@ -294,7 +321,7 @@ def parse_message(
     ``me`` (when given) must be the recipient exactly, and the tag's recipient
     tag must be the one derived from the recipient annotation.
     """
-    doc = parse_json(raw, "message manifest")
+    doc = parse_json(raw, "message manifest", max_bytes=limits.max_manifest_bytes)
     _check_envelope(doc, p.MESSAGE_ARTIFACT_TYPE, "message manifest")
     ann = _string_map(doc.get("annotations"), "message annotations")
     _required(ann, _MESSAGE_KEYS)
@@ -318,7 +345,8 @@ def parse_message(
     total = _uint(ann, p.A_TOTAL_BYTES)
     chunk_bytes = _uint(ann, p.A_CHUNK_BYTES)
     count = _uint(ann, p.A_CHUNK_COUNT)
-    ttl = _uint(ann, p.A_TTL)
+    ttl = _ttl(ann)
+    created_at = _timestamp(ann, p.A_CREATED_AT)
     if total > limits.max_total_bytes:
         raise LimitExceededError(f"total_bytes {total} exceeds {limits.max_total_bytes}")
     if count > limits.max_chunks:
@@ -331,7 +359,7 @@ def parse_message(
         tag=tag,
         sender=sender,
         recipient=recipient,
-        created_at=_timestamp(ann, p.A_CREATED_AT),
+        created_at=created_at,
         ttl_seconds=ttl,
         message_id=message_id,
         filename=filename,
@@ -417,6 +445,7 @@ def parse_receipt(raw: bytes, digest: str) -> Receipt:
     verified = ann[p.A_RECEIPT_VERIFIED]
     if verified not in ("true", "false"):
         raise ManifestError("receipt.verified must be 'true' or 'false'")
+    _ttl(ann)  # not kept, but a receipt claiming an absurd one is not ours
     return Receipt(
         digest=digest,
         subject_digest=subject.digest,

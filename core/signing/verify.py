@@ -3,24 +3,27 @@
 A bundle is either key-pair (public-key hint; verified with ``cryptography``) or
 keyless (Fulcio certificate; verified by sigstore-python against the trusted
 root). Whatever goes wrong inside, the caller sees a ``VerificationError``:
-verification code never lets an unexpected exception turn into exposure.
+verification code never lets an unexpected exception turn into exposure. The
+bundle JSON is parsed size- and depth-bounded before anything else reads it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dockercomms.core.errors import (
+    DockerCommsError,
     SignatureError,
     UntrustedSignerError,
     VerificationError,
 )
+from dockercomms.core.limits import DEFAULT_LIMITS
 from dockercomms.core.signing.keypair import is_key_bundle, verify_key_bundle
 from dockercomms.core.trust import TrustPolicy
+from dockercomms.core.untrusted import parse_json_object
 
 if TYPE_CHECKING:
     from sigstore.models import TrustedRoot
@@ -56,18 +59,21 @@ class BundleVerifier:
         self,
         policy: TrustPolicy,
         trusted_root: Callable[[], TrustedRoot] | None = None,
+        *,
+        max_bundle_bytes: int = DEFAULT_LIMITS.max_bundle_bytes,
     ) -> None:
         self.policy = policy
         self._trusted_root_loader = trusted_root
         self._trusted_root: TrustedRoot | None = None
+        self._max_bundle_bytes = max_bundle_bytes
 
     def verify(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
         """Verify ``bundle_json`` signs ``manifest_digest`` by a trusted signer."""
         try:
-            bundle = json.loads(bundle_json)
-        except ValueError as exc:
-            raise SignatureError(f"bundle is not JSON: {exc}") from exc
-        if not isinstance(bundle, dict) or not isinstance(bundle.get("verificationMaterial"), dict):
+            bundle = parse_json_object(bundle_json, "bundle", max_bytes=self._max_bundle_bytes)
+        except DockerCommsError as exc:
+            raise SignatureError(f"bundle is unreadable: {exc}") from exc
+        if not isinstance(bundle.get("verificationMaterial"), dict):
             raise SignatureError("bundle has no verificationMaterial")
         try:
             if is_key_bundle(bundle):
