@@ -4,12 +4,22 @@ Discovery order (SPEC 5 step 4): the OCI 1.1 referrers API; where the registry
 lacks it, the ``sha256-<hex>`` tag-schema index; last, tag prefixes
 (``bundle-<hex12>-``). Writers add to the fallback index only when the registry
 did not answer the manifest PUT with ``OCI-Subject``.
+
+Caveats first: anyone who can push can add referrers to any subject and rewrite
+its fallback index. So the bundle candidates of one subject are de-duplicated
+(by manifest digest, and by bundle blob digest: the same bytes verify the same
+way) and capped: at most ``MAX_BUNDLE_CANDIDATES`` bundle manifests fetched and
+``MAX_BUNDLE_DOWNLOAD_BYTES`` downloaded, whatever the index lists. A pusher can
+therefore crowd out a genuine bundle with junk ones; that is no more power than
+re-tagging the message itself, which a pusher also has, and it costs the
+receiver a bounded download instead of gigabytes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Literal
 
 from dockercomms.core import manifest as m
@@ -20,11 +30,17 @@ from dockercomms.core.errors import (
     ManifestError,
     NotFoundError,
 )
+from dockercomms.core.limits import MIB
 from dockercomms.core.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 
 DiscoveryMode = Literal["auto", "referrers", "tag"]
+#: Bundle manifests fetched for one subject, at most. An honest message has one.
+MAX_BUNDLE_CANDIDATES = 8
+#: Bytes of bundle manifests and blobs downloaded for one subject, at most (an honest
+#: bundle is a few KiB); one fetch may overshoot by its own cap.
+MAX_BUNDLE_DOWNLOAD_BYTES = 4 * MIB
 
 
 def push_empty_config(client: RegistryClient) -> None:
@@ -80,6 +96,8 @@ def add_to_fallback_index(client: RegistryClient, subject_digest: str, entry: m.
         entries = []
     if any(e.digest == entry.digest for e in entries):
         return
+    # Each entry once: an index padded with repeats (by anyone who can push) shrinks back.
+    entries = list({e.digest: e for e in entries}.values())
     client.push_manifest(m.build_referrers_index([*entries, entry]), tag, media_type=p.OCI_INDEX)
 
 
@@ -105,40 +123,104 @@ def find_referrers(
 def bundle_candidates(
     client: RegistryClient, subject_digest: str, mode: DiscoveryMode = "auto"
 ) -> Iterator[bytes | DockerCommsError]:
-    """Every bundle blob that claims to sign ``subject_digest``, in discovery order.
+    """Bundle blobs that claim to sign ``subject_digest``, in discovery order, bounded.
 
     A candidate that cannot even be fetched is yielded as its error, so the caller
-    can accept the first that verifies and still report why none did.
+    can accept the first that verifies and still report why none did. Each bundle
+    manifest and each bundle blob comes up once; after ``MAX_BUNDLE_CANDIDATES``
+    manifests or ``MAX_BUNDLE_DOWNLOAD_BYTES`` the search stops with a
+    :class:`LimitExceededError`.
     """
-    seen: set[str] = set()
+    search = _BundleSearch(client, subject_digest)
     for descriptor in find_referrers(client, subject_digest, p.BUNDLE_MEDIA_TYPE, mode):
-        seen.add(descriptor.digest)
-        yield _bundle_blob(client, descriptor.digest, subject_digest)
-    if mode == "referrers":
-        return
-    for tag in client.list_tags(p.bundle_tag_prefix(subject_digest)):
+        if descriptor.digest in search.manifests:
+            continue
+        if search.exhausted():
+            yield search.stop()
+            return
+        search.manifests.add(descriptor.digest)
+        search.fetched += 1
         try:
-            _, digest = client.fetch_manifest(tag)
+            raw, _ = client.fetch_manifest(descriptor.digest)
         except DockerCommsError as exc:
             yield exc
             continue
-        if digest not in seen:
-            seen.add(digest)
-            yield _bundle_blob(client, digest, subject_digest)
+        candidate = search.blob_of(raw, descriptor.digest)
+        if candidate is not None:
+            yield candidate
+    if mode == "referrers":
+        return
+    for tag in client.list_tags(p.bundle_tag_prefix(subject_digest)):
+        if search.exhausted():
+            yield search.stop()
+            return
+        search.fetched += 1  # a tag costs a fetch even when it names a manifest seen before
+        try:
+            raw, digest = client.fetch_manifest(tag)
+        except DockerCommsError as exc:
+            yield exc
+            continue
+        if digest in search.manifests:
+            search.downloaded += len(raw)
+            continue
+        search.manifests.add(digest)
+        candidate = search.blob_of(raw, digest)
+        if candidate is not None:
+            yield candidate
 
 
-def _bundle_blob(
-    client: RegistryClient, manifest_digest: str, subject_digest: str
-) -> bytes | DockerCommsError:
-    try:
-        raw, _ = client.fetch_manifest(manifest_digest)
-        layer, subject = m.bundle_layer(raw)
-        if subject is not None and subject.digest != subject_digest:
-            raise ManifestError("bundle manifest refers to another subject")
-        limit = client.limits.max_bundle_bytes
-        if layer.size > limit:
-            raise LimitExceededError(f"bundle is {layer.size} bytes, over the {limit}-byte limit")
-        return client.fetch_small_blob(layer.digest, max_bytes=limit)
-    except DockerCommsError as exc:
-        log.info("bundle %s unusable: %s", manifest_digest[:19], exc.diagnostics())
-        return exc
+@dataclass
+class _BundleSearch:
+    """The budget and memory of one subject's bundle search.
+
+    Attributes:
+        manifests: bundle manifest digests already taken up.
+        blobs: bundle blob digests already downloaded.
+        fetched: bundle manifests fetched so far.
+        downloaded: bytes of bundle manifests and blobs so far.
+    """
+
+    client: RegistryClient
+    subject_digest: str
+    manifests: set[str] = field(default_factory=set)
+    blobs: set[str] = field(default_factory=set)
+    fetched: int = 0
+    downloaded: int = 0
+
+    def exhausted(self) -> bool:
+        return self.fetched >= MAX_BUNDLE_CANDIDATES or self.downloaded >= MAX_BUNDLE_DOWNLOAD_BYTES
+
+    def stop(self) -> LimitExceededError:
+        why = (
+            f"stopped looking for bundles of {self.subject_digest[:19]} after "
+            f"{self.fetched} manifests and {self.downloaded} bytes"
+        )
+        log.info("%s", why)
+        return LimitExceededError(why)
+
+    def blob_of(self, raw: bytes, manifest_digest: str) -> bytes | DockerCommsError | None:
+        """The bundle blob of manifest ``raw`` (just fetched); None if it came up before."""
+        self.downloaded += len(raw)
+        try:
+            layer, subject = m.bundle_layer(raw)
+            if subject is not None and subject.digest != self.subject_digest:
+                raise ManifestError("bundle manifest refers to another subject")
+            if layer.digest in self.blobs:
+                return None  # the same bytes verify the same way
+            limit = self.client.limits.max_bundle_bytes
+            if layer.size > limit:
+                raise LimitExceededError(
+                    f"bundle is {layer.size} bytes, over the {limit}-byte limit"
+                )
+            if self.downloaded + layer.size > MAX_BUNDLE_DOWNLOAD_BYTES:
+                raise LimitExceededError(
+                    f"bundle of {layer.size} bytes is over what is left of the "
+                    f"{MAX_BUNDLE_DOWNLOAD_BYTES}-byte budget for {self.subject_digest[:19]}"
+                )
+            self.blobs.add(layer.digest)
+            blob = self.client.fetch_small_blob(layer.digest, max_bytes=limit)
+            self.downloaded += len(blob)
+            return blob
+        except DockerCommsError as exc:
+            log.info("bundle %s unusable: %s", manifest_digest[:19], exc.diagnostics())
+            return exc
