@@ -118,13 +118,20 @@ def cmd_recv(args: argparse.Namespace) -> int:
             limit=args.max,
             progress=lambda m: TransferProgress(f"recv {m.filename}", m.total_bytes),
         )
-    emit(args, [o.to_json() for o in outcomes], _recv_text)
+    verbose = getattr(args, "verbose", 0) > 0
+    emit(args, [o.to_json() for o in outcomes], lambda rs: recv_text(rs, verbose=verbose))
+    # Only this run's news decides: a message rejected before is not a failure again.
     errors = [o.error for o in outcomes if o.error is not None]
     return exit_code_for(errors[0]) if errors else 0
 
 
-def _recv_text(results: list[dict[str, Any]]) -> str:
+def recv_text(results: list[dict[str, Any]], *, verbose: bool = False) -> str:
+    """Human lines for receive outcomes; rejections of earlier runs only counted.
+
+    Shared with ``sync --once``. ``verbose`` lists the earlier rejections too.
+    """
     lines = []
+    earlier = 0
     for r in results:
         if r["status"] == "received":
             lines.append(f"received {r['filename']} from {r['sender']} -> {r['path']}")
@@ -132,6 +139,12 @@ def _recv_text(results: list[dict[str, Any]]) -> str:
             lines.append(f"REJECTED {r['tag']}: {r['error']}")
         elif r["status"] == "deferred":
             lines.append(f"deferred {r['tag']} (will retry): {r['error']}")
+        elif r["status"] == "rejected-before":
+            earlier += 1
+            if verbose:
+                lines.append(f"rejected before {r['tag']}: {r['error']}")
+    if earlier and not verbose:
+        lines.append(f"{earlier} rejected before (not shown again; -v or --json lists them)")
     return "\n".join(lines) or "nothing new"
 
 

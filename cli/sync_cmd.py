@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dockercomms.cli.messaging import recv_text
 from dockercomms.cli.output import emit
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core.errors import exit_code_for
@@ -56,22 +57,22 @@ def _once(args: argparse.Namespace, syncer: Syncer) -> int:
     summary = syncer.run_once()
     if args.status_file:
         _write_status(Path(args.status_file), syncer.status())
-    emit(args, summary.to_json(), _once_text)
+    verbose = getattr(args, "verbose", 0) > 0
+    emit(args, summary.to_json(), lambda result: _once_text(result, verbose=verbose))
+    # Errors hold this run's news only: a message rejected by an earlier run is none.
     return exit_code_for(summary.errors[0]) if summary.errors else 0
 
 
-def _once_text(result: dict[str, Any]) -> str:
+def _once_text(result: dict[str, Any], *, verbose: bool = False) -> str:
     lines = [f"sent {i['filename']} to {i['recipient']} ({i['tag']})" for i in result["sent"]]
     for i in result["failed"]:
         lines.append(f"FAILED {i['filename']} to {i['recipient']}: {i['last_error']}")
     for i in result["waiting"]:
         why = f": {i['last_error']}" if i["last_error"] else ""
         lines.append(f"waiting {i['filename']} to {i['recipient']}{why}")
-    for r in result["received"]:
-        if r["status"] == "received":
-            lines.append(f"received {r['filename']} from {r['sender']} -> {r['path']}")
-        elif r["status"] == "rejected":
-            lines.append(f"REJECTED {r['tag']}: {r['error']}")
+    received = [r for r in result["received"] if r["status"] != "already-received"]
+    if received:
+        lines.append(recv_text(received, verbose=verbose))
     shown = {i["last_error"] for i in result["failed"] + result["waiting"]}
     shown |= {r.get("error") for r in result["received"]}
     lines += [f"error: {e}" for e in result["errors"] if e not in shown]

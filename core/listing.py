@@ -13,8 +13,8 @@ Caveats first:
 * Registries that meter manifest pulls (Docker Hub) count every check, however
   many run at once.
 * Results come back in the order of the tags given. Nothing is de-duplicated
-  here; :func:`first_of_each_message` does that, by ``Receiver.inbox``'s rule
-  (:class:`~dockercomms.core.receive.SeenMessages`).
+  here; :func:`first_of_each_message` does that, among verified messages only
+  (:class:`~dockercomms.core.receive.SeenMessages`), as ``recv`` does.
 """
 
 from __future__ import annotations
@@ -110,6 +110,14 @@ def check_tags(
 
 
 def first_of_each_message(checked: Iterable[CheckedTag]) -> list[CheckedTag]:
-    """Drop later tags naming a message (by id or digest) an earlier tag named."""
+    """Drop later tags naming a verified message an earlier verified tag named.
+
+    Every tag that did not verify stays, shown as what it is: it can neither
+    hide a verified message nor be hidden by one.
+    """
     seen = SeenMessages()
-    return [e for e in checked if e.message is None or seen.first_time(e.message)]
+    return [
+        e
+        for e in checked
+        if e.message is None or e.signer is None or seen.first_time(e.message, e.signer)
+    ]

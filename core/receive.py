@@ -69,29 +69,38 @@ class VerifiedMessage:
 
 @dataclass(frozen=True)
 class InboxEntry:
-    """One tag in my inbox: the parsed message, or why it could not be parsed."""
+    """One tag in my inbox: the parsed message, or why it could not be parsed.
+
+    ``digest`` is the manifest digest whenever the manifest could be fetched, even
+    if it did not parse, so a rejection can be remembered by it.
+    """
 
     tag: str
     message: m.Message | None
     error: DockerCommsError | None
+    digest: str | None = None
 
 
 class SeenMessages:
-    """The de-duplication rule of an inbox listing: one entry per message id and digest.
+    """The de-duplication rule of an inbox: among *verified* messages only.
 
-    A later tag naming a message (by id or by manifest digest) that an earlier tag
-    named is the same message, listed once.
+    Two tags are the same message when they name the same manifest digest, or
+    when the same verified signer sent the same message id (a re-send under a
+    new date). Nothing unverified takes part: an unsigned decoy carrying someone's
+    (public) message id hides nothing, and one trusted sender reusing another's
+    message id is a different message.
     """
 
     def __init__(self) -> None:
-        self._ids: set[str] = set()
+        self._ids: set[tuple[str, str]] = set()
         self._digests: set[str] = set()
 
-    def first_time(self, message: m.Message) -> bool:
-        """True the first time ``message`` (by id or digest) comes up."""
-        if message.message_id in self._ids or message.digest in self._digests:
+    def first_time(self, message: m.Message, signer: VerifiedSigner) -> bool:
+        """True the first time this verified message (by digest, or sender and id) comes up."""
+        key = (signer.name, message.message_id)
+        if key in self._ids or message.digest in self._digests:
             return False
-        self._ids.add(message.message_id)
+        self._ids.add(key)
         self._digests.add(message.digest)
         return True
 
@@ -116,22 +125,40 @@ class Receiver:
 
     # Step 1.
     def inbox(self) -> Iterator[InboxEntry]:
-        """Every message tag addressed to me, parsed, de-duplicated by id and digest."""
-        seen = SeenMessages()
+        """Every message tag addressed to me, parsed, but neither verified nor de-duplicated.
+
+        Only a tag naming a digest an earlier tag named is left out: the same
+        bytes verify the same way. De-duplication by message id needs the
+        verified sender (:class:`SeenMessages`).
+        """
+        digests: set[str] = set()
         for tag in self.client.list_tags(p.inbox_prefix(self.me)):
             try:
-                message = self.fetch_message(tag)
+                raw, digest = self.client.fetch_manifest(tag)
             except DockerCommsError as exc:
                 yield InboxEntry(tag, None, exc)
                 continue
-            if seen.first_time(message):
-                yield InboxEntry(tag, message, None)
+            if digest in digests:
+                continue
+            digests.add(digest)
+            try:
+                message = self.parse_message(raw, digest, tag)
+            except DockerCommsError as exc:
+                yield InboxEntry(tag, None, exc, digest)
+                continue
+            yield InboxEntry(tag, message, None, digest)
 
     # Steps 2-3.
     def fetch_message(self, reference: str, *, check_recipient: bool = True) -> m.Message:
         """Fetch and validate a message manifest by tag or digest."""
         raw, digest = self.client.fetch_manifest(reference)
         tag = None if p.DIGEST_PATTERN.fullmatch(reference) else reference
+        return self.parse_message(raw, digest, tag, check_recipient=check_recipient)
+
+    def parse_message(
+        self, raw: bytes, digest: str, tag: str | None, *, check_recipient: bool = True
+    ) -> m.Message:
+        """Step 3 on manifest bytes already fetched."""
         return m.parse_message(
             raw,
             digest,
@@ -143,6 +170,12 @@ class Receiver:
     # Steps 4-7.
     def verify_message(self, message: m.Message) -> VerifiedMessage:
         """Verify signature, signer and freshness; touches no chunk."""
+        signer = self.verify_signer(message)
+        self.check_fresh(message)
+        return VerifiedMessage(message, signer)
+
+    def verify_signer(self, message: m.Message) -> VerifiedSigner:
+        """Steps 4-6: a trusted signature, by exactly the claimed sender."""
         signer = self.verify_signature(message.digest)
         # 6. The signer must be trusted as exactly the claimed sender.
         if signer.name != message.sender:
@@ -150,7 +183,13 @@ class Receiver:
                 f"message claims sender {message.sender!r} but is signed by {signer.identity} "
                 f"(trusted as {signer.name!r})"
             )
-        # 7. Expired messages are refused (with clock skew allowance).
+        return signer
+
+    def check_fresh(self, message: m.Message) -> None:
+        """Step 7: refuse expired messages and those from the future (clock skew allowed).
+
+        An expired message stays expired; one from the future may become valid.
+        """
         now = self.clock()
         if message.expires_at + CLOCK_SKEW < now:
             raise ExpiredError(f"message expired at {p.format_timestamp(message.expires_at)}")
@@ -159,7 +198,6 @@ class Receiver:
                 "message claims to be created in the future "
                 f"({p.format_timestamp(message.created_at)})"
             )
-        return VerifiedMessage(message, signer)
 
     def verify_signature(self, subject_digest: str) -> VerifiedSigner:
         """Steps 4-5: the first bundle that verifies for ``subject_digest`` wins."""

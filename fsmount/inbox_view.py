@@ -300,7 +300,7 @@ class InboxView:
         self.poller: InboxPoller | None = None
         self._folders: dict[str, InboxDir] = {}
         self._by_digest: dict[str, InboxItem] = {}
-        self._by_message_id: dict[str, InboxItem] = {}
+        self._by_message_id: dict[tuple[str, str], InboxItem] = {}  # (sender, id)
         self._ready = trio.Event()
         self._trust_stamp: tuple[int, int] | None = None
 
@@ -442,7 +442,8 @@ class InboxView:
                 self._remove_rejected(entry.tag)
             return False
         self._remove_rejected(entry.tag)
-        twin = self._by_digest.get(message.digest) or self._by_message_id.get(message.message_id)
+        key = (message.sender, message.message_id)  # the verified sender: signer.name
+        twin = self._by_digest.get(message.digest) or self._by_message_id.get(key)
         if twin is not None:
             self.aliases[entry.tag] = twin.message.digest
             return False
@@ -455,7 +456,7 @@ class InboxView:
         folder.attach(name, item.node)
         self.items[entry.tag] = item
         self._by_digest[message.digest] = item
-        self._by_message_id[message.message_id] = item
+        self._by_message_id[key] = item
         return True
 
     def _folder(self, sender: str) -> InboxDir:
@@ -470,7 +471,7 @@ class InboxView:
     def _remove_item(self, tag: str) -> None:
         item = self.items.pop(tag)
         self._by_digest.pop(item.message.digest, None)
-        self._by_message_id.pop(item.message.message_id, None)
+        self._by_message_id.pop((item.message.sender, item.message.message_id), None)
         folder = self._folders.get(item.folder)
         if folder is None or item.node is None:
             return

@@ -9,12 +9,15 @@ bundle JSON is parsed size- and depth-bounded before anything else reads it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dockercomms.core.errors import (
+    ConfigError,
     DockerCommsError,
     SignatureError,
     UntrustedSignerError,
@@ -67,6 +70,17 @@ class BundleVerifier:
         self._trusted_root: TrustedRoot | None = None
         self._max_bundle_bytes = max_bundle_bytes
 
+    @property
+    def policy_fingerprint(self) -> str:
+        """sha256 of the trust entries: changes exactly when the trust policy does.
+
+        A rejection that trust decided (untrusted signer, no bundle that verifies)
+        is remembered under this, so it is retried once the policy changes. The
+        Sigstore trusted root is not part of it.
+        """
+        entries = sorted(json.dumps(asdict(entry), sort_keys=True) for entry in self.policy.entries)
+        return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
     def verify(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
         """Verify ``bundle_json`` signs ``manifest_digest`` by a trusted signer."""
         try:
@@ -79,9 +93,9 @@ class BundleVerifier:
             if is_key_bundle(bundle):
                 return self._verify_key(bundle, manifest_digest)
             return self._verify_keyless(bundle_json, manifest_digest)
-        except VerificationError:
-            raise
-        except Exception as exc:  # any failure inside verification is a rejection
+        except (VerificationError, ConfigError):
+            raise  # a verdict; or none at all (no usable trust root), not the bundle's fault
+        except Exception as exc:  # any other failure inside verification is a rejection
             raise SignatureError(
                 f"bundle could not be verified: {type(exc).__name__}: {exc}"
             ) from exc
