@@ -13,6 +13,7 @@ import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,11 @@ def recv_json(bob: Party, out: Path) -> tuple[int, list[dict[str, Any]]]:
 
 def received_names(outcomes: list[dict[str, Any]]) -> list[str]:
     return sorted(str(o["filename"]) for o in outcomes if o["status"] == "received")
+
+
+def _fresh_ids() -> tuple[datetime, str, str]:
+    """Arguments for ``p.message_tag`` after the recipient: now, a session, a message id."""
+    return datetime.now(UTC), p.new_message_id(), p.new_message_id()
 
 
 # --- #13.2: one hostile manifest must not stop anyone's inbox ------------------------
@@ -262,12 +268,6 @@ def test_a_crowd_of_junk_bundles_costs_a_bounded_download(
     assert received_names(outcomes) == ["real.txt"]
 
 
-def _fresh_ids() -> tuple[Any, str, str]:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC), p.new_message_id(), p.new_message_id()
-
-
 def test_rejections_are_remembered_until_trust_changes(
     alice_bob: tuple[Party, Party], tmp_path: Path, counted: RegistryCounts
 ) -> None:
@@ -315,6 +315,10 @@ def test_recv_reports_a_rejection_once(alice_bob: tuple[Party, Party], tmp_path:
     assert second.code == 0, second.out + second.err
     assert "REJECTED" not in second.out and "reject" not in second.err.lower()
     assert "1 rejected before" in second.out
+
+    listed = bob.cli("recv", "--out", str(out), "-v")
+    assert listed.code == 0 and listed.out.startswith("rejected before inbox-"), listed.out
+    assert "reject" not in listed.err.lower(), listed.err
 
 
 def test_sync_once_reports_a_rejection_once(alice_bob: tuple[Party, Party], tmp_path: Path) -> None:
