@@ -8,21 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterator
 
-from dockercomms.core.errors import DockerCommsError
-from dockercomms.core.limits import check_filename
+# A sender's or recipient's folder: the name itself when valid, an escaped form
+# that no valid name has otherwise (core.names says how).
+from dockercomms.core.names import folder_name
+
+__all__ = ["RESERVED", "folder_name", "free_name", "suffixed_names"]
 
 #: Names the mount itself uses inside ``inbox/`` and ``sent/``.
 RESERVED = frozenset({".rejected", ".refresh", ".status.json"})
-
-
-def folder_name(identity: str) -> str:
-    """A safe single path component for a sender or recipient name."""
-    try:
-        name = check_filename(identity)
-    except DockerCommsError:
-        name = "".join(ch if ch.isprintable() and ch not in "/\\" else "_" for ch in identity)
-        name = name[:200] or "_"
-    return f"_{name}" if name in RESERVED or name in (".", "..") else name
 
 
 def suffixed_names(filename: str, suffix: str) -> Iterator[str]:
