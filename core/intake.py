@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dockercomms.core import protocol as p
-from dockercomms.core.errors import DockerCommsError, OutputError, RegistryError
+from dockercomms.core.errors import ConfigError, DockerCommsError, OutputError, RegistryError
 from dockercomms.core.ledger import ReceivedLedger
 from dockercomms.core.manifest import Message
 from dockercomms.core.receipts import send_receipt
@@ -131,8 +131,11 @@ def receive_new(
 
 
 def _rejected(tag: str, message: Message | None, error: DockerCommsError) -> Outcome:
-    if (isinstance(error, RegistryError) and error.temporary) or isinstance(error, OutputError):
-        # Not the message's fault (registry hiccup, full disk): the next run tries again.
+    if (isinstance(error, RegistryError) and error.temporary) or isinstance(
+        error, OutputError | ConfigError
+    ):
+        # Not the message's fault (registry hiccup, full disk, my own Sigstore set-up):
+        # the next run tries again.
         log.warning("deferred %s: %s", tag, error.diagnostics())
         return Outcome(tag, "deferred", message, error=error)
     log.warning("rejected %s: %s", tag, error.diagnostics())

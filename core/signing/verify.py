@@ -2,8 +2,10 @@
 
 A bundle is either key-pair (public-key hint; verified with ``cryptography``) or
 keyless (Fulcio certificate; verified by sigstore-python against the trusted
-root). Whatever goes wrong inside, the caller sees a ``VerificationError``:
-verification code never lets an unexpected exception turn into exposure.
+root of the trust entry's Sigstore instance). Whatever goes wrong inside, the
+caller sees a ``VerificationError``: verification code never lets an unexpected
+exception turn into exposure. The one exception is ``ConfigError``: a trusted
+root that cannot be loaded is the receiver's own set-up, not the sender's fault.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from dockercomms.core.errors import (
+    ConfigError,
     SignatureError,
     UntrustedSignerError,
     VerificationError,
@@ -48,18 +51,20 @@ class VerifiedSigner:
 class BundleVerifier:
     """Verifies bundles for one trust policy.
 
-    ``trusted_root`` is loaded lazily and only for keyless bundles, so key-pair
-    users never need Sigstore's trust root (or the network).
+    ``trusted_root(instance)`` loads the root of a trust entry's Sigstore instance
+    (its ``sigstore_trust``; empty for the receiver's own), lazily and only for
+    keyless bundles, so key-pair users never need Sigstore's trust root (or the
+    network).
     """
 
     def __init__(
         self,
         policy: TrustPolicy,
-        trusted_root: Callable[[], TrustedRoot] | None = None,
+        trusted_root: Callable[[str], TrustedRoot] | None = None,
     ) -> None:
         self.policy = policy
         self._trusted_root_loader = trusted_root
-        self._trusted_root: TrustedRoot | None = None
+        self._trusted_roots: dict[str, TrustedRoot] = {}
 
     def verify(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
         """Verify ``bundle_json`` signs ``manifest_digest`` by a trusted signer."""
@@ -73,7 +78,7 @@ class BundleVerifier:
             if is_key_bundle(bundle):
                 return self._verify_key(bundle, manifest_digest)
             return self._verify_keyless(bundle_json, manifest_digest)
-        except VerificationError:
+        except (VerificationError, ConfigError):
             raise
         except Exception as exc:  # any failure inside verification is a rejection
             raise SignatureError(
@@ -87,12 +92,12 @@ class BundleVerifier:
         key = verify_key_bundle(bundle, manifest_digest, keys)
         return VerifiedSigner(key.name, "key", key.hint)
 
-    def _root(self) -> TrustedRoot:
-        if self._trusted_root is None:
+    def _root(self, instance: str) -> TrustedRoot:
+        if instance not in self._trusted_roots:
             if self._trusted_root_loader is None:
                 raise SignatureError("bundle is keyless but no Sigstore trust root is configured")
-            self._trusted_root = self._trusted_root_loader()
-        return self._trusted_root
+            self._trusted_roots[instance] = self._trusted_root_loader(instance)
+        return self._trusted_roots[instance]
 
     def _verify_keyless(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
         from dockercomms.core.signing.keyless import certificate_identity, verify_keyless_bundle
@@ -112,7 +117,7 @@ class BundleVerifier:
                 found = verify_keyless_bundle(
                     bundle_json,
                     manifest_digest,
-                    trusted_root=self._root(),
+                    trusted_root=self._root(entry.sigstore_trust),
                     identity=entry.identity,
                     issuer=entry.issuer,
                 )
