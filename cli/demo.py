@@ -82,5 +82,14 @@ def add_parsers(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     """Register ``demo``."""
-    demo = sub.add_parser("demo", parents=[common], help="watch two identities exchange a file")
+    demo = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="watch two identities exchange a file",
+        description="Create two throw-away identities in a temporary folder, alice and bob,\n"
+        "each trusting the other's key, and let alice send bob a signed file through\n"
+        "the embedded registry: signing, listing, verifying, receiving and the signed\n"
+        "receipt, the same engine real use runs. Nothing of yours is touched.",
+        examples=["dockercomms demo"],
+    )
     demo.set_defaults(func=cmd_demo)

@@ -27,6 +27,7 @@ from dockercomms.core.errors import (
     SenderMismatchError,
     exit_code_for,
 )
+from dockercomms.core.names import check_name
 
 if TYPE_CHECKING:
     from dockercomms.core.workspace import Workspace
@@ -59,14 +60,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     from dockercomms.cli.progress import TransferProgress
     from dockercomms.core.send import SendRequest
 
+    recipient = check_name(args.recipient, "recipient")
     workspace = _workspace(args)
     _freeze_startup_objects()
     path = Path(args.file)
     if not path.is_file():
-        raise ConfigError(f"{path} is not a regular file")
+        raise ConfigError(_unsendable(path))
     request = SendRequest(
         path=path,
-        recipient=args.recipient,
+        recipient=recipient,
         chunk_bytes=args.chunk_bytes or workspace.settings.chunk_bytes,
         compression=args.compress or workspace.settings.compression,
         ttl_seconds=args.ttl_seconds or workspace.settings.ttl_seconds,
@@ -82,6 +84,14 @@ def cmd_send(args: argparse.Namespace) -> int:
         lambda s: f"message id: {s['message_id']}\ndigest: {s['digest']}\ntag: {s['tag']}",
     )
     return 0
+
+
+def _unsendable(path: Path) -> str:
+    if not path.exists():
+        return f"{path}: no such file"
+    if path.is_dir():
+        return f"{path} is a folder; send the files in it one at a time"
+    return f"{path} is not a regular file"
 
 
 def parse_since(text: str | None) -> datetime | None:
@@ -285,14 +295,56 @@ def add_parsers(
 ) -> None:
     """Register the messaging commands."""
     parents = [common, registry]
-    s = sub.add_parser("send", parents=parents, help="send a file, signed")
-    s.add_argument("file")
-    s.add_argument("--recipient", "-r", required=True)
-    s.add_argument("--chunk-bytes", type=int)
-    s.add_argument("--compress", choices=list(p.COMPRESSIONS))
-    s.add_argument("--ttl-seconds", type=int)
-    s.add_argument("--session", help="session id (tag's sid8); default a fresh UUID")
-    s.add_argument("--identity-token", help="OIDC token for keyless signing")
+    token_help = (
+        "OIDC token for keyless signing (default: $SIGSTORE_ID_TOKEN, then the CI's "
+        "ambient token, then a browser login on a terminal)"
+    )
+    s = sub.add_parser(
+        "send",
+        parents=parents,
+        help="send a file, signed",
+        description="Send one file to one recipient: cut into compressed chunks, pushed,\n"
+        "signed (key pair or keyless, per 'config show'), and only then tagged into\n"
+        "the recipient's inbox, so an unsigned message is never visible. Prints the\n"
+        "message id, digest and tag.",
+        examples=[
+            "dockercomms send report.pdf --recipient bob@example.com",
+            "dockercomms send big.iso -r bob@example.com --ttl-seconds 86400 --json",
+        ],
+    )
+    s.add_argument("file", metavar="FILE", help="the file to send (its name goes with it)")
+    s.add_argument(
+        "--recipient",
+        "-r",
+        required=True,
+        metavar="NAME",
+        help="who may receive it: their identity, e.g. bob@example.com",
+    )
+    s.add_argument(
+        "--chunk-bytes",
+        type=int,
+        metavar="BYTES",
+        help="chunk size in bytes (default: the chunk_bytes setting, 32 MiB)",
+    )
+    s.add_argument(
+        "--compress",
+        choices=list(p.COMPRESSIONS),
+        help="chunk compression; gzip only for old readers (default: the compression "
+        "setting, zstd)",
+    )
+    s.add_argument(
+        "--ttl-seconds",
+        type=int,
+        metavar="SECONDS",
+        help="how long the message may be received (default: the ttl_seconds setting, "
+        "604800 = 7 days)",
+    )
+    s.add_argument(
+        "--session",
+        metavar="ID",
+        help="session id, whose first 8 characters go into the tag (default: a fresh UUID)",
+    )
+    s.add_argument("--identity-token", metavar="JWT", help=token_help)
     s.add_argument(
         "--interactive",
         action="store_true",
@@ -300,32 +352,103 @@ def add_parsers(
     )
     s.set_defaults(func=cmd_send)
 
-    r = sub.add_parser("recv", parents=parents, help="receive and verify new messages")
-    r.add_argument("--me", help="my identity (must match the configured one)")
-    r.add_argument("--out", required=True, help="folder to write received files into")
-    r.add_argument("--since", help="only messages newer than this (RFC 3339, or 30m/24h/7d)")
-    r.add_argument("--max", type=int, help="receive at most N messages")
+    r = sub.add_parser(
+        "recv",
+        parents=parents,
+        help="receive and verify new messages",
+        description="Receive every new message to me into --out: each is verified\n"
+        "(signature, trusted signer, claimed sender, expiry, every chunk) before its\n"
+        "file gets its name, and answered with a signed receipt. A bad message is\n"
+        "reported and skipped; one that failed because of my own set-up (the registry,\n"
+        "the disk, a Sigstore trust file) is deferred to the next run. Exit code:\n"
+        "the first failure's.",
+        examples=["dockercomms recv --out ~/Received", "dockercomms recv --out . --since 24h"],
+    )
+    r.add_argument("--me", metavar="NAME", help="my identity, checked against the configured one")
+    r.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder to write received files into (an existing file is never overwritten)",
+    )
+    r.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only messages newer than this: RFC 3339, a date, or an age such as 30m, "
+        "24h, 7d (default: all)",
+    )
+    r.add_argument(
+        "--max",
+        type=int,
+        metavar="N",
+        help="receive at most N messages (default: no limit)",
+    )
     r.add_argument(
         "--write-receipt",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="send a signed 'accepted' receipt for each received file (default: on)",
     )
-    r.add_argument("--identity-token", help="OIDC token for keyless receipts")
+    r.add_argument("--identity-token", metavar="JWT", help=token_help)
     r.set_defaults(func=cmd_recv)
 
-    v = sub.add_parser("verify", parents=parents, help="verify a message or receipt by digest")
-    v.add_argument("--digest", required=True)
-    v.add_argument("--bundle", choices=["auto", "referrers", "tag"], default="auto")
+    v = sub.add_parser(
+        "verify",
+        parents=parents,
+        help="verify a message or receipt by digest",
+        description="Verify one message or receipt, to me or not: its manifest, its\n"
+        "signature against my trust policy, and that the signer is the claimed sender;\n"
+        "with --chunks also every chunk's digest and contents. Writes nothing.\n"
+        "Exit 2 if it does not verify.",
+        examples=["dockercomms verify --digest sha256:0123...cdef --chunks"],
+    )
+    v.add_argument(
+        "--digest",
+        required=True,
+        metavar="sha256:HEX",
+        help="the manifest digest, as send, ls --json or the mount's xattrs show it",
+    )
+    v.add_argument(
+        "--bundle",
+        choices=["auto", "referrers", "tag"],
+        default="auto",
+        help="where to find signature bundles: the referrers API, bundle- tags, or "
+        "whichever the registry offers (default: auto)",
+    )
     v.add_argument("--chunks", action="store_true", help="also download and check every chunk")
     v.set_defaults(func=cmd_verify)
 
-    a = sub.add_parser("ack", parents=parents, help="send a signed receipt")
-    a.add_argument("--for", dest="for_digest", required=True, help="message digest")
-    a.add_argument("--status", choices=list(p.RECEIPT_STATUSES), required=True)
-    a.add_argument("--reason")
-    a.add_argument("--identity-token", help="OIDC token for keyless signing")
+    a = sub.add_parser(
+        "ack",
+        parents=parents,
+        help="send a signed receipt",
+        description="Send the sender of a message to me a signed receipt saying I accepted\n"
+        "or rejected it. 'accepted' requires the message to verify; 'rejected' may\n"
+        "answer one that does not.",
+        examples=[
+            "dockercomms ack --for sha256:0123...cdef --status accepted",
+            'dockercomms ack --for sha256:0123...cdef --status rejected --reason "wrong file"',
+        ],
+    )
+    a.add_argument(
+        "--for",
+        dest="for_digest",
+        required=True,
+        metavar="sha256:HEX",
+        help="digest of the message to answer",
+    )
+    a.add_argument("--status", choices=list(p.RECEIPT_STATUSES), required=True, help="my answer")
+    a.add_argument("--reason", metavar="TEXT", help="a short reason for the sender (default: none)")
+    a.add_argument("--identity-token", metavar="JWT", help=token_help)
     a.set_defaults(func=cmd_ack)
 
-    ls = sub.add_parser("ls", parents=parents, help="list my inbox")
+    ls = sub.add_parser(
+        "ls",
+        parents=parents,
+        help="list my inbox",
+        description="List the messages to me in the registry with their verification state\n"
+        "(signature and sender only; no chunk is downloaded): date, size, sender and\n"
+        "file name, or why a message is REJECTED or INVALID.",
+        examples=["dockercomms ls", "dockercomms ls --json"],
+    )
     ls.set_defaults(func=cmd_ls)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dockercomms.cli.parsing import CommandParser, name_argument
 from dockercomms.cli.registry_flags import registry_options, registry_parser
 
 if TYPE_CHECKING:
@@ -44,14 +45,18 @@ def _config(args: argparse.Namespace) -> MountConfig:
 def add_behaviour_flags(parser: argparse.ArgumentParser, *, poll_default: float | None) -> None:
     """What the mount does: the flags ``mount`` and ``service install`` share."""
     parser.add_argument(
-        "--to", metavar="RECIPIENT", help="default recipient of files put directly in outbox/"
+        "--to",
+        type=name_argument("recipient"),
+        metavar="RECIPIENT",
+        help="recipient of files put directly in outbox/ (default: none; such files wait, "
+        "and outbox/NAME/FILE always goes to NAME)",
     )
     parser.add_argument(
         "--poll",
         type=float,
         default=poll_default,
         metavar="SECONDS",
-        help="inbox poll interval (default 5)",
+        help="seconds between inbox polls (default 5)",
     )
     parser.add_argument(
         "--no-receipts",
@@ -129,9 +134,22 @@ def add_parsers(
 ) -> None:
     """Register ``mount`` and ``umount``."""
     m = sub.add_parser(
-        "mount", parents=[common, registry], help="mount the drop folder as a filesystem"
+        "mount",
+        parents=[common, registry],
+        help="mount the drop folder as a filesystem",
+        description="Mount the drop folder at MOUNTPOINT (created if missing) and return\n"
+        "once it answers; the daemon keeps running in the background. outbox/NAME/FILE\n"
+        "is sent to NAME when FILE is closed (a folder made directly in outbox/ is a\n"
+        "recipient's name, so mkdir outbox/bob@example.com); a file directly in\n"
+        "outbox/ goes to --to. inbox/SENDER/ shows only messages whose signature\n"
+        "verified; sent/ what I sent. After a crash ('Transport endpoint is not\n"
+        "connected'), run umount, then mount again: nothing queued is lost.",
+        examples=[
+            "dockercomms mount ~/Comms --to bob@example.com",
+            "dockercomms mount ~/Comms --repo ghcr.io/me/comms --poll 30",
+        ],
     )
-    m.add_argument("mountpoint", metavar="MOUNTPOINT")
+    m.add_argument("mountpoint", metavar="MOUNTPOINT", help="the folder to mount on")
     add_behaviour_flags(m, poll_default=5.0)
     m.add_argument(
         "--foreground", action="store_true", help="stay in the foreground (do not daemonize)"
@@ -141,19 +159,27 @@ def add_parsers(
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="how long unmounting waits for an upload in flight",
+        help="how long unmounting waits for an upload in flight (default: 30)",
     )
     m.add_argument("--fuse-debug", action="store_true", help="libfuse debug output")
     m.set_defaults(func=cmd_mount)
 
-    u = sub.add_parser("umount", parents=[common], help="drain uploads, then unmount")
-    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u = sub.add_parser(
+        "umount",
+        parents=[common],
+        help="drain uploads, then unmount",
+        description="Ask the mount's daemon to finish the upload in flight, then unmount.\n"
+        "A stale mount (the daemon died) is cleared. Files still queued are sent by\n"
+        "the next mount.",
+        examples=["dockercomms umount ~/Comms"],
+    )
+    u.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the drop folder is mounted")
     u.add_argument(
         "--timeout",
         type=float,
         default=120.0,
         metavar="SECONDS",
-        help="how long to wait for the daemon to drain and exit",
+        help="how long to wait for the daemon to drain and exit (default: 120)",
     )
     u.set_defaults(func=cmd_umount)
 
@@ -163,7 +189,7 @@ def standalone_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    parser = argparse.ArgumentParser(prog="dockercomms")
+    parser = CommandParser(prog="dockercomms")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_parsers(sub, common, registry_parser())
     return parser

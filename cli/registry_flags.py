@@ -38,9 +38,16 @@ def registry_parser() -> argparse.ArgumentParser:
         help="plain HTTP to a non-loopback host (never skips TLS verification)",
     )
     group.add_argument(
-        "--ca-file", help="CA bundle to verify the registry with instead of the system CAs"
+        "--ca-file",
+        metavar="FILE",
+        help="PEM CA bundle to verify the registry with (default: the system CAs)",
     )
-    group.add_argument("--username", help="registry user name (password from --password-stdin)")
+    group.add_argument(
+        "--username",
+        metavar="USER",
+        help="registry user name, password from --password-stdin (default: "
+        "$DOCKERCOMMS_REGISTRY_USER, then the docker config's credentials)",
+    )
     group.add_argument(
         "--password-stdin",
         action="store_true",

@@ -846,18 +846,32 @@ def add_parsers(
     registry: argparse.ArgumentParser,
 ) -> None:
     """Register ``service``, ``status`` and ``gc``."""
-    service = sub.add_parser("service", help="run the mount as a systemd user service")
+    service = sub.add_parser(
+        "service",
+        help="run the mount as a systemd user service",
+        description="Install, remove or inspect the systemd user unit that mounts the drop\n"
+        "folder at login (dockercomms.service, or dockercomms@NAME with --profile).",
+    )
     actions = service.add_subparsers(dest="service_cmd", required=True, metavar="ACTION")
     profile = argparse.ArgumentParser(add_help=False)
     profile.add_argument(
         "--profile",
         metavar="NAME",
-        help="the identity in ~/.config/dockercomms/profiles/NAME (unit dockercomms@NAME)",
+        help="the identity in ~/.config/dockercomms/profiles/NAME, unit dockercomms@NAME "
+        "(default: the main identity, unit dockercomms)",
     )
     i = actions.add_parser(
         "install",
         parents=[common, profile],
         help="write the unit, then systemctl --user daemon-reload and enable --now",
+        description="Write the user unit (Type=notify, watchdog, drains uploads on stop,\n"
+        "clears a stale mount before starting), reload systemd and start it now and at\n"
+        "every login. The mount options given here are kept in the unit. Run\n"
+        "'loginctl enable-linger' to keep it running while you are logged out.",
+        examples=[
+            "dockercomms service install --to bob@example.com --poll 2",
+            "dockercomms service install --profile work --mountpoint ~/Comms-work",
+        ],
     )
     i.add_argument(
         "--mountpoint",
@@ -867,16 +881,32 @@ def add_parsers(
     add_behaviour_flags(i, poll_default=None)
     i.set_defaults(func=cmd_service_install)
     u = actions.add_parser(
-        "uninstall", parents=[common, profile], help="stop, disable and remove the unit"
+        "uninstall",
+        parents=[common, profile],
+        help="stop, disable and remove the unit",
+        description="Stop the service (uploads in flight drain first), disable it and\n"
+        "remove its unit files. Files still queued stay queued for the next mount.",
+        examples=["dockercomms service uninstall"],
     )
     u.set_defaults(func=cmd_service_uninstall)
-    s = actions.add_parser("status", parents=[common, profile], help="the unit's state")
+    s = actions.add_parser(
+        "status",
+        parents=[common, profile],
+        help="the unit's state",
+        description="Whether the unit is installed, enabled and running, its PID and\n"
+        "restarts, the daemon's last status line, and where its log is.",
+        examples=["dockercomms service status"],
+    )
     s.set_defaults(func=cmd_service_status)
 
     st = sub.add_parser(
         "status",
         parents=[common],
         help="queue, transfers, last poll, errors and cache, from the mount or from disk",
+        description="What this identity is doing: files queued, sending and failed, the\n"
+        "upload in flight, the last inbox poll, recent errors and the chunk cache. It\n"
+        "asks the running mount, or reads the queue database when none runs.",
+        examples=["dockercomms status", "dockercomms status --json"],
     )
     st.add_argument(
         "--mountpoint", metavar="DIR", help="ask this mount (default: find this identity's)"
@@ -884,7 +914,13 @@ def add_parsers(
     st.set_defaults(func=cmd_status)
 
     g = sub.add_parser(
-        "gc", parents=[common, registry], help="delete my expired messages from the registry"
+        "gc",
+        parents=[common, registry],
+        help="delete my expired messages from the registry",
+        description="Delete from the registry the messages I sent whose time to live has\n"
+        "passed, with their signature bundles and receipts. Only what verifies as mine\n"
+        "under my trust policy is touched. The mount's daemon runs this hourly.",
+        examples=["dockercomms gc --dry-run", "dockercomms gc"],
     )
     g.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     g.set_defaults(func=cmd_gc)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.messaging import recv_text
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import name_argument
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core.errors import exit_code_for
 
@@ -119,27 +120,55 @@ def add_parsers(
         "sync",
         parents=[common, registry],
         help="send files dropped into an outbox folder, receive into an inbox folder",
-        description="outbox/<recipient>/FILE is sent to <recipient>; a file directly in "
-        "the outbox goes to --to. Editor and download temp files are never sent.",
+        description="The drop folder without FUSE, on plain folders. outbox/NAME/FILE is\n"
+        "sent to NAME (a folder made directly in the outbox is a recipient's name); a\n"
+        "file directly in the outbox goes to --to. A file is moved out of the outbox\n"
+        "into the durable queue (state dir) as soon as it is picked up, and its bytes\n"
+        "are deleted once sent: keep your own copy. A crash or a dead registry never\n"
+        "loses a queued file or sends it twice. Editor and download temp files are\n"
+        "never sent. Without --once it runs until SIGTERM or Ctrl-C.",
+        examples=[
+            "dockercomms sync --outbox ~/Outbox --inbox ~/Inbox --to bob@example.com",
+            "dockercomms sync --outbox ~/Outbox --once --json",
+        ],
     )
-    s.add_argument("--outbox", required=True, help="folder to watch (created if missing)")
-    s.add_argument("--inbox", help="folder to receive into (default: do not receive)")
-    s.add_argument("--to", help="recipient for files directly in the outbox")
     s.add_argument(
-        "--poll", type=float, default=5.0, help="seconds between inbox polls (default: 5)"
+        "--outbox", required=True, metavar="DIR", help="folder to watch (created if missing)"
+    )
+    s.add_argument(
+        "--inbox", metavar="DIR", help="folder to receive into (default: do not receive)"
+    )
+    s.add_argument(
+        "--to",
+        type=name_argument("recipient"),
+        metavar="RECIPIENT",
+        help="recipient for files directly in the outbox (default: none; they wait)",
+    )
+    s.add_argument(
+        "--poll",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between inbox polls (default: 5)",
     )
     s.add_argument("--once", action="store_true", help="sync once, print a summary and exit")
-    s.add_argument("--status-file", help="keep a JSON status in this file")
+    s.add_argument(
+        "--status-file",
+        metavar="FILE",
+        help="keep a JSON status in this file, rewritten every second (default: none)",
+    )
     s.add_argument(
         "--settle",
         type=float,
         default=0.5,
+        metavar="SECONDS",
         help="seconds a closed file must stay unchanged before it is sent (default: 0.5)",
     )
     s.add_argument(
         "--drain",
         type=float,
         default=30.0,
+        metavar="SECONDS",
         help="seconds to let an upload in flight finish on shutdown (default: 30)",
     )
     s.set_defaults(func=cmd_sync)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import (
+    ConfigError,
     DigestMismatchError,
     DockerCommsError,
     ExpiredError,
@@ -222,8 +223,11 @@ class _Intake:
         step: Step,
     ) -> None:
         """Report ``error`` as this run's rejection (or deferral), and remember it if it lasts."""
-        if (isinstance(error, RegistryError) and error.temporary) or isinstance(error, OutputError):
-            # Not the message's fault (registry hiccup, full disk): the next run tries again.
+        if (isinstance(error, RegistryError) and error.temporary) or isinstance(
+            error, OutputError | ConfigError
+        ):
+            # Not the message's fault (registry hiccup, full disk, my own Sigstore set-up):
+            # the next run tries again.
             log.debug("deferred %s: %s", tag, error.diagnostics())
             self.outcomes.append(Outcome(tag, "deferred", message, error=error))
             return

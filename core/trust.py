@@ -4,21 +4,44 @@ One JSON file, one list of entries. An entry's ``name`` is the sender string a
 message must carry in ``dockercomms.sender`` (SPEC 5 step 6), so a valid signature
 by a trusted party still cannot impersonate another trusted party. Key-pair and
 keyless entries mix freely; a name may have several entries (key rotation).
+
+Caveats first:
+
+* One signer speaks for one name. A key (or a keyless identity and issuer) under
+  two names could only ever send as the first, so :meth:`TrustPolicy.add_key` and
+  :meth:`TrustPolicy.add_identity` refuse the second and say how to move it.
+* New names follow ``core.names``. A file written before that rule, or before
+  the one-signer rule, still loads and still verifies; :meth:`TrustPolicy.problems`
+  says what is wrong, and :meth:`TrustPolicy.load` logs it once per process.
+* A keyless entry may name its Sigstore instance (``sigstore_trust``), so senders
+  on the public instance and on a private one can both be trusted; without one
+  (and in entries written before the field) it is the receiver's own instance.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shlex
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from dockercomms.core.errors import ConfigError
+from dockercomms.core.names import check_name, name_problem
 from dockercomms.core.signing.keypair import PinnedKey, key_hint, load_public_key
+from dockercomms.core.untrusted import shown
+
+log = logging.getLogger(__name__)
 
 TRUST_FILE_VERSION = 1
+
+#: Problems already logged by :meth:`TrustPolicy.load` (path, text): a mount or
+#: ``ls`` reloads the file often, and each problem is worth saying once.
+_reported: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)
@@ -32,6 +55,10 @@ class TrustEntry:
         fingerprint: the key's bundle hint (base64 sha256 of its DER SPKI).
         identity: certificate SAN (email or URI), for ``keyless`` entries.
         issuer: OIDC issuer URL, for ``keyless`` entries; required with identity.
+        sigstore_trust: for ``keyless`` entries, the Sigstore instance whose trusted
+            root verifies them (``public-good``, ``staging`` or an absolute file
+            path); empty for the receiver's own (``sigstore_trust`` in config.toml),
+            so moving that file needs one ``config set``, not one edit per entry.
     """
 
     name: str
@@ -40,12 +67,32 @@ class TrustEntry:
     fingerprint: str = ""
     identity: str = ""
     issuer: str = ""
+    sigstore_trust: str = ""
 
     def describe(self) -> str:
         """One line for ``trust list``."""
         if self.kind == "key":
             return f"{self.name}\tkey\t{self.fingerprint}"
-        return f"{self.name}\tkeyless\t{self.identity} via {self.issuer}"
+        instance = self.sigstore_trust or "mine"
+        return f"{self.name}\tkeyless\t{self.identity} via {self.issuer}\t(sigstore: {instance})"
+
+    @property
+    def signer(self) -> tuple[str, ...]:
+        """Who signs: the key, or the identity and issuer, whatever the name."""
+        if self.kind == "key":
+            return ("key", self.fingerprint)
+        return ("keyless", self.identity, self.issuer)
+
+    @property
+    def match(self) -> str:
+        """What ``trust remove NAME --match`` takes to pick this entry."""
+        return self.fingerprint if self.kind == "key" else self.identity
+
+    def describe_signer(self) -> str:
+        """The signer in words, for messages."""
+        if self.kind == "key":
+            return f"key {self.fingerprint}"
+        return f"{self.identity} via {self.issuer}"
 
 
 @dataclass
@@ -66,9 +113,14 @@ class TrustPolicy:
         if not isinstance(doc, dict) or doc.get("version") != TRUST_FILE_VERSION:
             raise ConfigError(f"{path} is not a version {TRUST_FILE_VERSION} trust file")
         try:
-            return cls([TrustEntry(**entry) for entry in doc.get("entries", [])])
+            policy = cls([TrustEntry(**entry) for entry in doc.get("entries", [])])
         except TypeError as exc:
             raise ConfigError(f"{path}: malformed entry: {exc}") from exc
+        for problem in policy.problems():
+            if (str(path), problem) not in _reported:
+                _reported.add((str(path), problem))
+                log.warning("%s: %s", path, problem)
+        return policy
 
     def save(self, path: Path) -> None:
         """Atomically replace the trust file."""
@@ -76,25 +128,72 @@ class TrustPolicy:
         write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
 
     def add_key(self, name: str, pem: bytes) -> TrustEntry:
-        """Trust a P-256 public key for ``name`` (idempotent)."""
+        """Trust a P-256 public key for ``name`` (idempotent; one name per key)."""
         key = load_public_key(pem)
         entry = TrustEntry(
             name=name, kind="key", public_key=pem.decode(), fingerprint=key_hint(key)
         )
         return self._add(entry)
 
-    def add_identity(self, name: str, identity: str, issuer: str) -> TrustEntry:
-        """Trust a Sigstore identity+issuer pair for ``name`` (both required)."""
+    def add_identity(
+        self, name: str, identity: str, issuer: str, *, sigstore_trust: str = ""
+    ) -> TrustEntry:
+        """Trust a Sigstore identity+issuer pair for ``name`` (both required).
+
+        ``sigstore_trust`` is the instance whose trusted root verifies it, already
+        checked by the caller (``core.signing.keyless.check_trust_source``).
+        """
         if not identity or not issuer:
             raise ConfigError("a keyless trust entry needs both --identity and --issuer")
-        return self._add(TrustEntry(name=name, kind="keyless", identity=identity, issuer=issuer))
+        entry = TrustEntry(
+            name=name,
+            kind="keyless",
+            identity=identity,
+            issuer=issuer,
+            sigstore_trust=sigstore_trust,
+        )
+        return self._add(entry)
 
     def _add(self, entry: TrustEntry) -> TrustEntry:
-        if not entry.name:
-            raise ConfigError("a trust entry needs a name")
+        check_name(entry.name, "trust name")
+        for other in self.entries:
+            if other.signer == entry.signer and other.name != entry.name:
+                raise ConfigError(
+                    f"{entry.describe_signer()} is already trusted as '{shown(other.name)}', "
+                    "and one signer speaks for one name; to move it, run "
+                    f"'dockercomms trust remove {_quoted(other.name)} "
+                    f"--match {_quoted(other.match)}' first"
+                )
         if entry not in self.entries:
             self.entries.append(entry)
         return entry
+
+    def problems(self) -> list[str]:
+        """What is wrong with entries written before today's rules, one sentence each.
+
+        Such entries keep verifying what they signed; these sentences say how to
+        make them right.
+        """
+        found: dict[str, None] = {}  # ordered, without repeats
+        owner: dict[tuple[str, ...], str] = {}
+        for entry in self.entries:
+            problem = name_problem(entry.name)
+            if problem is not None:
+                found[
+                    f"trust entry '{shown(entry.name)}' is not a valid name ({problem}); it "
+                    "still verifies, but give it a valid one: "
+                    f"'dockercomms trust remove {_quoted(entry.name)}', then "
+                    "'dockercomms trust add NEW-NAME ...' (the sender must send as NEW-NAME)"
+                ] = None
+            first = owner.setdefault(entry.signer, entry.name)
+            if first != entry.name:
+                found[
+                    f"{entry.describe_signer()} is trusted as both '{shown(first)}' and "
+                    f"'{shown(entry.name)}': only '{shown(first)}' can send; remove the other "
+                    f"with 'dockercomms trust remove {_quoted(entry.name)} "
+                    f"--match {_quoted(entry.match)}'"
+                ] = None
+        return list(found)
 
     def remove(self, name: str, *, match: str | None = None) -> list[TrustEntry]:
         """Remove ``name``'s entries (only those whose fingerprint/identity is ``match``)."""
@@ -117,6 +216,32 @@ class TrustPolicy:
     def identities(self) -> list[TrustEntry]:
         """Every keyless entry."""
         return [e for e in self.entries if e.kind == "keyless"]
+
+
+def _quoted(word: str) -> str:
+    """``word`` as one shell word, safe to show (for commands we suggest)."""
+    return shown(shlex.quote(word))
+
+
+def issuer_problem(issuer: str) -> str | None:
+    """Why ``issuer`` probably matches no certificate; ``None`` when it looks right.
+
+    Fulcio writes the OIDC issuer URL into the certificate and verification
+    compares it exactly, so ``github`` or a trailing ``/`` would match nothing.
+    """
+    parts = urlsplit(issuer)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        return (
+            f"issuer '{shown(issuer)}' is not a URL; issuers look like "
+            "https://github.com/login/oauth, https://accounts.google.com or "
+            "https://token.actions.githubusercontent.com"
+        )
+    if issuer.endswith("/"):
+        return (
+            f"issuer '{shown(issuer)}' ends with '/'; certificates name issuers without "
+            f"it ('{shown(issuer.rstrip('/'))}') and the match is exact"
+        )
+    return None
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:

@@ -2,7 +2,11 @@
 
 The CLI, the syncer and the mount all start here, so they cannot disagree on
 where the key lives or which trust root verifies keyless bundles. Nothing here is
-global: the Sigstore trust configuration is a parameter read from the settings.
+global: the Sigstore trust configuration is a parameter read from the settings
+(for signing) and from each trust entry (for verifying).
+
+An identity written before ``core.names`` existed still loads and works; it is
+reported once per process with what to do about it.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dockercomms.core.config import Paths, Settings, load_settings, resolve_paths
-from dockercomms.core.errors import ConfigError
+from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.ledger import ReceivedLedger
 from dockercomms.core.limits import DEFAULT_LIMITS, Limits
+from dockercomms.core.names import check_name, name_problem
 from dockercomms.core.receive import Receiver
 from dockercomms.core.registry.auth import Authenticator
 from dockercomms.core.registry.client import RegistryClient
@@ -25,11 +30,15 @@ from dockercomms.core.signatures import DiscoveryMode
 from dockercomms.core.signing.keypair import KeyPairSigner, load_private_key
 from dockercomms.core.signing.verify import BundleVerifier
 from dockercomms.core.trust import TrustPolicy
+from dockercomms.core.untrusted import shown
 
 if TYPE_CHECKING:
     from sigstore.models import ClientTrustConfig, TrustedRoot
 
 log = logging.getLogger(__name__)
+
+#: Config files whose identity was already reported as outside the name grammar.
+_reported_identities: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -64,7 +73,9 @@ class Workspace:
     def load(cls, paths: Paths | None = None) -> Workspace:
         """Load the configured identity (``init`` must have run)."""
         paths = paths or resolve_paths()
-        return cls(paths, load_settings(paths))
+        settings = load_settings(paths)
+        _report_identity(paths, settings.identity)
+        return cls(paths, settings)
 
     @property
     def identity(self) -> str:
@@ -94,7 +105,7 @@ class Workspace:
 
     def verifier(self) -> BundleVerifier:
         """A verifier over the trust policy; keyless roots load only when needed."""
-        return BundleVerifier(self.trust_policy(), self._trusted_root)
+        return BundleVerifier(self.trust_policy(), self.trusted_root)
 
     def signer(self) -> DigestSigner:
         """Key-pair or keyless signer, per settings."""
@@ -117,31 +128,40 @@ class Workspace:
     # --- Sigstore -------------------------------------------------------------------
 
     def trust_config(self) -> ClientTrustConfig:
-        """The Sigstore ClientTrustConfig named in the settings (loaded once)."""
-        if self._trust_config is None:
-            from dockercomms.core.signing.keyless import cache_trusted_root, load_trust_config
+        """The Sigstore ClientTrustConfig named in the settings, for signing (loaded once).
 
-            self._trust_config = load_trust_config(self.settings.sigstore_trust)
+        Its trusted root is cached as well, so the public instances' roots are
+        refreshed whenever this identity signs.
+        """
+        if self._trust_config is None:
+            from dockercomms.core.signing.keyless import (
+                cache_trusted_root,
+                instance_cache_dir,
+                load_trust_config,
+            )
+
+            source = self.settings.sigstore_trust
+            self._trust_config = load_trust_config(source)
             try:
-                cache_trusted_root(self._trust_config, self._root_cache_dir)
-            except OSError as exc:
-                log.warning("could not cache the Sigstore trusted root: %s", exc)
+                cache_trusted_root(self._trust_config, instance_cache_dir(self._roots, source))
+            except DockerCommsError as exc:
+                log.warning("could not cache the Sigstore trusted root: %s", exc.diagnostics())
         return self._trust_config
 
+    def trusted_root(self, instance: str = "") -> TrustedRoot:
+        """The trusted root of ``instance`` (a trust entry's); empty means mine.
+
+        Cached per instance under the cache dir, so verifying needs neither the
+        network nor, once cached, the trust config file itself.
+        """
+        from dockercomms.core.signing.keyless import trusted_root_for
+
+        source = instance or self.settings.sigstore_trust
+        return trusted_root_for(source, self._roots, entry=bool(instance))
+
     @property
-    def _root_cache_dir(self) -> Path:
+    def _roots(self) -> Path:
         return self.paths.cache_dir / "sigstore"
-
-    def _trusted_root(self) -> TrustedRoot:
-        """Cached root first (offline verification), else the trust config's."""
-        from dockercomms.core.signing.keyless import load_cached_trusted_root
-
-        if self.settings.sigstore_trust not in ("public-good", "staging"):
-            return self.trust_config().trusted_root
-        cached = load_cached_trusted_root(self._root_cache_dir)
-        if cached is not None:
-            return cached
-        return self.trust_config().trusted_root
 
 
 class _KeylessSigner:
@@ -165,7 +185,21 @@ class _KeylessSigner:
 
 
 def require_identity(name: str) -> str:
-    """Validate an identity name given on the command line."""
-    if not name or any(ch in name for ch in "\x00\n\r"):
-        raise ConfigError("identity must be a non-empty single-line string")
-    return name
+    """Validate an identity name given on the command line (``core.names``)."""
+    return check_name(name, "identity")
+
+
+def _report_identity(paths: Paths, identity: str) -> None:
+    """Warn, once per process, about an identity from before the name grammar."""
+    problem = name_problem(identity)
+    key = (str(paths.config_file), identity)
+    if problem is None or key in _reported_identities:
+        return
+    _reported_identities.add(key)
+    log.warning(
+        "your identity '%s' is not a valid name (%s): receiving still works, but peers "
+        "cannot trust it any more; start over under a valid one with "
+        "'dockercomms init --force --identity NAME' (keys and trust are kept)",
+        shown(identity),
+        problem,
+    )

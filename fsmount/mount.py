@@ -356,7 +356,8 @@ def unmount(mountpoint: Path, *, timeout: float = 120.0) -> int:
             log.warning("%s is a stale mount; clearing it", mountpoint)
             return subprocess.run([FUSERMOUNT, "-uz", str(mountpoint)], check=False).returncode
         if not os.path.ismount(mountpoint):
-            raise ConfigError(f"{mountpoint} is not mounted") from exc
+            # The errno (ENODATA from getxattr) says nothing a user needs.
+            raise ConfigError(f"{mountpoint} is not mounted") from None
         return subprocess.run([FUSERMOUNT, "-u", str(mountpoint)], check=False).returncode
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"{mountpoint} is not a dockercomms mount") from exc

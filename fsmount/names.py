@@ -9,23 +9,17 @@ from __future__ import annotations
 from collections.abc import Container
 
 from dockercomms.core.collision_names import suffixed_names
-from dockercomms.core.errors import DockerCommsError
-from dockercomms.core.limits import check_filename
+
+# A sender's or recipient's folder: the name itself when valid, an escaped form
+# that no valid name has otherwise (core.names says how).
+from dockercomms.core.names import folder_name
+
+__all__ = ["RESERVED", "folder_name", "free_name"]
 
 #: Names the mount itself uses inside ``inbox/`` and ``sent/``.
 RESERVED = frozenset({".rejected", ".refresh", ".status.json"})
 #: Names tried for one file before giving up.
 MAX_CANDIDATES = 100_000
-
-
-def folder_name(identity: str) -> str:
-    """A safe single path component for a sender or recipient name."""
-    try:
-        name = check_filename(identity)
-    except DockerCommsError:
-        name = "".join(ch if ch.isprintable() and ch not in "/\\" else "_" for ch in identity)
-        name = name[:200] or "_"
-    return f"_{name}" if name in RESERVED or name in (".", "..") else name
 
 
 def free_name(filename: str, suffix: str, taken: Container[str]) -> str:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
+import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +24,19 @@ from tests.forge import Forge
 from tests.sigstore_stack import LocalSigstore
 
 ALICE_EMAIL = "alice@example.com"
+CAROL_EMAIL = "carol@private.example"
 
 
-def keyless_party(tmp_path: Path, name: str, repo: str, trust_config: Path) -> Party:
+def keyless_party(
+    tmp_path: Path,
+    name: str,
+    repo: str,
+    trust_config: Path,
+    issuer: str,
+    *,
+    email: str = ALICE_EMAIL,
+) -> Party:
+    """A keyless identity ``name`` that signs (and trusts itself) as ``email`` via ``issuer``."""
     party = Party(name, tmp_path / f"home-{name}", repo, tmp_path / "xdg-data")
     party.ok(
         "init",
@@ -35,6 +48,10 @@ def keyless_party(tmp_path: Path, name: str, repo: str, trust_config: Path) -> P
         "keyless",
         "--sigstore-trust",
         str(trust_config),
+        "--cert-identity",
+        email,
+        "--issuer",
+        issuer,
     )
     return party
 
@@ -54,7 +71,7 @@ def trust_config(tmp_path: Path, sigstore_stack: LocalSigstore) -> Path:
 def keyless_pair(
     tmp_path: Path, backend: str, trust_config: Path, sigstore_stack: LocalSigstore
 ) -> tuple[Party, Party]:
-    alice = keyless_party(tmp_path, "alice", backend, trust_config)
+    alice = keyless_party(tmp_path, "alice", backend, trust_config, sigstore_stack.issuer_url)
     bob = key_party(tmp_path, "bob", backend, trust_config)
     bob.ok(
         "trust", "add", "alice", "--identity", ALICE_EMAIL, "--issuer", sigstore_stack.issuer_url
@@ -128,7 +145,7 @@ def test_wrong_issuer_is_refused(
     tmp_path: Path, trust_config: Path, sigstore_stack: LocalSigstore
 ) -> None:
     repo = f"oci-layout:{tmp_path / 'layout'}"
-    alice = keyless_party(tmp_path, "alice", repo, trust_config)
+    alice = keyless_party(tmp_path, "alice", repo, trust_config, sigstore_stack.issuer_url)
     bob = key_party(tmp_path, "bob", repo, trust_config)
     bob.ok(
         "trust", "add", "alice", "--identity", ALICE_EMAIL, "--issuer", sigstore_stack.issuer_url
@@ -145,7 +162,7 @@ def test_untrusted_fulcio_ca_is_refused(
     repo = f"oci-layout:{tmp_path / 'layout'}"
     rogue = tmp_path / "rogue.json"
     rogue.write_text(sigstore_stack.rogue_ca_trust_config_json())
-    alice = keyless_party(tmp_path, "alice", repo, trust_config)
+    alice = keyless_party(tmp_path, "alice", repo, trust_config, sigstore_stack.issuer_url)
     bob = key_party(tmp_path, "bob", repo, rogue)
     bob.ok(
         "trust", "add", "alice", "--identity", ALICE_EMAIL, "--issuer", sigstore_stack.issuer_url
@@ -270,3 +287,149 @@ def test_mixed_trust_file(
     listing = bob.ok("trust", "list")
     assert "alice\tkeyless\talice@example.com via" in listing
     assert "bob\tkey\t" in listing
+
+
+# --- the receiver's own Sigstore set-up (#16.11-#16.14) -----------------------------
+
+
+@pytest.fixture(scope="module")
+def second_stack() -> Iterator[LocalSigstore]:
+    """Another Sigstore instance: a private deployment next to the "public" one."""
+    stack = LocalSigstore(with_tsa=False).start()
+    try:
+        yield stack
+    finally:
+        stack.shutdown()
+
+
+def embedded_pair(
+    tmp_path: Path, stack: LocalSigstore, alice_config: Path, bob_config: Path
+) -> tuple[Party, Party]:
+    """Keyless alice and key-pair bob (trusting alice) on the embedded registry."""
+    repo = f"oci-layout:{tmp_path / 'layout'}"
+    alice = keyless_party(tmp_path, "alice", repo, alice_config, stack.issuer_url)
+    bob = key_party(tmp_path, "bob", repo, bob_config)
+    bob.ok("trust", "add", "alice", "--identity", ALICE_EMAIL, "--issuer", stack.issuer_url)
+    return alice, bob
+
+
+def test_own_trust_config_problem_is_not_a_rejection(
+    tmp_path: Path, trust_config: Path, sigstore_stack: LocalSigstore
+) -> None:
+    """Bob's trust config moved before he ever cached its root: his fault, not Alice's."""
+    bob_config = Path(shutil.copy(trust_config, tmp_path / "bob-trust.json"))
+    alice, bob = embedded_pair(tmp_path, sigstore_stack, trust_config, bob_config)
+    (tmp_path / "m.txt").write_text("m")
+    digest = send_keyless(alice, sigstore_stack, tmp_path / "m.txt")
+    moved = bob_config.rename(tmp_path / "moved.json")
+
+    result = bob.cli("recv", "--out", str(tmp_path / "out"), "--json")
+    assert result.code == 1, result.err
+    (outcome,) = json.loads(result.out)
+    assert (outcome["status"], outcome["error_type"]) == ("deferred", "ConfigError")
+    assert str(bob_config) in outcome["error"] and "config set" in outcome["error"]
+    checked = bob.cli("verify", "--digest", digest)
+    assert checked.code == 1 and str(bob_config) in checked.err
+
+    moved.rename(bob_config)
+    outcomes = json.loads(bob.ok("recv", "--out", str(tmp_path / "out"), "--json"))
+    assert [o["status"] for o in outcomes] == ["received"]
+
+
+def test_a_cached_root_verifies_with_the_trust_config_gone(
+    tmp_path: Path, trust_config: Path, sigstore_stack: LocalSigstore
+) -> None:
+    bob_config = Path(shutil.copy(trust_config, tmp_path / "bob-trust.json"))
+    alice, bob = embedded_pair(tmp_path, sigstore_stack, trust_config, bob_config)
+    (tmp_path / "first.txt").write_text("first")
+    send_keyless(alice, sigstore_stack, tmp_path / "first.txt")
+    bob.ok("recv", "--out", str(tmp_path / "out"))
+    bob_config.unlink()
+
+    (tmp_path / "second.txt").write_text("second")
+    send_keyless(alice, sigstore_stack, tmp_path / "second.txt")
+    result = bob.cli("recv", "--out", str(tmp_path / "out"), "--json")
+    assert result.code == 0, result.out + result.err
+    fresh = [o for o in json.loads(result.out) if o["status"] != "already-received"]
+    assert [(o["filename"], o["status"]) for o in fresh] == [("second.txt", "received")]
+    assert "cached" in result.err and str(bob_config) in result.err
+
+
+def test_a_relative_trust_config_is_stored_absolute(
+    tmp_path: Path, sigstore_stack: LocalSigstore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    sigstore_stack.write_trust_config(tmp_path / "relative.json")
+    bob = key_party(tmp_path, "bob", f"oci-layout:{tmp_path / 'layout'}", Path("relative.json"))
+    settings = tomllib.loads((bob.home / "config.toml").read_text())
+    assert settings["sigstore_trust"] == str(tmp_path / "relative.json")
+
+
+def test_init_force_keeps_what_it_was_not_asked_to_change(
+    tmp_path: Path, trust_config: Path, sigstore_stack: LocalSigstore
+) -> None:
+    repo = f"oci-layout:{tmp_path / 'layout'}"
+    alice = keyless_party(tmp_path, "alice", repo, trust_config, sigstore_stack.issuer_url)
+    other = sigstore_stack.write_trust_config(tmp_path / "other.json")
+    alice.ok("init", "--identity", "alice", "--force", "--sigstore-trust", str(other))
+    settings = tomllib.loads((alice.home / "config.toml").read_text())
+    assert (settings["signing"], settings["sigstore_trust"]) == ("keyless", str(other))
+
+
+def test_keyless_init_trusts_its_own_identity(
+    tmp_path: Path, trust_config: Path, sigstore_stack: LocalSigstore
+) -> None:
+    repo = f"oci-layout:{tmp_path / 'layout'}"
+    alice = keyless_party(tmp_path, "alice", repo, trust_config, sigstore_stack.issuer_url)
+    expected = f"alice\tkeyless\t{ALICE_EMAIL} via {sigstore_stack.issuer_url}"
+    assert expected in alice.ok("trust", "list")
+    (tmp_path / "own.txt").write_text("my own")
+    digest = send_keyless(alice, sigstore_stack, tmp_path / "own.txt")
+    verified = json.loads(alice.ok("verify", "--digest", digest, "--json"))
+    assert verified["signer"]["name"] == "alice"
+
+    erin = Party("erin", tmp_path / "home-erin", repo, tmp_path / "xdg-data")
+    args = ("init", "--identity", "erin", "--signing", "keyless")
+    result = erin.cli(*args, "--sigstore-trust", str(trust_config))
+    assert result.code == 1 and "--issuer" in result.err
+
+
+def test_senders_on_two_sigstore_instances(
+    tmp_path: Path,
+    trust_config: Path,
+    sigstore_stack: LocalSigstore,
+    second_stack: LocalSigstore,
+) -> None:
+    """Alice signs on one instance, Carol on another; Bob trusts each on her own."""
+    alice, bob = embedded_pair(tmp_path, sigstore_stack, trust_config, trust_config)
+    private = second_stack.write_trust_config(tmp_path / "private.json")
+    carol = keyless_party(
+        tmp_path, "carol", alice.repo, private, second_stack.issuer_url, email=CAROL_EMAIL
+    )
+    # A bare trusted root is all a receiver needs; it cannot sign.
+    root = tmp_path / "private-root.json"
+    root.write_text(second_stack.trusted_root_json())
+    dave = Party("dave", tmp_path / "home-dave", alice.repo, tmp_path / "xdg-data")
+    refused_init = dave.cli(
+        "init", "--identity", "dave", "--signing", "keyless", "--sigstore-trust", str(root)
+    )
+    assert refused_init.code == 1 and "signing" in refused_init.err
+
+    carol_trust = ("--identity", CAROL_EMAIL, "--issuer", second_stack.issuer_url)
+    bob.ok("trust", "add", "carol", *carol_trust)  # on Bob's own instance: wrong
+    (tmp_path / "a.txt").write_text("from alice")
+    (tmp_path / "c.txt").write_text("from carol")
+    send_keyless(alice, sigstore_stack, tmp_path / "a.txt")
+    send_keyless(carol, second_stack, tmp_path / "c.txt", email=CAROL_EMAIL)
+
+    result = bob.cli("recv", "--out", str(tmp_path / "out"), "--json")
+    assert result.code == 2
+    status = {o["sender"]: (o["status"], o.get("error_type")) for o in json.loads(result.out)}
+    assert status == {"alice": ("received", None), "carol": ("rejected", "SignatureError")}
+
+    bob.ok("trust", "remove", "carol")
+    bob.ok("trust", "add", "carol", *carol_trust, "--sigstore-trust", str(root))
+    outcomes = json.loads(bob.ok("recv", "--out", str(tmp_path / "out"), "--json"))
+    fresh = [(o["sender"], o["status"]) for o in outcomes if o["status"] != "already-received"]
+    assert fresh == [("carol", "received")]
+    assert str(root) in bob.ok("trust", "list")

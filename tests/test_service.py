@@ -255,7 +255,8 @@ def test_install_passes_mount_options_through_the_drop_in(desk: Desk) -> None:
     )
 
     refused = cli(desk.env, "service", "install", "--to", "bob smith")
-    assert refused.code == 1 and "cannot go into the unit" in refused.err
+    # Refused first by the name grammar (core.names), before any unit is written.
+    assert refused.code == 1 and "' ' is not allowed" in refused.err
 
 
 def test_install_without_a_user_manager_writes_verified_units_and_says_what_to_run(

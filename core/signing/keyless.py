@@ -7,6 +7,10 @@ Caveats first:
   public-good and staging instances only when asked to.
 * Signing needs the network: the Fulcio, Rekor and timestamp authority named by the
   trust config's signing config. Verification is offline; it needs only a trusted root.
+* A Sigstore instance is named by a *source*: ``public-good``, ``staging`` or the
+  absolute path of a ClientTrustConfig or bare trusted root file.
+  :func:`trusted_root_for` caches each instance's root on its own, and uses the
+  cached copy when the public instances are not asked or a file is unreadable.
 * :func:`certificate_identity` reads the certificate *without* verifying it. Use it to
   choose which trust entry to try or to word an error, never to decide trust.
 * Verification never lets a sigstore, pydantic or cryptography exception escape: any
@@ -21,10 +25,13 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import hmac
 import json
+import logging
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, Literal
 
@@ -37,6 +44,7 @@ from sigstore.sign import SigningContext
 from sigstore.verify import Verifier
 from sigstore.verify.policy import Identity
 from sigstore_models.common.v1 import HashAlgorithm
+from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootDocument
 
 from dockercomms.core.errors import (
     ConfigError,
@@ -46,14 +54,27 @@ from dockercomms.core.errors import (
     UntrustedSignerError,
     VerificationError,
 )
+from dockercomms.core.limits import MIB
 from dockercomms.core.protocol import check_digest
 from dockercomms.core.signing.statement import signed_digest, statement_bytes
+from dockercomms.core.untrusted import parse_json_object
+
+log = logging.getLogger(__name__)
 
 PUBLIC_GOOD: Final = "public-good"
 STAGING: Final = "staging"
 TOKEN_ENV: Final = "SIGSTORE_ID_TOKEN"
 TRUSTED_ROOT_FILE: Final = "trusted_root.json"
+CLIENT_TRUST_CONFIG_TYPE: Final = "application/vnd.dev.sigstore.clienttrustconfig.v0.1+json"
+TRUSTED_ROOT_TYPE_PREFIX: Final = "application/vnd.dev.sigstore.trustedroot+json"
+#: public-good's trusted root is about 10 KiB; a trust file is a local, small document.
+_TRUST_FILE_BYTES: Final = 4 * MIB
 _REASON_LIMIT: Final = 300
+_FIX_SETTING: Final = "point to it with 'dockercomms config set sigstore_trust FILE'"
+_FIX_ENTRY: Final = (
+    "point the trust entries that name it to it with 'dockercomms trust remove NAME', "
+    "then 'dockercomms trust add NAME ... --sigstore-trust FILE'"
+)
 
 # Fulcio certificate extensions (sigstore/fulcio docs/oid-info.md).
 _OIDC_ISSUER: Final = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")  # raw UTF-8 bytes
@@ -80,12 +101,47 @@ class KeylessIdentity:
         return f"{self.identity} (issuer {self.issuer})"
 
 
+def check_trust_source(text: str, *, signing: bool) -> str:
+    """``text`` as it is stored in a setting or trust entry, checked now.
+
+    ``public-good`` and ``staging`` are kept as they are (checking them needs the
+    network); anything else must be a file that parses as a ClientTrustConfig or a
+    bare trusted root, and is stored as an absolute path so it means the same file
+    from any folder. ``signing`` also requires the signing config (Fulcio, Rekor)
+    that a bare trusted root lacks. A typo, a missing or an invalid file fails here,
+    when it is typed, instead of at the first message.
+    """
+    if text in (PUBLIC_GOOD, STAGING):
+        return text
+    path = Path(os.path.abspath(Path(text).expanduser()))
+    if not path.is_file():
+        raise ConfigError(
+            f"Sigstore trust {text!r} is not {PUBLIC_GOOD!r}, {STAGING!r} or an existing file"
+        )
+    try:
+        trust = _read_trust_file(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot read Sigstore trust file: {exc}") from exc
+    if signing:
+        if isinstance(trust, TrustedRoot):
+            raise ConfigError(
+                f"{path} is a bare trusted root: it verifies other people's signatures, "
+                "but keyless signing needs a ClientTrustConfig (trusted root and signing config)"
+            )
+        try:
+            _ = trust.signing_config
+        except Exception as exc:
+            raise ConfigError(f"{path} cannot be used for signing: {_reason(exc)}") from exc
+    return str(path)
+
+
 def load_trust_config(source: str) -> ClientTrustConfig:
-    """The trust configuration named by ``source``.
+    """The trust configuration (trusted root and signing config) named by ``source``.
 
     ``"public-good"`` and ``"staging"`` fetch the Sigstore instance's config through
     TUF (network, cached by sigstore-python); anything else is a path to a
     ClientTrustConfig JSON file, which is how private and test instances are used.
+    A bare trusted root is refused: it has no signing config.
     """
     try:
         if source == PUBLIC_GOOD:
@@ -93,18 +149,116 @@ def load_trust_config(source: str) -> ClientTrustConfig:
         elif source == STAGING:
             config = ClientTrustConfig.staging()
         else:
-            text = Path(source).expanduser().read_text(encoding="utf-8")
-            config = ClientTrustConfig.from_json(text)
+            trust = _read_trust_file(Path(source).expanduser())
+            if isinstance(trust, TrustedRoot):
+                raise ConfigError(
+                    f"{source} is a bare trusted root with no signing config; keyless "
+                    f"signing needs a ClientTrustConfig; {_FIX_SETTING}"
+                )
+            config = trust
         # Parse the trusted root now, so a broken file fails here and not mid-verify.
         _ = config.trusted_root
+    except ConfigError:
+        raise
     except OSError as exc:
-        raise ConfigError(f"cannot read Sigstore trust config {source!r}: {exc}") from exc
+        raise ConfigError(f"cannot read Sigstore trust config: {exc}; {_FIX_SETTING}") from exc
     except Exception as exc:
         raise ConfigError(
             f"invalid Sigstore trust config {source!r}: {_reason(exc)} (expected "
             f"{PUBLIC_GOOD!r}, {STAGING!r} or a ClientTrustConfig JSON file)"
         ) from exc
     return config
+
+
+def trusted_root_for(source: str, cache_root: Path, *, entry: bool = False) -> TrustedRoot:
+    """The trusted root of the Sigstore instance ``source``, offline whenever it can be.
+
+    * ``public-good``/``staging``: the cached root when there is one, else fetched
+      (TUF, network) and cached.
+    * a file: read now, so an edit takes effect at once, and cached. When it cannot
+      be read (moved, deleted, on a share that is not mounted) the root cached from
+      it last time verifies instead, with a warning.
+
+    Raises :class:`ConfigError` (the receiver's own set-up, never the sender's
+    fault) when there is neither a readable source nor a cached copy; ``entry``
+    says the source came from a trust entry, not the settings, for the advice.
+    """
+    fix = _FIX_ENTRY if entry else _FIX_SETTING
+    cache_dir = instance_cache_dir(cache_root, source)
+    if source in (PUBLIC_GOOD, STAGING):
+        cached = load_cached_trusted_root(cache_dir)
+        if cached is not None:
+            return cached
+        root = load_trust_config(source).trusted_root
+    else:
+        try:
+            trust = _read_trust_file(Path(source).expanduser())
+        except OSError as exc:
+            cached = load_cached_trusted_root(cache_dir)
+            if cached is None:
+                raise ConfigError(
+                    f"cannot read Sigstore trust config: {exc}, and no trusted root from it "
+                    f"is cached; put the file back, or {fix}"
+                ) from exc
+            log.warning(
+                "Sigstore trust config %s is unreadable (%s); verifying with the trusted "
+                "root cached from it on %s; put the file back, or %s",
+                source,
+                exc.strerror or exc,
+                _modified(cache_dir / TRUSTED_ROOT_FILE),
+                fix,
+            )
+            return cached
+        root = trust if isinstance(trust, TrustedRoot) else trust.trusted_root
+    try:
+        cache_trusted_root(root, cache_dir)
+    except OutputError as exc:
+        log.warning("%s", exc.diagnostics())
+    return root
+
+
+def instance_cache_dir(cache_root: Path, source: str) -> Path:
+    """Where the trusted root of ``source`` is cached: one folder per instance."""
+    if source in (PUBLIC_GOOD, STAGING):
+        return cache_root / source
+    key = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return cache_root / f"file-{key}"
+
+
+def _read_trust_file(path: Path) -> ClientTrustConfig | TrustedRoot:
+    """A ClientTrustConfig or a bare trusted root, by its ``mediaType``.
+
+    ``OSError`` passes through (the caller decides whether a cached copy may
+    stand in); anything unparsable is a :class:`ConfigError`.
+    """
+    with path.open("rb") as handle:
+        raw = handle.read(_TRUST_FILE_BYTES + 1)  # the size check below sees the excess
+    try:
+        document = parse_json_object(raw, str(path), max_bytes=_TRUST_FILE_BYTES)
+        media_type = document.get("mediaType")
+        trust: ClientTrustConfig | TrustedRoot
+        if media_type == CLIENT_TRUST_CONFIG_TYPE:
+            config = ClientTrustConfig.from_json(raw.decode())
+            trust, root = config, config.trusted_root
+        elif isinstance(media_type, str) and media_type.startswith(TRUSTED_ROOT_TYPE_PREFIX):
+            trust = root = TrustedRoot(TrustedRootDocument.from_json(raw))
+        else:
+            raise ValueError(f"mediaType is {media_type!r}")
+        # What verification builds first: the Fulcio chain and a transparency log.
+        Verifier(trusted_root=root)
+    except Exception as exc:
+        raise ConfigError(
+            f"{path} is not a Sigstore trust config: {_reason(exc)} (expected "
+            f"{PUBLIC_GOOD!r}, {STAGING!r}, a ClientTrustConfig or a trusted root JSON file)"
+        ) from exc
+    return trust
+
+
+def _modified(path: Path) -> str:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except OSError:
+        return "an earlier run"
 
 
 def sign_digest_keyless(
@@ -236,8 +390,8 @@ def obtain_identity_token(
         raise ConfigError(f"interactive OIDC login failed: {_reason(exc)}") from exc
 
 
-def cache_trusted_root(trust_config: ClientTrustConfig, cache_dir: Path) -> Path:
-    """Write the trust config's trusted root to ``cache_dir``; return the file's path.
+def cache_trusted_root(trust: ClientTrustConfig | TrustedRoot, cache_dir: Path) -> Path:
+    """Write the trusted root (of a trust config) to ``cache_dir``; return the file's path.
 
     A receiver that cached the root once can verify later without any network.
     The file is replaced atomically, so a reader never sees half a root.
@@ -245,7 +399,11 @@ def cache_trusted_root(trust_config: ClientTrustConfig, cache_dir: Path) -> Path
     target = cache_dir / TRUSTED_ROOT_FILE
     # sigstore-python 4.5 has no public serializer for a trusted root; ``_inner`` is
     # the sigstore-models object it wraps, whose ``to_json`` is public in that package.
-    text = trust_config._inner.trusted_root.to_json()
+    inner = trust._inner if isinstance(trust, TrustedRoot) else trust._inner.trusted_root
+    text = inner.to_json()
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if target.read_text(encoding="utf-8") == text:
+            return target  # verifying reloads the root often; rewrite only a change
     partial = target.with_name(f".{TRUSTED_ROOT_FILE}.{os.getpid()}.tmp")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)

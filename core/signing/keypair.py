@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -92,7 +92,13 @@ def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
         raise ConfigError(f"cannot read signing key {path}: {exc.strerror}") from exc
     if mode & 0o077:
         raise ConfigError(f"signing key {path} is readable by others; chmod 600 it")
-    key = serialization.load_pem_private_key(data, password=None)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        # cryptography's text is a FAQ link; what the user needs is which file.
+        raise ConfigError(
+            f"signing key {path} is not an unencrypted PEM private key (damaged?)"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
         raise ConfigError(f"{path} is not an ECDSA P-256 private key")
     return key
@@ -102,8 +108,11 @@ def load_public_key(pem: bytes) -> ec.EllipticCurvePublicKey:
     """Parse a PEM public key, refusing anything but P-256."""
     try:
         key = serialization.load_pem_public_key(pem)
-    except ValueError as exc:
-        raise ConfigError(f"not a PEM public key: {exc}") from exc
+    except (ValueError, UnsupportedAlgorithm):
+        raise ConfigError(
+            "not a PEM public key (a '-----BEGIN PUBLIC KEY-----' block, "
+            "as 'dockercomms key export' prints)"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise ConfigError("only ECDSA P-256 public keys are supported")
     return key

@@ -2,9 +2,11 @@
 
 A bundle is either key-pair (public-key hint; verified with ``cryptography``) or
 keyless (Fulcio certificate; verified by sigstore-python against the trusted
-root). Whatever goes wrong inside, the caller sees a ``VerificationError``:
-verification code never lets an unexpected exception turn into exposure. The
-bundle JSON is parsed size- and depth-bounded before anything else reads it.
+root of the trust entry's Sigstore instance). Whatever goes wrong inside, the
+caller sees a ``VerificationError``: verification code never lets an unexpected
+exception turn into exposure. The one exception is ``ConfigError``: a trusted
+root that cannot be loaded is the receiver's own set-up, not the sender's fault.
+The bundle JSON is parsed size- and depth-bounded before anything else reads it.
 """
 
 from __future__ import annotations
@@ -54,20 +56,22 @@ class VerifiedSigner:
 class BundleVerifier:
     """Verifies bundles for one trust policy.
 
-    ``trusted_root`` is loaded lazily and only for keyless bundles, so key-pair
-    users never need Sigstore's trust root (or the network).
+    ``trusted_root(instance)`` loads the root of a trust entry's Sigstore instance
+    (its ``sigstore_trust``; empty for the receiver's own), lazily and only for
+    keyless bundles, so key-pair users never need Sigstore's trust root (or the
+    network).
     """
 
     def __init__(
         self,
         policy: TrustPolicy,
-        trusted_root: Callable[[], TrustedRoot] | None = None,
+        trusted_root: Callable[[str], TrustedRoot] | None = None,
         *,
         max_bundle_bytes: int = DEFAULT_LIMITS.max_bundle_bytes,
     ) -> None:
         self.policy = policy
         self._trusted_root_loader = trusted_root
-        self._trusted_root: TrustedRoot | None = None
+        self._trusted_roots: dict[str, TrustedRoot] = {}
         self._max_bundle_bytes = max_bundle_bytes
 
     @property
@@ -107,12 +111,12 @@ class BundleVerifier:
         key = verify_key_bundle(bundle, manifest_digest, keys)
         return VerifiedSigner(key.name, "key", key.hint)
 
-    def _root(self) -> TrustedRoot:
-        if self._trusted_root is None:
+    def _root(self, instance: str) -> TrustedRoot:
+        if instance not in self._trusted_roots:
             if self._trusted_root_loader is None:
                 raise SignatureError("bundle is keyless but no Sigstore trust root is configured")
-            self._trusted_root = self._trusted_root_loader()
-        return self._trusted_root
+            self._trusted_roots[instance] = self._trusted_root_loader(instance)
+        return self._trusted_roots[instance]
 
     def _verify_keyless(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
         from dockercomms.core.signing.keyless import certificate_identity, verify_keyless_bundle
@@ -132,7 +136,7 @@ class BundleVerifier:
                 found = verify_keyless_bundle(
                     bundle_json,
                     manifest_digest,
-                    trusted_root=self._root(),
+                    trusted_root=self._root(entry.sigstore_trust),
                     identity=entry.identity,
                     issuer=entry.issuer,
                 )
