@@ -26,6 +26,7 @@ Caveats first:
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -37,13 +38,12 @@ from typing import Any
 
 import filelock
 
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError, DockerCommsError, ProtocolError
 from dockercomms.core.intake import Outcome, receive_new
 from dockercomms.core.log_once import LogOnce
 from dockercomms.core.receipts import latest_verified_receipt
-from dockercomms.core.receive import Receiver, VerifiedMessage
+from dockercomms.core.receive import Receiver
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.registry.retry import RetryPolicy
 from dockercomms.core.send import Sender
@@ -350,7 +350,7 @@ class Syncer:
 
     def _receive(self, client: RegistryClient, inbox_dir: Path) -> list[Outcome]:
         inbox_dir.mkdir(parents=True, exist_ok=True)
-        receiver = IsolatingReceiver.around(self.workspace.receiver(client), self._unexpected)
+        receiver = isolating(self.workspace.receiver(client), self._unexpected)
         with self.workspace.ledger() as ledger:
             outcomes = receive_new(
                 receiver,
@@ -538,66 +538,70 @@ def _hex12_of_tag(tag: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-class IsolatingReceiver(Receiver):
-    """A receiver for ``receive_new`` that fails one message at a time.
+#: The receiver's steps that handle one message (those a given version has).
+PER_MESSAGE_STEPS = (
+    "fetch_message",
+    "parse_message",
+    "verify_message",
+    "verify_signer",
+    "check_fresh",
+    "materialise",
+)
 
-    An exception of no known kind while reading, verifying or writing one message
-    (a parser that chokes on a hostile manifest, a bug) becomes a
-    :class:`ProtocolError` for that message: ``receive_new`` reports it as
-    rejected and goes on with the next, and the traceback is logged once.
+
+def isolating(receiver: Receiver, unexpected: LogOnce) -> Receiver:
+    """A copy of ``receiver`` for ``receive_new`` that fails one message at a time.
+
+    An exception of no known kind in a step that handles one message (a parser
+    that chokes on a hostile manifest, a bug) becomes a :class:`ProtocolError`
+    for that message, so ``receive_new`` reports it as rejected and goes on with
+    the next; the traceback is logged once. The copy keeps everything the
+    workspace configured in ``receiver``; its steps are wrapped on the instance,
+    so the receiver's own calls between them (``inbox()`` parsing each tag) go
+    through the wrappers too.
     """
+    copy = Receiver.__new__(type(receiver))
+    copy.__dict__.update(receiver.__dict__)
+    for name in PER_MESSAGE_STEPS:
+        step = getattr(copy, name, None)
+        if step is not None:
+            setattr(copy, name, _one_at_a_time(step, unexpected))
+    return copy
 
-    _unexpected: LogOnce
 
-    @classmethod
-    def around(cls, receiver: Receiver, unexpected: LogOnce) -> IsolatingReceiver:
-        """``receiver`` itself (all the workspace configured in it), failing one at a time."""
-        isolating = cls.__new__(cls)
-        isolating.__dict__.update(receiver.__dict__)
-        isolating._unexpected = unexpected
-        return isolating
-
-    def fetch_message(self, reference: str, *, check_recipient: bool = True) -> m.Message:
+def _one_at_a_time(step: Callable[..., Any], unexpected: LogOnce) -> Callable[..., Any]:
+    @functools.wraps(step)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
         try:
-            return super().fetch_message(reference, check_recipient=check_recipient)
+            return step(*args, **kwargs)
         except DockerCommsError:
             raise
         except Exception as exc:
-            raise self._isolated(reference, exc) from exc
+            subject = _subject(args)
+            unexpected.log(
+                logging.ERROR,
+                subject,
+                "message %s failed unexpectedly in %s (%s); skipped",
+                shown(subject),
+                step.__name__,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            raise ProtocolError(f"handling it failed unexpectedly ({type(exc).__name__})") from exc
 
-    def verify_message(self, message: m.Message) -> VerifiedMessage:
-        try:
-            return super().verify_message(message)
-        except DockerCommsError:
-            raise
-        except Exception as exc:
-            raise self._isolated(message.tag or message.digest, exc) from exc
+    return guarded
 
-    def materialise(
-        self,
-        verified: VerifiedMessage,
-        out_dir: Path,
-        *,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> Path:
-        try:
-            return super().materialise(verified, out_dir, on_progress=on_progress)
-        except DockerCommsError:
-            raise
-        except Exception as exc:
-            message = verified.message
-            raise self._isolated(message.tag or message.digest, exc) from exc
 
-    def _isolated(self, reference: str, exc: Exception) -> ProtocolError:
-        self._unexpected.log(
-            logging.ERROR,
-            reference,
-            "message %s failed unexpectedly (%s); skipped",
-            shown(reference),
-            type(exc).__name__,
-            exc_info=True,
-        )
-        return ProtocolError(f"handling it failed unexpectedly ({type(exc).__name__})")
+def _subject(args: tuple[Any, ...]) -> str:
+    """Which message a step was handling: its tag, else its digest or reference."""
+    for arg in args:
+        message = getattr(arg, "message", arg)  # a VerifiedMessage holds the message
+        named = getattr(message, "tag", None) or getattr(message, "digest", None)
+        if isinstance(named, str):
+            return named
+        if isinstance(arg, str):
+            return arg
+    return "(unknown)"
 
 
 def _summary_line(
