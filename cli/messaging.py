@@ -212,8 +212,18 @@ class _NullSink:
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
-    """Send a signed receipt for a message addressed to me."""
-    from dockercomms.core.receipts import send_receipt
+    """Send a signed receipt for a message addressed to me; say which earlier one it replaces.
+
+    Receipts are never withdrawn: the newest one that verifies is what the sender
+    takes, so a second ``ack`` replaces the first and says so. Its ``created_at``
+    is made later than the earlier receipt's (waiting up to two seconds), so the
+    order is never a tie.
+    """
+    import time
+
+    from dockercomms.cli.output import warn
+    from dockercomms.core.receipts import latest_verified_receipt, send_receipt
+    from dockercomms.core.untrusted import shown
 
     workspace = _workspace(args)
     with workspace.client(registry_options(args)) as client:
@@ -225,8 +235,24 @@ def cmd_ack(args: argparse.Namespace) -> int:
         except DockerCommsError as exc:
             if args.status == "accepted":
                 raise
-            log.info("acknowledging an unverified message as rejected: %s", exc)
+            log.info("acknowledging an unverified message as rejected: %s", shown(exc))
             verified = False
+        earlier = latest_verified_receipt(
+            client,
+            receiver,
+            message.digest,
+            sender=workspace.identity,
+            recipient=message.sender,
+        )
+        if earlier is not None:
+            wait = (earlier.created_at - datetime.now(UTC)).total_seconds() + 1.0
+            if 0 < wait <= 2.0:
+                time.sleep(wait)
+            elif wait > 2.0:
+                warn(
+                    f"your earlier receipt is dated {p.format_timestamp(earlier.created_at)}, "
+                    "in the future: until then it still counts (check this machine's clock)"
+                )
         receipt = send_receipt(
             client,
             workspace.signer(),
@@ -237,8 +263,26 @@ def cmd_ack(args: argparse.Namespace) -> int:
             reason=args.reason,
             ttl_seconds=workspace.settings.ttl_seconds,
         )
-    emit(args, asdict(receipt), lambda r: f"receipt {r['digest']}\ntag: {r['tag']}")
+    result: dict[str, Any] = asdict(receipt)
+    if earlier is not None:
+        result["replaces"] = {
+            "digest": earlier.digest,
+            "status": earlier.status,
+            "created_at": p.format_timestamp(earlier.created_at),
+        }
+    emit(args, result, _ack_text)
     return 0
+
+
+def _ack_text(result: dict[str, Any]) -> str:
+    text = f"receipt {result['digest']} ({result['status']})\ntag: {result['tag']}"
+    earlier = result.get("replaces")
+    if earlier:
+        text += (
+            f"\nreplaces your {earlier['status']} receipt of {earlier['created_at']}"
+            f" ({earlier['digest']}): the latest receipt counts"
+        )
+    return text
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -275,16 +319,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _ls_text(rows: list[dict[str, Any]]) -> str:
+    """One line per message; everything a message claims is escaped (one line, no ESC)."""
+    from dockercomms.core.untrusted import shown
+
     lines = []
     for r in rows:
         if "filename" not in r:
-            lines.append(f"{'INVALID':<9} {r['tag']}: {r['error']}")
+            lines.append(f"{'INVALID':<9} {shown(r['tag'])}: {shown(r['error'], 1000)}")
             continue
         state = "verified" if r["verified"] else "REJECTED"
         size = f"{r['total_bytes']:>12}"
-        why = "" if r["verified"] else f"  ({r['error']})"
-        who = f"{r['sender']:<24}"
-        lines.append(f"{state:<9} {r['created_at']}  {size}  {who} {r['filename']}{why}")
+        why = "" if r["verified"] else f"  ({shown(r['error'], 1000)})"
+        who = f"{shown(r['sender']):<24}"
+        lines.append(f"{state:<9} {r['created_at']}  {size}  {who} {shown(r['filename'])}{why}")
     return "\n".join(lines) or "inbox is empty"
 
 

@@ -2,17 +2,31 @@
 
 A receipt is an empty-layer manifest whose ``subject`` is the message, pushed
 untagged, signed like a message, and only then tagged ``receipt-<hex12>-...``.
+
+Caveats first:
+
+* Receipts are never withdrawn; a later one replaces an earlier one. Readers
+  take the newest receipt (by ``created_at``, seconds) whose signature verifies
+  as its claimed sender (:func:`latest_verified_receipt`), so ``accepted`` after
+  ``rejected`` means accepted.
+* Anyone can tag a receipt for any message: :func:`receipts_for` parses what it
+  finds and skips what is unreadable (even a manifest that breaks a parser in an
+  unexpected way); nothing it returns is verified.
+* A receipt's reason is the answerer's text, cut to :data:`MAX_REASON_CHARS`;
+  show it escaped.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import DockerCommsError, ManifestError
+from dockercomms.core.receive import Receiver
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.send import DigestSigner
 from dockercomms.core.signatures import (
@@ -22,10 +36,14 @@ from dockercomms.core.signatures import (
     find_referrers,
     push_empty_config,
 )
+from dockercomms.core.untrusted import shown
 
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 1024
+
+#: Told about a receipt that is skipped: (reference or digest, why, escaped).
+Skipped = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -85,9 +103,18 @@ def send_receipt(
 
 
 def receipts_for(
-    client: RegistryClient, message_digest: str, mode: DiscoveryMode = "auto"
+    client: RegistryClient,
+    message_digest: str,
+    mode: DiscoveryMode = "auto",
+    *,
+    on_unreadable: Skipped | None = None,
 ) -> list[m.Receipt]:
-    """Receipts that refer to ``message_digest`` (parsed, signatures not checked)."""
+    """Receipts that refer to ``message_digest`` (parsed, signatures not checked).
+
+    ``on_unreadable`` hears of each reference that could not be read for an
+    unexpected reason (it is called inside the ``except`` block, so it may log
+    the traceback); by default that is a warning. Unreadable ones are skipped.
+    """
     found: list[m.Receipt] = []
     seen: set[str] = set()
     descriptors = find_referrers(client, message_digest, p.RECEIPT_ARTIFACT_TYPE, mode)
@@ -103,8 +130,47 @@ def receipts_for(
             seen.add(digest)
             receipt = m.parse_receipt(raw, digest)
         except DockerCommsError as exc:
-            log.info("skipping receipt %s: %s", reference[:40], exc.diagnostics())
+            log.info("skipping receipt %s: %s", shown(reference[:40]), shown(exc.diagnostics()))
+            continue
+        except Exception as exc:  # a manifest that breaks a parser must not hide the rest
+            why = f"unreadable ({type(exc).__name__})"
+            if on_unreadable is None:
+                log.warning("skipping receipt %s: %s", shown(reference[:40]), why)
+            else:
+                on_unreadable(shown(reference[:40]), why)
             continue
         if receipt.subject_digest == message_digest:
             found.append(receipt)
     return sorted(found, key=lambda r: r.created_at)
+
+
+def latest_verified_receipt(
+    client: RegistryClient,
+    receiver: Receiver,
+    message_digest: str,
+    *,
+    sender: str,
+    recipient: str,
+    on_ignored: Skipped | None = None,
+    on_unreadable: Skipped | None = None,
+) -> m.Receipt | None:
+    """The newest receipt for ``message_digest`` from ``sender`` to ``recipient`` that verifies.
+
+    It counts only if its signature verifies and the signer is trusted as
+    exactly ``sender``; every other receipt claiming ``sender`` is passed to
+    ``on_ignored`` with the reason (escaped) and skipped.
+    """
+    for receipt in reversed(receipts_for(client, message_digest, on_unreadable=on_unreadable)):
+        if receipt.sender != sender or receipt.recipient != recipient:
+            continue
+        try:
+            signer = receiver.verify_signature(receipt.digest)
+        except DockerCommsError as exc:
+            why = shown(exc.diagnostics())
+        else:
+            if signer.name == receipt.sender:
+                return receipt
+            why = f"signed by {shown(signer.name)}, not by {shown(sender)}"
+        if on_ignored is not None:
+            on_ignored(receipt.digest, why)
+    return None

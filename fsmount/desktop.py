@@ -18,6 +18,9 @@ Caveats first:
   down shows up in ``inbox/`` without a notification.
 * The watcher reads the inbox view on the trio thread (it is only changed there)
   and the push queue's SQLite database in a worker thread.
+* Every text is escaped (:func:`~dockercomms.core.untrusted.shown`): a rejection
+  reason or a registry's error quotes what a stranger wrote. A look that fails
+  unexpectedly is logged once, with its traceback, and the next one runs on time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import trio
+
+from dockercomms.core.log_once import LogOnce
+from dockercomms.core.untrusted import shown
 
 if TYPE_CHECKING:
     from jeepney import Message
@@ -163,9 +169,10 @@ def fold(events: Iterable[Event]) -> list[tuple[str, str, str]]:
 def inbox_events(inbox: InboxView) -> list[Event]:
     """New verified files and rejected incoming messages (call on the trio thread)."""
     events = [
-        Event("received", f"in:{m.digest}", f"{m.filename} from {m.sender}")
+        Event("received", f"in:{m.digest}", f"{shown(m.filename)} from {shown(m.sender)}")
         for m in (item.message for item in inbox.items.values())
     ]
+    # Tags passed the tag grammar and reasons are escaped already (errno_map.reason).
     events += [
         Event("rejected", f"in-rejected:{tag}", f"incoming {tag}: {reason}")
         for tag, reason in inbox.rejected.items()
@@ -181,12 +188,16 @@ def queue_events(queue: PushQueue) -> list[Event]:
         Event(
             "send_failed",
             f"failed:{item.id}",
-            f"{item.filename} to {item.recipient}: {item.last_error or 'failed'}",
+            shown(f"{item.filename} to {item.recipient}: {item.last_error or 'failed'}", 400),
         )
         for item in queue.items([ItemState.FAILED])
     ]
     events += [
-        Event("rejected", f"receipt:{item.id}", f"{item.filename}: {item.recipient} rejected it")
+        Event(
+            "rejected",
+            f"receipt:{item.id}",
+            shown(f"{item.filename}: {item.recipient} rejected it", 400),
+        )
         for item in queue.items([ItemState.SENT])
         if item.receipt == "rejected"
     ]
@@ -210,6 +221,7 @@ class EventWatcher:
         self.interval = interval
         self._seen: set[str] | None = None
         self._scope: trio.CancelScope | None = None
+        self._failures = LogOnce(log)
 
     async def run(self) -> None:
         """Look every ``interval`` seconds until stopped; does nothing without a bus."""
@@ -222,7 +234,15 @@ class EventWatcher:
                 try:
                     await self.check()
                 except Exception as exc:
-                    log.debug("desktop events not checked: %s", exc)
+                    self._failures.log(
+                        logging.WARNING,
+                        "check",
+                        "desktop events not checked (%s); trying again",
+                        type(exc).__name__,
+                        exc_info=True,
+                    )
+                else:
+                    self._failures.clear("check")
                 await trio.sleep(self.interval)
 
     def stop(self) -> None:

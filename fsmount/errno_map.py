@@ -10,6 +10,10 @@ Caveats first:
   ``user.dockercomms.error`` and ``.status``.
 * Anything that is neither ours nor an ``OSError`` is a bug; it becomes ``EIO``
   and is logged with its traceback by the caller (``operations.py``).
+* :func:`reason` is escaped (:func:`~dockercomms.core.untrusted.shown`): error
+  texts quote what a message or a registry claimed, and every place that shows a
+  reason (log, ``.rejected/``, ``user.dockercomms.error``, ``.status``, receipts,
+  notifications) is one a newline or an ESC sequence could forge or garble.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from dockercomms.core.errors import (
     RegistryError,
     VerificationError,
 )
+from dockercomms.core.untrusted import shown
+
+#: Longest reason shown: room for a cause chain, still one bounded line.
+MAX_REASON_CHARS = 1000
 
 #: (class, errno) in the order they are tested: most specific first.
 _TABLE: tuple[tuple[type[DockerCommsError], int], ...] = (
@@ -64,7 +72,7 @@ def is_rejection(error: BaseException) -> bool:
 
 
 def reason(error: BaseException) -> str:
-    """One line for logs, ``.rejected/`` contents and ``user.dockercomms.error``."""
+    """One escaped line for logs, ``.rejected/`` contents and ``user.dockercomms.error``."""
     if isinstance(error, DockerCommsError):
-        return f"{type(error).__name__}: {error.diagnostics()}"
-    return f"{type(error).__name__}: {error}"
+        return f"{type(error).__name__}: {shown(error.diagnostics(), MAX_REASON_CHARS)}"
+    return f"{type(error).__name__}: {shown(error, MAX_REASON_CHARS)}"

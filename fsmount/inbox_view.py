@@ -12,9 +12,20 @@ Caveats first:
   ``open()`` with ``EIO``. A later corrupt chunk fails the ``read()`` that needs it.
 * A policy failure at ``open()`` is ``EACCES``; corrupt data is ``EIO``. Either way
   the reason is logged, kept as ``user.dockercomms.error`` on the file (which
-  stays listed so the reason can be read), the message is added to
-  ``.rejected/``, and a ``rejected`` receipt goes out once. Corruption is sticky
-  for the life of the mount; a policy failure is re-checked at the next open.
+  stays listed so the reason can be read) and the message is added to
+  ``.rejected/``. Corruption is sticky for the life of the mount; a policy
+  failure is re-checked at the next open.
+* Receipts (``receipt_book``) answer only what verified: ``accepted`` after the
+  first read, ``rejected`` for a message whose signature verified as its claimed
+  sender and whose own content then failed (a bad chunk, a date in the future).
+  Unsigned, untrusted, mismatched and expired messages get none.
+* Whatever a message or the registry claims is escaped before it is shown
+  (``.rejected/`` contents and attributes, logs, ``.status``); tags that break
+  the OCI tag grammar are not listed at all.
+* One bad tag never stops a poll: an unexpected exception while checking it is
+  logged once with its traceback and the tag is listed in ``.rejected/``; a
+  poll that fails as a whole is logged once and the next one runs on time.
+  Conditions that repeat at every poll are logged once until they change.
 * When ``trust.json`` changes, rejected tags are verified again at the next
   poll, so trusting a sender makes their waiting messages appear.
 * Names are given once and kept: the first message listed under a name keeps it;
@@ -32,6 +43,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -45,12 +57,18 @@ from dockercomms.core.errors import (
     DockerCommsError,
     ExpiredError,
     LimitExceededError,
+    ProtocolError,
+    SenderMismatchError,
+    SignatureError,
+    UntrustedSignerError,
 )
 from dockercomms.core.listing import CheckedTag, batches, check_tag, listing_workers
+from dockercomms.core.log_once import LogOnce
 from dockercomms.core.manifest import Message
-from dockercomms.core.receive import CLOCK_SKEW
+from dockercomms.core.receive import CLOCK_SKEW, Receiver, VerifiedMessage
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.signing.verify import VerifiedSigner
+from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.errno_map import errno_for, is_rejection, reason
@@ -79,6 +97,15 @@ FIRST_POLL_WAIT_SECONDS = 300.0
 #: New tags are checked in batches (core.listing), this many at once over HTTP;
 #: one engine thread stays free for reads and receipts.
 SCAN_WORKERS = 3
+#: Listing failures that happen at or before the signature check: whoever made the
+#: message is not known to be its claimed sender, so nobody is answered.
+UNANSWERED = (
+    SignatureError,
+    UntrustedSignerError,
+    SenderMismatchError,
+    DigestMismatchError,
+    ExpiredError,
+)
 
 
 # --- what a poll finds ----------------------------------------------------------------
@@ -86,10 +113,17 @@ SCAN_WORKERS = 3
 
 @dataclass(frozen=True)
 class PollResult:
-    """Every inbox tag now present, and what the new (or retried) ones are."""
+    """Every inbox tag now present, and what the new (or retried) ones are.
+
+    Attributes:
+        answerable: by tag, the verified signer of a rejected message whose
+            signature verified as its claimed sender (a ``rejected`` receipt may
+            answer it); other rejected tags are absent.
+    """
 
     tags: frozenset[str]
     fresh: list[CheckedTag]
+    answerable: dict[str, VerifiedSigner] = field(default_factory=dict)
 
 
 @dataclass
@@ -303,6 +337,11 @@ class InboxView:
         self._by_message_id: dict[tuple[str, str], InboxItem] = {}  # (sender, id)
         self._ready = trio.Event()
         self._trust_stamp: tuple[int, int] | None = None
+        # Per-tag conditions met at every poll, each logged once until it changes.
+        self._rejections = LogOnce(log)
+        self._transient = LogOnce(log)
+        self._unexpected = LogOnce(log)
+        self._poll_failure = LogOnce(log)
 
     # --- polling --------------------------------------------------------------------
 
@@ -335,11 +374,15 @@ class InboxView:
         )
         prefix = p.inbox_prefix(self.engine.me)
         try:
-            tags = await self.engine.call(lambda client: client.list_tags(prefix))
-            fresh = await self._check_tags([t for t in tags if t not in known or t in retry])
+            listed = await self.engine.call(lambda client: client.list_tags(prefix))
+            # A registry may list anything; a name that is no tag is no message.
+            tags = [t for t in listed if p.TAG_PATTERN.fullmatch(t)]
+            fresh, answerable = await self._check_tags(
+                [t for t in tags if t not in known or t in retry]
+            )
         except DockerCommsError as exc:
             self.status.error = reason(exc)
-            log.warning("inbox poll failed: %s", exc.diagnostics())
+            self._poll_failure.log(logging.WARNING, "poll", "inbox poll failed: %s", reason(exc))
             return
         finally:
             self.status.polls += 1
@@ -348,7 +391,9 @@ class InboxView:
             self._ready.set()
         self._trust_stamp = stamp
         self.status.error = None
-        self._apply(PollResult(frozenset(tags), fresh))
+        if self._poll_failure.clear("poll"):
+            log.info("inbox poll works again")
+        self._apply(PollResult(frozenset(tags), fresh, answerable))
 
     def _trust_file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -357,10 +402,12 @@ class InboxView:
             return None
         return (st.st_mtime_ns, st.st_size)
 
-    async def _check_tags(self, tags: list[str]) -> list[CheckedTag]:
+    async def _check_tags(
+        self, tags: list[str]
+    ) -> tuple[list[CheckedTag], dict[str, VerifiedSigner]]:
         """Fetch and verify ``tags``, ``SCAN_WORKERS`` batches at a time, in order."""
         groups = batches(tags)
-        results: list[list[CheckedTag]] = [[] for _ in groups]
+        results: list[list[tuple[CheckedTag, VerifiedSigner | None]]] = [[] for _ in groups]
         queue = iter(enumerate(groups))  # shared by the workers (one trio thread)
         failures: list[DockerCommsError] = []  # a whole batch failed (e.g. trust policy)
 
@@ -380,15 +427,45 @@ class InboxView:
                 nursery.start_soon(worker)
         if failures:
             raise failures[0]
-        return [listed for batch in results for listed in batch]
+        checked = [pair for batch in results for pair in batch]
+        answerable = {entry.tag: signer for entry, signer in checked if signer is not None}
+        return [entry for entry, _ in checked], answerable
 
-    def _check_batch(self, client: RegistryClient, *, batch: list[str]) -> list[CheckedTag]:
+    def _check_batch(
+        self, client: RegistryClient, *, batch: list[str]
+    ) -> list[tuple[CheckedTag, VerifiedSigner | None]]:
         """Worker thread: one receiver (one read of the trust policy) for a batch."""
         receiver = self.engine.receiver(client)
-        return [check_tag(receiver, tag) for tag in batch]
+        return [self._check_one(receiver, tag) for tag in batch]
+
+    def _check_one(self, receiver: Receiver, tag: str) -> tuple[CheckedTag, VerifiedSigner | None]:
+        """Worker thread: one tag, and who may be answered if it is rejected.
+
+        A bug or a parser that chokes on this one input must not stop the poll
+        (every later message would stay hidden): it is logged with its
+        traceback, once, and the tag is listed as rejected.
+        """
+        try:
+            checked = check_tag(receiver, tag)
+            return checked, _answerable(receiver, checked)
+        except Exception as exc:
+            self._unexpected.log(
+                logging.ERROR,
+                tag,
+                "inbox tag %s failed unexpectedly (%s); listed in .rejected/",
+                tag,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            error = ProtocolError(
+                f"checking it failed unexpectedly ({type(exc).__name__}); see the mount's log"
+            )
+            return CheckedTag(tag, None, None, error), None
 
     def _apply(self, result: PollResult) -> None:
         """Trio thread: add what is new, drop what is gone."""
+        for notes in (self._rejections, self._transient, self._unexpected):
+            notes.keep_only(result.tags)
         removed = 0
         for tag in [t for t in self.items if t not in result.tags]:
             self._remove_item(tag)
@@ -401,23 +478,50 @@ class InboxView:
         removed += self._drop_expired(datetime.now(UTC))
         good = [entry for entry in result.fresh if entry.error is None]
         good.sort(key=lambda e: (e.message.created_at, e.message.digest) if e.message else ())
-        added = sum(1 for entry in good if self._add_verified(entry))
+        added = sum(1 for entry in good if self._guarded(entry.tag, self._add_verified, entry))
         rejected = 0
         for entry in result.fresh:
+            if entry.error is None or is_rejection(entry.error):
+                self._transient.clear(entry.tag)  # checked now: a later trouble is news
             if entry.error is None:
                 continue
             if isinstance(entry.error, ExpiredError):
                 self.expired.add(entry.tag)
             elif is_rejection(entry.error):
                 rejected += 1
-                self._add_rejected(entry.tag, entry.message, entry.error)
+                signer = result.answerable.get(entry.tag)
+                self._guarded(
+                    entry.tag, self._add_rejected, entry.tag, entry.message, entry.error, signer
+                )
             else:
                 # Transient (registry trouble for this one tag): not known, so retried.
-                self.status.transient = [*self.status.transient[-9:], reason(entry.error)]
-                log.info("inbox tag %s not checked this time: %s", entry.tag, entry.error)
+                text = reason(entry.error)
+                self.status.transient = [*self.status.transient[-9:], text]
+                self._transient.log(
+                    logging.INFO,
+                    entry.tag,
+                    "inbox tag %s not checked this time: %s",
+                    entry.tag,
+                    text,
+                )
         self.status.added, self.status.removed, self.status.rejected = added, removed, rejected
         if added or removed:
             log.info("inbox: %d new, %d gone, %d listed", added, removed, len(self.items))
+
+    def _guarded(self, tag: str, step: Callable[..., bool | None], *args: Any) -> bool:
+        """``step(*args)`` for one tag; an unexpected failure is logged once and skipped."""
+        try:
+            return bool(step(*args))
+        except Exception as exc:
+            self._unexpected.log(
+                logging.ERROR,
+                tag,
+                "inbox tag %s failed unexpectedly (%s); skipped",
+                tag,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            return False
 
     def _drop_expired(self, now: datetime) -> int:
         """Unlist messages whose time to live has passed (as receivers judge it)."""
@@ -482,17 +586,36 @@ class InboxView:
             self.root.detach(folder.name)
             del self._folders[folder.name]
 
-    def _add_rejected(self, tag: str, message: Message | None, error: DockerCommsError) -> None:
+    def _add_rejected(
+        self,
+        tag: str,
+        message: Message | None,
+        error: DockerCommsError,
+        answerable: VerifiedSigner | None,
+    ) -> None:
+        """List ``tag`` in ``.rejected/``; answer it only if ``answerable`` signed it.
+
+        ``answerable`` is the verified signer, trusted as the claimed sender, of a
+        message that failed on its own content; everything else (unsigned,
+        untrusted, mismatched) gets no receipt, and neither does expiry.
+        """
         text = reason(error)
+        self._rejections.log(logging.WARNING, tag, "inbox: rejected %s: %s", tag, text)
         if self.rejected.get(tag) != text:
-            if tag not in self.rejected:
-                log.warning("inbox: rejected %s: %s", tag, error.diagnostics())
             self.rejected[tag] = text
             self.rejected_dir.detach(tag)
-            content = _rejection_text(tag, message, error).encode()
-            self.rejected_dir.attach(tag, GeneratedFile(tag, fixed(content), changing=False))
-        if message is not None:
-            self.receipts.rejected(message, text)
+            content = _rejection_text(tag, message, text).encode()
+            self.rejected_dir.attach(
+                tag,
+                GeneratedFile(
+                    tag,
+                    fixed(content),
+                    changing=False,
+                    extended=_rejection_xattrs(message, text),
+                ),
+            )
+        if message is not None and answerable is not None and not isinstance(error, ExpiredError):
+            self.receipts.rejected(message, text, answerable)
 
     def _remove_rejected(self, tag: str) -> None:
         if self.rejected.pop(tag, None) is not None:
@@ -506,18 +629,23 @@ class InboxView:
             raise fuse_error(errno_for(item.error))
         digest = item.message.digest
 
-        def verify(client: RegistryClient) -> Message:
+        def verify(client: RegistryClient) -> VerifiedMessage:
             receiver = self.engine.receiver(client)
-            message = receiver.fetch_message(digest)
-            return receiver.verify_message(message).message
+            return receiver.verify_message(receiver.fetch_message(digest))
 
         try:
-            message = await self.engine.call(verify)
+            verified = await self.engine.call(verify)
+        except DockerCommsError as exc:
+            self._failed(item, exc, None)  # its signature or sender did not verify now
+            raise
+        message = verified.message
+        try:
             if message.total_bytes:
                 await self.chunks.warm(message, 0)
         except DockerCommsError as exc:
-            self._failed(item, exc)
+            self._failed(item, exc, verified.signer)
             raise
+        item.signer = verified.signer
         item.verified_at = datetime.now(UTC)
         if item.error is not None:
             self._remove_rejected(item.tag)  # a policy failure that no longer holds
@@ -530,23 +658,25 @@ class InboxView:
         try:
             data = await self.chunks.read(message, offset, size)
         except DockerCommsError as exc:
-            self._failed(item, exc)
+            self._failed(item, exc, item.signer)  # verified by the open that gave ``message``
             raise
         if not item.read_ok:
             item.read_ok = True
-            self.receipts.accepted(message)
+            self.receipts.accepted(message, item.signer)
         return data
 
-    def _failed(self, item: InboxItem, error: DockerCommsError) -> None:
-        """Remember why, say it in the log; for a rejection list it and answer once."""
+    def _failed(
+        self, item: InboxItem, error: DockerCommsError, answerable: VerifiedSigner | None
+    ) -> None:
+        """Remember why, say it in the log; a rejection is listed (and answered if verified)."""
         item.failure = reason(error)
-        log.warning("inbox %s/%s: %s", item.folder, item.message.filename, error.diagnostics())
+        log.warning("inbox %s/%s: %s", item.folder, item.message.filename, item.failure)
         if not is_rejection(error):
             return
         item.error = error
         if isinstance(error, DigestMismatchError | ChunkError | LimitExceededError):
             item.corrupt = True
-        self._add_rejected(item.tag, item.message, error)
+        self._add_rejected(item.tag, item.message, error, answerable)
 
     # --- attributes -----------------------------------------------------------------
 
@@ -591,16 +721,49 @@ class InboxView:
         }
 
 
-def _rejection_text(tag: str, message: Message | None, error: DockerCommsError) -> str:
-    lines = [f"tag: {tag}", f"reason: {reason(error)}"]
+def _answerable(receiver: Receiver, checked: CheckedTag) -> VerifiedSigner | None:
+    """Worker thread: the signer to answer about a rejected tag, if it may be answered.
+
+    Only a message whose signature verifies, by a signer trusted as exactly its
+    claimed sender, failed on its own content; that is checked here again (one
+    more signature check, and only for failures after that step), never inferred.
+    """
+    error, message = checked.error, checked.message
+    if error is None or message is None or isinstance(error, UNANSWERED):
+        return None
+    if not is_rejection(error):
+        return None
+    try:
+        signer = receiver.verify_signature(message.digest)
+    except DockerCommsError:
+        return None
+    return signer if signer.name == message.sender else None
+
+
+def _rejection_text(tag: str, message: Message | None, why: str) -> str:
+    """The content of ``.rejected/<tag>``: every claim escaped, one per line."""
+    lines = [f"tag: {tag}", f"reason: {why}"]
     if message is not None:
         lines += [
             f"digest: {message.digest}",
-            f"claimed sender: {message.sender}",
-            f"claimed filename: {message.filename}",
+            f"claimed sender: {shown(message.sender)}",
+            f"claimed filename: {shown(message.filename)}",
             f"created_at: {p.format_timestamp(message.created_at)}",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _rejection_xattrs(message: Message | None, why: str) -> dict[str, bytes]:
+    """``user.dockercomms.*`` of ``.rejected/<tag>``: what it claims, escaped, and why not."""
+    values: dict[str, str | None] = {"verified": "false", "state": "rejected", "error": why}
+    if message is not None:
+        values |= {
+            "digest": message.digest,
+            "claimed_sender": shown(message.sender),
+            "claimed_filename": shown(message.filename),
+            "created_at": xattrs.timestamp(message.created_at),
+        }
+    return xattrs.encode(values)
 
 
 class InboxPoller:
@@ -618,6 +781,7 @@ class InboxPoller:
         self._started = 0
         self._finished = 0
         self._scope: trio.CancelScope | None = None
+        self._crashes = LogOnce(log)
         view.poller = self
 
     async def run(self) -> None:
@@ -627,8 +791,17 @@ class InboxPoller:
                 self._started += 1
                 try:
                     await self.view.poll_once()
-                except Exception:
-                    log.exception("inbox poll crashed")
+                except Exception as exc:
+                    # A bug met at every poll is logged once, with its traceback.
+                    self._crashes.log(
+                        logging.ERROR,
+                        "poll",
+                        "inbox poll failed unexpectedly (%s); polling goes on",
+                        type(exc).__name__,
+                        exc_info=True,
+                    )
+                else:
+                    self._crashes.clear("poll")
                 finally:
                     self._finished = self._started
                     self._progress.set()

@@ -282,6 +282,8 @@ async def collect_garbage_periodically(collector: GarbageCollector) -> None:
             report = await trio.to_thread.run_sync(collector.run_once, abandon_on_cancel=True)
         except DockerCommsError as exc:
             log.warning("gc failed: %s", exc.diagnostics())
+        except Exception:  # one bad input must not end the daemon: try again next hour
+            log.exception("gc failed unexpectedly")
         else:
             if report.unsupported:
                 log.info("gc: the registry does not allow deletion (%s)", report.unsupported)

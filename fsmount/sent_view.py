@@ -17,12 +17,16 @@ Caveats first:
   under another setting keeps the TTL it was queued with. A sent message leaves
   the listing once it expires (as in ``inbox/``): recipients refuse it from then
   on and ``gc`` deletes it, so there would be nothing left to read.
+* The queue's last error quotes what the registry answered; it is escaped
+  before ``user.dockercomms.error`` or ``.status.json`` shows it. One queue item
+  that cannot be listed (a bug) is logged once and left out; the others are.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import stat
 import time
@@ -32,8 +36,10 @@ from typing import Any
 
 import trio
 
+from dockercomms.core.log_once import LogOnce
 from dockercomms.core.manifest import Message
 from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inodes import (
@@ -49,6 +55,8 @@ from dockercomms.fsmount.names import folder_name, free_name
 from dockercomms.fsmount.transfers import ChunkSource
 from dockercomms.fsmount.virtual import GeneratedFile, wants_write
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem
+
+log = logging.getLogger(__name__)
 
 STATUS_FILE = ".status.json"
 #: ``ls sent/`` re-reads the queue at most this often.
@@ -168,6 +176,7 @@ class SentView:
         self._folders: dict[str, SentDir] = {}
         self._lock = trio.Lock()
         self._refreshed_at = -1e9
+        self._unexpected = LogOnce(log)
 
     async def refresh(self, *, force: bool = False) -> None:
         """Re-read the queue if the last read is older than ``REFRESH_SECONDS``."""
@@ -184,17 +193,31 @@ class SentView:
         current = {item.id for item in items}
         for item_id in [i for i in self.files if i not in current]:
             self._remove(self.files.pop(item_id).entry)
+        self._unexpected.keep_only(frozenset(current))
         for item in items:
-            known = self.files.get(item.id)
-            if known is not None:
-                known.entry.item = item
-                continue
-            folder = self._folder(item.recipient)
-            suffix = f"{item.created_at:%Y%m%d}-{item.message_id[:8]}"
-            name = free_name(item.filename, suffix, folder.children)
-            node = SentFile(self, SentEntry(item, folder.name, name))
-            folder.attach(name, node)
-            self.files[item.id] = node
+            try:
+                self._show(item)
+            except Exception as exc:
+                self._unexpected.log(
+                    logging.ERROR,
+                    item.id,
+                    "sent item %s cannot be listed (%s); left out",
+                    item.id,
+                    type(exc).__name__,
+                    exc_info=True,
+                )
+
+    def _show(self, item: QueueItem) -> None:
+        known = self.files.get(item.id)
+        if known is not None:
+            known.entry.item = item
+            return
+        folder = self._folder(item.recipient)
+        suffix = f"{item.created_at:%Y%m%d}-{item.message_id[:8]}"
+        name = free_name(item.filename, suffix, folder.children)
+        node = SentFile(self, SentEntry(item, folder.name, name))
+        folder.attach(name, node)
+        self.files[item.id] = node
 
     def _expired(self, item: QueueItem, now: datetime) -> bool:
         """A sent message past its ``expires_at``: readers refuse it and gc deletes it."""
@@ -272,7 +295,7 @@ class SentView:
                 "expires_at": xattrs.timestamp(self._expires_at(item)),
                 "receipt": item.receipt,
                 "state": str(item.state),
-                "error": item.last_error,
+                "error": shown(item.last_error) if item.last_error else None,
             }
         )
 
@@ -286,7 +309,16 @@ class SentView:
         return {
             "statistics": statistics,
             "items": [
-                node.entry.item.to_json() | {"path": f"sent/{node.entry.folder}/{node.entry.name}"}
+                _item_json(node.entry.item)
+                | {"path": f"sent/{node.entry.folder}/{node.entry.name}"}
                 for node in self.files.values()
             ],
         }
+
+
+def _item_json(item: QueueItem) -> dict[str, Any]:
+    """A queue item for ``.status.json``, its registry-quoting error escaped."""
+    shown_item = item.to_json()
+    if item.last_error:
+        shown_item["last_error"] = shown(item.last_error)
+    return shown_item

@@ -49,6 +49,7 @@ class GeneratedFile(Node):
         changing: content may differ between opens (``.status``): direct I/O and
             a size refreshed by ``stat``.
         mtime_ns: shown as the modification time of a fixed file.
+        extended: its ``user.dockercomms.*`` attributes (values escaped by the caller).
     """
 
     def __init__(
@@ -59,12 +60,14 @@ class GeneratedFile(Node):
         changing: bool,
         refuse: int = errno.EROFS,
         mtime_ns: int | None = None,
+        extended: dict[str, bytes] | None = None,
     ) -> None:
         super().__init__(name)
         self.produce = produce
         self.changing = changing
         self.refuse = refuse
         self.mtime_ns = mtime_ns or now_ns()
+        self.extended = extended or {}
         self._snapshot: bytes | None = None
         self._snapshot_at = 0.0
 
@@ -86,6 +89,9 @@ class GeneratedFile(Node):
             raise fuse_error(self.refuse)
         content = await self._content(fresh=self.changing)
         return BytesHandle(content, direct_io=self.changing)
+
+    async def xattrs(self) -> dict[str, bytes]:
+        return dict(self.extended)
 
 
 def fixed(data: bytes) -> Producer:

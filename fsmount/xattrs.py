@@ -3,6 +3,10 @@
 Attributes with no value (an issuer for a key-signed message, a receipt not
 received yet) are left out rather than shown empty, so ``getfattr -d`` lists
 only what is known and ``getfattr -n`` on a missing one fails with ``ENODATA``.
+
+Values are stored as given: callers pass verified values, or untrusted ones
+already escaped with :func:`~dockercomms.core.untrusted.shown` (``error``,
+``claimed_sender``, ``claimed_filename``), so nothing is escaped twice.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ FILE_KEYS = (
     "receipt",
     "state",
     "error",
+    "claimed_sender",
+    "claimed_filename",
 )
 
 

@@ -13,14 +13,24 @@ Caveats first:
 * ``stop()`` does not close the queue, so ``status()`` keeps answering; call
   ``close()`` when done (or use the syncer as a context manager).
 * The poller writes received files into a plain folder with ``receive_new``
-  (the loop ``recv`` uses) and records verified receipts for sent items.
+  (the loop ``recv`` uses) and records verified receipts for sent items: the
+  latest receipt that verifies as the recipient's counts, and an item is looked
+  at again whenever a new receipt tag for it appears.
+* One hostile message or receipt never stops a poll: an unexpected exception
+  while handling it is logged once with its traceback and that one is skipped
+  (a message becomes a ``rejected`` outcome); a poll that fails as a whole is
+  logged once and the next one runs on time. Conditions that repeat at every
+  poll are logged once until they change, and what the registry or a message
+  says is escaped before it is logged or shown in ``status()``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,12 +39,15 @@ from typing import Any
 import filelock
 
 from dockercomms.core import protocol as p
-from dockercomms.core.errors import ConfigError, DockerCommsError
+from dockercomms.core.errors import ConfigError, DockerCommsError, ProtocolError
 from dockercomms.core.intake import Outcome, receive_new
-from dockercomms.core.receipts import receipts_for
+from dockercomms.core.log_once import LogOnce
+from dockercomms.core.receipts import latest_verified_receipt
+from dockercomms.core.receive import Receiver
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.registry.retry import RetryPolicy
 from dockercomms.core.send import Sender
+from dockercomms.core.untrusted import shown
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions
 from dockercomms.syncer.watcher import OutboxWatcher
@@ -148,6 +161,11 @@ class Syncer:
         self._received = 0
         self._rejected: list[str] = []
         self._fatal: str | None = None
+        #: Receipt tags already looked at, per sent item id (see refresh_receipts).
+        self._receipt_tags: dict[str, frozenset[str]] = {}
+        self._crashes = LogOnce(log)
+        self._ignored_receipts = LogOnce(log)
+        self._unexpected = LogOnce(log)
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -245,8 +263,20 @@ class Syncer:
             try:
                 self.poll()
             except Exception as exc:
-                log.exception("inbox poll failed")
-                self._fatal = f"inbox poller: {describe(exc)}"
+                # A bug met at every poll: logged once with its traceback, and the
+                # next poll still runs (one bad input must not end the poller).
+                self._crashes.log(
+                    logging.ERROR,
+                    "poll",
+                    "inbox poll failed unexpectedly (%s); polling goes on",
+                    type(exc).__name__,
+                    exc_info=True,
+                )
+                with self._lock:
+                    self._last_poll_at = datetime.now(UTC)
+                    self._poll_error = f"inbox poll failed unexpectedly: {describe(exc)}"
+            else:
+                self._crashes.clear("poll")
             self._stop.wait(self.poll_seconds)
 
     # --- one round ------------------------------------------------------------------
@@ -310,7 +340,7 @@ class Syncer:
                 self._poll_error = describe(exc)
                 self._poll_reachable = not is_temporary(exc)
             if not repeated:  # once per outage, not once per poll
-                log.warning("inbox poll: %s", describe(exc))
+                log.warning("inbox poll: %s", shown(describe(exc)))
             return outcomes, exc
         with self._lock:
             self._last_poll_at = datetime.now(UTC)
@@ -320,9 +350,10 @@ class Syncer:
 
     def _receive(self, client: RegistryClient, inbox_dir: Path) -> list[Outcome]:
         inbox_dir.mkdir(parents=True, exist_ok=True)
+        receiver = isolating(self.workspace.receiver(client), self._unexpected)
         with self.workspace.ledger() as ledger:
             outcomes = receive_new(
-                self.workspace.receiver(client),
+                receiver,
                 ledger,
                 inbox_dir,
                 receipt_signer=self.workspace.signer() if self.write_receipts else None,
@@ -332,43 +363,97 @@ class Syncer:
                 if outcome.status == "received":
                     self._received += 1
                 elif outcome.status == "rejected" and outcome.error is not None:
-                    self._rejected = [*self._rejected[-9:], outcome.error.diagnostics()]
+                    why = shown(outcome.error.diagnostics())
+                    self._rejected = [*self._rejected[-9:], why]
         return outcomes
 
     def refresh_receipts(self, client: RegistryClient | None = None) -> list[QueueItem]:
-        """Record the latest *verified* receipt of recently sent items that have none yet.
+        """Record the latest *verified* receipt of recently sent items; the items it changed.
 
         A receipt counts only if its signature verifies and its signer is the
-        recipient the item was sent to; anything else is ignored, not trusted.
+        recipient the item was sent to; anything else is ignored (and logged once).
+        The latest receipt that counts (by its ``created_at``) wins, so a
+        recipient who answers ``accepted`` after ``rejected`` is heard. An item is
+        looked at again only when the set of receipt tags for it has changed.
         """
         since = datetime.now(UTC) - RECEIPT_WINDOW
-        waiting = [
+        recent = [
             item
             for item in self.queue.items([ItemState.SENT])
-            if item.receipt is None and item.digest and item.sent_at and item.sent_at > since
+            if item.digest and item.sent_at and item.sent_at > since
         ]
-        if not waiting:
+        if not recent:
             return []
         if client is None:
             with self._client() as own:
                 return self.refresh_receipts(own)
-        present = {tag.split("-")[1] for tag in client.list_tags("receipt-")}
+        present: dict[str, set[str]] = {}
+        for tag in client.list_tags("receipt-"):
+            present.setdefault(_hex12_of_tag(tag), set()).add(tag)
+        self._receipt_tags = {
+            item.id: self._receipt_tags[item.id] for item in recent if item.id in self._receipt_tags
+        }
+        due = [
+            (item, frozenset(present[_hex12(item.digest)]))
+            for item in recent
+            if present.get(_hex12(item.digest))
+            and self._receipt_tags.get(item.id) != frozenset(present[_hex12(item.digest)])
+        ]
         receiver = self.workspace.receiver(client)
         updated: list[QueueItem] = []
-        for item in [i for i in waiting if _hex12(i.digest) in present][-RECEIPTS_PER_POLL:]:
-            assert item.digest is not None
-            for receipt in reversed(receipts_for(client, item.digest)):
-                if receipt.sender != item.recipient or receipt.recipient != self.workspace.identity:
-                    continue
-                try:
-                    signer = receiver.verify_signature(receipt.digest)
-                except DockerCommsError as exc:
-                    log.info("ignoring receipt %s: %s", receipt.digest[:19], exc.diagnostics())
-                    continue
-                if signer.name == receipt.sender:
-                    updated.append(self.queue.set_receipt(item.id, receipt.status))
-                    break
+        for item, tags in due[-RECEIPTS_PER_POLL:]:
+            try:
+                status = self._latest_receipt(client, receiver, item)
+            except DockerCommsError:
+                raise  # the registry failed us: the whole poll says so, and tries again
+            except Exception as exc:
+                self._unexpected.log(
+                    logging.ERROR,
+                    f"receipts {item.id}",
+                    "receipts for %s failed unexpectedly (%s); skipped until new ones appear",
+                    (item.digest or "")[:19],
+                    type(exc).__name__,
+                    exc_info=True,
+                )
+                status = None
+            self._receipt_tags[item.id] = tags
+            if status is not None and status != item.receipt:
+                updated.append(self.queue.set_receipt(item.id, status))
         return updated
+
+    def _latest_receipt(
+        self, client: RegistryClient, receiver: Receiver, item: QueueItem
+    ) -> str | None:
+        """The status of the newest receipt for ``item`` signed by its recipient, if any."""
+        assert item.digest is not None
+        subject = item.digest[:19]
+
+        def ignored(receipt: str, why: str) -> None:
+            self._ignored_receipts.log(
+                logging.INFO, receipt, "ignoring receipt %s for %s: %s", receipt[:19], subject, why
+            )
+
+        def unreadable(reference: str, why: str) -> None:
+            self._unexpected.log(
+                logging.ERROR,
+                f"receipt {reference}",
+                "receipt %s for %s failed unexpectedly: %s; skipped",
+                reference,
+                subject,
+                why,
+                exc_info=True,
+            )
+
+        receipt = latest_verified_receipt(
+            client,
+            receiver,
+            item.digest,
+            sender=item.recipient,
+            recipient=self.workspace.identity,
+            on_ignored=ignored,
+            on_unreadable=unreadable,
+        )
+        return receipt.status if receipt is not None else None
 
     # --- status ---------------------------------------------------------------------
 
@@ -381,7 +466,7 @@ class Syncer:
             poll: dict[str, Any] = {
                 "inbox": str(self.inbox_dir) if self.inbox_dir else None,
                 "last_poll_at": _rfc3339(self._last_poll_at),
-                "last_error": self._poll_error,
+                "last_error": shown(self._poll_error) if self._poll_error else None,
                 "received": self._received,
                 "recent_rejections": list(self._rejected),
             }
@@ -389,7 +474,8 @@ class Syncer:
         reachable = worker.registry_reachable and poll_reachable
         candidates = [self._fatal, worker.last_error if not reachable else None, self._poll_error]
         candidates += list(watcher.unroutable.values())
-        errors = list(dict.fromkeys(e for e in candidates if e))
+        # Registry and queue errors quote what a server said: escaped before shown.
+        errors = list(dict.fromkeys(shown(e) for e in candidates if e))
         # Unreachable wins over uploading: an attempt in flight then is a retry.
         if not reachable:
             state = "waiting for registry"
@@ -444,6 +530,78 @@ class Syncer:
 
 def _hex12(digest: str | None) -> str:
     return (digest or ":").split(":", 1)[1][:12]
+
+
+def _hex12_of_tag(tag: str) -> str:
+    """``receipt-<hex12>-<unix>-<rand6>`` -> ``<hex12>`` (whatever a registry lists)."""
+    parts = tag.split("-")
+    return parts[1] if len(parts) > 1 else ""
+
+
+#: The receiver's steps that handle one message (those a given version has).
+PER_MESSAGE_STEPS = (
+    "fetch_message",
+    "parse_message",
+    "verify_message",
+    "verify_signer",
+    "check_fresh",
+    "materialise",
+)
+
+
+def isolating(receiver: Receiver, unexpected: LogOnce) -> Receiver:
+    """A copy of ``receiver`` for ``receive_new`` that fails one message at a time.
+
+    An exception of no known kind in a step that handles one message (a parser
+    that chokes on a hostile manifest, a bug) becomes a :class:`ProtocolError`
+    for that message, so ``receive_new`` reports it as rejected and goes on with
+    the next; the traceback is logged once. The copy keeps everything the
+    workspace configured in ``receiver``; its steps are wrapped on the instance,
+    so the receiver's own calls between them (``inbox()`` parsing each tag) go
+    through the wrappers too.
+    """
+    copy = Receiver.__new__(type(receiver))
+    copy.__dict__.update(receiver.__dict__)
+    for name in PER_MESSAGE_STEPS:
+        step = getattr(copy, name, None)
+        if step is not None:
+            setattr(copy, name, _one_at_a_time(step, unexpected))
+    return copy
+
+
+def _one_at_a_time(step: Callable[..., Any], unexpected: LogOnce) -> Callable[..., Any]:
+    @functools.wraps(step)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return step(*args, **kwargs)
+        except DockerCommsError:
+            raise
+        except Exception as exc:
+            subject = _subject(args)
+            unexpected.log(
+                logging.ERROR,
+                subject,
+                "message %s failed unexpectedly in %s (%s); skipped",
+                shown(subject),
+                step.__name__,
+                type(exc).__name__,
+                exc_info=True,
+            )
+            raise ProtocolError(f"handling it failed unexpectedly ({type(exc).__name__})") from exc
+
+    return guarded
+
+
+def _subject(args: tuple[Any, ...]) -> str:
+    """Which message a step was handling: its tag, else its digest or reference."""
+    for arg in args:
+        message = getattr(arg, "message", arg)  # a VerifiedMessage holds the message
+        named = getattr(message, "tag", None) or getattr(message, "digest", None)
+        if isinstance(named, str):
+            return named
+        if isinstance(arg, str):
+            return arg
+    return "(unknown)"
 
 
 def _summary_line(

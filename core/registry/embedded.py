@@ -1030,7 +1030,7 @@ def _unknown_manifest(reference: str) -> _RegistryError:
 def _parse_manifest(body: bytes) -> dict[str, Any]:
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # too deep for the stdlib parser: not ours to serve
         raise _RegistryError(400, "MANIFEST_INVALID", "manifest is not JSON") from None
     if not isinstance(document, dict) or document.get("schemaVersion") != 2:
         raise _RegistryError(400, "MANIFEST_INVALID", "manifest must have schemaVersion 2")
@@ -1059,7 +1059,7 @@ def _manifest_media_type(content_type: str | None, document: Mapping[str, Any]) 
 def _declared_media_type(body: bytes) -> str:
     try:
         declared = json.loads(body).get("mediaType")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         declared = None
     return declared if isinstance(declared, str) else _OCI_MANIFEST
 
