@@ -363,7 +363,9 @@ class Syncer:
                 if outcome.status == "received":
                     self._received += 1
                 elif outcome.status == "rejected" and outcome.error is not None:
+                    # Remembered by the ledger, so each rejection is news once.
                     why = shown(outcome.error.diagnostics())
+                    log.warning("rejected %s: %s", shown(outcome.tag), why)
                     self._rejected = [*self._rejected[-9:], why]
         return outcomes
 
