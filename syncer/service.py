@@ -261,7 +261,7 @@ class Syncer:
     def _poll_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.poll()
+                outcomes = self.poll()
             except Exception as exc:
                 # A bug met at every poll: logged once with its traceback, and the
                 # next poll still runs (one bad input must not end the poller).
@@ -277,6 +277,7 @@ class Syncer:
                     self._poll_error = f"inbox poll failed unexpectedly: {describe(exc)}"
             else:
                 self._crashes.clear("poll")
+                _log_rejections(outcomes)
             self._stop.wait(self.poll_seconds)
 
     # --- one round ------------------------------------------------------------------
@@ -363,9 +364,7 @@ class Syncer:
                 if outcome.status == "received":
                     self._received += 1
                 elif outcome.status == "rejected" and outcome.error is not None:
-                    # Remembered by the ledger, so each rejection is news once.
                     why = shown(outcome.error.diagnostics())
-                    log.warning("rejected %s: %s", shown(outcome.tag), why)
                     self._rejected = [*self._rejected[-9:], why]
         return outcomes
 
@@ -549,6 +548,16 @@ PER_MESSAGE_STEPS = (
     "check_fresh",
     "materialise",
 )
+
+
+def _log_rejections(outcomes: list[Outcome]) -> None:
+    """The daemon's report of this poll's rejections (``--once`` prints its outcomes instead).
+
+    The ledger remembers a rejection, so each is news, and logged, once.
+    """
+    for outcome in outcomes:
+        if outcome.status == "rejected" and outcome.error is not None:
+            log.warning("rejected %s: %s", shown(outcome.tag), shown(outcome.error.diagnostics()))
 
 
 def isolating(receiver: Receiver, unexpected: LogOnce) -> Receiver:
