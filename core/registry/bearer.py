@@ -8,6 +8,9 @@ Caveats first:
 * ``oras.auth.utils.parse_auth_header`` keeps only realm/service/scope and no
   scheme, and cannot read escaped quotes, so challenges are parsed here; the
   ``error`` parameter is what tells an expired token from a missing permission.
+  The parse is linear (the stdlib's quoted-string aware comma split, then plain
+  string methods; no backtracking regex) and refuses a header over
+  :data:`MAX_CHALLENGE_CHARS` unread: the header comes from the registry.
 * With a password the token is fetched by ``GET`` with basic auth (what the docker
   CLI does); with an identity token by the OAuth2 ``refresh_token`` grant (``POST``).
 * Lifetimes come from ``expires_in`` (60 s when absent or shorter, as the spec
@@ -18,11 +21,13 @@ Caveats first:
 from __future__ import annotations
 
 import json
-import re
+import string
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import parse_http_list
 
 import requests
 
@@ -41,8 +46,10 @@ DEFAULT_LIFETIME = 60.0
 #: Sent as ``client_id`` on OAuth2 grants, as the spec asks.
 CLIENT_ID = "dockercomms"
 
-_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?=\s|$|,)")
-_PARAM = re.compile(r'\s*,?\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*,?')
+#: Longest ``WWW-Authenticate`` value read (all challenges); real ones are < 1 KiB.
+MAX_CHALLENGE_CHARS = 8192
+
+_TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 
 
 @dataclass(frozen=True)
@@ -74,35 +81,60 @@ class Challenge:
 
 
 def parse_challenges(header: str) -> list[Challenge]:
-    """Every challenge in a ``WWW-Authenticate`` value, in order (RFC 9110 11.6.1)."""
+    """Every challenge in a ``WWW-Authenticate`` value, in order (RFC 9110 11.6.1).
+
+    Linear in the length of ``header``; raises ValueError for a value longer
+    than :data:`MAX_CHALLENGE_CHARS`. Elements that fit no rule are skipped.
+    """
+    if len(header) > MAX_CHALLENGE_CHARS:
+        raise ValueError(
+            f"a WWW-Authenticate header of {len(header)} characters; "
+            f"at most {MAX_CHALLENGE_CHARS} are read"
+        )
     challenges: list[Challenge] = []
     scheme: str | None = None
     params: dict[str, str] = {}
-    pos = 0
-    while pos < len(header):
-        param = _PARAM.match(header, pos)
-        if param is not None and param.end() > pos and scheme is not None:
-            value = param.group(2)
-            if value.startswith('"'):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            params[param.group(1).lower()] = value
-            pos = param.end()
+    # Split on the commas outside quoted strings; quoted-pairs are resolved.
+    for element in parse_http_list(header):
+        name, equals, value = element.partition("=")
+        if equals and scheme is not None and _is_token(name.strip()):
+            params[name.strip().lower()] = _unquoted(value.strip())
             continue
-        token = _SCHEME.match(header, pos)
-        if token is None:
-            break
+        # "scheme" or "scheme param=value" (or "scheme token68"): a new challenge.
+        words = element.split(None, 1)
+        if not words or not _is_token(words[0]):
+            continue
         if scheme is not None:
             challenges.append(Challenge(scheme, params))
-        scheme, params = token.group(1).lower(), {}
-        pos = token.end()
+        scheme, params = words[0].lower(), {}
+        if len(words) == 2:
+            name, equals, value = words[1].partition("=")
+            if equals and _is_token(name.strip()):
+                params[name.strip().lower()] = _unquoted(value.strip())
     if scheme is not None:
         challenges.append(Challenge(scheme, params))
     return challenges
 
 
+def _is_token(text: str) -> bool:
+    return bool(text) and all(ch in _TCHAR for ch in text)
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
 def preferred_challenge(response: requests.Response) -> Challenge | None:
-    """The challenge we can answer: bearer first, then basic; None if neither."""
-    found = parse_challenges(response.headers.get("WWW-Authenticate", ""))
+    """The challenge we can answer: bearer first, then basic; None if neither.
+
+    Raises :class:`RegistryError` when the header is too long to be read.
+    """
+    try:
+        found = parse_challenges(response.headers.get("WWW-Authenticate", ""))
+    except ValueError as exc:
+        raise RegistryError(f"registry {urlsplit(response.url).netloc} sent {exc}") from None
     for wanted in ("bearer", "basic"):
         for challenge in found:
             if challenge.scheme == wanted:
