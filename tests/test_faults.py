@@ -18,9 +18,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
+import urllib3.util.connection
 
 from dockercomms.core import protocol as p
 from tests.conftest import Party, introduce, make_party
@@ -247,7 +249,8 @@ def test_persistent_upload_failure_fails_without_tagging(world: World) -> None:
     world.proxy.drop_mid_body(16 * 1024, method="PATCH", times=None)
     code, err = world.send()
     assert code == 1, err
-    assert "broke off" in err or "unreachable" in err or "Connection" in err
+    assert f"the registry at 127.0.0.1 port {world.proxy.host.rsplit(':')[1]}" in err
+    assert "reset the connection" in err or "broke off" in err
     assert world.inbox() == []
 
 
@@ -265,17 +268,44 @@ def test_persistent_tagging_failure_leaves_no_inbox_tag(world: World) -> None:
     assert not world.out.exists() or os.listdir(world.out) == []
 
 
-def test_dead_registry_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
+DEAD_REGISTRY_COMMANDS = {
+    "ls": ("ls",),
+    "recv": ("recv", "--out", "{tmp}/out"),
+    "verify": ("verify", "--digest", "sha256:" + "0" * 64),
+    "gc": ("gc",),
+    "send": ("send", "{tmp}/small.txt", "--recipient", "bob"),
+}
+
+
+@pytest.mark.parametrize(
+    "command", list(DEAD_REGISTRY_COMMANDS.values()), ids=list(DEAD_REGISTRY_COMMANDS)
+)
+def test_a_dead_registry_fails_at_once_in_one_sentence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: tuple[str, ...]
+) -> None:
+    """Connection refused before the registry ever answered: one attempt, one sentence."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     # Nothing listens on ``port`` any more: every connection is refused.
     alice = make_party(tmp_path, "alice@example.com", f"127.0.0.1:{port}/x/y")
-    source = tmp_path / "small.txt"
-    source.write_text("hello")
+    (tmp_path / "small.txt").write_text("hello")
+    connects: list[tuple[str, int]] = []
+    real = urllib3.util.connection.create_connection
+
+    def counted(address: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
+        connects.append(address)
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", counted)
     started = time.monotonic()
-    result = alice.cli("send", str(source), "--recipient", "bob")
-    elapsed = time.monotonic() - started
+    result = alice.cli(*(arg.format(tmp=tmp_path) for arg in command))
+    assert time.monotonic() - started < TIMEOUT  # a guard against hangs, not a measurement
     assert result.code == 1, result.err
-    assert "unreachable" in result.err and f"port={port}" in result.err
-    assert elapsed < 30, elapsed
+    (line,) = result.err.splitlines()
+    assert line.startswith("dockercomms: error: "), line
+    assert line.endswith(
+        f": the registry at 127.0.0.1 port {port} refused the connection (tried once)"
+    ), line
+    assert "HTTPConnectionPool" not in line and "Max retries" not in line
+    assert connects == [("127.0.0.1", port)]

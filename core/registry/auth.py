@@ -214,6 +214,7 @@ class _HostAuth:
             challenge.service,
             self._endpoint.verify,
             self._endpoint.policy,
+            https_only=self._endpoint.scheme == "https",
         )
         known = state.token_service
         if known is None or (known.realm, known.service) != (service.realm, service.service):

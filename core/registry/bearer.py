@@ -8,6 +8,13 @@ Caveats first:
 * ``oras.auth.utils.parse_auth_header`` keeps only realm/service/scope and no
   scheme, and cannot read escaped quotes, so challenges are parsed here; the
   ``error`` parameter is what tells an expired token from a missing permission.
+  The parse is linear (the stdlib's quoted-string aware comma split, then plain
+  string methods; no backtracking regex) and refuses a header over
+  :data:`MAX_CHALLENGE_CHARS` unread: the header comes from the registry.
+* The token service gets the registry's deadlines and retry policy, its answer
+  is read under :data:`MAX_TOKEN_ANSWER_BYTES`, credentials go only to the
+  realm's origin (never to a redirect elsewhere; the refresh-token ``POST`` is
+  never redirected), and an HTTPS registry's realm must be HTTPS.
 * With a password the token is fetched by ``GET`` with basic auth (what the docker
   CLI does); with an identity token by the OAuth2 ``refresh_token`` grant (``POST``).
 * Lifetimes come from ``expires_in`` (60 s when absent or shorter, as the spec
@@ -17,32 +24,46 @@ Caveats first:
 
 from __future__ import annotations
 
-import json
-import re
+import string
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.request import parse_http_list
 
 import requests
 
-from dockercomms.core.errors import AuthError, RegistryError, RegistryUnavailableError
+from dockercomms.core.errors import (
+    AuthError,
+    ProtocolError,
+    RegistryError,
+    RegistryUnavailableError,
+)
+from dockercomms.core.registry.body import BodyBrokeOffError, read_capped, read_prefix
 from dockercomms.core.registry.credentials import Credentials
 from dockercomms.core.registry.retry import (
-    TEMPORARY_EXCEPTIONS,
     TEMPORARY_STATUSES,
     Deadline,
     RetryPolicy,
+    classify,
     retry_after_seconds,
 )
+from dockercomms.core.registry.transport import BoundedSession, Origin, send
+from dockercomms.core.untrusted import parse_json, parse_json_object, shown
 
 #: Token lifetime when the service does not say (and the minimum the spec allows).
 DEFAULT_LIFETIME = 60.0
 #: Sent as ``client_id`` on OAuth2 grants, as the spec asks.
 CLIENT_ID = "dockercomms"
+#: Longest ``WWW-Authenticate`` value read (all challenges); real ones are < 1 KiB.
+MAX_CHALLENGE_CHARS = 8192
+#: Largest token service answer read (a JWT with its certificate is a few KiB).
+MAX_TOKEN_ANSWER_BYTES = 64 * 1024
+#: How much of a token service's error body is read for its message.
+ERROR_BODY_BYTES = 4096
 
-_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?=\s|$|,)")
-_PARAM = re.compile(r'\s*,?\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]*)\s*,?')
+_TCHAR = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
 
 
 @dataclass(frozen=True)
@@ -74,35 +95,60 @@ class Challenge:
 
 
 def parse_challenges(header: str) -> list[Challenge]:
-    """Every challenge in a ``WWW-Authenticate`` value, in order (RFC 9110 11.6.1)."""
+    """Every challenge in a ``WWW-Authenticate`` value, in order (RFC 9110 11.6.1).
+
+    Linear in the length of ``header``; raises ValueError for a value longer
+    than :data:`MAX_CHALLENGE_CHARS`. Elements that fit no rule are skipped.
+    """
+    if len(header) > MAX_CHALLENGE_CHARS:
+        raise ValueError(
+            f"a WWW-Authenticate header of {len(header)} characters; "
+            f"at most {MAX_CHALLENGE_CHARS} are read"
+        )
     challenges: list[Challenge] = []
     scheme: str | None = None
     params: dict[str, str] = {}
-    pos = 0
-    while pos < len(header):
-        param = _PARAM.match(header, pos)
-        if param is not None and param.end() > pos and scheme is not None:
-            value = param.group(2)
-            if value.startswith('"'):
-                value = re.sub(r"\\(.)", r"\1", value[1:-1])
-            params[param.group(1).lower()] = value
-            pos = param.end()
+    # Split on the commas outside quoted strings; quoted-pairs are resolved.
+    for element in parse_http_list(header):
+        name, equals, value = element.partition("=")
+        if equals and scheme is not None and _is_token(name.strip()):
+            params[name.strip().lower()] = _unquoted(value.strip())
             continue
-        token = _SCHEME.match(header, pos)
-        if token is None:
-            break
+        # "scheme" or "scheme param=value" (or "scheme token68"): a new challenge.
+        words = element.split(None, 1)
+        if not words or not _is_token(words[0]):
+            continue
         if scheme is not None:
             challenges.append(Challenge(scheme, params))
-        scheme, params = token.group(1).lower(), {}
-        pos = token.end()
+        scheme, params = words[0].lower(), {}
+        if len(words) == 2:
+            name, equals, value = words[1].partition("=")
+            if equals and _is_token(name.strip()):
+                params[name.strip().lower()] = _unquoted(value.strip())
     if scheme is not None:
         challenges.append(Challenge(scheme, params))
     return challenges
 
 
+def _is_token(text: str) -> bool:
+    return bool(text) and all(ch in _TCHAR for ch in text)
+
+
+def _unquoted(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
 def preferred_challenge(response: requests.Response) -> Challenge | None:
-    """The challenge we can answer: bearer first, then basic; None if neither."""
-    found = parse_challenges(response.headers.get("WWW-Authenticate", ""))
+    """The challenge we can answer: bearer first, then basic; None if neither.
+
+    Raises :class:`RegistryError` when the header is too long to be read.
+    """
+    try:
+        found = parse_challenges(response.headers.get("WWW-Authenticate", ""))
+    except ValueError as exc:
+        raise RegistryError(f"registry {urlsplit(response.url).netloc} sent {exc}") from None
     for wanted in ("bearer", "basic"):
         for challenge in found:
             if challenge.scheme == wanted:
@@ -150,10 +196,11 @@ class TokenService:
 
     Attributes:
         registry: ``host[:port]`` of the registry (for messages).
-        realm: token endpoint URL.
+        realm: token endpoint URL (untrusted: the registry named it).
         service: the ``service`` parameter, if the challenge gave one.
         verify: ``verify=`` for requests (the registry's trust store applies).
         policy: timeouts and retries for the token request.
+        https_only: the registry is HTTPS, so the realm must be too.
     """
 
     registry: str
@@ -161,11 +208,16 @@ class TokenService:
     service: str | None
     verify: bool | str
     policy: RetryPolicy
+    https_only: bool = True
 
     def fetch(self, scope: str, credentials: Credentials | None) -> BearerToken:
         """A token for ``scope``: with credentials if given, else anonymous."""
-        if not self.realm.startswith(("https://", "http://")):
-            raise AuthError(f"registry {self.registry} named an unusable token realm")
+        try:
+            Origin.of(self.realm)
+        except ValueError:
+            raise AuthError(
+                f"registry {self.registry} named an unusable token realm {shown(self.realm)}"
+            ) from None
         params = {"scope": scope}
         if self.service is not None:
             params["service"] = self.service
@@ -175,99 +227,140 @@ class TokenService:
                 "refresh_token": credentials.identity_token,
                 "client_id": CLIENT_ID,
             }
-            response = self._send("POST", data=form, who=credentials)
+            # A POST is never redirected (transport.send), so the refresh token
+            # in its body reaches the realm and nothing else.
+            body = self._ask("POST", self.realm, who=credentials, data=form)
         elif credentials is not None:
-            auth = (credentials.username, credentials.password)
-            response = self._send("GET", params=params, auth=auth, who=credentials)
+            basic = {"Authorization": credentials.basic_header()}
+            body = self._ask("GET", self._with_query(params), who=credentials, auth=basic)
         else:
-            response = self._send("GET", params=params, who=None)
-        body = _json(response, self.realm)
+            body = self._ask("GET", self._with_query(params), who=None)
         value = body.get("token") or body.get("access_token")
         if not isinstance(value, str) or not value:
-            raise AuthError(f"token service {self.realm} answered without a token")
+            raise AuthError(f"token service {shown(self.realm)} answered without a token")
         expires_in = body.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) else DEFAULT_LIFETIME
         now = time.monotonic()
         return BearerToken(value, scope, now, now + usable_lifetime(lifetime), credentials is None)
 
-    def _send(self, method: str, *, who: Credentials | None, **kwargs: Any) -> requests.Response:
+    def _with_query(self, params: Mapping[str, str]) -> str:
+        parts = urlsplit(self.realm)
+        query = (parts.query + "&" if parts.query else "") + urlencode(params)
+        return urlunsplit(parts._replace(query=query))
+
+    def _ask(
+        self,
+        method: str,
+        url: str,
+        *,
+        who: Credentials | None,
+        data: Any = None,
+        auth: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """The token service's JSON answer, after the registry's retry policy."""
+        what = "get a token"
         deadline = Deadline(self.policy.total_budget)
+        answered = False
         attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = requests.request(
-                    method,
-                    self.realm,
-                    timeout=self.policy.timeout,
-                    verify=self.verify,
-                    **kwargs,
-                )
-            except requests.exceptions.SSLError as exc:
-                raise RegistryError(f"token service {self.realm}: TLS error: {exc}") from exc
-            except TEMPORARY_EXCEPTIONS as exc:
-                wait = self.policy.delay(attempt)
-                if attempt < self.policy.attempts and deadline.allows(wait):
-                    time.sleep(wait)
-                    continue
-                raise RegistryUnavailableError(
-                    f"token service {self.realm} of registry {self.registry} is unreachable: {exc}"
-                ) from exc
-            if response.status_code == 200:
-                return response
-            if response.status_code in TEMPORARY_STATUSES:
-                wait = self.policy.delay(attempt, retry_after_seconds(response))
-                if attempt < self.policy.attempts and deadline.allows(wait):
+        credentials: Callable[[], Mapping[str, str]] | None = None
+        if auth is not None:
+            headers = dict(auth)
+
+            def credentials() -> Mapping[str, str]:
+                return headers
+
+        with BoundedSession() as session:
+            while True:
+                attempt += 1
+                try:
+                    response = send(
+                        session,
+                        method,
+                        url,
+                        what=what,
+                        trusted=Origin.of(self.realm),
+                        answer_seconds=self.policy.answer_seconds(),
+                        timeout=self.policy.timeout,
+                        verify=self.verify,
+                        credentials=credentials,
+                        data=data,
+                        https_only=self.https_only or None,
+                    )
+                    answered = True
+                    if response.status_code == 200:
+                        return self._json(response)
+                except (requests.RequestException, BodyBrokeOffError) as exc:
+                    failure = (
+                        exc.failure
+                        if isinstance(exc, BodyBrokeOffError)
+                        else classify(exc, self.policy)
+                    )
+                    wait = self.policy.delay(attempt)
+                    if (
+                        failure.worth_retrying(answered)
+                        and attempt < self.policy.attempts
+                        and deadline.allows(wait)
+                    ):
+                        time.sleep(wait)
+                        continue
+                    text = failure.sentence(
+                        f"{what} for registry {self.registry}",
+                        url,
+                        attempt,
+                        deadline.elapsed(),
+                        server="token service",
+                    )
+                    raise RegistryUnavailableError(text) from None
+                if response.status_code in TEMPORARY_STATUSES:
+                    wait = self.policy.delay(attempt, retry_after_seconds(response))
+                    if attempt < self.policy.attempts and deadline.allows(wait):
+                        response.close()
+                        time.sleep(wait)
+                        continue
                     response.close()
-                    time.sleep(wait)
-                    continue
-                response.close()
-                raise RegistryUnavailableError(
-                    f"token service {self.realm} answered HTTP {response.status_code}"
-                )
-            raise self._refused(response, who)
+                    raise RegistryUnavailableError(
+                        f"token service {shown(self.realm)} answered HTTP {response.status_code}"
+                    )
+                raise self._refused(response, who)
+
+    def _json(self, response: requests.Response) -> dict[str, Any]:
+        where = f"token service {shown(self.realm)}"
+        try:
+            raw = read_capped(response, MAX_TOKEN_ANSWER_BYTES, where, self.policy)
+            return parse_json_object(raw, "its answer", max_bytes=MAX_TOKEN_ANSWER_BYTES)
+        except ProtocolError as exc:
+            raise AuthError(f"{where} answered with something unusable: {exc}") from None
 
     def _refused(self, response: requests.Response, who: Credentials | None) -> AuthError:
         status = response.status_code
-        detail = _detail(response)
-        response.close()
+        detail = _detail(read_prefix(response, ERROR_BODY_BYTES, self.policy))
+        realm = shown(self.realm)
         if who is None:
             return AuthError(
-                f"token service {self.realm} of registry {self.registry} refused an anonymous "
+                f"token service {realm} of registry {self.registry} refused an anonymous "
                 f"token (HTTP {status}{': ' + detail if detail else ''})"
             )
         how = "identity token" if who.identity_token is not None else "password"
         return AuthError(
-            f"token service {self.realm} of registry {self.registry} rejected the {how} of "
+            f"token service {realm} of registry {self.registry} rejected the {how} of "
             f"user {who.username!r} from {who.source} "
             f"(HTTP {status}{': ' + detail if detail else ''})"
         )
 
 
-def _json(response: requests.Response, realm: str) -> dict[str, Any]:
-    try:
-        with response:
-            value = response.json()
-    except (ValueError, requests.RequestException) as exc:
-        raise AuthError(f"token service {realm} answered with something that is not JSON") from exc
-    if not isinstance(value, dict):
-        raise AuthError(f"token service {realm} answered with something that is not an object")
-    return value
-
-
-def _detail(response: requests.Response) -> str:
+def _detail(raw: bytes) -> str:
     """A short reason from an OAuth2 or OCI error body (never echoes a request)."""
     try:
-        body = json.loads(response.content[:4096])
-    except (ValueError, requests.RequestException):
+        body = parse_json(raw, "token service error", max_bytes=ERROR_BODY_BYTES)
+    except ProtocolError:
         return ""
     if not isinstance(body, dict):
         return ""
     if isinstance(body.get("error"), str):
-        return str(body["error"])
+        return shown(body["error"])
     errors = body.get("errors")
     if isinstance(errors, list):
-        return "; ".join(
-            f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)
+        return shown(
+            "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
         )
     return ""

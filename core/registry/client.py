@@ -3,8 +3,16 @@
 Caveats first:
 
 * oras-py's own ``do_request`` retries any exception for ~131 s and has no
-  timeouts; we override it so every request has connect/read timeouts and the one
-  retry policy of :mod:`.retry`.
+  timeouts; we override it so every request has connect/read timeouts, a
+  wall-clock deadline on its answer (:mod:`.transport`) and the one retry policy
+  of :mod:`.retry`. A registry that refuses the first connection fails at once.
+* Every response body is read through :mod:`.body` under a size cap, including
+  the ones requests would read whole by itself (``stream=False``, redirects,
+  error bodies): those are capped at :data:`SMALL_ANSWER_BYTES`.
+* Credentials go only to the registry's own origin (scheme, host and port):
+  never to an upload ``Location``, a ``Link`` or a redirect elsewhere, and a 401
+  from elsewhere teaches the authenticator nothing. After HTTPS, plain HTTP is
+  refused.
 * Request bodies that are generators (streamed chunk uploads) cannot be replayed,
   so those requests are not retried here; the caller restarts that one chunk.
 * Every download is hashed while it streams and checked against the digest we
@@ -16,7 +24,6 @@ Caveats first:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -32,8 +39,8 @@ from dockercomms.core import protocol as p
 from dockercomms.core.errors import (
     AuthError,
     DigestMismatchError,
-    LimitExceededError,
     NotFoundError,
+    ProtocolError,
     RegistryError,
     RegistryUnavailableError,
 )
@@ -45,15 +52,24 @@ from dockercomms.core.registry.auth import (
     RegistryEndpoint,
     system_trust_store,
 )
-from dockercomms.core.registry.body import HashingBody
+from dockercomms.core.registry.body import (
+    BodyBrokeOffError,
+    HashingBody,
+    pieces,
+    read_capped,
+    read_prefix,
+)
 from dockercomms.core.registry.reference import RepositoryRef
 from dockercomms.core.registry.retry import (
-    TEMPORARY_EXCEPTIONS,
     TEMPORARY_STATUSES,
     Deadline,
+    Pace,
     RetryPolicy,
+    classify,
     retry_after_seconds,
 )
+from dockercomms.core.registry.transport import BoundedSession, Origin, send
+from dockercomms.core.untrusted import parse_json, parse_json_object, shown
 
 if TYPE_CHECKING:
     from dockercomms.core.chunking import ByteSink
@@ -61,6 +77,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PIECE = 1024 * 1024
+#: Cap on a body nobody asked to stream (upload answers, DELETE refusals).
+SMALL_ANSWER_BYTES = 64 * 1024
+#: How much of an error body is read for its message.
+ERROR_BODY_BYTES = 4096
 MANIFEST_ACCEPT = ", ".join([p.OCI_MANIFEST, p.OCI_INDEX])
 Progress = Callable[[int], None]
 T = TypeVar("T")
@@ -107,9 +127,14 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         super().__init__(
             hostname=ref.host or None, insecure=ref.scheme == "http", tls_verify=tls_verify
         )
+        # Our own session: bounded answers, no redirects followed by requests.
+        self.session: requests.Session = BoundedSession()
         self.ref = ref
         self.policy = policy or RetryPolicy()
         self._no_referrers_api = False
+        # Whether the registry has answered this client at all: until it has, a
+        # refused connection means "not there", not "restarting".
+        self._answered = False
         self.limits = limits
         self._authenticator: Authenticator = (authenticator or Anonymous()).prepare(
             RegistryEndpoint(ref.host, ref.scheme, tls_verify, self.policy)
@@ -127,6 +152,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             self.session.trust_env = False
         else:
             self.base_url = f"{ref.scheme}://{ref.host}"
+        self._origin = Origin.of(self.base_url)
         self._repo_url = f"{self.base_url}/v2/{ref.name}"
 
     def close(self) -> None:
@@ -168,12 +194,16 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         push: bool = False,
         ok: tuple[int, ...] = (200, 201, 202, 204, 206),
         what: str = "",
+        size: int = 0,
     ) -> requests.Response:
-        """Send one request with auth, timeouts and retries; raise typed errors.
+        """Send one request with auth, deadlines and retries; raise typed errors.
 
         Returns the response only when its status is in ``ok``; otherwise the
         status decides the exception (401/403 -> AuthError, 404 -> NotFoundError,
         429/5xx/connection failures -> RegistryUnavailableError after retries).
+        Without ``stream`` the body (at most :data:`SMALL_ANSWER_BYTES`) is read
+        here and kept in ``content``; with it, ``size`` is the body's expected
+        length, which lengthens the answer's deadline.
         """
         replayable = data is None or isinstance(data, bytes | bytearray | str)
         scope = self._scope(push)
@@ -183,53 +213,80 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         what = what or f"{method} {urlsplit(url).path}"
         while True:
             attempt += 1
-            merged = dict(headers or {})
-            merged.update(self._authenticator.headers_for(scope))
             try:
-                response: requests.Response = self.session.request(
+                response = send(
+                    self.session,
                     method,
                     url,
-                    data=data,
-                    headers=merged,
-                    stream=stream,
+                    what=what,
+                    trusted=self._origin,
+                    answer_seconds=self.policy.answer_seconds(size),
                     timeout=self.policy.timeout,
                     verify=self._tls_verify,
-                    allow_redirects=True,
+                    credentials=partial(self._authenticator.headers_for, scope),
+                    headers=headers,
+                    data=data,
                 )
-            except requests.exceptions.SSLError as exc:
-                raise RegistryError(f"{what}: TLS error: {exc}") from exc
-            except TEMPORARY_EXCEPTIONS as exc:
+                self._answered = True
+                if not stream and response.status_code in ok:
+                    response._content = read_capped(
+                        response, SMALL_ANSWER_BYTES, f"{what} (the answer)", self.policy
+                    )
+            except (requests.RequestException, BodyBrokeOffError) as exc:
+                failure = (
+                    exc.failure
+                    if isinstance(exc, BodyBrokeOffError)
+                    else classify(exc, self.policy)
+                )
                 wait = self.policy.delay(attempt)
-                if replayable and attempt < self.policy.attempts and deadline.allows(wait):
-                    log.info("%s failed (%s), retrying in %.1fs", what, type(exc).__name__, wait)
+                if (
+                    replayable
+                    and failure.worth_retrying(self._answered)
+                    and attempt < self.policy.attempts
+                    and deadline.allows(wait)
+                ):
+                    log.info("%s: %s; retrying in %.1fs", what, failure.reason, wait)
                     time.sleep(wait)
                     continue
-                raise RegistryUnavailableError(f"{what}: registry unreachable: {exc}") from exc
+                log.debug("%s failed for good", what, exc_info=True)
+                # The hop that failed (a redirect may have led elsewhere).
+                failed = getattr(exc, "request", None)
+                where = failed.url if isinstance(failed, requests.PreparedRequest) else None
+                # The sentence says it all; urllib3's repr of the cause is noise.
+                raise failure.error(what, where or url, attempt, deadline.elapsed()) from None
             if response.status_code in ok:
                 return response
-            # Every 401 goes to the authenticator, so it can say why credentials it
-            # just sent failed; only the first one of a replayable request is retried.
-            if response.status_code == 401:
-                renewed = self._authenticator.handle_challenge(response, scope)
+            # Every 401 from the registry goes to the authenticator, so it can say
+            # why credentials it just sent failed; only the first one of a
+            # replayable request is retried. A 401 from elsewhere (a redirect's
+            # target) teaches it nothing: credentials never go there.
+            if response.status_code == 401 and Origin.of(response.url) == self._origin:
+                try:
+                    renewed = self._authenticator.handle_challenge(response, scope)
+                except BaseException:
+                    response.close()
+                    raise
                 if renewed and replayable and not challenged:
                     challenged = True
-                    response.close()
+                    self._discard(response)
                     continue
             if response.status_code in TEMPORARY_STATUSES:
                 wait = self.policy.delay(attempt, retry_after_seconds(response))
                 if replayable and attempt < self.policy.attempts and deadline.allows(wait):
                     log.info("%s got HTTP %d, retrying in %.1fs", what, response.status_code, wait)
-                    response.close()
+                    self._discard(response)
                     time.sleep(wait)
                     continue
-            raise _error_for(response, what)
+            raise self._error_for(response, what)
 
     def retry_broken_body(self, what: str, operation: Callable[[], T]) -> T:
         """Run a whole read again when its response body broke off mid-stream.
 
         ``request`` retries failures before a response arrives; a body cut short
         (connection reset, truncated) surfaces later, while it is read, so reads
-        that can simply be repeated go through here.
+        that can simply be repeated go through here. Only a
+        :class:`~.body.BodyBrokeOffError` that may pass is repeated: a request
+        that ``request`` already gave up on is not tried again.
         """
         deadline = Deadline(self.policy.total_budget)
         attempt = 0
@@ -237,12 +294,39 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             attempt += 1
             try:
                 return operation()
-            except RegistryUnavailableError as exc:
+            except BodyBrokeOffError as exc:
                 wait = self.policy.delay(attempt)
-                if attempt >= self.policy.attempts or not deadline.allows(wait):
+                if (
+                    not exc.failure.temporary
+                    or attempt >= self.policy.attempts
+                    or not deadline.allows(wait)
+                ):
                     raise
-                log.info("%s broke off (%s), retrying in %.1fs", what, exc, wait)
+                log.info("%s broke off (%s), retrying in %.1fs", what, exc.failure.reason, wait)
                 time.sleep(wait)
+
+    def _discard(self, response: requests.Response) -> None:
+        """Close an answer we will not use; a short body is read first, so the
+        connection can carry the next request."""
+        read_prefix(response, ERROR_BODY_BYTES, self.policy)
+
+    def _error_for(self, response: requests.Response, what: str) -> RegistryError:
+        status = response.status_code
+        detail = _error_detail(read_prefix(response, ERROR_BODY_BYTES, self.policy))
+        text = f"{what}: HTTP {status}{': ' + detail if detail else ''}"
+        where = Origin.of(response.url)
+        if status in (401, 403) and where != self._origin:
+            return AuthError(
+                f"{text} from {where}, where the registry redirected the request; "
+                f"credentials are sent only to the registry itself ({self._origin})"
+            )
+        if status in (401, 403):
+            return AuthError(f"{text} (check your registry credentials)")
+        if status == 404:
+            return NotFoundError(text)
+        if status in TEMPORARY_STATUSES:
+            return RegistryUnavailableError(text)
+        return RegistryError(text)
 
     def _url(self, location: str) -> str:
         return urljoin(self.base_url + "/", location)
@@ -302,7 +386,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         bytes are read once. Not retried here: a failure restarts the whole blob
         at the caller, which regenerates ``pieces``.
         """
-        body = HashingBody(pieces, on_progress)
+        body = HashingBody(
+            pieces, on_progress, Pace(self.policy.answer_seconds(), self.policy.min_rate)
+        )
         location = self._start_upload()
         response = self.request(
             "PATCH",
@@ -342,13 +428,15 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         ``out`` holds unverified bytes until this returns: callers write into a
         private temporary file, never into anything a user can see.
         """
+        what = f"GET blob {digest[:19]}"
         response = self.request(
-            "GET", self.blob_url(digest), stream=True, what=f"GET blob {digest[:19]}"
+            "GET", self.blob_url(digest), stream=True, what=what, size=expected_size
         )
         hasher = hashlib.sha256()
         received = 0
+        body = pieces(response, what, self.policy, PIECE)
         try:
-            for piece in response.iter_content(PIECE):
+            for piece in body:
                 received += len(piece)
                 if received > expected_size:
                     raise DigestMismatchError(
@@ -358,10 +446,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                 hasher.update(piece)
                 out.write(piece)
                 on_progress(len(piece))
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-            raise RegistryUnavailableError(f"download of {digest[:19]} broke off: {exc}") from exc
         finally:
-            response.close()
+            body.close()
         actual = "sha256:" + hasher.hexdigest()
         if received != expected_size or actual != digest:
             raise DigestMismatchError(
@@ -376,10 +462,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         )
 
     def _fetch_small_blob_once(self, digest: str, max_bytes: int) -> bytes:
-        response = self.request(
-            "GET", self.blob_url(digest), stream=True, what=f"GET blob {digest[:19]}"
-        )
-        data = _read_capped(response, max_bytes, f"blob {digest[:19]}")
+        what = f"GET blob {digest[:19]}"
+        response = self.request("GET", self.blob_url(digest), stream=True, what=what)
+        data = read_capped(response, max_bytes, what, self.policy)
         if p.sha256_digest(data) != digest:
             raise DigestMismatchError(f"blob {digest[:19]} does not hash to its digest")
         return data
@@ -413,7 +498,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         response.close()
         answered = response.headers.get("Docker-Content-Digest")
         if answered and answered != digest:
-            raise RegistryError(f"registry stored manifest as {answered}, we sent {digest}")
+            raise RegistryError(f"registry stored manifest as {shown(answered)}, we sent {digest}")
         return PushedManifest(digest, bool(response.headers.get("OCI-Subject")))
 
     def fetch_manifest(self, reference: str) -> tuple[bytes, str]:
@@ -427,18 +512,21 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         )
 
     def _fetch_manifest_once(self, reference: str) -> tuple[bytes, str]:
+        what = f"GET manifest {reference[:40]}"
         response = self.request(
             "GET",
             self.manifest_url(reference),
             headers={"Accept": MANIFEST_ACCEPT},
             stream=True,
-            what=f"GET manifest {reference[:40]}",
+            what=what,
         )
         header = response.headers.get("Docker-Content-Digest")
-        raw = _read_capped(response, self.limits.max_manifest_bytes, f"manifest {reference[:40]}")
+        raw = read_capped(response, self.limits.max_manifest_bytes, what, self.policy)
         digest = p.sha256_digest(raw)
         if header and header != digest:
-            raise DigestMismatchError(f"registry says {header} but the manifest hashes to {digest}")
+            raise DigestMismatchError(
+                f"registry says {shown(header)} but the manifest hashes to {digest}"
+            )
         if p.DIGEST_PATTERN.fullmatch(reference) and reference != digest:
             raise DigestMismatchError(f"asked for {reference}, got bytes hashing to {digest}")
         return raw, digest
@@ -479,8 +567,9 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
     def _tag_page(self, url: str) -> tuple[str | None, dict[str, Any]]:
         response = self.request("GET", url, stream=True, what="list tags")
         link = response.links.get("next", {}).get("url")
-        raw = _read_capped(response, self.limits.max_tag_page_bytes, "tag list page")
-        return link, _json_object(raw, "tag list")
+        limit = self.limits.max_tag_page_bytes
+        raw = read_capped(response, limit, "list tags", self.policy)
+        return link, parse_json_object(raw, "tag list", max_bytes=limit)
 
     def referrers(self, digest: str, artifact_type: str | None = None) -> list[Descriptor] | None:
         """Referrers via the OCI 1.1 API, or None when the registry lacks it.
@@ -503,7 +592,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             log.debug("referrers API unusable: %s", exc)
             return None
         content_type = response.headers.get("Content-Type", "")
-        raw = _read_capped(response, self.limits.max_manifest_bytes, "referrers index")
+        raw = read_capped(response, self.limits.max_manifest_bytes, "referrers", self.policy)
         if not content_type.startswith(p.OCI_INDEX) and not content_type.startswith(
             "application/json"
         ):
@@ -514,58 +603,14 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         return found
 
 
-def _read_capped(response: requests.Response, limit: int, what: str) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
+def _error_detail(raw: bytes) -> str:
+    """The registry's reason from an OCI error body, escaped for showing."""
     try:
-        for piece in response.iter_content(64 * 1024):
-            total += len(piece)
-            if total > limit:
-                raise LimitExceededError(f"{what} is larger than {limit} bytes")
-            chunks.append(piece)
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-        raise RegistryUnavailableError(f"{what}: connection broke off: {exc}") from exc
-    finally:
-        response.close()
-    return b"".join(chunks)
-
-
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except ValueError as exc:
-        raise RegistryError(f"{what} is not JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise RegistryError(f"{what} is not a JSON object")
-    return value
-
-
-def _error_for(response: requests.Response, what: str) -> RegistryError:
-    status = response.status_code
-    detail = _error_detail(response)
-    response.close()
-    text = f"{what}: HTTP {status}{': ' + detail if detail else ''}"
-    if status in (401, 403):
-        return AuthError(f"{text} (check your registry credentials)")
-    if status == 404:
-        return NotFoundError(text)
-    if status in TEMPORARY_STATUSES:
-        return RegistryUnavailableError(text)
-    return RegistryError(text)
-
-
-def _error_detail(response: requests.Response) -> str:
-    try:
-        if getattr(response, "_content_consumed", False):
-            raw = response.content[:4096]
-        else:
-            raw = response.raw.read(4096) if response.raw is not None else b""
-    except Exception:  # the body only decorates the message; never mask the status
-        return ""
-    try:
-        errors = json.loads(raw).get("errors") or []
-        return "; ".join(
+        doc = parse_json(raw, "error body", max_bytes=ERROR_BODY_BYTES)
+        errors = doc.get("errors") or []
+        text = "; ".join(
             f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)
         )
-    except (ValueError, AttributeError):
-        return raw[:200].decode("utf-8", "replace").strip()
+    except (ProtocolError, AttributeError, TypeError):
+        text = raw[:200].decode("utf-8", "replace").strip()
+    return shown(text)
