@@ -408,8 +408,9 @@ class OutboxWatcher:
         return [item]
 
     def _failed(self, path: Path, error: Exception) -> list[QueueItem]:
-        log.warning("cannot queue %s: %s", path, error)
-        self._last_error = f"{path}: {error}"
+        # A shared outbox's names are anyone's: escaped before a log line or status.
+        self._last_error = shown(f"{path}: {error}", limit=1000)
+        log.warning("cannot queue %s", self._last_error)
         return []
 
     def refuse(self, path: Path, reason: str) -> None:
