@@ -9,11 +9,12 @@ Caveats first:
   changes nothing that is being sent.
 * The spool may be writable by other local users (a shared outbox), who can swap
   a file for a symlink or a hard link to one of the owner's private files between
-  any check and the move. So a file is opened once, without following links
-  (:class:`SourceFile`), checked on that descriptor (a regular file, owned by
-  this user, one link), and what is queued is exactly that file: copied from the
-  descriptor, or renamed and then confirmed to be the same inode (a different
-  one is put back and the intake fails).
+  any check and the move. So a file is opened once, without following links,
+  in a folder opened the same way from the spool down (:class:`SourceFile`),
+  checked on that descriptor (a regular file, owned by this user, one link), and
+  what is queued is exactly that file: copied from the descriptor, or renamed
+  through the folder's descriptor and then confirmed to be the same inode (a
+  different one is put back and the intake fails).
 * ``message_id``, ``session_id`` and ``created_at`` are fixed at enqueue and the
   send options are pinned at the first upload, so every retry builds the same
   manifest and tag: a retry after a crash is the same message, never a second one.
@@ -241,44 +242,89 @@ class RefusedFile(ValueError):
 #: How a source is opened: never through a symlink, never blocking on a FIFO, never
 #: becoming our controlling terminal.
 _SOURCE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 class SourceFile:
-    """A spool file opened once for intake; every check is made on the descriptor.
+    """A spool file opened once for intake; every check is made on the descriptors.
+
+    Below ``root`` (the spool) no component of the path may be a symlink: each
+    folder is opened with ``O_NOFOLLOW`` relative to the one before, so swapping
+    ``outbox/bob`` for a link to ``~/.ssh`` does not make ``outbox/bob/id_rsa``
+    the private key. The move into the queue then works on the folder's
+    descriptor too (``rename``/``unlink`` with ``dir_fd``), never on the path.
 
     Attributes:
         path: where it was opened (the name may point elsewhere a moment later).
-        fd: the descriptor: what is sent is this file, whatever the name says.
+        name: its name in ``dir_fd``.
+        dir_fd: the folder it was opened in.
+        fd: the file: what is sent is this file, whatever the path says now.
         stat: ``fstat`` of the descriptor at open.
     """
 
-    def __init__(self, path: Path) -> None:
-        try:
-            fd = os.open(path, _SOURCE_FLAGS)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise RefusedFile(path, "is a symbolic link; only regular files are sent") from exc
-            raise
+    def __init__(self, path: Path, *, root: Path | None = None) -> None:
         self.path = path
-        self.fd = fd
+        self.name = path.name
+        self.fd = -1
+        self.dir_fd = _open_folder(path, root)
         try:
-            self.stat = os.fstat(fd)
+            try:
+                self.fd = os.open(self.name, _SOURCE_FLAGS, dir_fd=self.dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise RefusedFile(
+                        path, "is a symbolic link; only regular files are sent"
+                    ) from exc
+                raise
+            self.stat = os.fstat(self.fd)
             _check_source(path, self.stat)
         except BaseException:
-            os.close(fd)
+            self.close()
             raise
 
+    def lstat_name(self) -> os.stat_result:
+        """What the name in the folder is now (it may have been swapped)."""
+        return os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+
     def close(self) -> None:
-        """Close the descriptor (idempotent)."""
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the descriptors (idempotent)."""
+        for fd in (self.fd, self.dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.dir_fd = -1
 
     def __enter__(self) -> SourceFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_folder(path: Path, root: Path | None) -> int:
+    """The folder holding ``path``, opened without following a link below ``root``."""
+    if root is None:
+        return os.open(path.parent, _DIR_FLAGS)
+    try:
+        parts = path.parent.relative_to(root).parts
+    except ValueError as exc:
+        raise RefusedFile(path, f"is not inside {root}") from exc
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            try:
+                below = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise RefusedFile(
+                    path, f"is in a folder reached through a symbolic link ({part}); not sent"
+                ) from exc
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_source(path: Path, st: os.stat_result) -> None:
@@ -389,16 +435,16 @@ class PushQueue:
         committed = False
         try:
             try:
-                os.rename(path, data)
+                os.rename(opened.name, data, src_dir_fd=opened.dir_fd)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
                 self._copy_in(path, data, opened)
             else:
-                _confirm_moved(path, data, source)
+                _confirm_moved(opened, data)
             committed = True
             _fsync_dir(self.queue_dir)
-            _fsync_dir(path.parent)
+            os.fsync(opened.dir_fd)
         except BaseException:
             if not committed:
                 with self._lock:
@@ -437,9 +483,9 @@ class PushQueue:
         os.rename(tmp, data)
         try:
             _fsync_dir(self.queue_dir)
-            if _identity_key(os.lstat(path)) != _identity_key(source):
+            if _identity_key(opened.lstat_name()) != _identity_key(source):
                 raise OSError(errno.EBUSY, "file replaced while being queued", str(path))
-            path.unlink()
+            os.unlink(opened.name, dir_fd=opened.dir_fd)
         except BaseException:
             # Both copies exist: give the file back to the spool rather than risk
             # sending it twice.
@@ -814,28 +860,28 @@ class PushQueue:
         return self.queue_dir / f"{item_id}{_TMP_SUFFIX}"
 
 
-def _confirm_moved(path: Path, data: Path, source: os.stat_result) -> None:
-    """After ``rename(path, data)``: ``data`` must be the opened inode, else it goes back.
+def _confirm_moved(opened: SourceFile, data: Path) -> None:
+    """After the rename into the queue: ``data`` must be the opened inode, else it goes back.
 
     Someone who can write into the spool may have swapped the name between the
     open and the rename (for a symlink to a private file, say); what the rename
     moved is then theirs, not what was checked, and it is returned to the spool.
     """
     moved = os.lstat(data)
-    if (moved.st_dev, moved.st_ino) == (source.st_dev, source.st_ino):
+    if (moved.st_dev, moved.st_ino) == (opened.stat.st_dev, opened.stat.st_ino):
         return
-    _give_back(data, path)
-    raise OSError(errno.EBUSY, "file replaced while being queued", str(path))
+    _give_back(data, opened.path, opened.name, opened.dir_fd)
+    raise OSError(errno.EBUSY, "file replaced while being queued", str(opened.path))
 
 
-def _give_back(data: Path, path: Path) -> None:
-    """Return what a rename wrongly took into the queue to ``path`` in the spool.
+def _give_back(data: Path, path: Path, name: str | None = None, dir_fd: int | None = None) -> None:
+    """Return what a rename wrongly took into the queue to the spool (``name`` in ``dir_fd``).
 
     If that fails, a link or special file is removed (which touches nothing it
     points to) and a regular file is kept next to the queue as ``<id>.replaced``.
     """
     try:
-        os.rename(data, path)
+        os.rename(data, name if name is not None else path, dst_dir_fd=dir_fd)
         return
     except OSError as exc:
         log.warning("cannot put %s back after it was replaced during intake: %s", path, exc)

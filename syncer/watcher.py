@@ -382,7 +382,7 @@ class OutboxWatcher:
             self._drop(path)
             return []
         try:
-            source = SourceFile(path)
+            source = SourceFile(path, root=self.spool_dir)
         except FileNotFoundError:
             self._drop(path)
             return []

@@ -339,22 +339,31 @@ def test_a_file_swapped_for_a_link_between_check_and_intake_is_never_sent(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """#13.11: another local user who can write into a shared outbox swaps a settled file.
+    """#13.11: another local user who can write into a shared outbox swaps names.
 
-    The swap happens at a fixed point, after the watcher's checks and before the
-    queue moves the file, so the race is won every time, on any machine.
+    The swaps happen at a fixed point, after the watcher's checks and before the
+    queue moves the file, so the race is won every time, on any machine: a file
+    swapped for a symlink, and a recipient folder swapped for a link to a private
+    folder holding a file of the same name.
     """
     _, bob = pair
-    private = tmp_path / "private.key"
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    private = secrets / "private.key"
     private.write_bytes(b"the owner's secret\n")
-    swapped: list[Path] = []
+    (secrets / "report.txt").write_bytes(b"the owner's private report\n")
+    swapped: list[str] = []
     original = PushQueue._enqueue
 
     def swap_then_enqueue(self: PushQueue, path: Path, *args: Any, **kwargs: Any) -> Any:
-        if path.name == "settled.txt" and not swapped:
+        if path.name == "settled.txt" and "file" not in swapped:
             path.rename(path.with_name(".settled.txt.moved"))  # hidden: never sent
             path.symlink_to(private)
-            swapped.append(path)
+            swapped.append("file")
+        if path.parent.name == "dave" and "folder" not in swapped:
+            path.parent.rename(outbox / ".dave.moved")
+            (outbox / "dave").symlink_to(secrets)
+            swapped.append("folder")
         return original(self, path, *args, **kwargs)
 
     monkeypatch.setattr(PushQueue, "_enqueue", swap_then_enqueue)
@@ -364,6 +373,13 @@ def test_a_file_swapped_for_a_link_between_check_and_intake_is_never_sent(
     (bob_dir / "foreign.txt").write_text("dropped by another user\n")
     os.chown(bob_dir / "foreign.txt", 65534, 65534)
     (bob_dir / "fine.txt").write_text("sent\n")
+    (outbox / "dave").mkdir()
+    (outbox / "dave" / "report.txt").write_text("the report meant for dave\n")
+    # A path seen in an event before its folder became a link.
+    (outbox / "carol").symlink_to(secrets)
+    alice_syncer.watcher.note(outbox / "carol" / "private.key")
+
+    expected = {"bob/settled.txt", "bob/hardlink.txt", "bob/foreign.txt", "carol/private.key"}
 
     def refused() -> set[str]:
         return {r["path"] for r in alice_syncer.watcher.statistics().to_json().get("refused", [])}
@@ -371,12 +387,19 @@ def test_a_file_swapped_for_a_link_between_check_and_intake_is_never_sent(
     def decided() -> bool:
         counts = alice_syncer.queue.statistics().counts
         busy = counts[ItemState.QUEUED] + counts[ItemState.UPLOADING]
-        return not busy and sent_count(alice_syncer.queue) + len(refused()) >= 4
+        return not busy and sent_count(alice_syncer.queue) + len(refused() & expected) >= 6
 
     wait_until(decided, 30, "every file in the outbox to be sent or refused")
-    assert swapped, "the swap hook never ran"
-    assert [i.filename for i in alice_syncer.queue.items()] == ["fine.txt"]
-    assert refused() == {"bob/settled.txt", "bob/hardlink.txt", "bob/foreign.txt"}
+    assert sorted(swapped) == ["file", "folder"], "the swap hook did not run"
+    items = alice_syncer.queue.items()
+    assert sorted((i.recipient, i.filename) for i in items) == [
+        ("bob", "fine.txt"),
+        ("dave", "report.txt"),
+    ]
+    assert expected <= refused()
+    # The file dropped for dave was sent (moved out of its real folder), not the private one.
+    assert not (outbox / ".dave.moved" / "report.txt").exists()
+    assert (secrets / "report.txt").read_bytes() == b"the owner's private report\n"
     assert private.read_bytes() == b"the owner's secret\n"
     outcomes = bob.receive(tmp_path / "bob-inbox", receipts=False)
     assert [(o.path.name, o.path.read_bytes()) for o in outcomes if o.path] == [
