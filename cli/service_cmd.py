@@ -702,6 +702,7 @@ def _from_disk(workspace: Workspace) -> dict[str, Any]:
         "last_poll": None,
         "inbox": None,
         "errors": errors,
+        "refusals": [],  # only a running mount knows them
         "cache": chunk_cache_usage(workspace.paths.cache_dir / "chunks"),
         "notes": notes,
     }
