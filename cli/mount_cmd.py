@@ -22,7 +22,7 @@ from dockercomms.cli.parsing import CommandParser, name_argument
 from dockercomms.cli.registry_flags import registry_options, registry_parser
 
 if TYPE_CHECKING:
-    from dockercomms.fsmount.mount import MountConfig
+    from dockercomms.fsmount.mount import MountConfig, StartReport
 
 
 def _config(args: argparse.Namespace) -> MountConfig:
@@ -39,6 +39,7 @@ def _config(args: argparse.Namespace) -> MountConfig:
         cache_bytes=cache_bytes,
         drain_seconds=args.drain_timeout,
         fuse_debug=args.fuse_debug,
+        whole_file=args.whole_file,
     )
 
 
@@ -70,6 +71,12 @@ def add_behaviour_flags(parser: argparse.ArgumentParser, *, poll_default: float 
         metavar="BYTES",
         help="size cap of the verified chunk cache (default 2 GiB)",
     )
+    parser.add_argument(
+        "--whole-file",
+        action="store_true",
+        help="open() of an inbox file returns only once every chunk is verified, so a "
+        "file opens complete or not at all (default: each chunk is verified as it is read)",
+    )
 
 
 def behaviour_argv(args: argparse.Namespace) -> list[str]:
@@ -83,6 +90,8 @@ def behaviour_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--to", args.to]
     if not args.receipts:
         argv.append("--no-receipts")
+    if args.whole_file:
+        argv.append("--whole-file")
     return argv
 
 
@@ -105,19 +114,34 @@ def _foreground_argv(args: argparse.Namespace) -> list[str]:
 def cmd_mount(args: argparse.Namespace) -> int:
     """Mount outbox/, inbox/, sent/ and .status at MOUNTPOINT."""
     from dockercomms.core.workspace import Workspace
-    from dockercomms.fsmount.mount import run_foreground, start_background
+    from dockercomms.fsmount.mount import StartReport, start_background
 
+    if args.foreground:
+        # A background start's child: whatever happens, its parent hears the verdict.
+        report = StartReport(args.ready_fd)
+        try:
+            return _run_in_foreground(args, report)
+        except BaseException as exc:
+            report.failed(exc)
+            raise
+        finally:
+            report.close()
     workspace = Workspace.load()
     config = _config(args)
-    if not args.foreground:
-        log_file = workspace.paths.state_dir / "mount.log"
-        code = start_background(config, _foreground_argv(args), log_file)
-        print(f"mounted {config.mountpoint} (log: {log_file})")
-        return code
+    log_file = workspace.paths.state_dir / "mount.log"
+    pid = start_background(config, _foreground_argv(args), log_file)
+    print(f"mounted {config.mountpoint} (pid {pid}, log: {log_file})")
+    return 0
+
+
+def _run_in_foreground(args: argparse.Namespace, report: StartReport) -> int:
+    from dockercomms.core.workspace import Workspace
+    from dockercomms.fsmount.mount import run_foreground
+
     if getattr(args, "verbose", 0) == 0:
         # The daemon's log is its only voice: say what it does, not only what fails.
         logging.getLogger("dockercomms").setLevel(logging.INFO)
-    return run_foreground(config, workspace)
+    return run_foreground(_config(args), Workspace.load(), report=report)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -162,6 +186,8 @@ def add_parsers(
         help="how long unmounting waits for an upload in flight (default: 30)",
     )
     m.add_argument("--fuse-debug", action="store_true", help="libfuse debug output")
+    # A background start passes its child the write end of a pipe for the verdict.
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     m.set_defaults(func=cmd_mount)
 
     u = sub.add_parser(

@@ -11,11 +11,14 @@ Caveats first:
   (registry password, OIDC token) are never copied into a unit file.
 * Without a user manager to talk to (no user bus: containers, CI, ``su``),
   ``install`` still writes the files, prints the commands to run later and exits 0.
-* ``status`` asks a running mount first: it finds ``fuse.dockercomms`` mounts in
-  ``/proc/self/mountinfo`` (or takes ``--mountpoint``) and reads ``.status`` from
-  the one serving this identity, giving up on a mount that does not answer within
-  :data:`STATUS_TIMEOUT_SECONDS`. With none it reads the push queue's database
-  and the chunk cache folder directly, and says who holds the queue lock.
+* ``status`` asks a running mount first: the one this identity's record names
+  (``state_dir/mount.json``, written by the mount), then the ``fuse.dockercomms``
+  mounts of this user in ``/proc/self/mountinfo`` (or only ``--mountpoint``). It
+  reads ``.status`` (bounded, from a thread that gives up after
+  :data:`STATUS_TIMEOUT_SECONDS`) and takes the mount whose ``state_dir`` is this
+  identity's, whatever ``--repo`` it was started with. With none it reads the
+  push queue's database and the chunk cache folder directly, and says who holds
+  the queue lock.
 * ``gc`` deletes my expired messages where the registry allows it
   (:mod:`dockercomms.core.gc`); a registry that refuses is a warning, exit 0.
 * Every CLI call builds these parsers, so the engine, the push queue and the
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
-import json
 import os
 import re
 import shlex
@@ -56,6 +58,8 @@ DROP_IN = "50-install.conf"
 MOUNT_OPTIONS_ENV = "DOCKERCOMMS_MOUNT_OPTIONS"
 MOUNT_FSTYPE = "fuse.dockercomms"
 STATUS_TIMEOUT_SECONDS = 5.0
+#: Largest ``.status`` document ``status`` reads.
+MAX_STATUS_BYTES = 4 * 1024 * 1024
 SYSTEMCTL_TIMEOUT_SECONDS = 120.0
 PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: What the service must share with the installing shell to be the same identity.
@@ -521,10 +525,16 @@ def _service_status_text(result: dict[str, Any]) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     """Queue, transfers, last poll, errors and cache: from the mount, else from disk."""
     from dockercomms.core.workspace import Workspace
+    from dockercomms.fsmount.mount_record import MountRecord
 
     workspace = Workspace.load()
     document = None
-    candidates = [Path(args.mountpoint)] if args.mountpoint else dockercomms_mounts()
+    if args.mountpoint:
+        candidates = [Path(args.mountpoint)]
+    else:
+        record = MountRecord.live(workspace.paths.state_dir)
+        candidates = [record.mountpoint] if record is not None else []
+        candidates += [m for m in dockercomms_mounts(uid=os.getuid()) if m not in candidates]
     notes: list[str] = []
     for mountpoint in candidates:
         document, problem = read_status_file(mountpoint.absolute())
@@ -539,8 +549,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def dockercomms_mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Path]:
-    """Mount points of every ``fuse.dockercomms`` file system this process can see."""
+def dockercomms_mounts(
+    mountinfo: Path = Path("/proc/self/mountinfo"), *, uid: int | None = None
+) -> list[Path]:
+    """Mount points of the ``fuse.dockercomms`` file systems this process can see.
+
+    With ``uid``, only those that user mounted (FUSE's ``user_id=`` option): any
+    user can mount a FUSE file system of that name and make it say anything.
+    """
     found = []
     try:
         text = mountinfo.read_text()
@@ -549,8 +565,13 @@ def dockercomms_mounts(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[P
     for line in text.splitlines():
         fields, _, rest = line.partition(" - ")
         parts = fields.split()
-        if len(parts) >= 5 and rest.split(" ", 1)[0] == MOUNT_FSTYPE:
-            found.append(Path(_unescape_mountinfo(parts[4])))
+        fstype, _, source_and_options = rest.partition(" ")
+        if len(parts) < 5 or fstype != MOUNT_FSTYPE:
+            continue
+        options = source_and_options.rpartition(" ")[2].split(",")
+        if uid is not None and f"user_id={uid}" not in options:
+            continue
+        found.append(Path(_unescape_mountinfo(parts[4])))
     return found
 
 
@@ -571,7 +592,8 @@ def read_status_file(
 
     def read() -> None:
         try:
-            outcome.append((mountpoint / ".status").read_bytes())
+            with open(mountpoint / ".status", "rb") as handle:
+                outcome.append(handle.read(MAX_STATUS_BYTES + 1))
         except OSError as exc:
             outcome.append(exc)
 
@@ -583,19 +605,25 @@ def read_status_file(
     value = outcome[0]
     if isinstance(value, BaseException):
         return None, str(value)
+    from dockercomms.core.untrusted import parse_json_object
+
     try:
-        document = json.loads(value)
-    except ValueError as exc:
-        return None, f".status is not JSON: {exc}"
-    if not isinstance(document, dict):
-        return None, ".status is not a JSON object"
-    return document, None
+        return parse_json_object(value, ".status", max_bytes=MAX_STATUS_BYTES), None
+    except DockerCommsError as exc:
+        return None, exc.diagnostics()
 
 
 def _serves(document: dict[str, Any], workspace: Workspace) -> bool:
-    """The mount belongs to this identity on this repository (profiles may share a name)."""
+    """The mount is this identity's: same state dir (whatever ``--repo`` it uses).
+
+    A mount from before ``state_dir`` was in ``.status`` is matched by identity and
+    default repository instead (profiles may share an identity name).
+    """
     if document.get("identity") != workspace.identity:
         return False
+    state_dir = document.get("state_dir")
+    if isinstance(state_dir, str):
+        return Path(state_dir) == workspace.paths.state_dir.absolute()
     try:
         return document.get("repository") == str(workspace.repository())
     except DockerCommsError:
@@ -620,6 +648,7 @@ def _from_mount(document: dict[str, Any], workspace: Workspace) -> dict[str, Any
         "last_poll": inbox.get("last_poll"),
         "inbox": {"messages": inbox.get("messages"), "rejected": inbox.get("rejected")},
         "errors": document.get("errors") or [],
+        "refusals": document.get("refusals") or [],
         "cache": {
             "path": str(workspace.paths.cache_dir / "chunks"),
             **(document.get("cache") or {}),
@@ -673,6 +702,7 @@ def _from_disk(workspace: Workspace) -> dict[str, Any]:
         "last_poll": None,
         "inbox": None,
         "errors": errors,
+        "refusals": [],  # only a running mount knows them
         "cache": chunk_cache_usage(workspace.paths.cache_dir / "chunks"),
         "notes": notes,
     }
@@ -728,6 +758,7 @@ def _size(n: object) -> str:
 
 
 def _status_text(result: dict[str, Any]) -> str:
+    from dockercomms.core.untrusted import shown
     from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
 
     daemon = result["daemon"]
@@ -777,7 +808,12 @@ def _status_text(result: dict[str, Any]) -> str:
     cache = result["cache"]
     cap = _size(cache["cap_bytes"]) if cache.get("cap_bytes") else _size(DEFAULT_CAP_BYTES)
     lines.append(f"cache: {cache.get('entries', 0)} chunks, {_size(cache.get('bytes'))} of {cap}")
-    lines += [f"error: {error}" for error in result["errors"]]
+    lines += [f"error: {shown(error)}" for error in result["errors"]]
+    for refusal in result.get("refusals") or []:
+        lines.append(
+            f"refused: {shown(refusal.get('path'))} ({shown(refusal.get('at'))}): "
+            f"{shown(refusal.get('reason'))}"
+        )
     lines += [f"note: {note}" for note in result.get("notes", [])]
     return "\n".join(lines)
 

@@ -13,6 +13,7 @@ Layers, one direction (each module knows only the ones below it)::
     engine.py          blocking core calls in bounded worker threads
     inodes.py          typed ids, nodes, handles, exact lookup counts
     mount.py           the trio lifetime: one AsyncExitStack, one nursery, signals
+    mount_record.py    state_dir/mount.json: where this identity is mounted, by which pid
 
 The user-visible behaviour of every operation is in ``SEMANTICS.md``.
 """

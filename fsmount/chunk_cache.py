@@ -22,7 +22,9 @@ Caveats first:
   is not here at all (it is in the spool and the queue), so it is never evicted.
 * LRU order is kept in memory; after a restart entries are ordered by when they
   were written.
-* Thread-safe: one lock guards the index; file I/O and hashing run outside it.
+* Thread-safe: one lock guards the index and the names of its files (renames and
+  unlinks happen under it, so a dropped entry never takes a fresh copy's files
+  with it); reading, writing and hashing run outside it.
 """
 
 from __future__ import annotations
@@ -246,10 +248,12 @@ class ChunkCache:
         return ChunkWriter(self.root)
 
     def commit(self, key: ChunkKey, writer: ChunkWriter, *, pin: bool = False) -> None:
-        """Move a fully written chunk into the cache (optionally pinned for the caller)."""
+        """Move a fully written chunk into the cache (optionally pinned for the caller).
+
+        The files get their names under the index lock, as :meth:`_drop` and
+        :meth:`_evict` remove them under it: files and index never disagree.
+        """
         blocks = writer.finish()
-        bin_path = self.root / f"{key.name}.bin"
-        os.replace(writer.path, bin_path)
         sidecar = {
             "version": _SIDECAR_VERSION,
             "layer": key.layer_digest,
@@ -261,8 +265,9 @@ class ChunkCache:
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".fetch-", suffix=".tmp")
         with os.fdopen(fd, "w") as out:
             json.dump(sidecar, out)
-        os.replace(tmp, self.root / f"{key.name}.json")
         with self._lock:
+            os.replace(writer.path, self.root / f"{key.name}.bin")
+            os.replace(tmp, self.root / f"{key.name}.json")
             old = self._entries.pop(key, None)
             if old is not None:
                 self._total -= old.size
@@ -373,8 +378,10 @@ class ChunkCache:
             self._total -= entry.size
             self._forget_memory(entry.key)
             self._counters.corruptions += 1
+            # Under the lock: once it is released a fresh copy may be committed under
+            # the same names, and removing files then would delete that copy.
+            self._remove_files(entry.key.name)
         log.warning("cached chunk %s dropped: %s", entry.key.name, why)
-        self._remove_files(entry.key.name)
 
     def _evict(self) -> None:
         """Drop least-recently-used unpinned entries until under the cap (lock held)."""

@@ -9,10 +9,11 @@ Caveats first:
 * ``jeepney``'s blocking API runs in a worker thread, so the trio loop that
   serves FUSE never waits on D-Bus; a call that hangs is abandoned after
   :data:`CALL_TIMEOUT_SECONDS`.
-* Three kinds of event (:class:`EventWatcher`): a new verified file in
+* Four kinds of event (:class:`EventWatcher`): a new verified file in
   ``inbox/``; a send that failed for good; a message rejected, either one of
   mine that the recipient's receipt rejected, or an incoming one that failed
-  verification. Several of a kind at once become one notification.
+  verification; a drop into ``outbox/`` that was refused (announced even at the
+  first look). Several of a kind at once become one notification.
 * What the first inbox poll after mounting lists is not announced (it would be
   the whole inbox at every start), so a file that arrived while the mount was
   down shows up in ``inbox/`` without a notification.
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -52,7 +53,7 @@ LISTED = 5
 NOTIFICATIONS = "org.freedesktop.Notifications"
 NOTIFICATIONS_PATH = "/org/freedesktop/Notifications"
 
-EventKind = Literal["received", "send_failed", "rejected"]
+EventKind = Literal["received", "send_failed", "rejected", "refused"]
 
 
 def notify_call(
@@ -147,6 +148,7 @@ _SUMMARIES: dict[EventKind, tuple[str, str, str]] = {
     "received": ("New file", "{n} new files", "mail-message-new"),
     "send_failed": ("Send failed", "{n} sends failed", "dialog-error"),
     "rejected": ("Message rejected", "{n} messages rejected", "dialog-warning"),
+    "refused": ("Drop refused", "{n} drops refused", "dialog-warning"),
 }
 
 
@@ -214,10 +216,12 @@ class EventWatcher:
         queue: PushQueue | None,
         *,
         interval: float = WATCH_SECONDS,
+        refusals: Callable[[], list[Event]] | None = None,
     ) -> None:
         self.notifier = notifier
         self.inbox = inbox
         self.queue = queue
+        self.refusals = refusals  # refused outbox drops: all news, they happened while mounted
         self.interval = interval
         self._seen: set[str] | None = None
         self._scope: trio.CancelScope | None = None
@@ -257,7 +261,7 @@ class EventWatcher:
             events += await trio.to_thread.run_sync(queue_events, self.queue)
         if self._seen is None:
             self._seen = {event.key for event in events}
-            return []
+        events += self.refusals() if self.refusals is not None else []
         fresh = [event for event in events if event.key not in self._seen]
         self._seen |= {event.key for event in fresh}
         for summary, body, icon in fold(fresh):

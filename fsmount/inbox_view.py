@@ -8,8 +8,9 @@ Caveats first:
 * Listing verifies each *new* tag once; later polls only list tags. ``open()``
   verifies again (manifest by digest, signature, signer, sender, expiry) because
   the registry or ``trust.json`` may have changed since, and then fetches and
-  checks the first chunk, so a message whose first chunk is corrupt fails at
-  ``open()`` with ``EIO``. A later corrupt chunk fails the ``read()`` that needs it.
+  checks the first chunk (``--whole-file``: every chunk, held until close), so a
+  message whose first chunk is corrupt fails at ``open()`` with ``EIO``. A later
+  corrupt chunk fails the ``read()`` that needs it.
 * A policy failure at ``open()`` is ``EACCES``; corrupt data is ``EIO``. Either way
   the reason is logged, kept as ``user.dockercomms.error`` on the file (which
   stays listed so the reason can be read) and the message is added to
@@ -83,7 +84,7 @@ from dockercomms.fsmount.inodes import (
 )
 from dockercomms.fsmount.names import folder_name, free_name
 from dockercomms.fsmount.receipt_book import ReceiptSender
-from dockercomms.fsmount.transfers import ChunkSource
+from dockercomms.fsmount.transfers import ChunkSource, HeldChunks
 from dockercomms.fsmount.virtual import GeneratedFile, fixed, wants_write
 
 log = logging.getLogger(__name__)
@@ -218,8 +219,8 @@ class InboxFile(Node):
     async def open(self, flags: int) -> Handle:
         if wants_write(flags):
             raise fuse_error(errno.EROFS)
-        message = await self.view.open_message(self.item)
-        return InboxHandle(self.view, self.item, message)
+        message, held = await self.view.open_message(self.item)
+        return InboxHandle(self.view, self.item, message, held)
 
     async def xattrs(self) -> dict[str, bytes]:
         return self.view.xattrs_of(self.item)
@@ -237,13 +238,19 @@ class InboxHandle(Handle):
 
     keep_cache = True
 
-    def __init__(self, view: InboxView, item: InboxItem, message: Message) -> None:
+    def __init__(
+        self, view: InboxView, item: InboxItem, message: Message, held: HeldChunks
+    ) -> None:
         self.view = view
         self.item = item
         self.message = message
+        self.held = held  # --whole-file: every chunk, verified, pinned until release
 
     async def read(self, offset: int, size: int) -> bytes:
         return await self.view.read(self.item, self.message, offset, size)
+
+    async def release(self) -> None:
+        self.held.release()
 
 
 class RefreshFile(Node):
@@ -623,8 +630,8 @@ class InboxView:
 
     # --- reading --------------------------------------------------------------------
 
-    async def open_message(self, item: InboxItem) -> Message:
-        """SPEC 5 again at ``open()``, then the first chunk; the message to read from."""
+    async def open_message(self, item: InboxItem) -> tuple[Message, HeldChunks]:
+        """SPEC 5 again at ``open()``, then the first chunk (``--whole-file``: all of them)."""
         if item.corrupt and item.error is not None:
             raise fuse_error(errno_for(item.error))
         digest = item.message.digest
@@ -640,8 +647,7 @@ class InboxView:
             raise
         message = verified.message
         try:
-            if message.total_bytes:
-                await self.chunks.warm(message, 0)
+            held = await self.chunks.open_chunks(message)
         except DockerCommsError as exc:
             self._failed(item, exc, verified.signer)
             raise
@@ -651,7 +657,7 @@ class InboxView:
             self._remove_rejected(item.tag)  # a policy failure that no longer holds
         item.error = None
         item.failure = None
-        return message
+        return message, held
 
     async def read(self, item: InboxItem, message: Message, offset: int, size: int) -> bytes:
         """Verified bytes; the first success schedules the ``accepted`` receipt."""

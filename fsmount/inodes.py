@@ -184,6 +184,9 @@ class Node:
         """Move the entry ``name`` to ``new_parent``/``new_name``."""
         raise fuse_error(self.refuse)
 
+    def refused(self, name: str, why: str) -> None:
+        """A request to make ``name`` here was refused; a folder that sends says so."""
+
     # --- files ----------------------------------------------------------------------
 
     async def open(self, flags: int) -> Handle:

@@ -10,12 +10,18 @@ Caveats first:
   the same message next time), then the filesystem unmounts. A second signal
   interrupts the drain at once. ``fusermount3 -u`` from outside ends the main
   loop the same way, then the same drain runs.
-* A stale mount left by a crash (``stat`` fails with ``ENOTCONN``, "Transport
-  endpoint is not connected") is cleared with ``fusermount3 -uz`` before
-  mounting; a live mount is refused.
+* A stale mount left by a crash (``statfs`` fails with ``ENOTCONN``, "Transport
+  endpoint is not connected"; once the kernel's cached attributes expire even
+  ``lstat`` does) is cleared with ``fusermount3 -uz`` before mounting; a live
+  mount is refused, and so is a second mount of the same identity (found by its
+  record, ``state_dir/mount.json``, :mod:`.mount_record`), before anything is
+  created. A mount point folder this start created is removed if it fails.
 * Without ``--foreground`` the command starts a copy of itself in the
-  foreground in a new session, logs to ``state_dir/mount.log``, and returns once
-  the mount is up (or with the child's error).
+  foreground in a new session (logging to ``state_dir/mount.log``) and waits for
+  its verdict on a pipe (``--ready-fd``, :class:`StartReport`): the child writes
+  one line once its mount answers through the kernel, or its error if it fails;
+  the parent then returns, or raises the child's error (same type, same text,
+  said once).
 * ``dockercomms umount`` reads the daemon's PID through the mount
   (``user.dockercomms.status``), sends SIGTERM and waits for the drain; only a
   mount that does not answer is unmounted directly with ``fusermount3 -u``/``-uz``.
@@ -33,6 +39,7 @@ import functools
 import json
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -41,10 +48,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
 
+from dockercomms.core import errors
 from dockercomms.core.errors import ConfigError, DockerCommsError
 from dockercomms.core.gc import GarbageCollector
 from dockercomms.core.signing.keypair import key_hint, load_private_key
@@ -55,10 +64,11 @@ from dockercomms.fsmount.desktop import DesktopNotifier, EventWatcher
 from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inbox_view import InboxPoller, InboxView
 from dockercomms.fsmount.inodes import ROOT_INODE, InodeTable
+from dockercomms.fsmount.mount_record import MountRecord
 from dockercomms.fsmount.operations import DropFolderOperations
-from dockercomms.fsmount.outbox import OutboxView
+from dockercomms.fsmount.outbox import OutboxView, refusal_events
 from dockercomms.fsmount.receipt_book import ReceiptBook, ReceiptSender
-from dockercomms.fsmount.sdnotify import SystemdNotifier, serve_under_systemd
+from dockercomms.fsmount.sdnotify import SystemdNotifier, serve_under_systemd, when_answering
 from dockercomms.fsmount.sent_view import SentView
 from dockercomms.fsmount.status import MountRoot, StatusReport
 from dockercomms.fsmount.transfers import ChunkSource
@@ -68,8 +78,12 @@ from dockercomms.syncer.service import Syncer
 log = logging.getLogger(__name__)
 
 FUSERMOUNT = "fusermount3"
-#: How long a background start waits for the mount to come up.
-START_TIMEOUT_SECONDS = 60.0
+#: How long a background start waits for the child's verdict before giving up on it.
+START_TIMEOUT_SECONDS = 120.0
+#: Longest verdict line a background start reads from its child.
+_MAX_VERDICT_BYTES = 64 * 1024
+#: How long a failed background start waits for its child to end before killing it.
+REAP_SECONDS = 30.0
 
 
 @dataclass
@@ -86,6 +100,7 @@ class MountConfig:
         drain_seconds: how long shutdown waits for an upload in flight.
         settle_seconds: how long a closed outbox file must stay unchanged.
         fuse_debug: libfuse debug output.
+        whole_file: ``open()`` of an inbox file verifies every chunk before it returns.
     """
 
     mountpoint: Path
@@ -97,28 +112,60 @@ class MountConfig:
     drain_seconds: float = 30.0
     settle_seconds: float = 0.5
     fuse_debug: bool = False
+    whole_file: bool = False
 
 
 # --- the mount point ----------------------------------------------------------------
 
 
-def clear_stale_mount(mountpoint: Path) -> None:
-    """Lazily unmount a dead FUSE mount; create a missing folder; refuse a live mount."""
-    if not os.path.lexists(mountpoint):
-        mountpoint.mkdir(parents=True, mode=0o700)
+def refuse_second_mount(workspace: Workspace) -> None:
+    """One mount per identity: say where the running one is, before anything is created."""
+    record = MountRecord.live(workspace.paths.state_dir)
+    if record is not None:
+        raise ConfigError(
+            f"{workspace.identity} is already mounted at {record.mountpoint} "
+            f"(pid {record.pid}); one mount per identity, so 'dockercomms umount "
+            f"{record.mountpoint}' first"
+        )
+
+
+def clear_stale_mount(mountpoint: Path) -> bool:
+    """Make ``mountpoint`` ready to mount on; True if this call created the folder.
+
+    A dead FUSE mount is lazily unmounted, a missing folder created, a live mount
+    refused. ``statfs`` decides, because it always asks the daemon: ``stat`` and
+    ``lstat`` of a dead mount may still be answered from the kernel's attribute
+    cache for a moment, and fail with ``ENOTCONN`` after.
+    """
     try:
-        # statfs always asks the daemon; stat may be answered from the attribute cache.
         os.statvfs(mountpoint)
+    except FileNotFoundError:
+        try:
+            mountpoint.mkdir(parents=True, mode=0o700)
+        except FileExistsError as exc:  # a dangling symlink
+            raise ConfigError(f"{mountpoint} is not a folder") from exc
+        return True
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise ConfigError(f"cannot use {mountpoint} as a mount point: {exc.strerror}") from exc
-        log.warning("clearing a stale mount on %s (transport endpoint not connected)", mountpoint)
-        subprocess.run([FUSERMOUNT, "-uz", str(mountpoint)], check=False)
-        os.stat(mountpoint)
+        _clear_dead_mount(mountpoint)
     if os.path.ismount(mountpoint):
-        raise ConfigError(f"{mountpoint} is already mounted")
+        raise ConfigError(f"{mountpoint} is already mounted; unmount it or choose another folder")
     if not mountpoint.is_dir():
         raise ConfigError(f"{mountpoint} is not a folder")
+    return False
+
+
+def _clear_dead_mount(mountpoint: Path) -> None:
+    log.warning("clearing a stale mount on %s (transport endpoint not connected)", mountpoint)
+    done = subprocess.run(
+        [FUSERMOUNT, "-uz", str(mountpoint)], capture_output=True, text=True, check=False
+    )
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        why = done.stderr.strip() or exc.strerror
+        raise ConfigError(f"cannot clear the dead mount on {mountpoint}: {why}") from exc
 
 
 def _signer_identity(workspace: Workspace) -> str:
@@ -175,11 +222,34 @@ async def serve(
     config: MountConfig,
     workspace: Workspace,
     *,
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
-    """Mount, serve until unmounted or signalled, and tear everything down in order."""
+    """Mount, serve until unmounted or signalled, and tear everything down in order.
+
+    ``on_ready`` gets the first ``.status`` document once the mount answers
+    through the kernel. A start that fails before that removes the mount point
+    folder if it created it.
+    """
     mountpoint = config.mountpoint.absolute()
-    clear_stale_mount(mountpoint)
+    refuse_second_mount(workspace)
+    created = clear_stale_mount(mountpoint)
+    answered = trio.Event()
+    try:
+        await _serve(config, workspace, mountpoint, answered, on_ready)
+    except BaseException:
+        if created and not answered.is_set():
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
+        raise
+
+
+async def _serve(
+    config: MountConfig,
+    workspace: Workspace,
+    mountpoint: Path,
+    answered: trio.Event,
+    on_ready: Callable[[dict[str, Any]], None] | None,
+) -> None:
     paths = workspace.paths
     state = paths.state_dir
     async with contextlib.AsyncExitStack() as stack:
@@ -205,7 +275,7 @@ async def serve(
         nursery = await stack.enter_async_context(trio.open_nursery())
 
         table = InodeTable()
-        chunks = ChunkSource(engine, cache, nursery)
+        chunks = ChunkSource(engine, cache, nursery, whole_file=config.whole_file)
         receipts = ReceiptSender(
             engine,
             book,
@@ -220,6 +290,7 @@ async def serve(
             state / "fsmount" / "staging",
             syncer.queue,
             config.default_recipient,
+            syncer.watcher.refusals,
         )
         sent = SentView(
             table,
@@ -230,7 +301,15 @@ async def serve(
             ttl_seconds=workspace.settings.ttl_seconds,
         )
         report = StatusReport(
-            mountpoint, engine, inbox, syncer, chunks, cache, receipts, datetime.now(UTC)
+            mountpoint,
+            engine,
+            inbox,
+            syncer,
+            chunks,
+            cache,
+            receipts,
+            datetime.now(UTC),
+            syncer.watcher.refusals,
         )
         root = MountRoot(table, report, inbox)
         table.add(root, inode=ROOT_INODE)
@@ -254,20 +333,42 @@ async def serve(
         nursery.start_soon(poller.run)
         shutdown = ShutdownOnSignal(syncer, config.drain_seconds)
         nursery.start_soon(shutdown.run)
-        events = EventWatcher(DesktopNotifier.from_environment(), inbox, syncer.queue)
+        events = EventWatcher(
+            DesktopNotifier.from_environment(),
+            inbox,
+            syncer.queue,
+            refusals=lambda: refusal_events(syncer.watcher.refusals),
+        )
         nursery.start_soon(events.run)
         collector = GarbageCollector(workspace, config.registry)
         nursery.start_soon(collect_garbage_periodically, collector)
+        stack.callback(MountRecord.remove_mine, state, os.getpid())
+        nursery.start_soon(_announce_when_answering, mountpoint, state, answered, on_ready)
         log.info(
             "mounted %s for %s (outbox default recipient: %s)",
             mountpoint,
             workspace.identity,
             config.default_recipient or "none",
         )
-        if on_ready is not None:
-            on_ready()
         await pyfuse3.main()
         log.info("unmounting %s", mountpoint)
+
+
+async def _announce_when_answering(
+    mountpoint: Path,
+    state: Path,
+    answered: trio.Event,
+    on_ready: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    """Background job: once the mount answers, record it and tell whoever waits."""
+    document = await when_answering(mountpoint)
+    try:
+        MountRecord(mountpoint, os.getpid(), str(document.get("started_at", ""))).write(state)
+    except OSError as exc:  # status and a second mount then only know less
+        log.warning("cannot record the mount in %s: %s", state, exc)
+    answered.set()
+    if on_ready is not None:
+        on_ready(document)
 
 
 GC_FIRST_SECONDS = 60.0
@@ -292,59 +393,200 @@ async def collect_garbage_periodically(collector: GarbageCollector) -> None:
         await trio.sleep(GC_EVERY_SECONDS)
 
 
-def run_foreground(config: MountConfig, workspace: Workspace) -> int:
+def run_foreground(
+    config: MountConfig, workspace: Workspace, *, report: StartReport | None = None
+) -> int:
     """Serve in this process until unmounted; the exit code.
 
     Under systemd (``$NOTIFY_SOCKET``) READY=1 goes out once the mount answers,
-    with STATUS= lines and WATCHDOG=1 pings from a trio task.
+    with STATUS= lines and WATCHDOG=1 pings from a trio task. A background
+    start's ``report`` hears of the same moment.
     """
     notifier = SystemdNotifier.from_environment()
+    on_ready = report.ready if report is not None else None
+    serving = functools.partial(serve, config, workspace, on_ready=on_ready)
     try:
         if notifier is None:
-            trio.run(serve, config, workspace)
+            trio.run(serving)
         else:
-            serving = functools.partial(serve, config, workspace)
             trio.run(serve_under_systemd, notifier, config.mountpoint.absolute(), serving)
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        raise _sole_error(group) from None
     return 0
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one real error in a trio exception group (cancellations aside), else the group.
+
+    A start that fails after the nursery opened (FUSE refused to mount, say) comes
+    out of trio wrapped; the CLI and the parent of a background start want the
+    error itself.
+    """
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop()
+        if isinstance(error, BaseExceptionGroup):
+            pending.extend(error.exceptions)
+        elif not isinstance(error, trio.Cancelled):
+            leaves.append(error)
+    return leaves[0] if len(leaves) == 1 else group
 
 
 # --- background start and umount ----------------------------------------------------
 
 
+class StartReport:
+    """How a background mount tells the command that started it how the start went.
+
+    The parent passes the write end of a pipe (``--ready-fd``); the child writes one
+    JSON line, ``{"ready": true, "pid": ...}`` once its mount answers or
+    ``{"error": TEXT, "type": CLASS}`` if the start fails, then closes it. A
+    parent that went away is not an error.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        if fd is not None:
+            os.set_inheritable(fd, False)  # fusermount3 and friends must not keep it open
+
+    def ready(self, document: dict[str, Any]) -> None:
+        """The mount answers."""
+        self._send({"ready": True, "pid": os.getpid(), "mountpoint": document.get("mountpoint")})
+
+    def failed(self, error: BaseException) -> None:
+        """The start failed (nothing is sent once ``ready`` was)."""
+        if isinstance(error, DockerCommsError):
+            text, kind = error.diagnostics(), _nearest_error_type(error)
+        elif isinstance(error, KeyboardInterrupt):
+            text, kind = "interrupted", "DockerCommsError"
+        else:
+            text, kind = f"{type(error).__name__}: {error}", "DockerCommsError"
+        self._send({"error": text, "type": kind})
+
+    def close(self) -> None:
+        """Close the pipe (idempotent)."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def _send(self, verdict: dict[str, Any]) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.write(self._fd, json.dumps(verdict).encode() + b"\n")
+        self.close()
+
+
+def _nearest_error_type(error: DockerCommsError) -> str:
+    """The class in ``core.errors`` this error is (or derives from): it fixes the exit code."""
+    for kind in type(error).__mro__:
+        name: str = kind.__name__
+        if getattr(errors, name, None) is kind:
+            return name
+    return "DockerCommsError"
+
+
+def _error_from_verdict(verdict: dict[str, Any]) -> DockerCommsError:
+    """The child's error, as the same ``core.errors`` type with the same text."""
+    kind = getattr(errors, str(verdict.get("type")), None)
+    text = str(verdict.get("error") or "the mount failed")
+    if isinstance(kind, type) and issubclass(kind, DockerCommsError):
+        return kind(text)
+    return DockerCommsError(text)
+
+
 def start_background(config: MountConfig, argv: list[str], log_file: Path) -> int:
-    """Run ``argv`` (the same mount with ``--foreground``) detached; wait until mounted."""
+    """Run ``argv`` (the same mount with ``--foreground``) detached; its PID once it answers.
+
+    Raises the child's own error if it fails to start, after removing the mount
+    point folder if it was not there before.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    start = log_file.stat().st_size if log_file.exists() else 0
-    with open(log_file, "ab") as out:
-        child = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        if child.poll() is not None:
-            with open(log_file, "rb") as log_text:
-                log_text.seek(start)
-                lines = log_text.read().decode(errors="replace").strip().splitlines()
-            last = lines[-1] if lines else f"exit {child.returncode}"
-            raise ConfigError(f"mount failed: {last} (log: {log_file})")
-        if _answers(config.mountpoint):
-            return 0
-        time.sleep(0.1)
-    raise ConfigError(f"mount did not come up within {START_TIMEOUT_SECONDS:.0f}s; see {log_file}")
-
-
-def _answers(mountpoint: Path) -> bool:
+    existed = _exists(config.mountpoint)
+    read_end, write_end = os.pipe()
     try:
-        os.getxattr(mountpoint, xattrs.STATUS)
-    except OSError:
+        with open(log_file, "ab") as out:
+            child = subprocess.Popen(
+                [*argv, "--ready-fd", str(write_end)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                pass_fds=(write_end,),
+            )
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    try:
+        verdict = _read_verdict(read_end, START_TIMEOUT_SECONDS)
+    finally:
+        os.close(read_end)
+    if verdict is not None and verdict.get("ready"):
+        return child.pid
+    if verdict is None:
+        child.terminate()
+        error: DockerCommsError = ConfigError(
+            f"the mount did not come up within {START_TIMEOUT_SECONDS:.0f}s; see {log_file}"
+        )
+    elif "error" in verdict:
+        error = _error_from_verdict(verdict)
+    else:
+        error = DockerCommsError(f"the mount daemon ended before the mount was up; see {log_file}")
+    _reap(child)
+    if not existed:
+        with contextlib.suppress(OSError):
+            config.mountpoint.rmdir()
+    raise error
+
+
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    """Wait for a failed child to end (it is on its way out); kill it if it lingers.
+
+    So that a failed ``dockercomms mount`` leaves no process behind.
+    """
+    try:
+        child.wait(timeout=REAP_SECONDS)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _exists(path: Path) -> bool:
+    """``path`` is there (a dead mount on it counts: ``lstat`` then fails with ENOTCONN)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
         return False
+    except OSError:
+        return True
     return True
+
+
+def _read_verdict(fd: int, timeout: float) -> dict[str, Any] | None:
+    """The child's one JSON line; ``{}`` if it closed the pipe without one, None on timeout."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, selectors.EVENT_READ)
+        while b"\n" not in data and len(data) < _MAX_VERDICT_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                return None
+            piece = os.read(fd, _MAX_VERDICT_BYTES)
+            if not piece:
+                break
+            data += piece
+    try:
+        verdict = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return {}
+    return verdict if isinstance(verdict, dict) else {}
 
 
 def unmount(mountpoint: Path, *, timeout: float = 120.0) -> int:

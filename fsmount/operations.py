@@ -195,28 +195,31 @@ class DropFolderOperations(pyfuse3.Operations):
         new_parent = self.table.get(parent_inode_new)
         await old_parent.rename(_name(name_old), new_parent, _name(name_new), flags)
 
-    def _no_special_files(self, parent_inode: int) -> pyfuse3.FUSEError:
+    def _no_special_files(self, parent_inode: int, name: bytes, what: str) -> pyfuse3.FUSEError:
         """Only regular files can be sent: ``EROFS`` in read-only views, else ``EPERM``."""
         parent = self.table.get(parent_inode)
-        return fuse_error(errno.EROFS if parent.refuse == errno.EROFS else errno.EPERM)
+        if parent.refuse == errno.EROFS:
+            return fuse_error(errno.EROFS)
+        parent.refused(_name(name), f"{what} cannot be sent; only regular files are")
+        return fuse_error(errno.EPERM)
 
     @boundary
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise self._no_special_files(parent_inode)
+        raise self._no_special_files(parent_inode, name, "a device node or FIFO")
 
     @boundary
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise self._no_special_files(parent_inode)
+        raise self._no_special_files(parent_inode, name, "a symbolic link")
 
     @boundary
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise self._no_special_files(new_parent_inode)
+        raise self._no_special_files(new_parent_inode, new_name, "a hard link")
 
     @boundary
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:

@@ -27,6 +27,10 @@ Caveats first:
   could be sent. ``chmod`` and ``utimes`` apply to the local spool file only.
 * A rename out of ``outbox/`` (to ``inbox/`` or ``sent/``) is ``EXDEV``; ``mv``
   then falls back to copy-and-delete, which the read-only side refuses loudly.
+* Refused drops (no recipient, links, special files) are kept with their reason
+  in the watcher's :class:`~dockercomms.syncer.watcher.Refusals`, next to the
+  files the watcher itself refused: ``.status``, ``dockercomms status`` and a
+  desktop notification show them (:func:`refusal_events`), not only the log.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
+from dockercomms.core.untrusted import shown
+from dockercomms.fsmount.desktop import Event
 from dockercomms.fsmount.inodes import (
     Attributes,
     Handle,
@@ -50,7 +56,7 @@ from dockercomms.fsmount.inodes import (
     Node,
     fuse_error,
 )
-from dockercomms.syncer.watcher import is_temporary_name
+from dockercomms.syncer.watcher import Refusals, is_temporary_name
 
 if TYPE_CHECKING:
     from dockercomms.syncer.queue import PushQueue
@@ -80,6 +86,7 @@ class OutboxView:
             (same filesystem as the queue, so queuing is a rename).
         queue: the push queue (None when running without a syncer, in tests).
         default_recipient: where ``outbox/FILE`` goes; None means nowhere.
+        refusals: where refused drops are kept (the watcher's, when there is one).
     """
 
     def __init__(
@@ -89,12 +96,14 @@ class OutboxView:
         staging: Path,
         queue: PushQueue | None,
         default_recipient: str | None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.table = table
         self.spool = spool
         self.staging = staging
         self.queue = queue
         self.default_recipient = default_recipient
+        self.refusals = refusals if refusals is not None else Refusals()
         spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         staging.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in staging.iterdir():
@@ -124,12 +133,16 @@ class OutboxView:
     def check_file_name(self, parent: PurePosixPath, name: str) -> None:
         """Refuse a sendable file name directly in ``outbox/`` when nobody would get it."""
         if parent == ROOT and self.default_recipient is None and not is_temporary_name(name):
-            log.warning(
-                "outbox/%s refused: no default recipient; mount with --to or use "
-                "outbox/<recipient>/",
-                name,
+            self.refuse(
+                parent / name,
+                "no default recipient; mount with --to RECIPIENT or use outbox/<recipient>/",
             )
             raise fuse_error(errno.EDESTADDRREQ)
+
+    def refuse(self, rel: PurePosixPath, why: str) -> None:
+        """Keep (and, the first time, log) why ``outbox/rel`` was refused."""
+        if self.refusals.add(str(rel), why):
+            log.warning("outbox/%s refused: %s", shown(str(rel)), why)
 
     # --- node identity --------------------------------------------------------------
 
@@ -206,6 +219,14 @@ class OutboxView:
         log.info("outbox/%s sent on fsync to %s", node.rel, recipient)
 
 
+def refusal_events(refusals: Refusals) -> list[Event]:
+    """Refused drops as desktop events (one per refusal, however often it recurs)."""
+    return [
+        Event("refused", f"refused:{r.seq}", f"outbox/{r.path}: {r.reason}")
+        for r in refusals.recent()
+    ]
+
+
 class OutboxNode(Node):
     """A file or folder in the spool.
 
@@ -259,6 +280,9 @@ class OutboxNode(Node):
 
 class OutboxDir(OutboxNode):
     """A folder in the spool: ``outbox/`` itself or ``outbox/<recipient>/...``."""
+
+    def refused(self, name: str, why: str) -> None:
+        self.view.refuse(self.rel / name, why)
 
     async def attributes(self) -> Attributes:
         return Attributes.from_stat(os.lstat(self.path), timeout=0.0)

@@ -201,17 +201,23 @@ def _read_status(mountpoint: Path) -> bytes:
     return (mountpoint / STATUS_FILE).read_bytes()
 
 
-async def ready_when_answering(notifier: SystemdNotifier, mountpoint: Path) -> None:
-    """Send ``READY=1`` (with a first ``STATUS=``) once ``.status`` can be read."""
+async def when_answering(mountpoint: Path) -> dict[str, Any]:
+    """The first ``.status`` document ``mountpoint`` answers with, read through the kernel.
+
+    The proof that the mount is up: a request went through FUSE and came back.
+    """
     while True:
         try:
-            document = await read_mount_status(mountpoint)
+            return await read_mount_status(mountpoint)
         except (OSError, ValueError):
             await trio.sleep(PROBE_SECONDS)
-            continue
-        notifier.ready(status_line(document))
-        log.info("mount answers; told systemd it is ready")
-        return
+
+
+async def ready_when_answering(notifier: SystemdNotifier, mountpoint: Path) -> None:
+    """Send ``READY=1`` (with a first ``STATUS=``) once ``.status`` can be read."""
+    document = await when_answering(mountpoint)
+    notifier.ready(status_line(document))
+    log.info("mount answers; told systemd it is ready")
 
 
 async def mount_status_line(mountpoint: Path) -> str:

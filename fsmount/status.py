@@ -9,6 +9,9 @@ Caveats first:
   returns when that poll is done; any other attribute on the root is ``ENOTSUP``.
 * The outbox part is the syncer's own ``status()`` (queue, upload in flight with
   progress, watcher, registry reachability); downloads in flight are ours.
+* ``refusals`` lists the latest drops into ``outbox/`` that were refused, and why
+  (names escaped); ``state_dir`` says whose mount this is, so ``dockercomms
+  status`` finds it whatever ``--repo`` it was started with.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from dockercomms.fsmount.inodes import Directory, InodeTable, fuse_error
 from dockercomms.fsmount.receipt_book import ReceiptSender
 from dockercomms.fsmount.transfers import ChunkSource
 from dockercomms.syncer.service import Syncer
+from dockercomms.syncer.watcher import Refusals
 
 
 @dataclass
@@ -46,6 +50,7 @@ class StatusReport:
     cache: ChunkCache
     receipts: ReceiptSender
     started_at: datetime
+    refusals: Refusals | None = None
 
     async def build(self) -> dict[str, Any]:
         """The whole document."""
@@ -65,6 +70,7 @@ class StatusReport:
             "mountpoint": str(self.mountpoint),
             "pid": os.getpid(),
             "identity": self.engine.me,
+            "state_dir": str(self.engine.workspace.paths.state_dir.absolute()),
             "repository": str(self.engine.workspace.repository(self.engine.options)),
             "started_at": p.format_timestamp(self.started_at),
             "now": p.format_timestamp(datetime.now(UTC)),
@@ -78,6 +84,10 @@ class StatusReport:
                 "failed": self.receipts.failures,
             },
             "errors": errors,
+            "refusals": [
+                r.to_json() | {"path": f"outbox/{r.path}"}
+                for r in (self.refusals.recent() if self.refusals is not None else [])
+            ],
         }
 
     async def json_bytes(self) -> bytes:

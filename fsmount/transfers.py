@@ -16,6 +16,12 @@ Caveats first:
   per read; a second failure is an error.
 * A prefetch that fails is only logged; the read that needs the chunk fetches it
   again and reports the error to the reader.
+* ``--whole-file`` (:meth:`ChunkSource.open_chunks`): ``open()`` returns only
+  once *every* chunk was fetched and checked (two at a time), and the open handle
+  keeps them all pinned in the cache until it is closed, so a file opens complete
+  or not at all and no later read can meet a bad chunk from the registry. The
+  price: the first byte waits for the last chunk, and an open file occupies the
+  cache in full, above ``--cache-bytes`` if it must (and that much disk).
 """
 
 from __future__ import annotations
@@ -98,20 +104,43 @@ def _spans(
         yield key, lo, hi - lo
 
 
+class HeldChunks:
+    """Chunks an open file keeps pinned in the cache until it is closed (``--whole-file``)."""
+
+    def __init__(self, cache: ChunkCache, keys: list[ChunkKey]) -> None:
+        self._cache = cache
+        self._keys = keys
+
+    def release(self) -> None:
+        """Unpin them (once; later calls do nothing)."""
+        keys, self._keys = self._keys, []
+        for key in keys:
+            self._cache.unpin(key)
+
+
 class ChunkSource:
     """Verified byte ranges of messages, through the on-disk cache.
 
     Attributes:
         downloads: chunks being fetched right now.
-        prefetch: how many chunks ahead a read starts fetching.
+        prefetch: how many chunks ahead a read starts fetching (and how many a
+            whole-file open fetches at once).
+        whole_file: ``open()`` verifies every chunk before it returns.
     """
 
     def __init__(
-        self, engine: Engine, cache: ChunkCache, nursery: trio.Nursery, *, prefetch: int = 2
+        self,
+        engine: Engine,
+        cache: ChunkCache,
+        nursery: trio.Nursery,
+        *,
+        prefetch: int = 2,
+        whole_file: bool = False,
     ) -> None:
         self.engine = engine
         self.cache = cache
         self.prefetch = prefetch
+        self.whole_file = whole_file
         self.downloads: dict[ChunkKey, Download] = {}
         self._nursery = nursery
         self._fetches: dict[ChunkKey, _Fetch] = {}
@@ -154,6 +183,44 @@ class ChunkSource:
         """Make sure chunk ``index`` is fetched and checked (``open()`` does chunk 0)."""
         key = await self._pinned(message, index)
         self.cache.unpin(key)
+
+    async def open_chunks(self, message: Message) -> HeldChunks:
+        """What ``open()`` of an inbox file checks before it returns, and holds until close.
+
+        Lazy (the default): chunk 0, so a corrupt first chunk fails the open; nothing
+        is held. Whole-file: every chunk, all pinned until :meth:`HeldChunks.release`.
+        The first failure stops the fetching (fetches under way finish, none is
+        abandoned half-way) and is raised after every pin taken is given back.
+        """
+        if not message.total_bytes:
+            return HeldChunks(self.cache, [])
+        if not self.whole_file:
+            await self.warm(message, 0)
+            return HeldChunks(self.cache, [])
+        keys: list[ChunkKey] = []
+        failures: list[Exception] = []
+        indices = iter(range(message.chunk_count))  # shared by the workers (one trio thread)
+
+        async def worker() -> None:
+            for index in indices:
+                if failures:
+                    return
+                try:
+                    keys.append(await self._pinned(message, index))
+                except Exception as exc:
+                    failures.append(exc)
+                    return
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(min(max(self.prefetch, 1), message.chunk_count)):
+                    nursery.start_soon(worker)
+        finally:
+            if failures or len(keys) != message.chunk_count:
+                HeldChunks(self.cache, keys).release()
+        if failures:
+            raise failures[0]
+        return HeldChunks(self.cache, keys)
 
     def _read_pinned(
         self, message: Message, keys: list[ChunkKey], first: int, offset: int, end: int

@@ -7,6 +7,14 @@ Caveats first:
 * A file is owned by the queue once enqueued: it is *moved* out of the spool, so
   the same file can never be queued twice, and editing it afterwards in place
   changes nothing that is being sent.
+* The spool may be writable by other local users (a shared outbox), who can swap
+  a file for a symlink or a hard link to one of the owner's private files between
+  any check and the move. So a file is opened once, without following links,
+  in a folder opened the same way from the spool down (:class:`SourceFile`),
+  checked on that descriptor (a regular file, owned by this user, one link), and
+  what is queued is exactly that file: copied from the descriptor, or renamed
+  through the folder's descriptor and then confirmed to be the same inode (a
+  different one is put back and the intake fails).
 * ``message_id``, ``session_id`` and ``created_at`` are fixed at enqueue and the
   send options are pinned at the first upload, so every retry builds the same
   manifest and tag: a retry after a crash is the same message, never a second one.
@@ -18,13 +26,15 @@ Caveats first:
 
 The on-disk protocol of ``enqueue`` (each step is durable before the next)::
 
+    0. Open the source with O_NOFOLLOW and check the descriptor (SourceFile).
     1. INSERT the row in state ``intake`` with the source path and its identity
-       (device, inode, size, mtime), COMMIT.
+       (device, inode, size, mtime, from the descriptor), COMMIT.
     2. Move the bytes to ``queue_dir/<id>.data``:
        same filesystem:  rename(source, data)                   <- commit point
-       across them:      copy to <id>.data.tmp, fsync, rename to data <- commit
-                         point, fsync queue_dir, unlink source if it is still
-                         the file we copied
+                         (if data is not the opened inode: rename it back, undo)
+       across them:      copy from the descriptor to <id>.data.tmp, fsync,
+                         rename to data <- commit point, fsync queue_dir, unlink
+                         source if it is still the file we copied
        then fsync queue_dir and the source's folder.
     3. UPDATE the row to ``queued``, COMMIT.
 
@@ -43,7 +53,6 @@ import contextlib
 import errno
 import logging
 import os
-import shutil
 import sqlite3
 import stat
 import threading
@@ -218,6 +227,120 @@ class QueueStatistics:
         }
 
 
+class RefusedFile(ValueError):
+    """A file the queue will not take: a link, not a regular file, or someone else's.
+
+    Attributes:
+        reason: why, without the path (for ``status`` and notifications).
+    """
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} {reason}")
+        self.reason = reason
+
+
+#: How a source is opened: never through a symlink, never blocking on a FIFO, never
+#: becoming our controlling terminal.
+_SOURCE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class SourceFile:
+    """A spool file opened once for intake; every check is made on the descriptors.
+
+    Below ``root`` (the spool) no component of the path may be a symlink: each
+    folder is opened with ``O_NOFOLLOW`` relative to the one before, so swapping
+    ``outbox/bob`` for a link to ``~/.ssh`` does not make ``outbox/bob/id_rsa``
+    the private key. The move into the queue then works on the folder's
+    descriptor too (``rename``/``unlink`` with ``dir_fd``), never on the path.
+
+    Attributes:
+        path: where it was opened (the name may point elsewhere a moment later).
+        name: its name in ``dir_fd``.
+        dir_fd: the folder it was opened in.
+        fd: the file: what is sent is this file, whatever the path says now.
+        stat: ``fstat`` of the descriptor at open.
+    """
+
+    def __init__(self, path: Path, *, root: Path | None = None) -> None:
+        self.path = path
+        self.name = path.name
+        self.fd = -1
+        self.dir_fd = _open_folder(path, root)
+        try:
+            try:
+                self.fd = os.open(self.name, _SOURCE_FLAGS, dir_fd=self.dir_fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise RefusedFile(
+                        path, "is a symbolic link; only regular files are sent"
+                    ) from exc
+                raise
+            self.stat = os.fstat(self.fd)
+            _check_source(path, self.stat)
+        except BaseException:
+            self.close()
+            raise
+
+    def lstat_name(self) -> os.stat_result:
+        """What the name in the folder is now (it may have been swapped)."""
+        return os.stat(self.name, dir_fd=self.dir_fd, follow_symlinks=False)
+
+    def close(self) -> None:
+        """Close the descriptors (idempotent)."""
+        for fd in (self.fd, self.dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.dir_fd = -1
+
+    def __enter__(self) -> SourceFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _open_folder(path: Path, root: Path | None) -> int:
+    """The folder holding ``path``, opened without following a link below ``root``."""
+    if root is None:
+        return os.open(path.parent, _DIR_FLAGS)
+    try:
+        parts = path.parent.relative_to(root).parts
+    except ValueError as exc:
+        raise RefusedFile(path, f"is not inside {root}") from exc
+    fd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts:
+            try:
+                below = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise RefusedFile(
+                    path, f"is in a folder reached through a symbolic link ({part}); not sent"
+                ) from exc
+            os.close(fd)
+            fd = below
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_source(path: Path, st: os.stat_result) -> None:
+    """Refuse what could leak a file its owner never dropped into the outbox."""
+    if not stat.S_ISREG(st.st_mode):
+        raise RefusedFile(path, "is not a regular file; only regular files are sent")
+    if st.st_uid != os.geteuid():
+        raise RefusedFile(
+            path, f"belongs to uid {st.st_uid}, not to me (uid {os.geteuid()}); not sent"
+        )
+    if st.st_nlink > 1:
+        raise RefusedFile(
+            path, f"has {st.st_nlink} hard links (another name may be a private file); not sent"
+        )
+
+
 class PushQueue:
     """Durable FIFO of files to send; see the module docstring for the protocol."""
 
@@ -264,20 +387,28 @@ class PushQueue:
         """Take ownership of ``path`` (moved into the queue) and queue it for ``recipient``.
 
         Raises ``FileNotFoundError`` when the file is gone (someone else took it),
-        ``ValueError`` when it is not a regular file; the row is undone either way.
+        :class:`RefusedFile` (a ``ValueError``) for a link, a non-regular file or
+        someone else's file; the row is undone either way.
         """
         if not recipient:
             raise ValueError("recipient must not be empty")
-        source = os.lstat(path)
-        if not stat.S_ISREG(source.st_mode):
-            raise ValueError(f"{path} is not a regular file")
+        with SourceFile(path) as source:
+            return self.enqueue_source(source, recipient, filename)
+
+    def enqueue_source(
+        self, source: SourceFile, recipient: str, filename: str | None = None
+    ) -> QueueItem:
+        """:meth:`enqueue` of a file the caller already opened and checked."""
+        if not recipient:
+            raise ValueError("recipient must not be empty")
         with self._intake:
-            return self._enqueue(path, source, recipient, filename)
+            return self._enqueue(source.path, source, recipient, filename)
 
     def _enqueue(
-        self, path: Path, source: os.stat_result, recipient: str, filename: str | None
+        self, path: Path, opened: SourceFile, recipient: str, filename: str | None
     ) -> QueueItem:
         """Steps 1-3 of the protocol in the module docstring."""
+        source = opened.stat
         item_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         data = self._data_path(item_id)
@@ -301,17 +432,21 @@ class PushQueue:
                     _identity_key(source),
                 ),
             )
+        committed = False
         try:
             try:
-                os.rename(path, data)
+                os.rename(opened.name, data, src_dir_fd=opened.dir_fd)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise
-                self._copy_in(path, data, source)
+                self._copy_in(path, data, opened)
+            else:
+                _confirm_moved(opened, data)
+            committed = True
             _fsync_dir(self.queue_dir)
-            _fsync_dir(path.parent)
+            os.fsync(opened.dir_fd)
         except BaseException:
-            if not data.exists():
+            if not committed:
                 with self._lock:
                     self._undo_intake(item_id)
                 raise
@@ -331,25 +466,26 @@ class PushQueue:
         log.info("queued %s for %s as %s", item.filename, recipient, item_id)
         return item
 
-    def _copy_in(self, path: Path, data: Path, source: os.stat_result) -> None:
-        """The cross-filesystem move: copy, fsync, rename (commit point), unlink."""
+    def _copy_in(self, path: Path, data: Path, opened: SourceFile) -> None:
+        """The cross-filesystem move: copy from the descriptor, fsync, rename, unlink."""
+        source = opened.stat
         tmp = data.with_name(data.name[: -len(_DATA_SUFFIX)] + _TMP_SUFFIX)
-        with open(path, "rb") as src:
-            if _identity_key(os.fstat(src.fileno())) != _identity_key(source):
-                raise OSError(errno.EBUSY, "file changed while being queued", str(path))
-            with open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1024 * 1024)
-                dst.flush()
-                os.fsync(dst.fileno())
-            if _identity_key(os.fstat(src.fileno())) != _identity_key(source):
-                tmp.unlink()
-                raise OSError(errno.EBUSY, "file changed while being queued", str(path))
+        with open(tmp, "wb") as dst:
+            offset = 0
+            while piece := os.pread(opened.fd, 1024 * 1024, offset):
+                dst.write(piece)
+                offset += len(piece)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if _identity_key(os.fstat(opened.fd)) != _identity_key(source):
+            tmp.unlink()
+            raise OSError(errno.EBUSY, "file changed while being queued", str(path))
         os.rename(tmp, data)
         try:
             _fsync_dir(self.queue_dir)
-            if _identity_key(os.lstat(path)) != _identity_key(source):
+            if _identity_key(opened.lstat_name()) != _identity_key(source):
                 raise OSError(errno.EBUSY, "file replaced while being queued", str(path))
-            path.unlink()
+            os.unlink(opened.name, dir_fd=opened.dir_fd)
         except BaseException:
             # Both copies exist: give the file back to the spool rather than risk
             # sending it twice.
@@ -387,9 +523,22 @@ class PushQueue:
 
     def _recover_intake(self, item_id: str, source: Path, source_key: str) -> None:
         data = self._data_path(item_id)
-        if not data.exists():
+        try:
+            moved = os.lstat(data)
+        except FileNotFoundError:
             self._undo_intake(item_id)
             log.info("undid interrupted intake of %s (still in the spool)", source)
+            return
+        try:
+            _check_source(data, moved)
+        except RefusedFile as refused:
+            # A crash between the rename and its check, with the name swapped for a
+            # link or someone else's file: never queue that.
+            _give_back(data, source)
+            self._undo_intake(item_id)
+            log.warning(
+                "interrupted intake of %s took a file that %s; put back", source, refused.reason
+            )
             return
         with contextlib.suppress(FileNotFoundError):
             if _identity_key(os.lstat(source)) == source_key:
@@ -709,6 +858,37 @@ class PushQueue:
 
     def _tmp_path(self, item_id: str) -> Path:
         return self.queue_dir / f"{item_id}{_TMP_SUFFIX}"
+
+
+def _confirm_moved(opened: SourceFile, data: Path) -> None:
+    """After the rename into the queue: ``data`` must be the opened inode, else it goes back.
+
+    Someone who can write into the spool may have swapped the name between the
+    open and the rename (for a symlink to a private file, say); what the rename
+    moved is then theirs, not what was checked, and it is returned to the spool.
+    """
+    moved = os.lstat(data)
+    if (moved.st_dev, moved.st_ino) == (opened.stat.st_dev, opened.stat.st_ino):
+        return
+    _give_back(data, opened.path, opened.name, opened.dir_fd)
+    raise OSError(errno.EBUSY, "file replaced while being queued", str(opened.path))
+
+
+def _give_back(data: Path, path: Path, name: str | None = None, dir_fd: int | None = None) -> None:
+    """Return what a rename wrongly took into the queue to the spool (``name`` in ``dir_fd``).
+
+    If that fails, a link or special file is removed (which touches nothing it
+    points to) and a regular file is kept next to the queue as ``<id>.replaced``.
+    """
+    try:
+        os.rename(data, name if name is not None else path, dst_dir_fd=dir_fd)
+        return
+    except OSError as exc:
+        log.warning("cannot put %s back after it was replaced during intake: %s", path, exc)
+    if stat.S_ISREG(os.lstat(data).st_mode):
+        os.rename(data, data.with_suffix(".replaced"))
+    else:
+        data.unlink()
 
 
 def _identity_key(st: os.stat_result) -> str:

@@ -17,6 +17,13 @@ Caveats first:
 * Editor and download temp files (:func:`is_temporary_name`) and anything in a
   hidden folder are never sent; they are still there when the writer renames
   them to their final name, which is what gets queued.
+* A settled file is opened once, without following links, and everything after
+  that (the writers probe, the checks, the move into the queue) uses that
+  descriptor (``queue.SourceFile``): in a shared outbox another user may swap the
+  name for a symlink to a private file at any moment. Symlinks, special files,
+  hard-linked files and files of other users are refused.
+* Refusals (and why) are kept, the last :data:`REFUSALS_KEPT`, in
+  :class:`Refusals` for ``status`` and desktop notifications, not only logged.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import re
 import stat
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +46,9 @@ from typing import Any
 from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from dockercomms.syncer.queue import PushQueue, QueueItem
+from dockercomms.core import protocol as p
+from dockercomms.core.untrusted import shown
+from dockercomms.syncer.queue import PushQueue, QueueItem, RefusedFile, SourceFile
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +87,73 @@ def is_temporary_name(name: str) -> bool:
     return lowered.endswith(_TEMP_SUFFIXES) or bool(_VIM_SWAP.search(lowered))
 
 
+#: Refusals kept for ``status`` and notifications (older ones are only in the log).
+REFUSALS_KEPT = 20
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A file the outbox did not take, and why.
+
+    Attributes:
+        seq: its number in this process; the same file refused again for the same
+            reason keeps it (so it is announced once).
+        path: below the outbox (``bob/report.pdf``), escaped for showing.
+        reason: why, escaped for showing.
+        at: when it was last refused.
+        times: how often it was refused (a rescan finds a refused file again).
+    """
+
+    seq: int
+    path: str
+    reason: str
+    at: datetime
+    times: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "path": self.path,
+            "reason": self.reason,
+            "at": p.format_timestamp(self.at),
+            "times": self.times,
+        }
+
+
+class Refusals:
+    """The last :data:`REFUSALS_KEPT` refusals, newest last; thread-safe.
+
+    Names and reasons may come from other users of a shared outbox: they are
+    escaped (``core.untrusted.shown``) when recorded.
+    """
+
+    def __init__(self, kept: int = REFUSALS_KEPT) -> None:
+        self.kept = kept
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[str, str], Refusal] = OrderedDict()
+        self._seq = 0
+
+    def add(self, path: str, reason: str) -> bool:
+        """Record a refusal; False if the same one was already kept (it moves to the end)."""
+        key = (shown(path), shown(reason))
+        now = datetime.now(UTC).replace(microsecond=0)
+        with self._lock:
+            known = self._entries.pop(key, None)
+            if known is not None:
+                self._entries[key] = Refusal(known.seq, *key, now, known.times + 1)
+                return False
+            self._seq += 1
+            self._entries[key] = Refusal(self._seq, *key, now)
+            while len(self._entries) > self.kept:
+                self._entries.popitem(last=False)
+            return True
+
+    def recent(self) -> list[Refusal]:
+        """Oldest first."""
+        with self._lock:
+            return list(self._entries.values())
+
+
 @dataclass(frozen=True)
 class WatcherStatistics:
     """What the watcher is waiting on.
@@ -86,12 +163,14 @@ class WatcherStatistics:
         unroutable: files directly in the outbox with no default recipient, and why.
         last_scan_at: when the last full scan finished.
         last_error: the last intake failure (e.g. permission denied), if any.
+        refused: the latest refusals, oldest first.
     """
 
     pending: int
     unroutable: dict[str, str]
     last_scan_at: datetime | None
     last_error: str | None
+    refused: list[Refusal]
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -100,6 +179,7 @@ class WatcherStatistics:
             "unroutable": dict(self.unroutable),
             "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
             "last_error": self.last_error,
+            "refused": [refusal.to_json() for refusal in self.refused],
         }
 
 
@@ -130,6 +210,7 @@ class OutboxWatcher:
         # Absolute, so event paths and scan paths compare equal however it was given.
         self.spool_dir = spool_dir.absolute()
         self.queue = queue
+        self.refusals = Refusals()
         self.default_recipient = default_recipient
         self.settle_seconds = settle_seconds
         self.rescan_seconds = rescan_seconds
@@ -276,6 +357,9 @@ class OutboxWatcher:
             self._drop(path)
             return []
         if not stat.S_ISREG(st.st_mode):
+            if not stat.S_ISDIR(st.st_mode):
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+                self.refuse(path, f"is {kind}; only regular files are sent")
             self._drop(path)
             return []
         signature = _signature(st)
@@ -297,20 +381,46 @@ class OutboxWatcher:
             self._report_unroutable(path)
             self._drop(path)
             return []
-        if _open_for_writing(path):
-            with self._lock:
-                self._pending[path] = _Pending(time.monotonic(), signature)
-            return []
-        self._drop(path)
         try:
-            item = self.queue.enqueue(path, recipient, filename)
+            source = SourceFile(path, root=self.spool_dir)
         except FileNotFoundError:
+            self._drop(path)
             return []
-        except (OSError, ValueError) as exc:
-            log.warning("cannot queue %s: %s", path, exc)
-            self._last_error = f"{path}: {exc}"
+        except RefusedFile as exc:
+            self.refuse(path, exc.reason)
+            self._drop(path)
             return []
+        except OSError as exc:
+            return self._failed(path, exc)
+        with source:
+            # From here on only the descriptor counts: the name may be swapped any time.
+            if _signature(source.stat) != signature or _has_writers(source.fd):
+                with self._lock:
+                    self._pending[path] = _Pending(time.monotonic(), _signature(source.stat))
+                return []
+            self._drop(path)
+            try:
+                item = self.queue.enqueue_source(source, recipient, filename)
+            except FileNotFoundError:
+                return []
+            except (OSError, ValueError) as exc:
+                return self._failed(path, exc)
         return [item]
+
+    def _failed(self, path: Path, error: Exception) -> list[QueueItem]:
+        # A shared outbox's names are anyone's: escaped before a log line or status.
+        self._last_error = shown(f"{path}: {error}", limit=1000)
+        log.warning("cannot queue %s", self._last_error)
+        return []
+
+    def refuse(self, path: Path, reason: str) -> None:
+        """Keep (and, the first time, log) why ``path`` is not sent."""
+        try:
+            rel = str(path.relative_to(self.spool_dir))
+        except ValueError:
+            rel = str(path)
+        if self.refusals.add(rel, reason):
+            log.warning("outbox/%s refused: %s", shown(rel), reason)
 
     def _route(self, path: Path) -> tuple[str | None, str] | None:
         """(recipient, filename) for a file in the spool; None if it is not to be sent."""
@@ -334,6 +444,9 @@ class OutboxWatcher:
                 return
             self._unroutable[str(path)] = why
         log.error("%s", why)
+        self.refusals.add(
+            path.name, "no default recipient; use --to RECIPIENT or outbox/<recipient>/"
+        )
 
     def _drop(self, path: Path) -> None:
         with self._lock:
@@ -344,7 +457,9 @@ class OutboxWatcher:
         with self._lock:
             pending = len(self._pending) + len(self._dirs)
             unroutable = dict(self._unroutable)
-        return WatcherStatistics(pending, unroutable, self._last_scan_at, self._last_error)
+        return WatcherStatistics(
+            pending, unroutable, self._last_scan_at, self._last_error, self.refusals.recent()
+        )
 
 
 class _SpoolEvents(FileSystemEventHandler):
@@ -384,19 +499,17 @@ def _signature(st: os.stat_result) -> tuple[int, int]:
     return (st.st_size, st.st_mtime_ns)
 
 
-def _open_for_writing(path: Path) -> bool:
-    """True if some process has ``path`` open for writing (Linux read-lease probe)."""
+def _has_writers(fd: int) -> bool:
+    """True if some process has the file open for writing (Linux read-lease probe).
+
+    ``fd`` must be read-only; the kernel refuses a read lease while any writable
+    descriptor of the file exists. Where leases are not available the settle time
+    alone decides (False).
+    """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        except OSError as exc:
-            return exc.errno in (errno.EAGAIN, errno.EBUSY)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return False
-    finally:
-        os.close(fd)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+    except OSError as exc:
+        return exc.errno in (errno.EAGAIN, errno.EBUSY)
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return False

@@ -229,6 +229,84 @@ def mounted(identity: Identity, mountpoint: Path, *extra: str) -> Iterator[Mount
     check_log(mount)
 
 
+@dataclass
+class Started:
+    """What ``dockercomms mount MOUNTPOINT`` (no ``--foreground``) said and returned."""
+
+    code: int
+    out: str
+    err: str
+
+
+@contextlib.contextmanager
+def background_mount(identity: Identity, mountpoint: Path, *extra: str) -> Iterator[Started]:
+    """``dockercomms mount`` as a user types it: it starts a daemon and returns.
+
+    The daemons it leaves behind (new mount daemons of this identity) are stopped by
+    PID in ``finally`` (they unmount on SIGTERM); a mount one of them left dead is
+    cleared. A live mount there is never touched: it may be another test's.
+    """
+    before = mount_daemons(identity)
+    command = [sys.executable, "-m", "dockercomms.cli", "mount", str(mountpoint), "--poll", "1"]
+    done = subprocess.run(
+        [*command, "--drain-timeout", "10", *extra],
+        env=identity.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    started = mount_daemons(identity) - before
+    try:
+        yield Started(done.returncode, done.stdout, done.stderr)
+    finally:
+        started |= mount_daemons(identity) - before
+        for pid in started:
+            stop_pid(pid)
+        if started and is_stale(mountpoint):
+            unmount_quietly(mountpoint)
+
+
+def mount_daemons(identity: Identity) -> set[int]:
+    """PIDs of running mount daemons of ``identity`` (by command line and environment)."""
+    found = set()
+    home = f"DOCKERCOMMS_HOME={identity.home}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        daemon = b"dockercomms.fsmount" in argv and b"--foreground" in argv
+        if daemon and home in environ and alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie nobody reaped yet does not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return fields[0] != "Z"
+
+
+def stop_pid(pid: int) -> None:
+    """SIGTERM a daemon that is not our child, wait for it to go, SIGKILL if it hangs."""
+    for sig, patience in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + patience
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not alive(pid):
+            return
+
+
 def wait_until_mounted(mount: Mount) -> None:
     """Until the mount answers through its root xattr (or the daemon died)."""
     deadline = time.monotonic() + MOUNT_START_SECONDS

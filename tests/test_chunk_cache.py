@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from pathlib import Path
@@ -112,3 +113,37 @@ def test_an_entry_committed_unpinned_into_a_full_cache_goes_at_once(tmp_path: Pa
     writer.write(os.urandom(BLOCK_BYTES))
     cache.commit(KEY, writer)
     assert cache.size_of(KEY) is None
+
+
+def test_a_drop_never_removes_the_files_of_the_copy_fetched_again(tmp_path: Path) -> None:
+    """A damaged entry is dropped while another reader already commits a fresh copy.
+
+    On a busy machine the thread that found the damage can be descheduled between
+    taking the entry out of the index and removing its files, while a prefetch
+    commits the chunk again. That fresh copy must survive: one corruption, not two.
+    The race is driven at the moment the drop is announced (its log line).
+    """
+    data = os.urandom(BLOCK_BYTES + 10)
+    cache = cached(tmp_path, data)
+    path = tmp_path / f"{KEY.name}.bin"
+    with path.open("r+b") as handle:
+        handle.seek(5)
+        handle.write(b"\x00" if data[5] else b"\x01")
+
+    class CommitAgain(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "dropped" in record.getMessage():
+                writer = cache.writer()
+                writer.write(data)
+                cache.commit(KEY, writer)
+
+    logger = logging.getLogger("dockercomms.fsmount.chunk_cache")
+    again = CommitAgain()
+    logger.addHandler(again)
+    try:
+        with pytest.raises(CacheCorruptError):
+            cache.read(KEY, 0, 100)
+    finally:
+        logger.removeHandler(again)
+    assert cache.read(KEY, 0, len(data)) == data
+    assert cache.statistics().corruptions == 1

@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pytest
 
 from dockercomms.core.config import load_settings, resolve_paths, save_settings
@@ -32,6 +33,7 @@ from dockercomms.core.send import SendRequest
 from tests.fsmount_fixtures import (
     Identity,
     Mount,
+    background_mount,
     is_stale,
     make_identities,
     mounted,
@@ -581,26 +583,30 @@ def test_lifecycle_stale_mount_sigterm_and_umount(world: World) -> None:
         mount.process.wait(timeout=10)
         assert is_stale(mountpoint)
 
-    # The fixture cleared it; make a stale mount again and let the next mount clear it.
-    with mounted(frank, mountpoint) as mount:
-        os.kill(mount.process.pid, signal.SIGKILL)
-        mount.process.wait(timeout=10)
     with mounted(frank, mountpoint) as mount:
         assert (mount / "outbox/.scratch.swp").read_bytes() == b"temp names are fine"
         mount.process.send_signal(signal.SIGTERM)
         assert mount.process.wait(timeout=30) == 0
         assert not os.path.ismount(mountpoint) and not is_stale(mountpoint)
 
-    # SIGTERM while an upload is in flight: the upload finishes, then the unmount.
-    frank.set_chunk_bytes(4 * 1024 * 1024)
-    with mounted(frank, mountpoint, "--to", BOB) as mount:
-        (mount / "outbox/drain.bin").write_bytes(os.urandom(64 * 1024 * 1024))
-        sent = mount / f"sent/{BOB}/drain.bin"
-        state = wait_for("the upload to start", lambda: sent.exists() and xattr(sent, "state"))
-        mount.process.send_signal(signal.SIGTERM)
+    # SIGTERM while an upload is in flight: the upload finishes, then the unmount. Tagging
+    # takes the embedded registry's index lock, so holding it keeps the upload in flight
+    # for as long as the test needs (no race with a fast machine).
+    with mounted(frank, mountpoint, "--to", BOB, "--drain-timeout", "300") as mount:
+        with filelock.FileLock(frank.layout / "index.json.lock"):
+            (mount / "outbox/drain.bin").write_bytes(os.urandom(300_000))
+            sent = mount / f"sent/{BOB}/drain.bin"
+            wait_for(
+                "the upload to start",
+                lambda: sent.exists() and xattr(sent, "state") == "uploading",
+            )
+            mount.process.send_signal(signal.SIGTERM)
+            wait_for("the drain to start", lambda: "draining uploads" in mount.log())
+            assert mount.process.poll() is None
         assert mount.process.wait(timeout=60) == 0
-        assert state in ("queued", "uploading"), "too late to test the drain"
-        assert "draining uploads" in mount.log()
+    log = mount.log()
+    drained, unmounted = log.index("draining uploads"), log.index(f"unmounting {mountpoint}")
+    assert drained < log.index("sent drain.bin") < unmounted
     with mounted(frank, mountpoint) as mount:
         assert xattr(mount / f"sent/{BOB}/drain.bin", "state") == "sent"
 
@@ -616,3 +622,122 @@ def test_lifecycle_stale_mount_sigterm_and_umount(world: World) -> None:
         assert mount.process.wait(timeout=30) == 0
         assert not os.path.ismount(mountpoint)
     unmount_quietly(mountpoint)
+
+
+def lstat_fails_with(path: Path, number: int) -> bool:
+    """``lstat(path)`` fails with ``number`` (a dead mount, once the kernel stops caching it)."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        return exc.errno == number
+    return False
+
+
+def test_a_mount_killed_with_sigkill_is_mounted_again_by_the_next_mount(world: World) -> None:
+    heidi = make_identities(world.root, ["heidi@example.com"], data_home=world.root / "xdg-data")[
+        "heidi@example.com"
+    ]
+    mountpoint = world.root / "mnt-heidi"
+    with mounted(heidi, mountpoint) as crashed:
+        os.kill(crashed.process.pid, signal.SIGKILL)
+        crashed.process.wait(timeout=10)
+        # Once the kernel's cached attributes of the root expire, even lstat fails.
+        wait_for("the dead mount", lambda: lstat_fails_with(mountpoint, errno.ENOTCONN))
+
+        # No fixture clears it: `dockercomms mount` as a user runs it again.
+        with background_mount(heidi, mountpoint) as started:
+            assert started.code == 0, started.err
+            status = json.loads(os.getxattr(mountpoint, ATTR + "status"))
+            assert status["pid"] != crashed.process.pid
+            assert f"pid {status['pid']}" in started.out
+            log = (heidi.home / "state" / "mount.log").read_text()
+            assert "clearing a stale mount" in log
+        assert not os.path.ismount(mountpoint) and not is_stale(mountpoint)
+
+
+def test_a_refused_mount_says_why_once_and_exits_non_zero(world: World) -> None:
+    alice, carol = world.people[ALICE], world.people[CAROL]
+    taken = world.alice.mountpoint
+    elsewhere = world.root / "mnt-alice-again"
+
+    # The same identity twice: refused before anything is created.
+    with background_mount(alice, elsewhere) as again:
+        assert again.code == 1, again.out
+        assert again.out == ""
+        assert again.err.count("dockercomms: error:") == 1, again.err
+        assert len(again.err.strip().splitlines()) == 1, again.err
+        assert f"{ALICE} is already mounted at {taken}" in again.err
+        assert not elsewhere.exists()
+    # --to for a second mount of the same identity is refused, not silently dropped.
+    with background_mount(alice, taken, "--to", CAROL) as retarget:
+        assert retarget.code == 1 and retarget.out == "", retarget.out
+        assert f"{ALICE} is already mounted at {taken}" in retarget.err
+    # Another identity on a live mount point.
+    with background_mount(carol, taken) as occupied:
+        assert occupied.code == 1 and occupied.out == "", occupied.out
+        assert f"{taken} is already mounted" in occupied.err
+        assert occupied.err.count("dockercomms: error:") == 1, occupied.err
+    # The outbox queue held by a `dockercomms sync`: the folder this start made goes again.
+    fresh = world.root / "mnt-carol-while-syncing"
+    with (
+        filelock.FileLock(carol.home / "state" / "queue.lock"),
+        background_mount(carol, fresh) as locked,
+    ):
+        assert locked.code == 1 and locked.out == "", locked.out
+        assert locked.err.count("dockercomms: error:") == 1, locked.err
+        assert "another dockercomms sync is running" in locked.err
+        assert not fresh.exists()
+    assert world.alice.status()["pid"] == world.alice.process.pid  # still serving
+
+
+def test_status_finds_a_mount_started_with_repo_and_says_why_drops_were_refused(
+    world: World,
+) -> None:
+    carol = world.people[CAROL]
+    layout = world.root / "carol-layout"
+    with mounted(carol, world.root / "mnt-carol", "--repo", f"oci-layout:{layout}") as mount:
+        status = json.loads(carol.cli("status", "--json"))
+        assert status["source"] == "mount", status
+        assert status["daemon"]["pid"] == mount.process.pid
+        assert str(layout) in status["repository"]
+
+        open_fails(errno.EDESTADDRREQ, mount / "outbox/stray.txt", WRITE)
+        document = json.loads((mount / ".status").read_bytes())
+        [refusal] = document["refusals"]
+        assert refusal["path"] == "outbox/stray.txt" and "--to" in refusal["reason"]
+        status = json.loads(carol.cli("status", "--json"))
+        assert status["refusals"] == document["refusals"]
+        text = carol.cli("status")
+        assert "refused: outbox/stray.txt" in text and "--to" in text
+
+
+def test_whole_file_mode_opens_a_file_complete_or_not_at_all(world: World) -> None:
+    ivan = make_identities(world.root, ["ivan@example.com"], data_home=world.root / "xdg-data")[
+        "ivan@example.com"
+    ]
+    carol = world.people[CAROL]  # 64 KiB chunks
+    trust(ivan, carol)
+    folder = world.work("whole")
+    good, bad = os.urandom(4 * 64 * 1024), os.urandom(4 * 64 * 1024)
+    (folder / "whole-good.bin").write_bytes(good)
+    (folder / "whole-bad.bin").write_bytes(bad)
+    carol.send(folder / "whole-good.bin", ivan.name)
+    sent = carol.send(folder / "whole-bad.bin", ivan.name)
+    tamper(carol, layer_digests(carol, sent.digest)[2])
+
+    with mounted(ivan, world.root / "mnt-ivan", "--whole-file") as mount:
+        complete = arrives(mount, f"inbox/{CAROL}/whole-good.bin")
+        broken = arrives(mount, f"inbox/{CAROL}/whole-bad.bin")
+        before = mount.status()["cache"]["entries"]
+        with open(complete, "rb") as handle:
+            # open() returned: every chunk was fetched and verified before it did.
+            assert mount.status()["cache"]["entries"] - before == 4
+            assert handle.read() == good
+
+        cat = subprocess.run(["cat", str(broken)], capture_output=True)
+        assert cat.returncode != 0 and cat.stdout == b""
+        copy = folder / "copy.bin"
+        cp = subprocess.run(["cp", str(broken), str(copy)], capture_output=True)
+        assert cp.returncode != 0 and not copy.exists()
+        assert b"Input/output error" in cp.stderr
+        assert "DigestMismatchError" in (xattr(broken, "error") or "")

@@ -45,6 +45,7 @@ import trio
 from dockercomms.cli import main as cli_main
 from dockercomms.cli import service_cmd
 from dockercomms.fsmount.desktop import DesktopNotifier, Event, EventWatcher, fold, notify_call
+from dockercomms.fsmount.outbox import refusal_events
 from dockercomms.fsmount.sdnotify import (
     JournalFormatter,
     SystemdNotifier,
@@ -53,6 +54,7 @@ from dockercomms.fsmount.sdnotify import (
     watchdog_pinger,
 )
 from dockercomms.syncer.queue import ItemState, PushQueue
+from dockercomms.syncer.watcher import Refusals
 from tests.fsmount_fixtures import (
     Identity,
     Mount,
@@ -223,12 +225,13 @@ def verify_unit(path: Path, runtime: Path) -> None:
 
 
 def test_install_passes_mount_options_through_the_drop_in(desk: Desk) -> None:
-    """--to/--poll/--no-receipts/--cache-bytes reach the mount as its own flags."""
+    """--to/--poll/--no-receipts/--cache-bytes/--whole-file reach the mount as its own flags."""
     done = cli(
         desk.env,
         "service",
         "install",
         *("--to", "bob@example.com", "--poll", "2", "--no-receipts", "--cache-bytes", "1000000"),
+        "--whole-file",
     )
     assert done.code == 0, done.err
     unit = desk.unit_dir / "dockercomms.service"
@@ -239,11 +242,12 @@ def test_install_passes_mount_options_through_the_drop_in(desk: Desk) -> None:
     args = cli_main.build_parser().parse_args(
         ["mount", "--foreground", "--drain-timeout", "30", *words, "/home/u/Comms"]
     )
-    assert (args.to, args.poll, args.receipts, args.cache_bytes) == (
+    assert (args.to, args.poll, args.receipts, args.cache_bytes, args.whole_file) == (
         "bob@example.com",
         2.0,
         False,
         1_000_000,
+        True,
     )
     verify_unit(unit, desk.root / "run")
 
@@ -640,6 +644,32 @@ def test_desktop_notifications_reach_the_session_bus(
     assert len(session_bus.received) == 2
 
 
+def test_a_refused_drop_reaches_the_desktop_even_right_after_the_start(
+    session_bus: NotificationServer,
+) -> None:
+    notifier = DesktopNotifier.from_environment({"DBUS_SESSION_BUS_ADDRESS": session_bus.address})
+    refusals = Refusals()
+    refusals.add("stray.txt", "no default recipient")
+    watcher = EventWatcher(notifier, None, None, refusals=lambda: refusal_events(refusals))
+
+    async def watch() -> list[Event]:
+        first = await watcher.check()
+        refusals.add("stray.txt", "no default recipient")  # the same again: told once
+        refusals.add("bob/link.txt", "is a symbolic link\x1b[2J")
+        return first + await watcher.check()
+
+    fresh = trio.run(watch)
+    # A refusal is news even at the first look: it happened while this mount ran.
+    assert [e.text for e in fresh] == [
+        "outbox/stray.txt: no default recipient",
+        "outbox/bob/link.txt: is a symbolic link\\x1b[2J",
+    ]
+    assert [m[3:5] for m in session_bus.received] == [
+        ("Drop refused", "outbox/stray.txt: no default recipient"),
+        ("Drop refused", "outbox/bob/link.txt: is a symbolic link\\x1b[2J"),
+    ]
+
+
 # --- status from disk -------------------------------------------------------------------------
 
 
@@ -687,10 +717,17 @@ def test_status_without_a_daemon_reads_the_queue_and_the_cache(desk: Desk) -> No
 def test_mountinfo_names_are_unescaped(tmp_path: Path) -> None:
     info = tmp_path / "mountinfo"
     info.write_text(
-        "36 35 0:30 / /home/a/My\\040Comms rw,nosuid - fuse.dockercomms dockercomms rw\n"
+        "36 35 0:30 / /home/a/My\\040Comms rw,nosuid - fuse.dockercomms dockercomms "
+        "rw,user_id=1000,group_id=1000\n"
         "37 35 0:31 / /mnt/other rw - fuse.sshfs host: rw\n"
+        "38 35 0:32 / /tmp/lookalike rw - fuse.dockercomms dockercomms rw,user_id=1001\n"
     )
-    assert service_cmd.dockercomms_mounts(info) == [Path("/home/a/My Comms")]
+    assert service_cmd.dockercomms_mounts(info) == [
+        Path("/home/a/My Comms"),
+        Path("/tmp/lookalike"),
+    ]
+    # Any user may mount a FUSE file system with that name: status asks only its own.
+    assert service_cmd.dockercomms_mounts(info, uid=1000) == [Path("/home/a/My Comms")]
 
 
 # --- the real daemon ---------------------------------------------------------------------------
@@ -800,19 +837,24 @@ def test_sigterm_with_an_upload_in_flight_drains_then_unmounts(
 ) -> None:
     root, identities = people
     alice = identities[ALICE]
-    alice.set_chunk_bytes(4 * 1024 * 1024)
     mountpoint = root / "mnt-drain"
-    with daemon_under_systemd(alice, mountpoint, "--to", BOB) as daemon:
+    with daemon_under_systemd(alice, mountpoint, "--to", BOB, "--drain-timeout", "300") as daemon:
         daemon.notify.wait_for("READY=1")
-        (daemon.mount / "outbox/drain.bin").write_bytes(os.urandom(64 * 1024 * 1024))
-        sent = daemon.mount / f"sent/{BOB}/drain.bin"
-        state = wait_for(
-            "the upload to start",
-            lambda: sent.exists() and os.getxattr(sent, "user.dockercomms.state").decode(),
-        )
-        daemon.mount.process.send_signal(signal.SIGTERM)
+        # Tagging takes the embedded registry's index lock: while the test holds it, the
+        # upload stays in flight however fast the machine is.
+        with filelock.FileLock(alice.layout / "index.json.lock"):
+            (daemon.mount / "outbox/drain.bin").write_bytes(os.urandom(300_000))
+            sent = daemon.mount / f"sent/{BOB}/drain.bin"
+            wait_for(
+                "the upload to start",
+                lambda: (
+                    sent.exists() and os.getxattr(sent, "user.dockercomms.state") == b"uploading"
+                ),
+            )
+            daemon.mount.process.send_signal(signal.SIGTERM)
+            wait_for("the drain to start", lambda: "draining uploads" in daemon.mount.log())
+            assert daemon.mount.process.poll() is None
         assert daemon.mount.process.wait(timeout=60) == 0
-        assert state in ("queued", "uploading"), "too late to test the drain"
         assert not os.path.ismount(mountpoint) and not is_stale(mountpoint)
         daemon.notify.wait_for("STOPPING=1", timeout=5)
     log = daemon.mount.log()

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -304,9 +305,14 @@ def test_repeated_kill_9_at_random_moments_loses_and_duplicates_nothing(
     def progress() -> list[tuple[object, ...]]:
         return db_rows(db, "SELECT state, COUNT(*) FROM items GROUP BY state")
 
+    def all_sent(rows: list[tuple[object, ...]]) -> bool:
+        return dict(rows) == {"sent": len(expected)} and not list((outbox / "bob").iterdir())
+
     chance = random.Random(20261123)
     for round_ in range(5):
         before = progress()
+        if all_sent(before):
+            break  # a fast machine sent everything already: nothing is left to interrupt
         with sync_process(alice, tmp_path / f"chaos{round_}", "--outbox", str(outbox)) as run:
 
             def changed(since: list[tuple[object, ...]] = before) -> bool:
@@ -324,6 +330,81 @@ def test_repeated_kill_9_at_random_moments_loses_and_duplicates_nothing(
     got = {o.path.name: o.path.read_bytes() for o in outcomes if o.path is not None}
     assert got == expected
     assert not list((outbox / "bob").iterdir())
+
+
+def test_a_file_swapped_for_a_link_between_check_and_intake_is_never_sent(
+    pair: tuple[Identity, Identity],
+    outbox: Path,
+    alice_syncer: Syncer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """#13.11: another local user who can write into a shared outbox swaps names.
+
+    The swaps happen at a fixed point, after the watcher's checks and before the
+    queue moves the file, so the race is won every time, on any machine: a file
+    swapped for a symlink, and a recipient folder swapped for a link to a private
+    folder holding a file of the same name.
+    """
+    _, bob = pair
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    private = secrets / "private.key"
+    private.write_bytes(b"the owner's secret\n")
+    (secrets / "report.txt").write_bytes(b"the owner's private report\n")
+    swapped: list[str] = []
+    original = PushQueue._enqueue
+
+    def swap_then_enqueue(self: PushQueue, path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name == "settled.txt" and "file" not in swapped:
+            path.rename(path.with_name(".settled.txt.moved"))  # hidden: never sent
+            path.symlink_to(private)
+            swapped.append("file")
+        if path.parent.name == "dave" and "folder" not in swapped:
+            path.parent.rename(outbox / ".dave.moved")
+            (outbox / "dave").symlink_to(secrets)
+            swapped.append("folder")
+        return original(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(PushQueue, "_enqueue", swap_then_enqueue)
+    bob_dir = outbox / "bob"
+    (bob_dir / "settled.txt").write_text("meant to be sent\n")
+    os.link(private, bob_dir / "hardlink.txt")  # another name of the private file
+    (bob_dir / "foreign.txt").write_text("dropped by another user\n")
+    os.chown(bob_dir / "foreign.txt", 65534, 65534)
+    (bob_dir / "fine.txt").write_text("sent\n")
+    (outbox / "dave").mkdir()
+    (outbox / "dave" / "report.txt").write_text("the report meant for dave\n")
+    # A path seen in an event before its folder became a link.
+    (outbox / "carol").symlink_to(secrets)
+    alice_syncer.watcher.note(outbox / "carol" / "private.key")
+
+    expected = {"bob/settled.txt", "bob/hardlink.txt", "bob/foreign.txt", "carol/private.key"}
+
+    def refused() -> set[str]:
+        return {r["path"] for r in alice_syncer.watcher.statistics().to_json().get("refused", [])}
+
+    def decided() -> bool:
+        counts = alice_syncer.queue.statistics().counts
+        busy = counts[ItemState.QUEUED] + counts[ItemState.UPLOADING]
+        return not busy and sent_count(alice_syncer.queue) + len(refused() & expected) >= 6
+
+    wait_until(decided, 30, "every file in the outbox to be sent or refused")
+    assert sorted(swapped) == ["file", "folder"], "the swap hook did not run"
+    items = alice_syncer.queue.items()
+    assert sorted((i.recipient, i.filename) for i in items) == [
+        ("bob", "fine.txt"),
+        ("dave", "report.txt"),
+    ]
+    assert expected <= refused()
+    # The file dropped for dave was sent (moved out of its real folder), not the private one.
+    assert not (outbox / ".dave.moved" / "report.txt").exists()
+    assert (secrets / "report.txt").read_bytes() == b"the owner's private report\n"
+    assert private.read_bytes() == b"the owner's secret\n"
+    outcomes = bob.receive(tmp_path / "bob-inbox", receipts=False)
+    assert [(o.path.name, o.path.read_bytes()) for o in outcomes if o.path] == [
+        ("fine.txt", b"sent\n")
+    ]
 
 
 def test_stop_interrupts_a_long_upload_which_resumes_as_the_same_message(
@@ -483,6 +564,36 @@ def test_intake_interrupted_at_each_step_recovers_to_one_item(
         assert not spool_file.exists()
         assert (outbox / "bob" / "b.txt").read_text() == "b"
         assert sorted(p.name for p in (state / "queue").iterdir()) == [f"{item.id}.data"]
+
+
+def test_a_crash_right_after_a_swapped_rename_never_queues_the_link(
+    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
+) -> None:
+    """The intake's one crash window with a swap: renamed, not yet confirmed (#13.11)."""
+    alice, _ = pair
+    state = alice.paths.state_dir
+    private = tmp_path / "private.key"
+    private.write_bytes(b"secret")
+    with PushQueue(state / "queue.db", state / "queue") as queue:
+        pass  # creates the database
+    source = outbox / "bob" / "a.txt"
+    (state / "queue" / "feed.data").symlink_to(private)  # what the rename took
+    db = sqlite3.connect(state / "queue.db", isolation_level=None)
+    try:
+        db.execute(
+            "INSERT INTO items (id, recipient, filename, size, state, message_id, session_id, "
+            "created_at, enqueued_at, updated_at, source_path, source_key) VALUES "
+            "('feed', 'bob', 'a.txt', 1, 'intake', 'm', 's', ?, ?, ?, ?, '1:2:1:0')",
+            (*[datetime.now(UTC).isoformat()] * 3, str(source)),
+        )
+    finally:
+        db.close()
+
+    with PushQueue(state / "queue.db", state / "queue") as queue:
+        queue.recover()
+        assert queue.items() == []
+    assert source.is_symlink()  # given back to the spool, where it is refused
+    assert not (state / "queue" / "feed.data").exists() and private.read_bytes() == b"secret"
 
 
 def test_enqueue_across_filesystems_copies_then_removes_the_source(tmp_path: Path) -> None:
