@@ -56,7 +56,6 @@ UNIT = "dockercomms.service"
 TEMPLATE = "dockercomms@.service"
 DROP_IN = "50-install.conf"
 MOUNT_OPTIONS_ENV = "DOCKERCOMMS_MOUNT_OPTIONS"
-MOUNT_FSTYPE = "fuse.dockercomms"
 STATUS_TIMEOUT_SECONDS = 5.0
 #: Largest ``.status`` document ``status`` reads.
 MAX_STATUS_BYTES = 4 * 1024 * 1024
@@ -526,6 +525,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Queue, transfers, last poll, errors and cache: from the mount, else from disk."""
     from dockercomms.core.workspace import Workspace
     from dockercomms.fsmount.mount_record import MountRecord
+    from dockercomms.fsmount.mount_table import dockercomms_mounts
 
     workspace = Workspace.load()
     document = None
@@ -547,37 +547,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     result["notes"] = notes + result.get("notes", [])
     emit(args, result, _status_text)
     return 0
-
-
-def dockercomms_mounts(
-    mountinfo: Path = Path("/proc/self/mountinfo"), *, uid: int | None = None
-) -> list[Path]:
-    """Mount points of the ``fuse.dockercomms`` file systems this process can see.
-
-    With ``uid``, only those that user mounted (FUSE's ``user_id=`` option): any
-    user can mount a FUSE file system of that name and make it say anything.
-    """
-    found = []
-    try:
-        text = mountinfo.read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        fields, _, rest = line.partition(" - ")
-        parts = fields.split()
-        fstype, _, source_and_options = rest.partition(" ")
-        if len(parts) < 5 or fstype != MOUNT_FSTYPE:
-            continue
-        options = source_and_options.rpartition(" ")[2].split(",")
-        if uid is not None and f"user_id={uid}" not in options:
-            continue
-        found.append(Path(_unescape_mountinfo(parts[4])))
-    return found
-
-
-def _unescape_mountinfo(text: str) -> str:
-    """Undo the kernel's ``\\040``-style octal escapes (space, tab, newline, backslash)."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
 
 
 def read_status_file(

@@ -68,7 +68,12 @@ from dockercomms.fsmount.mount_record import MountRecord
 from dockercomms.fsmount.operations import DropFolderOperations
 from dockercomms.fsmount.outbox import OutboxView, refusal_events
 from dockercomms.fsmount.receipt_book import ReceiptBook, ReceiptSender
-from dockercomms.fsmount.sdnotify import SystemdNotifier, serve_under_systemd, when_answering
+from dockercomms.fsmount.sdnotify import (
+    LiveStatus,
+    SystemdNotifier,
+    serve_under_systemd,
+    when_answering,
+)
 from dockercomms.fsmount.sent_view import SentView
 from dockercomms.fsmount.status import MountRoot, StatusReport
 from dockercomms.fsmount.transfers import ChunkSource
@@ -223,19 +228,21 @@ async def serve(
     workspace: Workspace,
     *,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
+    live_status: LiveStatus | None = None,
 ) -> None:
     """Mount, serve until unmounted or signalled, and tear everything down in order.
 
     ``on_ready`` gets the first ``.status`` document once the mount answers
-    through the kernel. A start that fails before that removes the mount point
-    folder if it created it.
+    through the kernel. ``live_status`` gets the in-process status document (for
+    systemd). A start that fails before that removes the mount point folder if it
+    created it.
     """
     mountpoint = config.mountpoint.absolute()
     refuse_second_mount(workspace)
     created = clear_stale_mount(mountpoint)
     answered = trio.Event()
     try:
-        await _serve(config, workspace, mountpoint, answered, on_ready)
+        await _serve(config, workspace, mountpoint, answered, on_ready, live_status)
     except BaseException:
         if created and not answered.is_set():
             with contextlib.suppress(OSError):
@@ -249,6 +256,7 @@ async def _serve(
     mountpoint: Path,
     answered: trio.Event,
     on_ready: Callable[[dict[str, Any]], None] | None,
+    live_status: LiveStatus | None,
 ) -> None:
     paths = workspace.paths
     state = paths.state_dir
@@ -311,6 +319,8 @@ async def _serve(
             datetime.now(UTC),
             syncer.watcher.refusals,
         )
+        if live_status is not None:
+            live_status.publish(report.build)
         root = MountRoot(table, report, inbox)
         table.add(root, inode=ROOT_INODE)
         root.attach("outbox", outbox.root)
@@ -404,12 +414,14 @@ def run_foreground(
     """
     notifier = SystemdNotifier.from_environment()
     on_ready = report.ready if report is not None else None
-    serving = functools.partial(serve, config, workspace, on_ready=on_ready)
+    live = LiveStatus()
+    serving = functools.partial(serve, config, workspace, on_ready=on_ready, live_status=live)
     try:
         if notifier is None:
             trio.run(serving)
         else:
-            trio.run(serve_under_systemd, notifier, config.mountpoint.absolute(), serving)
+            mountpoint = config.mountpoint.absolute()
+            trio.run(serve_under_systemd, notifier, mountpoint, serving, live.line)
     except KeyboardInterrupt:
         return 130
     except BaseExceptionGroup as group:

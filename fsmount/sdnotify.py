@@ -8,9 +8,12 @@ Caveats first:
 * Nothing happens outside systemd: :meth:`SystemdNotifier.from_environment` returns
   None when ``$NOTIFY_SOCKET`` is unset, and callers skip every step.
 * ``READY=1`` goes out only once the mount *answers*: :func:`ready_when_answering`
-  reads ``MOUNTPOINT/.status`` from a worker thread. The read is a FUSE request the
-  trio loop of this very process serves, which is why it must never run on the
-  trio thread itself.
+  has a child process (``head``) read ``MOUNTPOINT/.status`` through the kernel.
+  Never a thread of this process: the read is a FUSE request this very process
+  serves, and a daemon killed while one of its own threads waits on its mount
+  can never finish dying (that thread holds ``/dev/fuse`` open), so the mount and
+  everything that touches it would hang until the connection is aborted by hand.
+  A child is simply answered ``ENOTCONN`` when the daemon dies.
 * ``WATCHDOG=1`` is sent from a trio task, so it proves the event loop that serves
   FUSE is alive; a loop blocked for longer than ``WatchdogSec=`` gets the service
   killed and (``Restart=on-failure``) restarted. ``$WATCHDOG_PID`` naming another
@@ -18,7 +21,8 @@ Caveats first:
 * Sends never block: a notify socket whose queue is full (nobody reading)
   drops the message rather than stall the event loop that serves FUSE.
 * ``STATUS=`` is a one-line summary of the same ``.status`` document (queue
-  length, last inbox poll); it is refreshed with each ping, or every
+  length, last inbox poll), built in process (:class:`LiveStatus`), not read
+  through the mount; it is refreshed with each ping, or every
   :data:`STATUS_SECONDS` without a watchdog. A status that cannot be built in time
   is skipped: the ping never waits for it.
 * Under the journal (``$JOURNAL_STREAM`` naming our stderr) log lines carry no
@@ -28,26 +32,31 @@ Caveats first:
 Wiring (``fsmount/mount.py``, ``run_foreground``)::
 
     notifier = SystemdNotifier.from_environment()
+    live = LiveStatus()
     if notifier is None:
         trio.run(serve, config, workspace)
     else:
         trio.run(serve_under_systemd, notifier, config.mountpoint.absolute(),
-                 functools.partial(serve, config, workspace))
+                 functools.partial(serve, config, workspace, live_status=live), live.line)
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import trio
+
+from dockercomms.core.errors import DockerCommsError
+from dockercomms.core.untrusted import parse_json_object
+from dockercomms.fsmount.mount_table import is_dockercomms_mount
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,8 @@ STATUS_SECONDS = 10.0
 PROBE_SECONDS = 0.05
 #: The mount's status file, read through the mount (see ``fsmount/status.py``).
 STATUS_FILE = ".status"
+#: Most bytes of ``.status`` the readiness probe reads.
+MAX_STATUS_BYTES = 1024 * 1024
 
 
 class SystemdNotifier:
@@ -185,20 +196,28 @@ async def _call(source: StatusSource) -> str:
 
 
 async def read_mount_status(mountpoint: Path) -> dict[str, Any]:
-    """The mount's ``.status`` document, read through the kernel from a worker thread.
+    """The mount's ``.status`` document, read through the kernel by a child process.
 
-    Raises ``OSError`` while ``mountpoint`` is not a mount yet, so a stray
-    ``.status`` file in the folder underneath never passes for an answer.
+    Raises ``OSError`` while ``mountpoint`` is not a dockercomms mount yet (looked
+    up in ``mountinfo``, which does not touch the mount), so a stray ``.status``
+    file in the folder underneath never passes for an answer; ``ValueError`` for
+    a document that is not bounded JSON. See the module notes for why a child.
     """
-    raw = await trio.to_thread.run_sync(_read_status, mountpoint, abandon_on_cancel=True)
-    document: dict[str, Any] = json.loads(raw)
-    return document
-
-
-def _read_status(mountpoint: Path) -> bytes:
-    if not os.path.ismount(mountpoint):
+    if not is_dockercomms_mount(mountpoint):
         raise FileNotFoundError(f"{mountpoint} is not mounted")
-    return (mountpoint / STATUS_FILE).read_bytes()
+    result = await trio.run_process(
+        ["head", "-c", str(MAX_STATUS_BYTES + 1), str(mountpoint / STATUS_FILE)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        raise OSError(f"reading {mountpoint / STATUS_FILE} failed: {result.stderr[:200]!r}")
+    try:
+        return parse_json_object(result.stdout, ".status", max_bytes=MAX_STATUS_BYTES)
+    except DockerCommsError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 async def when_answering(mountpoint: Path) -> dict[str, Any]:
@@ -220,9 +239,25 @@ async def ready_when_answering(notifier: SystemdNotifier, mountpoint: Path) -> N
     log.info("mount answers; told systemd it is ready")
 
 
-async def mount_status_line(mountpoint: Path) -> str:
-    """``STATUS=`` text for the mount at ``mountpoint``."""
-    return status_line(await read_mount_status(mountpoint))
+class LiveStatus:
+    """The running mount's status document, as ``STATUS=`` text; built in process.
+
+    The mount publishes how to build its document once it has one; until then
+    the line says ``starting``.
+    """
+
+    def __init__(self) -> None:
+        self._build: Callable[[], Awaitable[dict[str, Any]]] | None = None
+
+    def publish(self, build: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """From now on, ``build()`` makes the document."""
+        self._build = build
+
+    async def line(self) -> str:
+        """``STATUS=`` text for the document as it is now."""
+        if self._build is None:
+            return "starting"
+        return status_line(await self._build())
 
 
 def status_line(document: Mapping[str, Any]) -> str:
@@ -262,6 +297,7 @@ async def serve_under_systemd(
     notifier: SystemdNotifier,
     mountpoint: Path,
     serve: Callable[[], Awaitable[None]],
+    status_source: StatusSource,
 ) -> None:
     """Run ``serve()`` (the mount) with readiness, watchdog and status reported to systemd.
 
@@ -270,7 +306,7 @@ async def serve_under_systemd(
     """
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ready_when_answering, notifier, mountpoint)
-        nursery.start_soon(watchdog_pinger, notifier, lambda: mount_status_line(mountpoint))
+        nursery.start_soon(watchdog_pinger, notifier, status_source)
         try:
             await serve()
         finally:

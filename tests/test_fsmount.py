@@ -27,9 +27,11 @@ from typing import Any
 
 import filelock
 import pytest
+import trio
 
 from dockercomms.core.config import load_settings, resolve_paths, save_settings
 from dockercomms.core.send import SendRequest
+from dockercomms.fsmount.sdnotify import read_mount_status
 from tests.fsmount_fixtures import (
     Identity,
     Mount,
@@ -741,3 +743,29 @@ def test_whole_file_mode_opens_a_file_complete_or_not_at_all(world: World) -> No
         assert cp.returncode != 0 and not copy.exists()
         assert b"Input/output error" in cp.stderr
         assert "DigestMismatchError" in (xattr(broken, "error") or "")
+
+
+def test_the_readiness_probe_never_touches_the_mount_from_its_own_process(world: World) -> None:
+    """The daemon proves its mount answers through a child process, never a thread of its own.
+
+    A daemon thread blocked on its own mount when the daemon is killed (SIGKILL,
+    systemd's watchdog, the OOM killer) keeps ``/dev/fuse`` open in a process that
+    can never finish dying: the mount and every process touching it hang until the
+    connection is aborted by hand. The probe is run here in this process, with an
+    audit hook recording every file this process opens under the mount.
+    """
+    mountpoint = world.alice.mountpoint.absolute()
+    opened: list[str] = []
+    watching = True
+
+    def audit(event: str, args: tuple[object, ...]) -> None:
+        if watching and event == "open" and str(args[0]).startswith(str(mountpoint)):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(audit)
+    try:
+        document = trio.run(read_mount_status, mountpoint)
+    finally:
+        watching = False
+    assert document["pid"] == world.alice.process.pid
+    assert opened == []

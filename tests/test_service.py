@@ -45,6 +45,7 @@ import trio
 from dockercomms.cli import main as cli_main
 from dockercomms.cli import service_cmd
 from dockercomms.fsmount.desktop import DesktopNotifier, Event, EventWatcher, fold, notify_call
+from dockercomms.fsmount.mount_table import dockercomms_mounts
 from dockercomms.fsmount.outbox import refusal_events
 from dockercomms.fsmount.sdnotify import (
     JournalFormatter,
@@ -722,12 +723,12 @@ def test_mountinfo_names_are_unescaped(tmp_path: Path) -> None:
         "37 35 0:31 / /mnt/other rw - fuse.sshfs host: rw\n"
         "38 35 0:32 / /tmp/lookalike rw - fuse.dockercomms dockercomms rw,user_id=1001\n"
     )
-    assert service_cmd.dockercomms_mounts(info) == [
+    assert dockercomms_mounts(info) == [
         Path("/home/a/My Comms"),
         Path("/tmp/lookalike"),
     ]
     # Any user may mount a FUSE file system with that name: status asks only its own.
-    assert service_cmd.dockercomms_mounts(info, uid=1000) == [Path("/home/a/My Comms")]
+    assert dockercomms_mounts(info, uid=1000) == [Path("/home/a/My Comms")]
 
 
 # --- the real daemon ---------------------------------------------------------------------------
