@@ -20,10 +20,12 @@ Caveats:
       layout between several Unix users is not supported; use a registry for that.
     * Files in the layout are opened without following symlinks and without blocking,
       and only regular files are read: a FIFO, device, directory or symlink in place of
-      a blob, manifest or ``index.json`` is refused at once, as is a manifest larger than
-      its cap (checked with ``fstat`` before reading; at most cap + 1 bytes are read).
-      Such damage is answered HTTP 422, not 500, so clients do not retry a condition
-      that will not pass by itself. The layout's own JSON is read with the bounded
+      a blob, manifest or ``index.json`` is refused at once. Sizes are checked with
+      ``fstat`` before reading, and at most cap + 1 bytes of a manifest are read: one
+      over the cap is served (as a remote registry would) as a stream that stops
+      there, for the client's own cap to refuse; the referrers API skips it. Damage
+      is answered HTTP 422, not 500, so clients do not retry a condition that will
+      not pass by itself. The layout's own JSON is read with the bounded
       parser of :mod:`dockercomms.core.untrusted` (a manifest nested 5,000 deep is
       refused on PUT, and skipped by the referrers API when found on disk).
     * A streamed blob (``stream=True``) holds an open file until its body has been read to
@@ -49,6 +51,7 @@ Changes to ``index.json`` are read-modify-write cycles serialised by a file lock
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -435,9 +438,9 @@ class _Layout:
         """Whether the blob is stored (as a regular file: anything else is not a blob)."""
         return _file_size(self.blob_path(digest)) is not None
 
-    def open_blob(self, digest: str) -> BinaryIO:
-        """The stored blob, opened for reading; ``FileNotFoundError`` when absent."""
-        return os.fdopen(_open_regular(self.blob_path(digest), f"blob {digest}"), "rb")
+    def open_blob(self, digest: str, what: str = "blob") -> BinaryIO:
+        """The stored blob (or manifest), opened for reading; ``FileNotFoundError`` if absent."""
+        return os.fdopen(_open_regular(self.blob_path(digest), f"{what} {digest}"), "rb")
 
     def read_manifest(self, digest: str, limit: int) -> bytes:
         """A stored manifest's bytes; ``FileNotFoundError`` when absent."""
@@ -738,9 +741,27 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         descriptor = self._find_manifest(call.arg)
         digest = descriptor["digest"]
         try:
-            body = self._layout.read_manifest(digest, self.max_manifest_bytes)
+            file = self._layout.open_blob(digest, "manifest")
         except FileNotFoundError:
             raise _unknown_manifest(call.arg) from None
+        limit = self.max_manifest_bytes
+        with contextlib.ExitStack() as unless_streamed:
+            unless_streamed.callback(file.close)
+            size = os.fstat(file.fileno()).st_size
+            if size > limit:
+                # Served as a remote registry would serve it, so that the client's own
+                # cap refuses it the same way on every backend; the stream stops at
+                # cap + 1 bytes, so no more than that is ever read.
+                headers = {
+                    "Content-Type": descriptor.get("mediaType") or _OCI_MANIFEST,
+                    "Docker-Content-Digest": digest,
+                    "Content-Length": str(size),
+                }
+                if call.method == "HEAD":
+                    return _Reply(200, headers)
+                unless_streamed.pop_all()
+                return _Reply(200, headers, _BlobStream(file, limit + 1))
+            body = _read_at_most(file.fileno(), limit, f"manifest {digest}")
         media_type = descriptor.get("mediaType") or _declared_media_type(body)
         return _Reply(200, {"Content-Type": media_type, "Docker-Content-Digest": digest}, body=body)
 
