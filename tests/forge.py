@@ -7,6 +7,7 @@ the repository exactly as a malicious or broken sender would leave it.
 from __future__ import annotations
 
 import io
+import json
 import os
 import tarfile
 import tempfile
@@ -287,4 +288,43 @@ def plant_in_layout(layout: Path, raw: bytes, tag: str) -> str:
         }
     )
     (layout / "index.json").write_text(json.dumps(index))
+
+
+def forge_bundle(client: RegistryClient, subject: m.Descriptor, blob: m.Descriptor) -> str:
+    """A "bundle" claiming to sign ``subject`` whose one layer is any stored blob.
+
+    Pushed with a ``bundle-`` tag (and fallback index where needed) exactly as a
+    real bundle is, so discovery finds it; nothing about it verifies.
+    """
+    push_empty_config(client)
+    layer = m.Descriptor(p.BUNDLE_MEDIA_TYPE, blob.digest, blob.size)
+    return attach_referrer(
+        client,
+        m.build_bundle_manifest(subject, layer),
+        p.bundle_tag(subject.digest),
+        artifact_type=p.BUNDLE_MEDIA_TYPE,
+        annotations={p.A_VERSION: p.PROTOCOL_VERSION},
+        subject=subject.digest,
+    )
+
+
+def plant_manifest(client: RegistryClient, storage: Path | None, raw: bytes, tag: str) -> str:
+    """Put any manifest bytes under ``tag``; returns their digest.
+
+    With ``storage`` (an OCI layout directory) the bytes are written straight to
+    disk and listed in ``index.json``, as a tampered disk or a copy tool would leave
+    them: for what the embedded store itself refuses to take (JSON nested 5,000
+    deep). Without it they are pushed, for registries that take them.
+    """
+    if storage is None:
+        return client.push_manifest(raw, tag).digest
+    digest = p.sha256_digest(raw)
+    (storage / "blobs" / "sha256" / digest.split(":", 1)[1]).write_bytes(raw)
+    index_path = storage / "index.json"
+    index = json.loads(index_path.read_bytes())
+    ref_name = {"org.opencontainers.image.ref.name": tag}
+    index["manifests"].append(
+        {"mediaType": p.OCI_MANIFEST, "digest": digest, "size": len(raw), "annotations": ref_name}
+    )
+    index_path.write_text(json.dumps(index))
     return digest

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -756,3 +758,64 @@ def test_skopeo_reads_what_we_pushed(
     assert raw.stdout == body
     assert (out / "manifest.json").read_bytes() == body
     assert (out / hashlib.sha256(layer).hexdigest()).read_bytes() == layer
+
+
+# --- a private store (#13.10) --------------------------------------------------------------
+
+
+def modes_under(root: Path) -> dict[str, int]:
+    """Permission bits of ``root`` and of everything below it, by relative path."""
+    found = {".": root.stat().st_mode & 0o777}
+    for path in root.rglob("*"):
+        found[str(path.relative_to(root))] = path.lstat().st_mode & 0o777
+    return found
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o277], ids=["umask-000", "umask-277"])
+def test_a_new_store_is_private_whatever_the_umask(tmp_path: Path, mask: int) -> None:
+    layout = tmp_path / "missing" / "parents" / "layout"
+    with umask(mask), open_session(layout) as session:
+        body = image_manifest(session, b"a private layer")
+        assert put_manifest(session, "v1", body).status_code == 201
+        started = session.post(f"{REPO}/blobs/uploads/")
+        patched = session.patch(url(started.headers["Location"]), data=b"half an upload")
+        assert patched.status_code == 202
+        staged = modes_under(layout)
+
+    assert any(name.endswith(".part") for name in staged), staged
+    for root in (tmp_path / "missing", layout):
+        for name, mode in modes_under(root).items():
+            expected = 0o700 if (root / name).is_dir() else 0o600
+            assert mode == expected, f"{name}: {oct(mode)} under umask {oct(mask)}"
+    for name, mode in staged.items():
+        assert mode == (0o700 if (layout / name).is_dir() or name == "." else 0o600), name
+
+
+def test_a_store_open_to_others_warns_once_and_still_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    private, shared = tmp_path / "private", tmp_path / "shared"
+    for layout in (private, shared):
+        with open_session(layout) as session:
+            assert session.get(f"{BASE}/v2/").status_code == 200
+    shared.chmod(0o755)
+    (shared / "index.json").chmod(0o644)
+    caplog.clear()
+
+    for layout in (private, shared, shared):
+        with open_session(layout) as session:
+            assert session.get(f"{REPO}/tags/list").status_code == 200
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert f"chmod -R go-rwx {shared}" in warnings[0]
+    assert str(private) not in warnings[0]

@@ -27,6 +27,7 @@ from dockercomms.core.registry.client import RegistryClient
 from tests.conftest import CliResult, Party, introduce, make_party, patched_env
 from tests.forge import Forge
 from tests.registry_server import running_registry
+from tests.test_embedded_damage import bytes_read
 
 
 def run(party: Party, *args: str) -> CliResult:
@@ -233,3 +234,28 @@ def test_an_unreadable_journal_is_ignored(tmp_path: Path, caplog: pytest.LogCapt
     assert load_journal(journal) == [entry]
     gc.save_journal(journal, [])
     assert not journal.exists()
+
+
+def test_a_hostile_journal_is_ignored_in_bounded_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal = tmp_path / "gc-journal.json"
+    journal.write_bytes(b'{"version": 1, "pending": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert load_journal(journal) == []
+    assert "nested too deeply" in caplog.text
+
+    journal.unlink()
+    with open(journal, "wb") as file:
+        file.truncate(2 * 1024**3)  # sparse: reading it whole would cost gigabytes
+    before = bytes_read()
+    assert load_journal(journal) == []
+    assert bytes_read() - before < 1024 * 1024
+
+
+def test_a_registrys_refusal_is_shown_bounded_and_escaped() -> None:
+    refusal = {"errors": [{"code": "UNSUPPORTED", "message": "no\x1b[2J deletes\nhere"}]}
+    assert gc._error_text(json.dumps(refusal).encode()) == (
+        "UNSUPPORTED: no\\x1b[2J deletes\\x0ahere"
+    )
+    assert gc._error_text(b"[" * 4096) == "[" * 200 + "…"
+    assert gc._error_text(b"\x1b]0;owned\x07 not json") == "\\x1b]0;owned\\x07 not json"

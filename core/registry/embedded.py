@@ -12,7 +12,22 @@ Caveats:
       deletes its own blob only, and deleting a blob does not ask who still needs it.
     * ``Accept`` is not negotiated: a manifest is served with the media type it was
       pushed with.
-    * No authentication: whoever can mount the adapter can read and write the layout.
+    * No authentication: whoever can read the directory can read every message in it.
+      A new layout is therefore private whatever the umask: directories 0700 (missing
+      parents included), files 0600 (staged uploads, the lock and ``index.json`` too).
+      An existing layout that group or others may enter is used as it is, with one
+      warning per process that names the fix (``chmod -R go-rwx <dir>``). Sharing one
+      layout between several Unix users is not supported; use a registry for that.
+    * Files in the layout are opened without following symlinks and without blocking,
+      and only regular files are read: a FIFO, device, directory or symlink in place of
+      a blob, manifest or ``index.json`` is refused at once. Sizes are checked with
+      ``fstat`` before reading, and at most cap + 1 bytes of a manifest are read: one
+      over the cap is served (as a remote registry would) as a stream that stops
+      there, for the client's own cap to refuse; the referrers API skips it. Damage
+      is answered HTTP 422, not 500, so clients do not retry a condition that will
+      not pass by itself. The layout's own JSON is read with the bounded
+      parser of :mod:`dockercomms.core.untrusted` (a manifest nested 5,000 deep is
+      refused on PUT, and skipped by the referrers API when found on disk).
     * A streamed blob (``stream=True``) holds an open file until its body has been read to
       the end or the response is closed, so use ``with session.get(..., stream=True)``.
     * Untagging keeps the manifest: when its last tag goes it is given an untagged
@@ -36,13 +51,18 @@ Changes to ``index.json`` are read-modify-write cycles serialised by a file lock
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import http
 import io
 import json
+import logging
 import os
 import re
+import shlex
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -58,20 +78,31 @@ from requests.adapters import BaseAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
+from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.registry.body import HashingBody
+from dockercomms.core.untrusted import parse_json
 
 __all__ = [
     "DURABLE_BLOBS_ENV",
     "EMBEDDED_BASE_URL",
+    "MAX_INDEX_BYTES",
     "MAX_MANIFEST_BYTES",
     "EmbeddedRegistryAdapter",
 ]
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_BASE_URL: Final = "http://dockercomms-embedded.invalid"
 """Where to mount the adapter; ``.invalid`` can never resolve to a real host."""
 
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
 """Largest manifest accepted by default, the limit common to public registries."""
+
+MAX_INDEX_BYTES: Final = 128 * 1024 * 1024
+"""Largest ``index.json`` read: about 60,000 live messages with their receipts.
+
+Past this the layout is treated as damaged rather than parsed (parsing JSON costs
+about ten times its size in memory)."""
 
 DURABLE_BLOBS_ENV: Final = "DOCKERCOMMS_EMBEDDED_FSYNC"
 """Set to 1 to fsync every blob's data before it is renamed into the layout."""
@@ -87,6 +118,12 @@ _MANIFEST_TYPES: Final = _IMAGE_TYPES | _INDEX_TYPES
 _REF_NAME: Final = "org.opencontainers.image.ref.name"
 
 _COPY_CHUNK: Final = 1024 * 1024
+_PRIVATE_DIR: Final = 0o700
+_PRIVATE_FILE: Final = 0o600
+#: A layout that gives group or others any access (``index.json`` names every blob).
+_OPEN_TO_OTHERS: Final = 0o077
+#: Status of a damaged layout entry: not 5xx, which clients retry.
+_DAMAGED: Final = 422
 _STREAM_CHUNK: Final = 64 * 1024
 _EMPTY_INDEX: Final[dict[str, Any]] = {
     "schemaVersion": 2,
@@ -368,7 +405,7 @@ class _Layout:
         self.blob_dir = root / "blobs" / "sha256"
         self.staging_dir = root / ".uploads"
         self._index_path = root / "index.json"
-        self._file_lock = filelock.FileLock(root / "index.json.lock")
+        self._file_lock = filelock.FileLock(root / "index.json.lock", mode=_PRIVATE_FILE)
         self._mutex = threading.Lock()
         self._ready = False
         self._cached: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
@@ -380,8 +417,11 @@ class _Layout:
         with self._mutex:
             if self._ready:
                 return
-            self.blob_dir.mkdir(parents=True, exist_ok=True)
-            self.staging_dir.mkdir(exist_ok=True)
+            existed = self.root.exists()
+            _make_private_dirs(self.blob_dir)
+            _make_private_dirs(self.staging_dir)
+            if existed:
+                _warn_if_open_to_others(self.root)
             with self._file_lock:
                 marker = self.root / "oci-layout"
                 if not marker.exists():
@@ -395,13 +435,21 @@ class _Layout:
         return self.blob_dir / digest.removeprefix("sha256:")
 
     def has_blob(self, digest: str) -> bool:
-        """Whether the blob is stored."""
-        return self.blob_path(digest).is_file()
+        """Whether the blob is stored (as a regular file: anything else is not a blob)."""
+        return _file_size(self.blob_path(digest)) is not None
+
+    def open_blob(self, digest: str, what: str = "blob") -> BinaryIO:
+        """The stored blob (or manifest), opened for reading; ``FileNotFoundError`` if absent."""
+        return os.fdopen(_open_regular(self.blob_path(digest), f"{what} {digest}"), "rb")
+
+    def read_manifest(self, digest: str, limit: int) -> bytes:
+        """A stored manifest's bytes; ``FileNotFoundError`` when absent."""
+        return _read_regular(self.blob_path(digest), limit, f"manifest {digest}")
 
     def stage(self) -> _Upload:
         """Start a staged file next to the blobs, so committing it is a same-disk rename."""
         path = self.staging_dir / f"{uuid.uuid4().hex}.part"
-        return _Upload(path, open(path, "xb"))
+        return _Upload(path, _create_private(path))
 
     def commit(self, upload: _Upload, digest: str, *, durable: bool | None = None) -> None:
         """Verify a staged upload against ``digest`` and rename it into place.
@@ -446,13 +494,16 @@ class _Layout:
 
     def read_index(self) -> dict[str, Any]:
         """The current ``index.json``, parsed; do not mutate the result."""
-        with open(self._index_path, "rb") as file:
-            st = os.fstat(file.fileno())
+        fd = _open_regular(self._index_path, "index.json")
+        try:
+            st = os.fstat(fd)
             key = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             cached = self._cached
             if cached is not None and cached[0] == key:
                 return cached[1]
-            index = _parse_index(file.read())
+            index = _parse_index(_read_at_most(fd, MAX_INDEX_BYTES, "index.json"))
+        finally:
+            os.close(fd)
         self._cached = (key, index)
         return index
 
@@ -468,7 +519,7 @@ class _Layout:
         when there is nothing to do.
         """
         with self._mutex, self._file_lock:
-            index = _parse_index(self._index_path.read_bytes())
+            index = _parse_index(_read_regular(self._index_path, MAX_INDEX_BYTES, "index.json"))
             manifests = change(list(index["manifests"]))
             if manifests is None:
                 return False
@@ -478,7 +529,7 @@ class _Layout:
     def _replace(self, path: Path, data: bytes) -> None:
         staged = self.staging_dir / f"{uuid.uuid4().hex}.tmp"
         try:
-            with open(staged, "xb") as file:
+            with _create_private(staged) as file:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
@@ -616,11 +667,11 @@ class EmbeddedRegistryAdapter(BaseAdapter):
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
         }
-        path = self._layout.blob_path(digest)
         try:
             if call.method == "HEAD":
-                return _Reply(200, {**headers, "Content-Length": str(path.stat().st_size)})
-            file = open(path, "rb")  # noqa: SIM115 - handed to the response body
+                size = _regular_size(self._layout.blob_path(digest), f"blob {digest}")
+                return _Reply(200, {**headers, "Content-Length": str(size)})
+            file = self._layout.open_blob(digest)  # handed to the response body
         except FileNotFoundError:
             raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is not stored") from None
         try:
@@ -690,9 +741,27 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         descriptor = self._find_manifest(call.arg)
         digest = descriptor["digest"]
         try:
-            body = self._layout.blob_path(digest).read_bytes()
+            file = self._layout.open_blob(digest, "manifest")
         except FileNotFoundError:
             raise _unknown_manifest(call.arg) from None
+        limit = self.max_manifest_bytes
+        with contextlib.ExitStack() as unless_streamed:
+            unless_streamed.callback(file.close)
+            size = os.fstat(file.fileno()).st_size
+            if size > limit:
+                # Served as a remote registry would serve it, so that the client's own
+                # cap refuses it the same way on every backend; the stream stops at
+                # cap + 1 bytes, so no more than that is ever read.
+                headers = {
+                    "Content-Type": descriptor.get("mediaType") or _OCI_MANIFEST,
+                    "Docker-Content-Digest": digest,
+                    "Content-Length": str(size),
+                }
+                if call.method == "HEAD":
+                    return _Reply(200, headers)
+                unless_streamed.pop_all()
+                return _Reply(200, headers, _BlobStream(file, limit + 1))
+            body = _read_at_most(file.fileno(), limit, f"manifest {digest}")
         media_type = descriptor.get("mediaType") or _declared_media_type(body)
         return _Reply(200, {"Content-Type": media_type, "Docker-Content-Digest": digest}, body=body)
 
@@ -799,7 +868,8 @@ class EmbeddedRegistryAdapter(BaseAdapter):
     def _manifest_facts(self, entry: _Descriptor) -> _ManifestFacts | None:
         """Facts for an index entry, read from its blob once and then cached.
 
-        Entries that are not manifests, or whose blob is gone or unreadable, yield None.
+        Entries that are not manifests, or whose blob is gone, damaged or not bounded
+        JSON, yield None: one bad file must not break every referrers query.
         """
         digest = str(entry.get("digest"))
         cached = self._facts.get(digest)
@@ -808,11 +878,9 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         media_type = entry.get("mediaType")
         if media_type not in _MANIFEST_TYPES or not _DIGEST_RE.fullmatch(digest):
             return None
-        path = self._layout.blob_path(digest)
         try:
-            if path.stat().st_size > self.max_manifest_bytes:
-                return None
-            facts = _facts_of(_parse_manifest(path.read_bytes()), str(media_type))
+            body = self._layout.read_manifest(digest, self.max_manifest_bytes)
+            facts = _facts_of(_parse_manifest(body), str(media_type))
         except (OSError, _RegistryError):
             return None
         self._facts[digest] = facts
@@ -925,11 +993,164 @@ def _blob_created(name: str, digest: str) -> _Reply:
 
 
 def _file_size(path: Path) -> int | None:
-    """Size of ``path``, or None when it does not exist."""
+    """Size of the regular file ``path``; None when it is absent or not a regular file."""
     try:
-        return path.stat().st_size
+        st = path.lstat()
     except FileNotFoundError:
         return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def _regular_size(path: Path, what: str) -> int:
+    """Size of ``path``, refused as damage unless it is a regular file."""
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise _damaged(what, _kind_of(st.st_mode))
+    return st.st_size
+
+
+def _open_regular(path: Path, what: str) -> int:
+    """A read-only descriptor of the regular file ``path``; ``FileNotFoundError`` if absent.
+
+    ``O_NOFOLLOW`` refuses a symlink, ``O_NONBLOCK`` keeps a FIFO from blocking the
+    open, and ``fstat`` on the descriptor (not the path, which may be swapped
+    meanwhile) refuses whatever is not a regular file before a byte is read.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise _damaged(what, "a symbolic link") from None
+        if err.errno == errno.ENXIO:
+            raise _damaged(what, "a socket or device") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _damaged(what, _kind_of(mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of the regular file ``path``, refused when over ``limit`` bytes."""
+    fd = _open_regular(path, what)
+    try:
+        return _read_at_most(fd, limit, what)
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, limit: int, what: str) -> bytes:
+    """Read a regular file's descriptor whole: size checked first, at most ``limit`` + 1 read.
+
+    The second check catches a file that grew after ``fstat``.
+    """
+    size = os.fstat(fd).st_size
+    if size > limit:
+        raise _too_large(what, size, limit)
+    pieces: list[bytes] = []
+    total = 0
+    while piece := os.read(fd, min(_COPY_CHUNK, limit + 1 - total)):
+        pieces.append(piece)
+        total += len(piece)
+        if total > limit:
+            raise _too_large(what, total, limit)
+    return b"".join(pieces)
+
+
+def _kind_of(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "of an unknown type"
+
+
+def _damaged(what: str, kind: str) -> _RegistryError:
+    return _RegistryError(
+        _DAMAGED,
+        "UNKNOWN",
+        f"the layout is damaged: {what} is {kind}, not a regular file (restore or remove it)",
+    )
+
+
+def _too_large(what: str, size: int, limit: int) -> _RegistryError:
+    return _RegistryError(
+        _DAMAGED,
+        "SIZE_INVALID",
+        f"the layout is damaged: {what} is {size} bytes, over the {limit}-byte limit",
+    )
+
+
+def _create_private(path: Path) -> BinaryIO:
+    """Create ``path`` exclusively, mode 0600 whatever the umask, for writing."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _PRIVATE_FILE)
+    try:
+        os.fchmod(fd, _PRIVATE_FILE)  # a umask can only take bits away; 0600 is the floor too
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _make_private_dirs(path: Path) -> None:
+    """Create ``path`` and its missing parents, each 0700 whatever the umask.
+
+    Directories that already exist (or that another process creates meanwhile) are
+    left as they are.
+    """
+    missing: list[Path] = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=_PRIVATE_DIR)
+        except FileExistsError:
+            continue
+        directory.chmod(_PRIVATE_DIR)
+
+
+_warned_open: set[Path] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_if_open_to_others(root: Path) -> None:
+    """Warn, once per process and layout, when group or others can get at the layout."""
+    checked = (root, root / "blobs", root / "blobs" / "sha256", root / "index.json")
+    modes = {}
+    for path in checked:
+        try:
+            modes[path] = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+    opened = {path: mode for path, mode in modes.items() if mode & _OPEN_TO_OTHERS}
+    if not opened:
+        return
+    with _warned_lock:
+        if root in _warned_open:
+            return
+        _warned_open.add(root)
+    where = ", ".join(f"{path.relative_to(root)} {mode:04o}" for path, mode in opened.items())
+    log.warning(
+        "the embedded registry %s is open to other users on this machine (%s), who can "
+        "read every message in it; to make it private run: chmod -R go-rwx %s",
+        root,
+        where,
+        shlex.quote(str(root)),
+    )
 
 
 def _body_chunks(body: object) -> Iterable[bytes]:
@@ -1029,9 +1250,9 @@ def _unknown_manifest(reference: str) -> _RegistryError:
 
 def _parse_manifest(body: bytes) -> dict[str, Any]:
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):  # too deep for the stdlib parser: not ours to serve
-        raise _RegistryError(400, "MANIFEST_INVALID", "manifest is not JSON") from None
+        document = parse_json(body, "manifest", max_bytes=len(body))
+    except DockerCommsError as err:
+        raise _RegistryError(400, "MANIFEST_INVALID", str(err)) from None
     if not isinstance(document, dict) or document.get("schemaVersion") != 2:
         raise _RegistryError(400, "MANIFEST_INVALID", "manifest must have schemaVersion 2")
     return document
@@ -1058,9 +1279,10 @@ def _manifest_media_type(content_type: str | None, document: Mapping[str, Any]) 
 
 def _declared_media_type(body: bytes) -> str:
     try:
-        declared = json.loads(body).get("mediaType")
-    except (ValueError, AttributeError, RecursionError):
-        declared = None
+        document = parse_json(body, "manifest", max_bytes=len(body))
+    except DockerCommsError:
+        document = None
+    declared = document.get("mediaType") if isinstance(document, dict) else None
     return declared if isinstance(declared, str) else _OCI_MANIFEST
 
 
@@ -1191,11 +1413,11 @@ def _keep_reachable(manifests: list[_Descriptor], dropped: list[_Descriptor]) ->
 
 def _parse_index(data: bytes) -> dict[str, Any]:
     try:
-        index = json.loads(data)
-    except ValueError:
+        index = parse_json(data, "index.json", max_bytes=len(data))
+    except DockerCommsError:
         index = None
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
-        raise _RegistryError(500, "UNKNOWN", "index.json of the layout is corrupt")
+        raise _RegistryError(_DAMAGED, "UNKNOWN", "the layout is damaged: index.json is corrupt")
     index["manifests"] = [entry for entry in index["manifests"] if isinstance(entry, dict)]
     return index
 
