@@ -52,7 +52,12 @@ import requests
 from requests.adapters import BaseAdapter
 
 from dockercomms.core import protocol as p
-from dockercomms.core.errors import AuthError, ConfigError, DockerCommsError
+from dockercomms.core.errors import (
+    AuthError,
+    ConfigError,
+    DockerCommsError,
+    RegistryUnavailableError,
+)
 from dockercomms.core.registry.embedded import (
     _INDEX_TYPES,
     _MANIFEST_TYPES,
@@ -192,7 +197,9 @@ class StorageRegistryAdapter(BaseAdapter):
             if failure.kind == "config":
                 raise ConfigError(str(failure)) from failure
             if failure.kind == "unreachable":
-                raise requests.ConnectionError(str(failure), request=request) from failure
+                # The driver already retried (OpenDAL's RetryLayer); not a connection
+                # error, which the client would retry again for its whole budget.
+                raise RegistryUnavailableError(str(failure)) from failure
             reply = _error_reply(_RegistryError(500, "UNKNOWN", str(failure)))
         except OSError as err:
             reply = _error_reply(_RegistryError(500, "UNKNOWN", f"storage failure: {err}"))

@@ -45,7 +45,7 @@ _DIGEST: Final = re.compile(r"sha256:([a-f0-9]{64})")
 _TAG: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _NAME_COMPONENT: Final = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 _NAME: Final = re.compile(rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
-_UPLOAD_ID: Final = re.compile(r"[a-f0-9]{32}")
+_UPLOAD_ID: Final = re.compile(r"[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}")
 
 
 def _hex(digest: str) -> str:
@@ -128,7 +128,7 @@ class RepositoryLayout:
         return f"{self.root}/_uploads"
 
     def upload_dir(self, upload_id: str) -> str:
-        """One upload's scratch directory (``upload_id``: 32 lowercase hex digits)."""
+        """One upload's scratch directory (``upload_id``: a UUID, as distribution names them)."""
         if _UPLOAD_ID.fullmatch(upload_id) is None:
             raise ValueError(f"not an upload id: {upload_id!r}")
         return f"{self.uploads_dir}/{upload_id}"

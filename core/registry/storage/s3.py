@@ -148,7 +148,7 @@ class S3Driver:
             raise ConfigError(f"s3 storage {self.location}: {_summary(exc)}") from exc
         self._op = operator.layer(
             TimeoutLayer(timeout=CONTROL_TIMEOUT, io_timeout=read_timeout)
-        ).layer(RetryLayer(max_times=2, factor=2.0, jitter=True, min_delay=0.2, max_delay=1.0))
+        ).layer(RetryLayer(max_times=1, factor=2.0, jitter=True, min_delay=0.1, max_delay=0.5))
         self._spool: Path | None = None
         self._lock = threading.Lock()
 
@@ -374,6 +374,15 @@ def _operator_options(config: StorageConfig, env: Mapping[str, str]) -> tuple[di
 
 
 def _summary(exc: BaseException) -> str:
-    """The first line of a library error (OpenDAL appends context and a backtrace)."""
-    text = str(exc).strip().splitlines()
-    return shown(text[0] if text else type(exc).__name__, 300)
+    """A library error in one line: OpenDAL's first line and the first of its ``Source:``.
+
+    (It appends context, the source error and a backtrace; the source is what says
+    "Connection refused".)
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    text = lines[0] if lines else type(exc).__name__
+    if "Source:" in lines:
+        after = lines[lines.index("Source:") + 1 :]
+        if after and after[0]:
+            text = f"{text}: {after[0]}"
+    return shown(text, 300)
