@@ -20,9 +20,10 @@ Caveats first:
   be reads as missing; directories on the way are trusted, as distribution does.
 * Filesystem: scratch files live in ``<repo>/_uploads/<uuid>/`` (with distribution's
   ``startedat``), so they are on the same filesystem as their targets and a registry's
-  upload purging removes what a crashed process left. Should a registry purge the
-  scratch directory of a process that has run for more than its purge age (a week),
-  the write in flight fails once and the next one creates a new directory.
+  upload purging removes what a crashed process left. A long-running process (the
+  mount) starts a new scratch directory every day, so a registry purging uploads older
+  than its purge age (a week by default) never removes one in use; should one go
+  anyway, the write in flight fails once and the next one makes a new directory.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import os
 import shutil
 import stat
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -52,6 +54,8 @@ __all__ = [
 FailureKind = Literal["auth", "config", "unreachable", "io"]
 
 _WRITE_ATTEMPTS: Final = 3
+SCRATCH_DAYS: Final = 1.0
+"""A scratch directory is used for this many days, then a new one is started."""
 
 
 class StorageFailure(Exception):
@@ -148,7 +152,8 @@ class FilesystemDriver:
         self.root = root
         self.location = str(root)
         self.durable_blobs = durable_blobs
-        self._scratch: dict[str, Path] = {}
+        self._scratch: dict[str, tuple[Path, float]] = {}
+        self._made: list[Path] = []
         self._lock = threading.Lock()
 
     def _path(self, path: str) -> Path:
@@ -318,20 +323,24 @@ class FilesystemDriver:
     def close(self) -> None:
         """Remove the scratch directories this driver made."""
         with self._lock:
-            folders, self._scratch = list(self._scratch.values()), {}
+            folders, self._made, self._scratch = self._made, [], {}
         for folder in folders:
             shutil.rmtree(folder, ignore_errors=True)
 
     def _scratch_dir(self, scratch: str) -> Path:
+        """This process's scratch directory under ``scratch``, with distribution's ``startedat``."""
         with self._lock:
-            folder = self._scratch.get(scratch)
-            if folder is not None and folder.is_dir():
-                return folder
+            current = self._scratch.get(scratch)
+            now = time.monotonic()
+            fresh = current is not None and now - current[1] < SCRATCH_DAYS * 86400
+            if current is not None and fresh and current[0].is_dir():
+                return current[0]
             folder = self._path(scratch) / str(uuid.uuid4())
             folder.mkdir(parents=True)
+            self._made.append(folder)
             stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ").encode()
             (folder / "startedat").write_bytes(stamp)
-            self._scratch[scratch] = folder
+            self._scratch[scratch] = (folder, now)
             return folder
 
     def _forget_scratch(self, scratch: str) -> None:
