@@ -14,8 +14,10 @@ Caveats first:
   and ``fsync``, which are single system calls. (OpenDAL's ``fs`` service does the
   same, measured 3x slower writing and 2x slower reading 256 MiB here.)
 * Filesystem: link files and manifests are written to a temp file, fsynced and
-  renamed; blob data is not fsynced (as distribution's own driver, and the embedded
-  store by default: every reader checks every digest, so a torn blob is caught).
+  renamed, so none is ever seen torn or empty; blob data is not fsynced (as
+  distribution's own driver, and the embedded store by default: every reader checks
+  every digest, so a torn blob is caught), nor are directories, so a power cut may
+  forget the last renames (distribution's driver fsyncs nothing at all).
 * Filesystem: a symlink or any non-regular file where a link, manifest or blob should
   be reads as missing; directories on the way are trusted, as distribution does.
 * Filesystem: scratch files live in ``<repo>/_uploads/<uuid>/`` (with distribution's
