@@ -33,10 +33,17 @@ Caveats first:
   content-addressed and moved into place whole, every link is written whole (temp +
   rename on a disk, one ``PUT`` on S3), each tag is its own directory (no shared index
   to lose updates in), and last writer wins on a moved tag, as in distribution.
+* Blob bytes already stored at their address with the right size are not written
+  again (nor re-hashed): someone with write access could have put other bytes of that
+  size there; every reader's digest check catches it, but the sender will not notice.
 * Storage failures: refused credentials or permissions raise :class:`AuthError` (exit
   3) and an unusable configuration (no such bucket) :class:`ConfigError` (exit 1)
-  straight out of the transport; an unreachable store is a connection error the client
-  retries like any network failure; other failures are HTTP 500, as a registry sends.
+  straight out of the transport. An unreachable store raises
+  :class:`RegistryUnavailableError` once the driver's own retry gave up (OpenDAL's
+  ``RetryLayer``; not a connection error, which the client would retry for its whole
+  budget again), so only the client's re-reads of broken reads repeat it: a dead S3
+  endpoint fails a listing in about 7 s. Other failures are HTTP 500, as a registry
+  sends.
 """
 
 from __future__ import annotations

@@ -140,7 +140,9 @@ class S3Driver:
         where = f"s3://{self.bucket}/{self.root}".rstrip("/")
         self.location = f"{where} at {self.endpoint}"
         self.credentials = (
-            f"accesskey from {config.source}" if "access_key_id" in options else "AWS defaults"
+            f"accesskey from {config.source}"
+            if "access_key_id" in options
+            else "from the AWS environment or profile"
         )
         try:
             operator = opendal.Operator("s3", **options)
