@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench [--suite engine|registry|mount|all] [--size-mib 1024] [--runs 3]
+    python -m bench [--suite engine|registry|mount|storage|all] [--size-mib 1024] [--runs 3]
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import engine, mount, registry
+from bench import engine, mount, registry, storage
 from bench.measure import MIB
 
-SUITES = {"engine": engine.run, "registry": registry.run, "mount": mount.run}
+SUITES = {
+    "engine": engine.run,
+    "registry": registry.run,
+    "mount": mount.run,
+    "storage": storage.run,
+}
 
 
 def compile_bytecode() -> None:

@@ -17,7 +17,15 @@ import os
 import signal
 import sys
 
-from dockercomms.cli import demo, identity, messaging, mount_cmd, service_cmd, sync_cmd
+from dockercomms.cli import (
+    demo,
+    doctor_cmd,
+    identity,
+    messaging,
+    mount_cmd,
+    service_cmd,
+    sync_cmd,
+)
 from dockercomms.cli.parsing import EXIT_CODES, CommandParser
 from dockercomms.cli.registry_flags import registry_parser
 from dockercomms.core.errors import DockerCommsError, exit_code_for
@@ -54,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync_cmd.add_parsers(sub, common, registry)
     mount_cmd.add_parsers(sub, common, registry)
     service_cmd.add_parsers(sub, common, registry)
+    doctor_cmd.add_parsers(sub, common, registry)
     demo.add_parsers(sub, common)
     return parser
 

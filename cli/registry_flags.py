@@ -29,8 +29,14 @@ def registry_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("registry")
     group.add_argument(
         "--repo",
-        help="host[:port]/name, https://host/name, or oci-layout:DIR "
+        help="host[:port]/name, https://host/name, oci-layout:DIR, or storage:NAME "
         "(default: settings, else the embedded registry)",
+    )
+    group.add_argument(
+        "--storage-config",
+        metavar="FILE",
+        help="distribution config.yml whose storage: section holds storage:NAME "
+        "(REGISTRY_STORAGE_* variables override it)",
     )
     group.add_argument(
         "--insecure",
@@ -69,6 +75,7 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
         insecure=args.insecure,
         ca_file=args.ca_file,
         authenticator=RegistryAuth(CredentialSource(explicit=_flag_credentials(args))),
+        storage_config=getattr(args, "storage_config", None) or "",
     )
 
 

@@ -122,6 +122,8 @@ class Settings:
         chunk_bytes: chunk size for sending.
         compression: ``zstd`` (fast) or ``gzip`` (for old readers).
         ttl_seconds: default message lifetime.
+        storage_config: distribution ``config.yml`` for a ``storage:NAME`` repository
+            (its ``storage:`` section; an absolute path is best).
     """
 
     identity: str
@@ -131,6 +133,7 @@ class Settings:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "zstd"
     ttl_seconds: int = p.DEFAULT_TTL_SECONDS
+    storage_config: str = ""
 
     def validate(self) -> Settings:
         """Raise ``ConfigError`` on values no command could use."""

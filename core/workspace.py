@@ -50,12 +50,14 @@ class RegistryOptions:
         insecure: plain HTTP to a non-loopback host.
         ca_file: extra CA bundle for HTTPS.
         authenticator: credentials; None means anonymous.
+        storage_config: ``--storage-config`` (for ``storage:NAME``); empty: settings.
     """
 
     repository: str = ""
     insecure: bool = False
     ca_file: str | None = None
     authenticator: Authenticator | None = None
+    storage_config: str = ""
 
 
 @dataclass
@@ -86,7 +88,8 @@ class Workspace:
         """The repository to use: flag, then settings, then the embedded default."""
         options = options or RegistryOptions()
         text = options.repository or self.settings.repository or self.paths.default_repository
-        return parse_repository(text, insecure=options.insecure)
+        storage_config = options.storage_config or self.settings.storage_config
+        return parse_repository(text, insecure=options.insecure, storage_config=storage_config)
 
     def client(self, options: RegistryOptions | None = None) -> RegistryClient:
         """A registry client for the chosen repository."""

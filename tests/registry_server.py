@@ -7,6 +7,8 @@ Caveats first:
 * The config is written as JSON, which YAML parsers (distribution's included) accept.
 * ``REGISTRY_*`` variables are removed from the child environment: distribution lets
   them override any config key, and a stray one would silently change the fixture.
+  So are ``AWS_*``: its S3 driver panics on ``AWS_CA_BUNDLE`` ("unable to load custom
+  CA bundle, HTTPClient's transport unsupported type").
 * The free port is found by binding port 0 and closing it, so another process may grab
   it first; start-up is retried on "address already in use".
 * distribution builds absolute ``Location`` URLs from the request's ``Host`` header
@@ -215,8 +217,11 @@ def write_htpasswd(path: Path, username: str, password: str) -> None:
 
 
 def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into ``base``; ``None`` removes a key (another driver)."""
     for key, value in overrides.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+        if value is None:
+            base.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(base.get(key), dict):
             _merge(base[key], value)
         else:
             base[key] = value
@@ -274,7 +279,8 @@ def running_registry(
     ``auth="token"`` uses ``token_server`` (which the caller starts and stops) or, if it
     is ``None``, starts a default :class:`TokenServer` and shuts it down afterwards.
     ``config_overrides`` is deep-merged into the generated config (e.g.
-    ``{"storage": {"maintenance": {"readonly": {"enabled": True}}}}``).
+    ``{"storage": {"maintenance": {"readonly": {"enabled": True}}}}``); a ``None``
+    value removes that key (``{"storage": {"filesystem": None, "s3": {...}}}``).
     """
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -339,7 +345,7 @@ def running_registry(
         if config_overrides:
             _merge(config, config_overrides)
 
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("REGISTRY_", "AWS_"))}
         scheme = "https" if tls else "http"
         verify: str | bool = str(ca_file) if ca_file is not None else True
         failures: list[str] = []

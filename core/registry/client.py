@@ -150,6 +150,13 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             # No network in between: skip requests' per-request lookups of proxy
             # variables and .netrc (measured: an eighth of listing a big inbox).
             self.session.trust_env = False
+        elif ref.storage:
+            from dockercomms.core.registry.storage import storage_adapter
+            from dockercomms.core.registry.storage.adapter import STORAGE_BASE_URL
+
+            self.base_url = STORAGE_BASE_URL
+            self.session.mount(STORAGE_BASE_URL + "/", storage_adapter(ref))
+            self.session.trust_env = False
         else:
             self.base_url = f"{ref.scheme}://{ref.host}"
         self._origin = Origin.of(self.base_url)

@@ -1,4 +1,4 @@
-"""Where the repository lives: ``oci-layout:<dir>`` or ``[scheme://]host[:port]/name``.
+"""Where the repository lives: ``oci-layout:DIR``, ``storage:NAME`` or ``[scheme://]host/name``.
 
 Parsing is separate from the client so the CLI, the config file and the syncer
 all agree on one spelling.
@@ -14,6 +14,7 @@ from pathlib import Path
 from dockercomms.core.errors import ConfigError
 
 LAYOUT_PREFIX = "oci-layout:"
+STORAGE_PREFIX = "storage:"
 EMBEDDED_REPOSITORY_NAME = "dockercomms/embedded"
 _NAME = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
@@ -29,12 +30,18 @@ class RepositoryRef:
         host: ``host[:port]`` of a remote registry (empty for the embedded one).
         name: repository path within the registry.
         scheme: ``https`` unless plain HTTP was asked for or the host is loopback.
+        storage: distribution's storage layout, in process (SPEC 10); ``name`` is the
+            repository within that storage.
+        storage_config: the distribution ``config.yml`` whose ``storage:`` section
+            says where that storage is (None: ``REGISTRY_STORAGE_*`` variables only).
     """
 
     layout_dir: Path | None
     host: str
     name: str
     scheme: str
+    storage: bool = False
+    storage_config: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -44,15 +51,26 @@ class RepositoryRef:
     def __str__(self) -> str:
         if self.layout_dir is not None:
             return f"{LAYOUT_PREFIX}{self.layout_dir}"
+        if self.storage:
+            return f"{STORAGE_PREFIX}{self.name}"
         return f"{self.host}/{self.name}"
 
 
-def parse_repository(text: str, *, insecure: bool = False) -> RepositoryRef:
+def parse_repository(
+    text: str, *, insecure: bool = False, storage_config: str | Path | None = None
+) -> RepositoryRef:
     """Parse a ``--repo`` value.
 
     Loopback hosts default to plain HTTP (a local test registry); every other host
     is HTTPS unless ``insecure`` or an explicit ``http://`` says otherwise.
+    ``storage_config`` (``--storage-config``) matters for ``storage:NAME`` only.
     """
+    if text.startswith(STORAGE_PREFIX):
+        name = text[len(STORAGE_PREFIX) :].strip("/")
+        if not _NAME.fullmatch(name):
+            raise ConfigError(f"invalid repository name {name!r} (lowercase, digits, . _ - /)")
+        config = Path(storage_config).expanduser().absolute() if storage_config else None
+        return RepositoryRef(None, "", name, "http", storage=True, storage_config=config)
     if text.startswith(LAYOUT_PREFIX):
         directory = text[len(LAYOUT_PREFIX) :]
         if not directory:
