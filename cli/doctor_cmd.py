@@ -158,5 +158,14 @@ def add_parsers(
         "doctor",
         parents=[common, registry],
         help="which backend and storage are used, and can they be read and written",
+        description="Says which repository the other commands would use (--repo, else the\n"
+        "settings, else the embedded registry), its backend (embedded OCI layout, a\n"
+        "registry over HTTP(S), or a registry's storage with no server) and where it\n"
+        "lives, then checks that it can be read (the tag list) and written (a probe\n"
+        "that stores nothing). Exits with the first failed check's code.",
+        examples=[
+            "dockercomms doctor",
+            "dockercomms doctor --repo storage:team/comms --storage-config config.yml --json",
+        ],
     )
     d.set_defaults(func=cmd_doctor)
