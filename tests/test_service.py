@@ -360,11 +360,18 @@ def test_install_with_a_user_manager_reloads_and_enables(desk: Desk) -> None:
 
 @dataclass
 class NotifySocket:
-    """The socket systemd would give a ``Type=notify`` service, bound by the test."""
+    """The socket systemd would give a ``Type=notify`` service, bound by the test.
+
+    :meth:`listen` reads it continuously from a thread, as systemd does: a socket
+    nobody reads fills its queue (ten datagrams), after which the daemon, whose
+    sends never block, drops what it sends (``STOPPING=1`` included).
+    """
 
     address: str
     sock: socket.socket
     received: list[tuple[float, str]] = field(default_factory=list)
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+    listening: bool = False
 
     @classmethod
     def abstract(cls) -> NotifySocket:
@@ -374,6 +381,21 @@ class NotifySocket:
         sock.bind("\0" + name)
         return cls("@" + name, sock)
 
+    def listen(self) -> None:
+        """Read every datagram as it arrives, until the socket is closed."""
+        self.listening = True
+        threading.Thread(target=self._read_forever, name="notify-socket", daemon=True).start()
+
+    def _read_forever(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return  # closed
+            with self.arrived:
+                self.received.append((time.monotonic(), data.decode()))
+                self.arrived.notify_all()
+
     def wait_for(self, line: str, timeout: float = 60.0, *, count: int = 1) -> None:
         """Receive until ``count`` datagrams held ``line``."""
         deadline = time.monotonic() + timeout
@@ -381,6 +403,10 @@ class NotifySocket:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise AssertionError(f"not {count} x {line!r} from the daemon: {self.received}")
+            if self.listening:
+                with self.arrived:
+                    self.arrived.wait(left)
+                continue
             self.sock.settimeout(left)
             with contextlib.suppress(TimeoutError):
                 self.received.append((time.monotonic(), self.sock.recv(4096).decode()))
@@ -394,11 +420,10 @@ class NotifySocket:
 
     def lines(self, prefix: str) -> list[str]:
         """Every received line starting with ``prefix``."""
+        with self.arrived:
+            messages = [message for _, message in self.received]
         return [
-            line
-            for _, message in self.received
-            for line in message.splitlines()
-            if line.startswith(prefix)
+            line for message in messages for line in message.splitlines() if line.startswith(prefix)
         ]
 
 
@@ -755,6 +780,7 @@ def daemon_under_systemd(
     arguments = [str(mountpoint), "--foreground", "--poll", "1", "--drain-timeout", "10", *extra]
     command = [sys.executable, "-m", "dockercomms.cli", "mount", *arguments]
     notify = NotifySocket.abstract()
+    notify.listen()
     stderr = mountpoint.parent / f"{mountpoint.name}-{uuid.uuid4().hex[:6]}.log"
     try:
         with open(stderr, "wb") as log_file:
