@@ -19,9 +19,9 @@ Caveats first:
   its last block fails: cut short, or its very end altered),
   :class:`SealedTamperedError` (the header MAC or an earlier block fails),
   :class:`SealedDataError` (anything else malformed), :class:`LimitExceededError`
-  (header or plaintext too big). pyrage
-  reports "not a recipient" only as the text ``No matching keys found``; a test
-  pins it, so a pyrage that rewords it fails the suite instead of exit codes.
+  (header or plaintext too big). pyrage reports "not a recipient" only as the
+  text ``No matching keys found``; a test pins it, so a pyrage that rewords it
+  fails the suite instead of changing an exit code.
 * pyrage holds the GIL while it works, except inside the Python ``read``/``write``
   callbacks it calls (every 8-64 KiB), where other threads get their turn. So a
   second thread downloading or hashing interleaves with a decrypt but does not run
@@ -36,10 +36,16 @@ Caveats first:
   plaintext pieces and hands ciphertext back through a queue of two pieces, so a
   send holds a few MiB per chunk, not the chunk.
 
-Measured in-process on this kind of machine (2 vCPU, shared, best of 3), 32 MiB of
-random bytes: :func:`seal_pieces` from 1 MiB pieces 560 MiB/s; :func:`open_in_place`
-on a memory buffer 640 MiB/s (sha256 for comparison: 1.1 GiB/s; file to file,
-pyrage's own ``*_io`` calls measured 473 and 322 MiB/s in sealing-notes.md).
+Measured in-process on this kind of machine (2 vCPU, shared with other work, load
+~2.7; medians of 7), one 32 MiB chunk of random bytes: :func:`seal_pieces` from
+1 MiB pieces 557 MiB/s (up to 900 on a quiet machine); :func:`open_in_place`
+714 MiB/s on a memory buffer, 479 on a temp file; :func:`open_bytes` 373 (it
+copies). A whole sealed chunk: send (``layer_stream`` zstd + :func:`seal_pieces` +
+``span_sha256``) 465 MiB/s against 2.7 GiB/s plain; receive
+(``sealed_message.open_chunk``: decrypt, decompress, sha256) 478 MiB/s against
+9 GiB/s plain (zstd stores random bytes, so decompressing them is a copy). For
+comparison sha256 alone is 1.1 GiB/s; sealing-notes.md measured pyrage file to
+file at 473 (encrypt) and 322 MiB/s (decrypt).
 """
 
 from __future__ import annotations
