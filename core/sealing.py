@@ -203,7 +203,10 @@ def seal_pieces(
 
     Made for ``RegistryClient.push_blob_stream(seal_pieces(layer_stream(...), ...))``.
     ``pieces`` is consumed in a worker thread; an error it raises is raised here
-    as it was. Closing the iterator early stops the worker and waits for it.
+    as it was. Closing the iterator early stops the worker and waits for it, so
+    a caller whose upload fails should close it (``contextlib.closing``) rather
+    than leave the worker parked until garbage collection. Sealing is randomised:
+    the same pieces give another blob (and digest) every time.
     """
     chosen = recipient_list(recipients)  # now, not at the first next()
     return _sealed_stream(iter(pieces), chosen, piece_bytes)
