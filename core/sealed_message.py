@@ -115,8 +115,17 @@ def seal_annotation(facts: SealedFacts, recipients: Iterable[AgeRecipient]) -> s
     """The ``dockercomms.sealed`` value: base64 (standard, padded) of the sealed JSON.
 
     Sealing is randomised: a retried send must reuse the value it made the first
-    time, or its manifest digest changes.
+    time, or its manifest digest changes. ``facts`` get the checks a receiver
+    makes, so we never send what every recipient would refuse.
     """
+    doc = json.loads(facts.to_json())
+    _facts(
+        doc,
+        "the sealed annotation",
+        total_bytes=facts.total_bytes,
+        chunk_count=len(facts.chunk_sha256),
+        limits=DEFAULT_LIMITS,
+    )
     return base64.b64encode(seal_bytes(facts.to_json(), recipients)).decode("ascii")
 
 

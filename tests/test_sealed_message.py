@@ -176,6 +176,14 @@ def test_every_field_is_checked(doc: bytes, error: type[ProtocolError], text: st
         open_it(annotation_of(doc, identity), identity)
 
 
+def test_we_never_seal_facts_a_receiver_would_refuse() -> None:
+    [identity] = identities(1)
+    with pytest.raises(FilenameError):
+        sm.seal_annotation(sm.SealedFacts("a/b", 1, DIGESTS[:1]), [identity.to_public()])
+    with pytest.raises(ManifestError, match=r"chunk_sha256\[0\]"):
+        sm.seal_annotation(sm.SealedFacts("a", 1, ("ABC",)), [identity.to_public()])
+
+
 def test_the_neutral_filename() -> None:
     assert sm.neutral_filename("0f1e2d3c-4b5a-4697-8877-665544332211") == "0f1e2d3c.sealed"
 
