@@ -204,7 +204,8 @@ def test_a_flipped_payload_byte_is_tampering() -> None:
 def test_a_flipped_header_mac_is_tampering() -> None:
     [identity] = identities(1)
     blob = bytearray(sealed(b"data", public([identity])))
-    blob[bytes(blob).index(b"\n--- ") + 6] ^= 0x01
+    at = bytes(blob).index(b"\n--- ") + 6
+    blob[at] = ord("B") if blob[at] == ord("A") else ord("A")  # still base64, another MAC
     with pytest.raises(SealedTamperedError, match="header"):
         sealing.open_bytes(blob, [identity], max_plaintext=100, what="x")
 
