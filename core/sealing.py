@@ -239,7 +239,8 @@ def open_into(
 ) -> int:
     """Stream the plaintext of ``sealed`` into ``out``; return its length.
 
-    ``out`` may hold a prefix of the plaintext when this raises (see the caveats).
+    A file is read from its start, wherever its position is. ``out`` may hold a
+    prefix of the plaintext when this raises (see the caveats).
     """
 
     def forward(_: int, data: bytes) -> None:
@@ -335,9 +336,9 @@ def _source(sealed: Sealed) -> _Source:
 class _PyrageReader:
     """``read`` for pyrage over a source; keeps our own exception for us to raise."""
 
-    def __init__(self, source: _Source, start: int = 0) -> None:
+    def __init__(self, source: _Source) -> None:
         self._source = source
-        self.offset = start
+        self.offset = 0
         self.error: BaseException | None = None
 
     def read(self, size: int = -1) -> bytes:
