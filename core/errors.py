@@ -9,7 +9,8 @@ The hierarchy (catch at the level you care about)::
     │   ├── UntrustedSignerError             valid signature by someone not trusted
     │   ├── SenderMismatchError              signer is trusted, but not as this sender
     │   ├── DigestMismatchError              bytes do not hash to the signed digest
-    │   └── ExpiredError                     created_at + ttl is in the past
+    │   ├── ExpiredError                     created_at + ttl is in the past
+    │   └── NotARecipientError               sealed (age) to none of my identities
     ├── RegistryError                exit 1  the registry failed us
     │   ├── RegistryUnavailableError         connection refused/reset, 5xx, timeouts
     │   ├── AuthError                exit 3  401/403, bad credentials
@@ -18,7 +19,10 @@ The hierarchy (catch at the level you care about)::
     │   ├── ManifestError                    malformed or invalid manifest/annotations
     │   ├── ChunkError                       chunk layer is not the tar it must be
     │   ├── LimitExceededError               a size or count cap was hit (bombs too)
-    │   └── FilenameError                    unsafe file name
+    │   ├── FilenameError                    unsafe file name
+    │   └── SealedDataError                  a sealed piece is not a well-formed age file
+    │       ├── SealedTruncatedError         it ends early (its last block fails)
+    │       └── SealedTamperedError          an earlier block or its header MAC fails
     └── OutputError                  exit 1  cannot write the result locally (disk full)
 
 The exit code is a class attribute, so the CLI decides it from the type, never
@@ -79,6 +83,13 @@ class ExpiredError(VerificationError):
     """The message's time to live has passed."""
 
 
+class NotARecipientError(VerificationError):
+    """A sealed piece is encrypted to age recipients none of my identities match.
+
+    Sealed to someone else, or to an identity of mine I no longer have.
+    """
+
+
 class RegistryError(DockerCommsError):
     """The registry answered with an error we cannot classify more precisely."""
 
@@ -124,6 +135,24 @@ class LimitExceededError(ProtocolError):
 
 class FilenameError(ProtocolError):
     """A file name is unsafe (traversal, control characters, too long)."""
+
+
+class SealedDataError(ProtocolError):
+    """A sealed (age-encrypted) chunk or annotation is not a well-formed age file.
+
+    Only raised for bytes whose digest was already verified, so the signer made them.
+    """
+
+
+class SealedTruncatedError(SealedDataError):
+    """The age file ends early: no age file has its length, or its last block fails.
+
+    A last block whose bytes were altered looks the same, and lands here too.
+    """
+
+
+class SealedTamperedError(SealedDataError):
+    """The age file is altered: its header MAC or a block before the last fails."""
 
 
 def exit_code_for(error: BaseException) -> int:

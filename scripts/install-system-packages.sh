@@ -1,9 +1,9 @@
 #!/bin/sh
 # System packages dockercomms needs: libfuse3 headers to build pyfuse3, fusermount3 for
-# the mount, and (for the tests) Debian's docker-registry, skopeo, getfattr, systemd-analyze
-# and a D-Bus daemon.
+# the mount, and (for the tests) Debian's docker-registry, skopeo, getfattr, systemd-analyze,
+# a D-Bus daemon and the stock age tool (age, age-keygen: sealed-message interop).
 set -eu
-packages="fuse3 libfuse3-dev pkg-config gcc docker-registry skopeo attr systemd dbus-daemon"
+packages="fuse3 libfuse3-dev pkg-config gcc docker-registry skopeo attr systemd dbus-daemon age"
 if [ "$(id -u)" -eq 0 ]; then as_root=""; else as_root="sudo"; fi
 missing=""
 for package in $packages; do
