@@ -54,8 +54,14 @@ def readers_released(*fifos: Path) -> Iterator[None]:
     finally:
         stop.set()
         for fifo, thread in zip(fifos, threads, strict=True):
-            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # wakes its writer's last open
-            thread.join()
+            # A reader held open until the writer has ended: each of its opens returns at
+            # once, whenever it comes (one that came after a reader already closed again
+            # would block for ever).
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                thread.join()
+            finally:
+                os.close(reader)
 
 
 def bytes_read() -> int:
