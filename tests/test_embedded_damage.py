@@ -54,8 +54,15 @@ def readers_released(*fifos: Path) -> Iterator[None]:
     finally:
         stop.set()
         for fifo, thread in zip(fifos, threads, strict=True):
-            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # wakes its writer's last open
-            thread.join()
+            # A reader held open until its writer has ended: the writer may be blocked in
+            # open() or only about to call it (past its look at ``stop``), and either way
+            # that open returns at once while a reader exists. Opening and closing at once
+            # would miss the second case, and the writer would then block for ever.
+            reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                thread.join()
+            finally:
+                os.close(reader)
 
 
 def bytes_read() -> int:
