@@ -34,7 +34,7 @@ from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.registry.reference import parse_repository
-from tests.registry_server import running_registry
+from tests.servers.registry_server import running_registry
 
 TARGET_RATIO = 1.25
 TAG_COUNT = 10_000

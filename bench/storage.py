@@ -26,8 +26,8 @@ from pathlib import Path
 from bench.engine import TARGET_RSS_MIB, dockercomms, identities
 from bench.measure import MIB, Series, make_random, report, run_process, settle
 from dockercomms.core.config import load_settings, resolve_paths, save_settings
-from tests.registry_server import running_registry
-from tests.s3_server import REGION, S3Server, running_s3
+from tests.servers.registry_server import running_registry
+from tests.servers.s3_server import REGION, S3Server, running_s3
 
 TARGET_RATIO = 1.2
 BUCKET = "bench"

@@ -3,7 +3,7 @@
 Every call builds the whole command tree, and ``send``/``recv`` are timed against
 a one-second floor, so the command modules import only argparse-level things at
 their top; each command imports the engine, FUSE, the syncer or rich when it
-runs (tests/test_cli_startup.py holds that line).
+runs (tests/e2e/test_cli_startup.py holds that line).
 
 A reader that goes away (``dockercomms ls | head -1``) ends the command quietly
 with 141 (128 + SIGPIPE), what a shell reports for any Unix tool in that place.

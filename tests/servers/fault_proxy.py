@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal, NamedTuple
 
-from tests.background_server import ServedInThread
+from tests.servers.background_server import ServedInThread
 
 PIECE = 64 * 1024
 MAX_LINE = 64 * 1024

@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.background_server import ServedInThread
-from tests.registry_server import TLSFiles
+from tests.servers.background_server import ServedInThread
+from tests.servers.registry_server import TLSFiles
 
 Action = Callable[["HostileHandler"], None]
 

@@ -22,8 +22,8 @@ from dockercomms.core.gc import GarbageCollector, load_journal
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.signatures import push_empty_config
 from tests.conftest import Party
+from tests.e2e.test_gc import exists, send, traces
 from tests.forge import Forge, forge_bundle, plant_manifest
-from tests.test_gc import exists, send, traces
 
 
 def collector(party: Party) -> GarbageCollector:

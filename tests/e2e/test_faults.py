@@ -26,8 +26,8 @@ import urllib3.util.connection
 
 from dockercomms.core import protocol as p
 from tests.conftest import Party, introduce, make_party
-from tests.fault_proxy import Fault, FaultProxy
-from tests.registry_server import RegistryServer, running_registry
+from tests.servers.fault_proxy import Fault, FaultProxy
+from tests.servers.registry_server import RegistryServer, running_registry
 
 CHUNK = 64 * 1024
 CHUNKS = 4
@@ -202,6 +202,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_send_and_recv_survive_or_fail_cleanly(world: World, case: Case) -> None:
     if case.send_fault is not None:
@@ -254,6 +255,7 @@ def test_persistent_upload_failure_fails_without_tagging(world: World) -> None:
     assert world.inbox() == []
 
 
+@pytest.mark.slow
 def test_persistent_tagging_failure_leaves_no_inbox_tag(world: World) -> None:
     world.proxy.fail(503, method="PUT", path=r"/manifests/inbox-", times=None)
     started = time.monotonic()

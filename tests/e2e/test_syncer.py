@@ -174,6 +174,7 @@ def test_renamed_into_outbox(
     assert got == expected
 
 
+@pytest.mark.slow
 def test_two_hundred_files_at_once_each_sent_once(
     pair: tuple[Identity, Identity], outbox: Path, alice_syncer: Syncer, tmp_path: Path
 ) -> None:
@@ -292,6 +293,7 @@ def test_kill_9_mid_upload_then_restart_sends_exactly_once(
     assert outcome.path is not None and sha256_file(outcome.path) == expected
 
 
+@pytest.mark.slow
 def test_repeated_kill_9_at_random_moments_loses_and_duplicates_nothing(
     pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
 ) -> None:

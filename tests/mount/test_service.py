@@ -69,7 +69,7 @@ from tests.fsmount_fixtures import (
     wait_for,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 ALICE = "alice@example.com"
 BOB = "bob@example.com"
 ANSI = re.compile(r"\x1b\[")
@@ -823,6 +823,7 @@ def people() -> Iterator[tuple[Path, dict[str, Identity]]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_daemon_is_ready_only_when_the_mount_answers_then_pings_and_reports(
     people: tuple[Path, dict[str, Identity]],
 ) -> None:
@@ -930,6 +931,7 @@ def test_a_stale_mount_is_cleared_at_start(people: tuple[Path, dict[str, Identit
     assert not is_stale(mountpoint) and not os.path.ismount(mountpoint)
 
 
+@pytest.mark.slow
 def test_the_mount_announces_new_inbox_files_on_the_desktop(
     people: tuple[Path, dict[str, Identity]], session_bus: NotificationServer
 ) -> None:

@@ -28,9 +28,9 @@ from dockercomms.core.registry.credentials import (
     CredentialSource,
 )
 from tests.conftest import CliResult, Party, introduce, make_party
-from tests.fault_proxy import FaultProxy, SeenRequest
-from tests.registry_server import RegistryServer, running_registry
-from tests.token_server import TokenServer, _TokenHandler
+from tests.servers.fault_proxy import FaultProxy, SeenRequest
+from tests.servers.registry_server import RegistryServer, running_registry
+from tests.servers.token_server import TokenServer, _TokenHandler
 
 PULL = frozenset({"pull"})
 PULL_PUSH = frozenset({"pull", "push"})

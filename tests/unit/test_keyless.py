@@ -1,6 +1,6 @@
 """Keyless signing and verification against the local Sigstore stack (no network).
 
-``sigstore_stack`` comes from ``tests.sigstore_stack.fixtures`` (registered by conftest).
+``sigstore_stack`` comes from ``tests.servers.sigstore_stack.fixtures`` (registered by conftest).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from dockercomms.core.signing.keyless import (
     verify_keyless_bundle,
 )
 from dockercomms.core.signing.statement import statement_bytes
-from tests.sigstore_stack import LocalSigstore
+from tests.servers.sigstore_stack import LocalSigstore
 
 SIGNER = "alice@dockercomms.test"
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'

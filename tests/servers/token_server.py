@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.background_server import ServedInThread
+from tests.servers.background_server import ServedInThread
 
 DEFAULT_ACTIONS = frozenset({"pull", "push", "delete"})
 

@@ -241,6 +241,7 @@ def syncer_polls(mount: Mount, count: int) -> None:
     wait_for(f"{count} more syncer polls", moved)
 
 
+@pytest.mark.slow
 def test_an_ignored_receipt_is_logged_once(world: World) -> None:
     (world.alice / "outbox/answer-me.txt").write_bytes(b"please answer\n")
     sent = world.alice / f"sent/{BOB}/answer-me.txt"

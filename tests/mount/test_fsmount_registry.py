@@ -34,7 +34,7 @@ from tests.fsmount_fixtures import (
     unmount_quietly,
     wait_for,
 )
-from tests.registry_server import RegistryServer
+from tests.servers.registry_server import RegistryServer
 
 ALICE, BOB = "alice@example.com", "bob@example.com"
 
@@ -62,6 +62,7 @@ def inbox_entries(bob: Identity, filename: str) -> list[dict[str, object]]:
     return [r for r in rows if r.get("filename") == filename]
 
 
+@pytest.mark.slow
 def test_cp_into_outbox_arrives_on_the_registry_server(
     pair: tuple[Path, Identity, Identity],
 ) -> None:
@@ -79,6 +80,7 @@ def test_cp_into_outbox_arrives_on_the_registry_server(
         assert subprocess.run(["cmp", str(source), str(received)]).returncode == 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_upload_then_restart_sends_exactly_once(
     pair: tuple[Path, Identity, Identity],
 ) -> None:

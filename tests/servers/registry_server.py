@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.token_server import TokenServer
+from tests.servers.token_server import TokenServer
 
 REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 START_DEADLINE = 10.0

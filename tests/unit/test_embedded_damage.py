@@ -19,7 +19,7 @@ import requests
 
 from dockercomms.core.registry.embedded import EmbeddedRegistryAdapter
 from tests.conftest import Party
-from tests.test_embedded_registry import (
+from tests.unit.test_embedded_registry import (
     BASE,
     OCI_MANIFEST,
     REPO,

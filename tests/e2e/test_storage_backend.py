@@ -43,8 +43,8 @@ from dockercomms.core.registry.storage import load_storage_config, open_driver
 from dockercomms.core.registry.storage.drivers import StorageFailure
 from tests.conftest import Party, introduce, make_party
 from tests.fsmount_fixtures import Identity, mounted, scratch_root, trust, wait_for
-from tests.registry_server import RegistryServer, running_registry
-from tests.s3_server import REGION, S3Server, running_s3
+from tests.servers.registry_server import RegistryServer, running_registry
+from tests.servers.s3_server import REGION, S3Server, running_s3
 
 CHUNK = 4096
 BUCKET = "dockercomms-tests"
@@ -195,6 +195,7 @@ def closed_port() -> int:
 # --- both directions -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_storage_and_server_see_one_repository(world: World, tmp_path: Path) -> None:
     repository = world.new_repository()
     alice = storage_party(tmp_path, "alice@example.com", world, repository)
@@ -260,6 +261,7 @@ def test_doctor_names_backend_and_storage_and_probes_both_ways(
     assert f"location: {where}" in text and "write: ok" in text
 
 
+@pytest.mark.slow
 def test_two_processes_sending_at_once_lose_no_tag_and_no_message(
     world: World, tmp_path: Path
 ) -> None:
@@ -304,6 +306,7 @@ def test_two_processes_sending_at_once_lose_no_tag_and_no_message(
         assert all((out / f.name).read_bytes() == f.read_bytes() for f in files)
 
 
+@pytest.mark.slow
 def test_gc_through_storage_deletes_what_distribution_would(world: World, tmp_path: Path) -> None:
     """Manifest delete = revision link and its tags gone; bytes go with registry gc."""
     repository = world.new_repository()

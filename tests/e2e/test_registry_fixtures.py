@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests import registry_server
-from tests.fault_proxy import FaultProxy, SeenRequest
-from tests.registry_server import RegistryServer, running_registry
-from tests.token_server import TokenServer
+from tests.servers import registry_server
+from tests.servers.fault_proxy import FaultProxy, SeenRequest
+from tests.servers.registry_server import RegistryServer, running_registry
+from tests.servers.token_server import TokenServer
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 TIMEOUT = 10

@@ -8,7 +8,7 @@ HTTP only: the embedded store has no network, no headers, no redirects, so none 
 this applies to it (its bodies go through the same capped readers, which the rest of
 the suite exercises on both backends).
 
-The scripted registry (tests/hostile_server.py) runs in a thread; the client is driven
+The scripted registry (tests/servers/hostile_server.py) runs in a thread; the client is driven
 directly. Tests wait for outcomes (an exception, the server seeing the client hang
 up); the wall-clock checks are generous guards against a hang, not measurements.
 """
@@ -39,7 +39,7 @@ from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.registry.credentials import Credentials, CredentialSource
 from dockercomms.core.registry.reference import parse_repository
 from dockercomms.core.registry.retry import RetryPolicy
-from tests.hostile_server import (
+from tests.servers.hostile_server import (
     Action,
     HostileHandler,
     HostileRegistry,
@@ -48,7 +48,7 @@ from tests.hostile_server import (
     reply,
     trickle,
 )
-from tests.registry_server import TLSFiles, generate_tls_files
+from tests.servers.registry_server import TLSFiles, generate_tls_files
 
 PASSWORD = "s3cret-" + uuid.uuid4().hex
 CREDENTIALS = Credentials("tester", PASSWORD, source="test")

@@ -26,8 +26,8 @@ from dockercomms.core.gc import Deletion, GarbageCollector, load_journal
 from dockercomms.core.registry.client import RegistryClient
 from tests.conftest import CliResult, Party, introduce, make_party, patched_env
 from tests.forge import Forge
-from tests.registry_server import running_registry
-from tests.test_embedded_damage import bytes_read
+from tests.servers.registry_server import running_registry
+from tests.unit.test_embedded_damage import bytes_read
 
 
 def run(party: Party, *args: str) -> CliResult:
@@ -82,6 +82,7 @@ def exists(client: RegistryClient, digest: str) -> bool:
     return True
 
 
+@pytest.mark.slow
 def test_gc_deletes_my_expired_messages_and_nothing_else(
     alice_bob: tuple[Party, Party], tmp_path: Path
 ) -> None:
@@ -164,6 +165,7 @@ def test_expiry_is_strict_and_without_clock_skew(embedded_pair: tuple[Party, Par
         assert not exists(client, digest)
 
 
+@pytest.mark.slow
 def test_a_registry_that_refuses_deletion_is_a_warning(tmp_path: Path) -> None:
     overrides = {"storage": {"delete": {"enabled": False}}}
     with running_registry(tmp_path / "registry", config_overrides=overrides) as server:

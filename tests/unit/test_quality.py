@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*command: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> None:
@@ -25,6 +25,7 @@ def test_ruff_format() -> None:
     run(sys.executable, "-m", "ruff", "format", "--check", ".")
 
 
+@pytest.mark.slow
 def test_mypy_strict_core(tmp_path: Path) -> None:
     """mypy cannot follow the editable install's import hook, so give it a real tree."""
     if shutil.which("mypy") is None and not _has_module("mypy"):

@@ -21,7 +21,7 @@ import pytest
 from dockercomms.core.signing.keyless import sign_digest_keyless
 from tests.conftest import Party
 from tests.forge import Forge
-from tests.sigstore_stack import LocalSigstore
+from tests.servers.sigstore_stack import LocalSigstore
 
 ALICE_EMAIL = "alice@example.com"
 CAROL_EMAIL = "carol@private.example"

@@ -2,7 +2,7 @@
 
 Register it once, in the top-level ``tests/conftest.py``::
 
-    pytest_plugins = ["tests.sigstore_stack.fixtures"]
+    pytest_plugins = ["tests.servers.sigstore_stack.fixtures"]
 """
 
 from __future__ import annotations

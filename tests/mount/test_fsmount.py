@@ -150,6 +150,7 @@ def tamper(identity: Identity, blob_digest: str) -> None:
 # --- outbox -> inbox ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cp_into_outbox_arrives_verified_and_equal(world: World) -> None:
     source = world.work("cp") / "photo.bin"
     data = os.urandom(3 * 1024 * 1024 + 123)  # 13 chunks of 256 KiB
@@ -186,6 +187,7 @@ def test_read_is_lazy_and_per_chunk(world: World) -> None:
     assert world.bob.status()["cache"]["entries"] - before == 16
 
 
+@pytest.mark.slow
 def test_rename_into_outbox_sends_and_temp_names_do_not(world: World) -> None:
     folder = world.alice / f"outbox/{BOB}"
     folder.mkdir()
@@ -207,6 +209,7 @@ def test_rename_into_outbox_sends_and_temp_names_do_not(world: World) -> None:
     folder.rmdir()
 
 
+@pytest.mark.slow
 def test_fsync_sends_once_and_close_does_not_resend(world: World) -> None:
     fd = os.open(world.alice / "outbox/synced.txt", os.O_CREAT | os.O_WRONLY, 0o644)
     try:
@@ -224,6 +227,7 @@ def test_fsync_sends_once_and_close_does_not_resend(world: World) -> None:
     assert not (world.alice / "outbox/synced.txt").exists()
 
 
+@pytest.mark.slow
 def test_200_files_dropped_at_once(world: World) -> None:
     folder = world.work("burst")
     names = [f"burst-{i:03d}.txt" for i in range(200)]
@@ -444,6 +448,7 @@ def test_refresh_by_touch(world: World) -> None:
     assert (world.bob / f"inbox/{CAROL}/poke.txt").exists()  # no waiting after the touch
 
 
+@pytest.mark.slow
 def test_expired_messages_disappear_from_the_inbox(world: World) -> None:
     source = world.work("expiring") / "short-lived.txt"
     source.write_bytes(b"read me soon\n")
@@ -463,6 +468,7 @@ def test_expired_messages_disappear_from_the_inbox(world: World) -> None:
     assert not any("short" in (world.bob / "inbox/.rejected" / r).read_text() for r in rejected)
 
 
+@pytest.mark.slow
 def test_expired_sent_messages_leave_sent(scratch: Path) -> None:
     """With a 5 s TTL, a sent file is listed, then goes once recipients would refuse it."""
     root = scratch / "short-ttl"  # scratch is the module's, shared with `world`
@@ -536,6 +542,7 @@ def test_unsupported_operations_fail_loudly(world: World) -> None:
 # --- a big inbox ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ls_l_of_an_inbox_with_1000_messages(scratch: Path) -> None:
     people = make_identities(
         scratch / "big",
@@ -572,6 +579,7 @@ def test_ls_l_of_an_inbox_with_1000_messages(scratch: Path) -> None:
 # --- life cycle -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lifecycle_stale_mount_sigterm_and_umount(world: World) -> None:
     frank = make_identities(world.root, ["frank@example.com"], data_home=world.root / "xdg-data")[
         "frank@example.com"
@@ -635,6 +643,7 @@ def lstat_fails_with(path: Path, number: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_a_mount_killed_with_sigkill_is_mounted_again_by_the_next_mount(world: World) -> None:
     heidi = make_identities(world.root, ["heidi@example.com"], data_home=world.root / "xdg-data")[
         "heidi@example.com"
@@ -657,6 +666,7 @@ def test_a_mount_killed_with_sigkill_is_mounted_again_by_the_next_mount(world: W
         assert not os.path.ismount(mountpoint) and not is_stale(mountpoint)
 
 
+@pytest.mark.slow
 def test_a_refused_mount_says_why_once_and_exits_non_zero(world: World) -> None:
     alice, carol = world.people[ALICE], world.people[CAROL]
     taken = world.alice.mountpoint
