@@ -33,14 +33,11 @@ from typing import Any, Literal
 
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import (
-    ConfigError,
     DigestMismatchError,
+    Disposition,
     DockerCommsError,
     ExpiredError,
-    OutputError,
-    ProtocolError,
-    RegistryError,
-    VerificationError,
+    disposition_of,
 )
 from dockercomms.core.ledger import ReceivedLedger, RejectedRecord
 from dockercomms.core.manifest import Message
@@ -223,11 +220,9 @@ class _Intake:
         step: Step,
     ) -> None:
         """Report ``error`` as this run's rejection (or deferral), and remember it if it lasts."""
-        if (isinstance(error, RegistryError) and error.temporary) or isinstance(
-            error, OutputError | ConfigError
-        ):
-            # Not the message's fault (registry hiccup, full disk, my own Sigstore set-up):
-            # the next run tries again.
+        if disposition_of(error) is not Disposition.REJECTED:
+            # Not the message's fault (registry hiccup or refusal, full disk, my own
+            # Sigstore set-up): the next run tries again.
             log.debug("deferred %s: %s", tag, error.diagnostics())
             self.outcomes.append(Outcome(tag, "deferred", message, error=error))
             return
@@ -242,7 +237,7 @@ class _Intake:
 
 def _remembered_under(error: DockerCommsError, step: Step, policy: str) -> str | None:
     """The policy a rejection is remembered under (``""``: any), or None to try again."""
-    if not isinstance(error, VerificationError | ProtocolError):
+    if disposition_of(error) is not Disposition.REJECTED:
         return None  # the registry, the configuration: not a verdict on the message
     if isinstance(error, DigestMismatchError):
         return None  # the registry served other bytes than the signed ones

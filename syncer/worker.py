@@ -2,10 +2,11 @@
 
 Caveats first:
 
-* Which failures are worth waiting out is decided here, once: a temporary
-  registry error (``RegistryError.temporary``) or a local network ``OSError``
-  puts the item back with capped exponential backoff and full jitter; anything
-  else fails the item for good (it keeps its bytes until requeued).
+* Which failures are worth waiting out is the error's own disposition
+  (``core.errors.Disposition``): a temporary one (the registry unreachable, a
+  local network ``OSError``) puts the item back with capped exponential backoff
+  and full jitter; anything else fails the item for good (it keeps its bytes
+  until requeued).
 * The backoff is per registry, not per item: after a temporary failure the
   worker pauses all sending, because the next item would only fail the same way.
 * One item at a time. The sender already uploads two chunks in parallel, and a
@@ -26,7 +27,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dockercomms.core import protocol as p
-from dockercomms.core.errors import DockerCommsError, NotFoundError, RegistryError
+from dockercomms.core.errors import (
+    Disposition,
+    DockerCommsError,
+    NotFoundError,
+    disposition_of,
+)
 from dockercomms.core.manifest import Descriptor
 from dockercomms.core.send import Sender, SendRequest, SentMessage
 from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
@@ -104,13 +110,8 @@ class WorkerStatistics:
 
 
 def is_temporary(error: BaseException) -> bool:
-    """Whether waiting and trying again may help (the one place that decides)."""
-    if isinstance(error, RegistryError):
-        return error.temporary
-    if isinstance(error, DockerCommsError):
-        return False
-    # requests' exceptions are OSErrors too: a network that comes back.
-    return isinstance(error, OSError)
+    """Whether waiting and trying again may help (the error's disposition says)."""
+    return disposition_of(error) is Disposition.TEMPORARY
 
 
 def describe(error: BaseException) -> str:
