@@ -16,6 +16,7 @@ Caveats first:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable
@@ -32,11 +33,14 @@ from dockercomms.core.config import DEFAULT_CHUNK_BYTES
 from dockercomms.core.errors import ConfigError, OutputError, RegistryUnavailableError
 from dockercomms.core.limits import DEFAULT_LIMITS, Limits, sanitize_filename
 from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.registry.retry import Attempts, RetryPolicy
 from dockercomms.core.signatures import attach_bundle, push_empty_config
 
 log = logging.getLogger(__name__)
 
-CHUNK_ATTEMPTS = 3
+#: A streamed chunk cannot be replayed by the client, so a chunk whose upload failed
+#: is started again from its first byte, at once (the client already waited).
+CHUNK_RETRY = RetryPolicy(attempts=3, base_delay=0.0, max_delay=0.0, total_budget=math.inf)
 UPLOAD_WORKERS = 2
 
 
@@ -201,16 +205,16 @@ class Sender:
         ):
             progress(span.length)
             return m.Descriptor(media_type, known.digest, known.size, annotations)
-        for attempt in range(1, CHUNK_ATTEMPTS + 1):
+        attempts = Attempts(CHUNK_RETRY, f"upload of chunk {span.index}")
+        while True:
+            attempts.start()
             try:
                 blob = self.client.push_blob_stream(
                     layer_stream(fd, span, request.compression), media_type
                 )
             except RegistryUnavailableError as exc:
-                if attempt == CHUNK_ATTEMPTS:
-                    raise
-                log.info("chunk %d upload failed (%s); restarting that chunk", span.index, exc)
-                continue
+                if attempts.again(f"{exc}; restarting that chunk"):
+                    continue
+                raise
             progress(span.length)
             return m.Descriptor(media_type, blob.digest, blob.size, annotations)
-        raise AssertionError("unreachable")

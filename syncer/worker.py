@@ -19,7 +19,6 @@ Caveats first:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from dockercomms.core.errors import (
     disposition_of,
 )
 from dockercomms.core.manifest import Descriptor
+from dockercomms.core.registry.retry import RetryPolicy
 from dockercomms.core.send import Sender, SendRequest, SentMessage
 from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
 
@@ -134,8 +134,9 @@ class PushWorker:
         options: SendOptions | None = None,
     ) -> None:
         self.queue = queue
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        # The registry's backoff between sends: the same policy object every retry uses;
+        # the queue keeps trying for as long as it takes, so only its delays count.
+        self.backoff = RetryPolicy(base_delay=backoff_base, max_delay=backoff_max)
         self.options = options or SendOptions()
         self._sender_factory = sender_factory
         self._sender: Sender | None = None
@@ -290,14 +291,10 @@ class PushWorker:
         with self._lock:
             self._failures += 1
             self._reachable = False
-            delay = self._backoff(self._failures)
+            delay = self.backoff.delay(self._failures)
             self._paused_until = now + timedelta(seconds=delay)
         log.warning("registry unavailable (%s); retrying %s in %.1fs", text, item.filename, delay)
         return PushResult(self.queue.mark_retry(item.id, text, delay), error)
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     def _get_sender(self) -> Sender:
         with self._lock:

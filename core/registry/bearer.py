@@ -44,7 +44,7 @@ from dockercomms.core.registry.body import BodyBrokeOffError, read_capped, read_
 from dockercomms.core.registry.credentials import Credentials
 from dockercomms.core.registry.retry import (
     TEMPORARY_STATUSES,
-    Deadline,
+    Attempts,
     RetryPolicy,
     classify,
     retry_after_seconds,
@@ -259,9 +259,8 @@ class TokenService:
     ) -> dict[str, Any]:
         """The token service's JSON answer, after the registry's retry policy."""
         what = "get a token"
-        deadline = Deadline(self.policy.total_budget)
+        attempts = Attempts(self.policy, f"{what} for registry {self.registry}")
         answered = False
-        attempt = 0
         credentials: Callable[[], Mapping[str, str]] | None = None
         if auth is not None:
             headers = dict(auth)
@@ -271,7 +270,7 @@ class TokenService:
 
         with BoundedSession() as session:
             while True:
-                attempt += 1
+                attempts.start()
                 try:
                     response = send(
                         session,
@@ -295,27 +294,22 @@ class TokenService:
                         if isinstance(exc, BodyBrokeOffError)
                         else classify(exc, self.policy)
                     )
-                    wait = self.policy.delay(attempt)
-                    if (
-                        failure.worth_retrying(answered)
-                        and attempt < self.policy.attempts
-                        and deadline.allows(wait)
-                    ):
-                        time.sleep(wait)
+                    if failure.worth_retrying(answered) and attempts.again(failure.reason):
                         continue
                     text = failure.sentence(
                         f"{what} for registry {self.registry}",
                         url,
-                        attempt,
-                        deadline.elapsed(),
+                        attempts.number,
+                        attempts.elapsed,
                         server="token service",
                     )
                     raise RegistryUnavailableError(text) from None
                 if response.status_code in TEMPORARY_STATUSES:
-                    wait = self.policy.delay(attempt, retry_after_seconds(response))
-                    if attempt < self.policy.attempts and deadline.allows(wait):
-                        response.close()
-                        time.sleep(wait)
+                    if attempts.again(
+                        f"got HTTP {response.status_code}",
+                        retry_after=retry_after_seconds(response),
+                        before_waiting=response.close,
+                    ):
                         continue
                     response.close()
                     raise RegistryUnavailableError(

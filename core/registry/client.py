@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -62,7 +61,7 @@ from dockercomms.core.registry.body import (
 from dockercomms.core.registry.reference import RepositoryRef
 from dockercomms.core.registry.retry import (
     TEMPORARY_STATUSES,
-    Deadline,
+    Attempts,
     Pace,
     RetryPolicy,
     classify,
@@ -214,12 +213,11 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         """
         replayable = data is None or isinstance(data, bytes | bytearray | str)
         scope = self._scope(push)
-        deadline = Deadline(self.policy.total_budget)
-        attempt = 0
-        challenged = False
         what = what or f"{method} {urlsplit(url).path}"
+        attempts = Attempts(self.policy, what)
+        challenged = False
         while True:
-            attempt += 1
+            attempts.start()
             try:
                 response = send(
                     self.session,
@@ -245,22 +243,18 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                     if isinstance(exc, BodyBrokeOffError)
                     else classify(exc, self.policy)
                 )
-                wait = self.policy.delay(attempt)
                 if (
                     replayable
                     and failure.worth_retrying(self._answered)
-                    and attempt < self.policy.attempts
-                    and deadline.allows(wait)
+                    and attempts.again(failure.reason)
                 ):
-                    log.info("%s: %s; retrying in %.1fs", what, failure.reason, wait)
-                    time.sleep(wait)
                     continue
                 log.debug("%s failed for good", what, exc_info=True)
                 # The hop that failed (a redirect may have led elsewhere).
                 failed = getattr(exc, "request", None)
                 where = failed.url if isinstance(failed, requests.PreparedRequest) else None
                 # The sentence says it all; urllib3's repr of the cause is noise.
-                raise failure.error(what, where or url, attempt, deadline.elapsed()) from None
+                raise failure.error(what, where or url, attempts.number, attempts.elapsed) from None
             if response.status_code in ok:
                 return response
             # Every 401 from the registry goes to the authenticator, so it can say
@@ -277,13 +271,16 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
                     challenged = True
                     self._discard(response)
                     continue
-            if response.status_code in TEMPORARY_STATUSES:
-                wait = self.policy.delay(attempt, retry_after_seconds(response))
-                if replayable and attempt < self.policy.attempts and deadline.allows(wait):
-                    log.info("%s got HTTP %d, retrying in %.1fs", what, response.status_code, wait)
-                    self._discard(response)
-                    time.sleep(wait)
-                    continue
+            if (
+                response.status_code in TEMPORARY_STATUSES
+                and replayable
+                and attempts.again(
+                    f"got HTTP {response.status_code}",
+                    retry_after=retry_after_seconds(response),
+                    before_waiting=partial(self._discard, response),
+                )
+            ):
+                continue
             raise self._error_for(response, what)
 
     def retry_broken_body(self, what: str, operation: Callable[[], T]) -> T:
@@ -295,22 +292,16 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         :class:`~.body.BodyBrokeOffError` that may pass is repeated: a request
         that ``request`` already gave up on is not tried again.
         """
-        deadline = Deadline(self.policy.total_budget)
-        attempt = 0
+        attempts = Attempts(self.policy, what)
         while True:
-            attempt += 1
+            attempts.start()
             try:
                 return operation()
             except BodyBrokeOffError as exc:
-                wait = self.policy.delay(attempt)
-                if (
-                    not exc.failure.temporary
-                    or attempt >= self.policy.attempts
-                    or not deadline.allows(wait)
+                if not exc.failure.temporary or not attempts.again(
+                    f"broke off ({exc.failure.reason})"
                 ):
                     raise
-                log.info("%s broke off (%s), retrying in %.1fs", what, exc.failure.reason, wait)
-                time.sleep(wait)
 
     def _discard(self, response: requests.Response) -> None:
         """Close an answer we will not use; a short body is read first, so the

@@ -1,9 +1,11 @@
 """Which registry failures are temporary, how long to wait, and how long anything may take.
 
-Decided in one place (as s3ql does) so every request, the token service's
-included, shares one policy: capped exponential backoff with full jitter,
-``Retry-After`` honoured within the cap, a bounded total, and a wall-clock limit
-on every answer.
+Decided in one place (as s3ql does) so every retry loop shares one policy:
+capped exponential backoff with full jitter, ``Retry-After`` honoured within the
+cap, a bounded total, and a wall-clock limit on every answer. Each loop counts
+and waits through :class:`Attempts` (a request, a body that broke off, the token
+service, a chunk upload restarted); the push queue's backoff between sends is
+:meth:`RetryPolicy.delay` too.
 
 Caveats first:
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import logging
 import math
 import os
 import random
@@ -45,6 +48,8 @@ import urllib3.exceptions
 from dockercomms.core.errors import ConfigError, RegistryError, RegistryUnavailableError
 from dockercomms.core.limits import KIB
 from dockercomms.core.untrusted import shown
+
+log = logging.getLogger(__name__)
 
 READ_TIMEOUT_ENV = "DOCKERCOMMS_READ_TIMEOUT"
 DEFAULT_READ_TIMEOUT = 60.0
@@ -159,6 +164,63 @@ class Deadline:
     def elapsed(self) -> float:
         """Seconds since the deadline was set."""
         return self._clock() - self._start
+
+
+class Attempts:
+    """The tries of one operation under a :class:`RetryPolicy`: counted, waited between, ended.
+
+    Call :meth:`start` before each try; after a failure worth retrying,
+    :meth:`again` waits the policy's delay and returns True, or returns False at
+    once when the attempts or the time budget are spent (the caller then raises).
+
+    Attributes:
+        number: the try under way (1-based; 0 before the first).
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        what: str,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.what = what
+        self.number = 0
+        self._deadline = Deadline(policy.total_budget, clock)
+        self._sleep = sleep
+
+    def start(self) -> int:
+        """Count one more try; its number."""
+        self.number += 1
+        return self.number
+
+    def again(
+        self,
+        why: str,
+        *,
+        retry_after: float | None = None,
+        before_waiting: Callable[[], None] | None = None,
+    ) -> bool:
+        """Wait before the next try and return True, or False if none fits the policy.
+
+        ``before_waiting`` runs only when another try follows (to put back a
+        connection before the pause, say).
+        """
+        wait = self.policy.delay(self.number, retry_after)
+        if self.number >= self.policy.attempts or not self._deadline.allows(wait):
+            return False
+        if before_waiting is not None:
+            before_waiting()
+        log.info("%s: %s; retrying in %.1fs", self.what, why, wait)
+        self._sleep(wait)
+        return True
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the first try started."""
+        return self._deadline.elapsed()
 
 
 class TooSlowError(TimeoutError):
