@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 def _identity(root: Path, name: str, data_home: Path) -> Workspace:
-    from dockercomms.core.config import Settings, resolve_paths, save_settings
+    from dockercomms.core.config import Settings, save_settings
+    from dockercomms.core.paths import resolve_paths
     from dockercomms.core.signing.keypair import generate_key
     from dockercomms.core.workspace import Workspace
 

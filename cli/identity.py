@@ -17,7 +17,8 @@ from dockercomms.cli.output import emit, warn
 from dockercomms.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dockercomms.core.config import Paths, Settings
+    from dockercomms.core.config import Settings
+    from dockercomms.core.paths import Paths
     from dockercomms.core.trust import TrustPolicy
     from dockercomms.core.workspace import Workspace
 
@@ -36,13 +37,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     refuses and names the ``config set`` commands that make each change. With
     ``--force`` it rewrites what the command line gives and keeps the rest.
     """
-    from dockercomms.core.config import (
-        Settings,
-        load_settings,
-        resolve_paths,
-        save_settings,
-        setting_value,
-    )
+    from dockercomms.core.config import Settings, load_settings, save_settings, setting_value
+    from dockercomms.core.paths import resolve_paths
     from dockercomms.core.trust import TrustPolicy
     from dockercomms.core.workspace import require_identity
 
@@ -188,7 +184,8 @@ def _already(result: dict[str, str]) -> str:
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     """Print every setting and where it is stored."""
-    from dockercomms.core.config import load_settings, resolve_paths
+    from dockercomms.core.config import load_settings
+    from dockercomms.core.paths import resolve_paths
 
     paths = resolve_paths()
     settings = asdict(load_settings(paths))
@@ -202,7 +199,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_config_set(args: argparse.Namespace) -> int:
     """Change one setting, checked first; every other setting stays as it is."""
-    from dockercomms.core.config import load_settings, resolve_paths, save_settings, setting_value
+    from dockercomms.core.config import load_settings, save_settings, setting_value
+    from dockercomms.core.paths import resolve_paths
     from dockercomms.core.trust import TrustPolicy
 
     paths = resolve_paths()

@@ -128,7 +128,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             report.close()
     workspace = Workspace.load()
     config = _config(args)
-    log_file = workspace.paths.state_dir / "mount.log"
+    log_file = workspace.paths.mount_log
     pid = start_background(config, _foreground_argv(args), log_file)
     print(f"mounted {config.mountpoint} (pid {pid}, log: {log_file})")
     return 0

@@ -48,8 +48,8 @@ from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError, DockerCommsError
 
 if TYPE_CHECKING:
-    from dockercomms.core.config import Paths
     from dockercomms.core.gc import GcReport
+    from dockercomms.core.paths import Paths
     from dockercomms.core.workspace import Workspace
 
 UNIT = "dockercomms.service"
@@ -321,7 +321,8 @@ def _service_text(report: dict[str, Any]) -> str:
 
 def _check_identity(target: ServiceTarget, environ: Mapping[str, str]) -> Paths:
     """The service's identity must exist: ``init`` first (it would only fail to start)."""
-    from dockercomms.core.config import load_settings, resolve_paths
+    from dockercomms.core.config import load_settings
+    from dockercomms.core.paths import resolve_paths
 
     env = dict(environ)
     home = target.profile_home
@@ -532,7 +533,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.mountpoint:
         candidates = [Path(args.mountpoint)]
     else:
-        record = MountRecord.live(workspace.paths.state_dir)
+        record = MountRecord.live(workspace.paths.mount_record)
         candidates = [record.mountpoint] if record is not None else []
         candidates += [m for m in dockercomms_mounts(uid=os.getuid()) if m not in candidates]
     notes: list[str] = []
@@ -619,7 +620,7 @@ def _from_mount(document: dict[str, Any], workspace: Workspace) -> dict[str, Any
         "errors": document.get("errors") or [],
         "refusals": document.get("refusals") or [],
         "cache": {
-            "path": str(workspace.paths.cache_dir / "chunks"),
+            "path": str(workspace.paths.chunk_cache_dir),
             **(document.get("cache") or {}),
         },
         "mount": document,
@@ -629,8 +630,8 @@ def _from_mount(document: dict[str, Any], workspace: Workspace) -> dict[str, Any
 def _from_disk(workspace: Workspace) -> dict[str, Any]:
     from dockercomms.syncer.queue import ItemState, PushQueue
 
-    state = workspace.paths.state_dir
-    holder = queue_lock_holder(state / "queue.lock")
+    paths = workspace.paths
+    holder = queue_lock_holder(paths.queue_lock)
     notes = []
     if holder is not None:
         notes.append(
@@ -640,8 +641,8 @@ def _from_disk(workspace: Workspace) -> dict[str, Any]:
     queue_json: dict[str, Any] | None = None
     transfers: list[dict[str, Any]] = []
     errors: list[str] = []
-    if (state / "queue.db").exists():
-        with PushQueue(state / "queue.db", state / "queue") as queue:
+    if paths.queue_db.exists():
+        with PushQueue(paths.queue_db, paths.queue_dir) as queue:
             statistics = queue.statistics()
             queue_json = statistics.to_json()
             if statistics.last_error:
@@ -672,7 +673,7 @@ def _from_disk(workspace: Workspace) -> dict[str, Any]:
         "inbox": None,
         "errors": errors,
         "refusals": [],  # only a running mount knows them
-        "cache": chunk_cache_usage(workspace.paths.cache_dir / "chunks"),
+        "cache": chunk_cache_usage(paths.chunk_cache_dir),
         "notes": notes,
     }
 

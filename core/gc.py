@@ -814,15 +814,15 @@ class GarbageCollector:
     @property
     def journal_path(self) -> Path:
         """Deletions planned and not yet done (see step 6)."""
-        return self.workspace.paths.state_dir / "gc-journal.json"
+        return self.workspace.paths.gc_journal
 
     def run_once(self, *, dry_run: bool = False) -> GcReport:
         """Delete my expired messages (or, with ``dry_run``, say what would go)."""
-        state = self.workspace.paths.state_dir
-        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths = self.workspace.paths
+        paths.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             with (
-                filelock.FileLock(state / "gc.lock", timeout=LOCK_SECONDS),
+                filelock.FileLock(paths.gc_lock, timeout=LOCK_SECONDS),
                 self.workspace.client(self.options) as client,
             ):
                 return collect_garbage(

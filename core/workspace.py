@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dockercomms.core.config import Paths, Settings, load_settings, resolve_paths
+from dockercomms.core.config import Settings, load_settings
 from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.ledger import ReceivedLedger
 from dockercomms.core.limits import DEFAULT_LIMITS, Limits
 from dockercomms.core.names import check_name, name_problem
+from dockercomms.core.paths import Paths, resolve_paths
 from dockercomms.core.receive import Receiver
 from dockercomms.core.registry.auth import Authenticator
 from dockercomms.core.registry.client import RegistryClient
@@ -164,7 +165,7 @@ class Workspace:
 
     @property
     def _roots(self) -> Path:
-        return self.paths.cache_dir / "sigstore"
+        return self.paths.sigstore_cache_dir
 
 
 class _KeylessSigner:

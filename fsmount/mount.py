@@ -125,7 +125,7 @@ class MountConfig:
 
 def refuse_second_mount(workspace: Workspace) -> None:
     """One mount per identity: say where the running one is, before anything is created."""
-    record = MountRecord.live(workspace.paths.state_dir)
+    record = MountRecord.live(workspace.paths.mount_record)
     if record is not None:
         raise ConfigError(
             f"{workspace.identity} is already mounted at {record.mountpoint} "
@@ -259,17 +259,16 @@ async def _serve(
     live_status: LiveStatus | None,
 ) -> None:
     paths = workspace.paths
-    state = paths.state_dir
     async with contextlib.AsyncExitStack() as stack:
         engine = Engine(workspace, config.registry)
         stack.callback(engine.close)
-        book = ReceiptBook(state / "fsmount.db")
+        book = ReceiptBook(paths.legacy_receipts_db)
         stack.callback(book.close)
 
         syncer = Syncer(
             workspace,
             config.registry,
-            spool_dir=state / "spool",
+            spool_dir=paths.spool_dir,
             inbox_dir=None,
             default_recipient=config.default_recipient,
             poll_seconds=config.poll_seconds,
@@ -279,7 +278,7 @@ async def _serve(
         await trio.to_thread.run_sync(syncer.start)
         stack.callback(syncer.stop, config.drain_seconds)
 
-        cache = ChunkCache(paths.cache_dir / "chunks", config.cache_bytes)
+        cache = ChunkCache(paths.chunk_cache_dir, config.cache_bytes)
         nursery = await stack.enter_async_context(trio.open_nursery())
 
         table = InodeTable()
@@ -295,7 +294,7 @@ async def _serve(
         outbox = OutboxView(
             table,
             syncer.spool_dir,
-            state / "fsmount" / "staging",
+            paths.staging_dir,
             syncer.queue,
             config.default_recipient,
             syncer.watcher.refusals,
@@ -352,8 +351,10 @@ async def _serve(
         nursery.start_soon(events.run)
         collector = GarbageCollector(workspace, config.registry)
         nursery.start_soon(collect_garbage_periodically, collector)
-        stack.callback(MountRecord.remove_mine, state, os.getpid())
-        nursery.start_soon(_announce_when_answering, mountpoint, state, answered, on_ready)
+        stack.callback(MountRecord.remove_mine, paths.mount_record, os.getpid())
+        nursery.start_soon(
+            _announce_when_answering, mountpoint, paths.mount_record, answered, on_ready
+        )
         log.info(
             "mounted %s for %s (outbox default recipient: %s)",
             mountpoint,
@@ -366,16 +367,16 @@ async def _serve(
 
 async def _announce_when_answering(
     mountpoint: Path,
-    state: Path,
+    record: Path,
     answered: trio.Event,
     on_ready: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     """Background job: once the mount answers, record it and tell whoever waits."""
     document = await when_answering(mountpoint)
     try:
-        MountRecord(mountpoint, os.getpid(), str(document.get("started_at", ""))).write(state)
+        MountRecord(mountpoint, os.getpid(), str(document.get("started_at", ""))).write(record)
     except OSError as exc:  # status and a second mount then only know less
-        log.warning("cannot record the mount in %s: %s", state, exc)
+        log.warning("cannot record the mount in %s: %s", record, exc)
     answered.set()
     if on_ready is not None:
         on_ready(document)

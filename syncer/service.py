@@ -102,7 +102,7 @@ class Syncer:
     """Keeps a spool folder sent and (optionally) an inbox folder filled.
 
     Attributes:
-        queue: the durable push queue (``state_dir/queue.db`` + ``state_dir/queue/``).
+        queue: the durable push queue (``Paths.queue_db`` + ``Paths.queue_dir``).
         watcher: turns complete spool files into queue items.
         worker: pushes queue items.
     """
@@ -130,8 +130,8 @@ class Syncer:
         self.inbox_dir = inbox_dir
         self.poll_seconds = poll_seconds
         self.write_receipts = write_receipts
-        state = workspace.paths.state_dir
-        self.queue = PushQueue(state / "queue.db", state / "queue")
+        paths = workspace.paths
+        self.queue = PushQueue(paths.queue_db, paths.queue_dir)
         self.watcher = OutboxWatcher(
             spool_dir,
             self.queue,
@@ -147,7 +147,7 @@ class Syncer:
             backoff_max=backoff_max,
             options=SendOptions(settings.chunk_bytes, settings.compression, settings.ttl_seconds),
         )
-        self._owner = filelock.FileLock(state / "queue.lock", timeout=0)
+        self._owner = filelock.FileLock(paths.queue_lock, timeout=0)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False

@@ -46,7 +46,8 @@ from dockercomms.cli.main import main as cli_main
 from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
 from dockercomms.core.chunking import ChunkSpan, layer_stream
-from dockercomms.core.config import load_settings, resolve_paths, save_settings
+from dockercomms.core.config import load_settings, save_settings
+from dockercomms.core.paths import resolve_paths
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.send import DigestSigner, SendRequest, SentMessage
 from dockercomms.core.signatures import attach_bundle, push_empty_config

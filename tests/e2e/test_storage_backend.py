@@ -34,8 +34,9 @@ import requests
 import yaml
 
 from dockercomms.core import protocol as p
-from dockercomms.core.config import load_settings, resolve_paths, save_settings
+from dockercomms.core.config import load_settings, save_settings
 from dockercomms.core.errors import ConfigError, LimitExceededError, NotFoundError, RegistryError
+from dockercomms.core.paths import resolve_paths
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.registry.reference import parse_repository
 from dockercomms.core.registry.retry import RetryPolicy

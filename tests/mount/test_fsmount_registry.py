@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dockercomms.core.config import load_settings, resolve_paths, save_settings
+from dockercomms.core.config import load_settings, save_settings
 from dockercomms.core.listing import BATCH
+from dockercomms.core.paths import resolve_paths
 from dockercomms.fsmount.inbox_view import SCAN_WORKERS
 from dockercomms.syncer.queue import PushQueue
 from tests.fsmount_fixtures import (

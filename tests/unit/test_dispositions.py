@@ -15,9 +15,10 @@ import pytest
 
 from dockercomms.core import errors
 from dockercomms.core import protocol as p
-from dockercomms.core.config import Settings, resolve_paths, save_settings
+from dockercomms.core.config import Settings, save_settings
 from dockercomms.core.errors import Disposition, disposition_of
 from dockercomms.core.intake import receive_new
+from dockercomms.core.paths import resolve_paths
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.fsmount.errno_map import is_rejection
 from dockercomms.syncer.worker import is_temporary
