@@ -42,8 +42,7 @@ def _trust(truster: Workspace, other: Workspace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo and print each step."""
-    from dockercomms.core.intake import receive_new
-    from dockercomms.core.send import SendRequest
+    from dockercomms.core.outbox import SendRequest
     from dockercomms.core.trust import TrustPolicy
 
     steps: list[str] = []
@@ -57,13 +56,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         steps.append(f"created alice and bob, each trusting the other's key, in {root}")
         note = root / "hello.txt"
         note.write_text("Hello Bob, this file was signed by Alice and verified by you.\n")
-        with alice.client() as client:
-            sent = alice.sender(client).send(SendRequest(path=note, recipient=bob.identity))
+        with alice.outbox() as outbox:
+            sent = outbox.send(SendRequest(path=note, recipient=bob.identity))
         steps.append(f"alice sent {sent.filename} as {sent.tag} ({sent.digest[:19]}...)")
-        with bob.client() as client, bob.ledger() as ledger:
-            outcomes = receive_new(
-                bob.receiver(client), ledger, root / "bob-inbox", receipt_signer=bob.signer()
-            )
+        with bob.inbox() as inbox:
+            outcomes = inbox.receive_new(root / "bob-inbox")
         for outcome in outcomes:
             if outcome.path is None:
                 raise SystemExit(f"demo failed: {outcome.error}")

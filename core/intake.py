@@ -17,6 +17,14 @@ Caveats first:
   expired or corrupt-chunked message. What the registry or the local disk did
   (unreachable, a blob missing or not hashing to its digest, a full disk) and a
   message dated in the future are tried again on the next run.
+* One message's unexpected failure (a parser that chokes on a hostile
+  manifest, a bug) is logged once with its traceback and makes that message a
+  rejection for this run, never remembered; the loop goes on. ``recv``, the
+  syncer and anything else that receives get this from the loop itself.
+* Whether a failure is a rejection or a deferral is the error's own
+  :class:`~dockercomms.core.errors.Disposition`.
+* A received message is answered ``accepted`` once: the receipt store
+  (:mod:`.receipt_store`) is asked first, and a mount's answer counts.
 * Rejections and deferrals are logged at DEBUG only: the caller reports the
   outcomes (``recv`` prints them, the syncer keeps them in its status), so a
   rejection is never shown twice, even with ``-v``.
@@ -27,7 +35,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,13 +45,17 @@ from dockercomms.core.errors import (
     Disposition,
     DockerCommsError,
     ExpiredError,
+    ProtocolError,
     disposition_of,
 )
 from dockercomms.core.ledger import ReceivedLedger, RejectedRecord
+from dockercomms.core.log_once import LogOnce
 from dockercomms.core.manifest import Message
+from dockercomms.core.receipt_store import Answer, ReceiptStore, supersedes
 from dockercomms.core.receipts import send_receipt
 from dockercomms.core.receive import Receiver, SeenMessages, VerifiedMessage
 from dockercomms.core.send import DigestSigner
+from dockercomms.core.untrusted import shown
 
 log = logging.getLogger(__name__)
 
@@ -121,35 +133,43 @@ def receive_new(
     out_dir: Path,
     *,
     receipt_signer: DigestSigner | None = None,
+    answers: ReceiptStore | None = None,
     since: datetime | None = None,
     limit: int | None = None,
     progress: ProgressFactory | None = None,
+    unexpected: LogOnce | None = None,
 ) -> list[Outcome]:
-    """Verify and write every new message to me into ``out_dir``."""
+    """Verify and write every new message to me into ``out_dir``.
+
+    With ``receipt_signer`` each received message is answered ``accepted``
+    unless the receipt store (``answers``, else the one in the ledger's
+    database) says it was answered already. ``unexpected`` remembers which
+    unexpected failures were logged (a poller passes its own, so a message that
+    keeps failing is logged once, not once per poll).
+    """
     intake = _Intake(receiver, ledger, out_dir, receipt_signer, progress)
+    intake.unexpected = unexpected or LogOnce(log)
+    owned = answers is None and receipt_signer is not None
+    intake.answers = ReceiptStore(ledger.path) if owned else answers
     received = 0
     complete = True  # every tag's manifest seen: rejections of other digests can go
-    for entry in receiver.inbox():
-        if limit is not None and received >= limit:
-            complete = False
-            break
-        if entry.digest is None:
-            complete = False  # the manifest could not be fetched this time
-        else:
-            intake.listed.add(entry.digest)
-        message = entry.message
-        if message is not None and since and message.created_at < since:
-            continue
-        earlier = ledger.rejection(entry.digest, intake.policy) if entry.digest else None
-        if earlier is not None:
-            intake.outcomes.append(Outcome(entry.tag, "rejected-before", message, earlier=earlier))
-            continue
-        if message is None:
-            assert entry.error is not None
-            intake.reject(entry.tag, entry.digest, None, entry.error, "manifest")
-            continue
-        if intake.receive(entry.tag, message):
-            received += 1
+    try:
+        for tag in receiver.inbox_tags():
+            if limit is not None and received >= limit:
+                complete = False
+                break
+            try:
+                taken = intake.take(tag, since)
+            except Exception as exc:  # one message's bug must not stop the others
+                intake.failed_unexpectedly(tag, exc)
+                complete = False
+                continue
+            if taken is None:
+                complete = False  # the manifest could not be fetched this time
+            received += bool(taken)
+    finally:
+        if owned and intake.answers is not None:
+            intake.answers.close()
     if complete:
         ledger.keep_rejections(intake.listed, intake.policy)
     return intake.outcomes
@@ -157,6 +177,9 @@ def receive_new(
 
 class _Intake:
     """One run of :func:`receive_new`: its outcomes, and what it has seen."""
+
+    answers: ReceiptStore | None
+    unexpected: LogOnce
 
     def __init__(
         self,
@@ -175,6 +198,45 @@ class _Intake:
         self.outcomes: list[Outcome] = []
         self.seen = SeenMessages()
         self.listed: set[str] = set()
+
+    def take(self, tag: str, since: datetime | None) -> bool | None:
+        """Fetch, check and maybe receive one tag: True if received; None if unfetchable."""
+        entry = self.receiver.inbox_entry(tag)
+        digest = entry.digest
+        if digest is not None:
+            if digest in self.listed:
+                return False  # the same bytes under another tag verify the same way
+            self.listed.add(digest)
+        message = entry.message
+        if message is not None and since and message.created_at < since:
+            return False
+        earlier = self.ledger.rejection(digest, self.policy) if digest else None
+        if earlier is not None:
+            self.outcomes.append(Outcome(tag, "rejected-before", message, earlier=earlier))
+            return False
+        if message is None:
+            assert entry.error is not None
+            self.reject(tag, digest, None, entry.error, "manifest")
+            return None if digest is None else False
+        return self.receive(tag, message)
+
+    def failed_unexpectedly(self, tag: str, exc: Exception) -> None:
+        """A failure of no known kind (a parser that chokes, a bug): this run's rejection.
+
+        Logged once with its traceback; never remembered, so a fixed bug or a
+        message that only tripped one run is tried again.
+        """
+        self.unexpected.log(
+            logging.ERROR,
+            tag,
+            "message %s failed unexpectedly (%s); skipped",
+            shown(tag),
+            type(exc).__name__,
+            exc_info=True,
+        )
+        error = ProtocolError(f"handling it failed unexpectedly ({type(exc).__name__})")
+        error.__cause__ = exc
+        self.outcomes.append(Outcome(tag, "rejected", error=error))
 
     def receive(self, tag: str, message: Message) -> bool:
         """Verify, de-duplicate and materialise one message; True if it was received."""
@@ -206,8 +268,8 @@ class _Intake:
             message.digest, message.message_id, signer.name, message.filename, str(path)
         )
         receipt = None
-        if self.receipt_signer is not None:
-            receipt = _acknowledge(receiver, self.ledger, self.receipt_signer, message)
+        if self.receipt_signer is not None and self.answers is not None:
+            receipt = _acknowledge(receiver, self.answers, self.receipt_signer, message)
         self.outcomes.append(Outcome(tag, "received", message, path, signer.identity, receipt))
         return True
 
@@ -249,8 +311,13 @@ def _remembered_under(error: DockerCommsError, step: Step, policy: str) -> str |
 
 
 def _acknowledge(
-    receiver: Receiver, ledger: ReceivedLedger, signer: DigestSigner, message: Message
+    receiver: Receiver, answers: ReceiptStore, signer: DigestSigner, message: Message
 ) -> str | None:
+    """Answer ``accepted`` unless it was answered so already (by a mount, say); the receipt."""
+    earlier = answers.get(message.digest)
+    if not supersedes("accepted", earlier):
+        assert earlier is not None
+        return earlier.receipt_digest
     try:
         receipt = send_receipt(
             receiver.client,
@@ -263,5 +330,9 @@ def _acknowledge(
     except DockerCommsError as exc:
         log.warning("receipt for %s not sent: %s", message.digest[:19], exc.diagnostics())
         return None
-    ledger.set_receipt(message.digest, receipt.digest)
+    answers.record(Answer(message.digest, "accepted", receipt.digest, None, _now()))
     return receipt.digest
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -4,6 +4,8 @@ SQLite in the state dir, WAL mode so the CLI and a running daemon can share it.
 
 Caveats first:
 
+* Receipts sent are the receipt store's (``core.receipt_store``, same database);
+  ``received.receipt_digest`` is no longer written and stays for older rows.
 * ``received`` is keyed by manifest digest, and by (sender, message id): a message
   id is only unique per sender, and only a verified sender may be recorded. A
   ledger from before that rule (message id unique on its own) is rebuilt on
@@ -98,6 +100,7 @@ class ReceivedLedger:
     """The ``received`` and ``rejected`` tables."""
 
     def __init__(self, db_path: Path) -> None:
+        self.path = db_path
         self._conn = connect(db_path)
         self._migrate()
 
@@ -161,12 +164,6 @@ class ReceivedLedger:
         self._conn.execute(
             f"INSERT OR IGNORE INTO received ({_RECEIVED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)",
             (digest, message_id, sender, filename, path, _now()),
-        )
-
-    def set_receipt(self, digest: str, receipt_digest: str) -> None:
-        """Remember that a receipt went out, so it never goes out twice."""
-        self._conn.execute(
-            "UPDATE received SET receipt_digest = ? WHERE digest = ?", (receipt_digest, digest)
         )
 
     # --- rejected -----------------------------------------------------------------------

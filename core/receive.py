@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -124,29 +124,27 @@ class Receiver:
         self.bundle_mode = bundle_mode
 
     # Step 1.
-    def inbox(self) -> Iterator[InboxEntry]:
-        """Every message tag addressed to me, parsed, but neither verified nor de-duplicated.
+    def inbox_tags(self) -> list[str]:
+        """Every message tag addressed to me (names that break the tag grammar left out)."""
+        tags = self.client.list_tags(p.inbox_prefix(self.me))
+        # A registry may list anything; a name that is no tag is no message.
+        return [tag for tag in tags if p.TAG_PATTERN.fullmatch(tag)]
 
-        Only a tag naming a digest an earlier tag named is left out: the same
-        bytes verify the same way. De-duplication by message id needs the
-        verified sender (:class:`SeenMessages`).
+    def inbox_entry(self, tag: str) -> InboxEntry:
+        """One inbox tag's manifest, parsed, but neither verified nor de-duplicated.
+
+        De-duplication needs what other tags named (the same digest verifies the
+        same way) and, by message id, the verified sender (:class:`SeenMessages`).
         """
-        digests: set[str] = set()
-        for tag in self.client.list_tags(p.inbox_prefix(self.me)):
-            try:
-                raw, digest = self.client.fetch_manifest(tag)
-            except DockerCommsError as exc:
-                yield InboxEntry(tag, None, exc)
-                continue
-            if digest in digests:
-                continue
-            digests.add(digest)
-            try:
-                message = self.parse_message(raw, digest, tag)
-            except DockerCommsError as exc:
-                yield InboxEntry(tag, None, exc, digest)
-                continue
-            yield InboxEntry(tag, message, None, digest)
+        try:
+            raw, digest = self.client.fetch_manifest(tag)
+        except DockerCommsError as exc:
+            return InboxEntry(tag, None, exc)
+        try:
+            message = self.parse_message(raw, digest, tag)
+        except DockerCommsError as exc:
+            return InboxEntry(tag, None, exc, digest)
+        return InboxEntry(tag, message, None, digest)
 
     # Steps 2-3.
     def fetch_message(self, reference: str, *, check_recipient: bool = True) -> m.Message:

@@ -1,9 +1,14 @@
-"""One identity's world, wired once: paths, settings, registry client, signer, verifier.
+"""One identity's world, wired once: paths, settings, clients, signer, verifier, inbox, outbox.
 
 The CLI, the syncer and the mount all start here, so they cannot disagree on
 where the key lives or which trust root verifies keyless bundles. Nothing here is
 global: the Sigstore trust configuration is a parameter read from the settings
 (for signing) and from each trust entry (for verifying).
+
+The rest of dockercomms reaches the registry through :meth:`Workspace.inbox` and
+:meth:`Workspace.outbox` (over one :meth:`Workspace.clients` pool, one client per
+thread); ``client``, ``receiver`` and ``sender`` are the engine's own, for core
+and the tests.
 
 An identity written before ``core.names`` existed still loads and works; it is
 reported once per process with what to do about it.
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dockercomms.core.clients import ClientPool
 from dockercomms.core.config import Settings, load_settings
 from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.ledger import ReceivedLedger
@@ -26,15 +32,21 @@ from dockercomms.core.receive import Receiver
 from dockercomms.core.registry.auth import Authenticator
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.registry.reference import RepositoryRef, parse_repository
+from dockercomms.core.registry.retry import RetryPolicy
 from dockercomms.core.send import DigestSigner, Sender
 from dockercomms.core.signatures import DiscoveryMode
-from dockercomms.core.signing.keypair import KeyPairSigner, load_private_key
+from dockercomms.core.signing.keypair import KeyPairSigner, key_hint, load_private_key
 from dockercomms.core.signing.verify import BundleVerifier
 from dockercomms.core.trust import TrustPolicy
 from dockercomms.core.untrusted import shown
 
 if TYPE_CHECKING:
     from sigstore.models import ClientTrustConfig, TrustedRoot
+
+    from dockercomms.core.inbox import Inbox
+    from dockercomms.core.outbox import Outbox
+
+__all__ = ["RegistryOptions", "RetryPolicy", "Workspace", "require_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,8 @@ class RegistryOptions:
         ca_file: extra CA bundle for HTTPS.
         authenticator: credentials; None means anonymous.
         storage_config: ``--storage-config`` (for ``storage:NAME``); empty: settings.
+        retry: timeouts and retries per request; None for the interactive default
+            (the syncer asks for short ones: its queue does the long waiting).
     """
 
     repository: str = ""
@@ -59,6 +73,7 @@ class RegistryOptions:
     ca_file: str | None = None
     authenticator: Authenticator | None = None
     storage_config: str = ""
+    retry: RetryPolicy | None = None
 
 
 @dataclass
@@ -98,10 +113,39 @@ class Workspace:
         tls_verify: bool | str = options.ca_file or True
         return RegistryClient(
             self.repository(options),
+            policy=options.retry,
             authenticator=options.authenticator,
             tls_verify=tls_verify,
             limits=self.limits,
         )
+
+    def clients(self, options: RegistryOptions | None = None) -> ClientPool:
+        """A pool of clients for the chosen repository, one per thread."""
+        return ClientPool(lambda: self.client(options), lambda: self.repository(options))
+
+    def inbox(
+        self,
+        options: RegistryOptions | None = None,
+        *,
+        pool: ClientPool | None = None,
+        bundle_mode: DiscoveryMode = "auto",
+    ) -> Inbox:
+        """My inbox, over ``pool`` (shared) or a pool of its own (closed with it)."""
+        from dockercomms.core.inbox import Inbox
+
+        if pool is None:
+            return Inbox(self, self.clients(options), bundle_mode=bundle_mode, owns_pool=True)
+        return Inbox(self, pool, bundle_mode=bundle_mode)
+
+    def outbox(
+        self, options: RegistryOptions | None = None, *, pool: ClientPool | None = None
+    ) -> Outbox:
+        """Sending as me, over ``pool`` (shared) or a pool of its own (closed with it)."""
+        from dockercomms.core.outbox import Outbox
+
+        if pool is None:
+            return Outbox(self, self.clients(options), owns_pool=True)
+        return Outbox(self, pool)
 
     def trust_policy(self) -> TrustPolicy:
         """The trust file as it is now."""
@@ -110,6 +154,16 @@ class Workspace:
     def verifier(self) -> BundleVerifier:
         """A verifier over the trust policy; keyless roots load only when needed."""
         return BundleVerifier(self.trust_policy(), self.trusted_root)
+
+    def key_fingerprint(self) -> str:
+        """My key's fingerprint (the bundle hint), or empty for keyless or an unreadable key."""
+        if self.settings.signing != "key":
+            return ""
+        try:
+            return key_hint(load_private_key(self.paths.key_file).public_key())
+        except (DockerCommsError, OSError) as exc:
+            log.warning("cannot read my key's fingerprint: %s", exc)
+            return ""
 
     def signer(self) -> DigestSigner:
         """Key-pair or keyless signer, per settings."""

@@ -9,8 +9,8 @@ Layers, one direction (each module knows only the ones below it)::
     sent_view.py       sent/    the push queue, with states and receipts
     transfers.py       verified byte ranges: chunk fetches through the cache
     chunk_cache.py     verified chunks on disk, LRU under a cap, re-hashed on read
-    receipt_book.py    accepted/rejected receipts, once per message
-    engine.py          blocking core calls in bounded worker threads
+    receipt_sender.py  accepted/rejected receipts in the background (core's one store)
+    worker_threads.py  blocking core calls in bounded worker threads
     inodes.py          typed ids, nodes, handles, exact lookup counts
     mount.py           the trio lifetime: one AsyncExitStack, one nursery, signals
     mount_record.py    state_dir/mount.json: where this identity is mounted, by which pid

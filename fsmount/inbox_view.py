@@ -16,7 +16,7 @@ Caveats first:
   stays listed so the reason can be read) and the message is added to
   ``.rejected/``. Corruption is sticky for the life of the mount; a policy
   failure is re-checked at the next open.
-* Receipts (``receipt_book``) answer only what verified: ``accepted`` after the
+* Receipts (``receipt_sender``) answer only what verified: ``accepted`` after the
   first read, ``rejected`` for a message whose signature verified as its claimed
   sender and whose own content then failed (a bad chunk, a date in the future).
   Unsigned, untrusted, mismatched and expired messages get none.
@@ -39,7 +39,6 @@ Caveats first:
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
@@ -58,20 +57,12 @@ from dockercomms.core.errors import (
     DockerCommsError,
     ExpiredError,
     LimitExceededError,
-    ProtocolError,
-    SenderMismatchError,
-    SignatureError,
-    UntrustedSignerError,
 )
-from dockercomms.core.listing import CheckedTag, batches, check_tag, listing_workers
+from dockercomms.core.inbox import CheckedTag, Inbox, Message, VerifiedSigner
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.manifest import Message
-from dockercomms.core.receive import CLOCK_SKEW, Receiver, VerifiedMessage
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.signing.verify import VerifiedSigner
+from dockercomms.core.receive import CLOCK_SKEW
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
-from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.errno_map import errno_for, is_rejection, reason
 from dockercomms.fsmount.inodes import (
     DYNAMIC_TIMEOUT,
@@ -83,9 +74,10 @@ from dockercomms.fsmount.inodes import (
     fuse_error,
 )
 from dockercomms.fsmount.names import folder_name, free_name
-from dockercomms.fsmount.receipt_book import ReceiptSender
+from dockercomms.fsmount.receipt_sender import ReceiptSender
 from dockercomms.fsmount.transfers import ChunkSource, HeldChunks
 from dockercomms.fsmount.virtual import GeneratedFile, fixed, wants_write
+from dockercomms.fsmount.worker_threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +87,8 @@ REFRESH = ".refresh"
 REFRESH_WAIT_SECONDS = 120.0
 #: Longest ``ls inbox/`` waits for the first poll after mounting.
 FIRST_POLL_WAIT_SECONDS = 300.0
-#: New tags are checked in batches (core.listing), this many at once over HTTP;
-#: one engine thread stays free for reads and receipts.
+#: New tags are checked in batches (core.listing), this many at once over HTTP.
 SCAN_WORKERS = 3
-#: Listing failures that happen at or before the signature check: whoever made the
-#: message is not known to be its claimed sender, so nobody is answered.
-UNANSWERED = (
-    SignatureError,
-    UntrustedSignerError,
-    SenderMismatchError,
-    DigestMismatchError,
-    ExpiredError,
-)
 
 
 # --- what a poll finds ----------------------------------------------------------------
@@ -114,17 +96,10 @@ UNANSWERED = (
 
 @dataclass(frozen=True)
 class PollResult:
-    """Every inbox tag now present, and what the new (or retried) ones are.
-
-    Attributes:
-        answerable: by tag, the verified signer of a rejected message whose
-            signature verified as its claimed sender (a ``rejected`` receipt may
-            answer it); other rejected tags are absent.
-    """
+    """Every inbox tag now present, and what the new (or retried) ones are."""
 
     tags: frozenset[str]
     fresh: list[CheckedTag]
-    answerable: dict[str, VerifiedSigner] = field(default_factory=dict)
 
 
 @dataclass
@@ -223,7 +198,7 @@ class InboxFile(Node):
         return InboxHandle(self.view, self.item, message, held)
 
     async def xattrs(self) -> dict[str, bytes]:
-        return self.view.xattrs_of(self.item)
+        return await self.view.xattrs_of(self.item)
 
 
 class InboxHandle(Handle):
@@ -316,14 +291,16 @@ class InboxView:
     def __init__(
         self,
         table: InodeTable,
-        engine: Engine,
+        inbox: Inbox,
+        threads: WorkerThreads,
         chunks: ChunkSource,
         receipts: ReceiptSender,
         *,
         poll_seconds: float,
     ) -> None:
         self.table = table
-        self.engine = engine
+        self.inbox = inbox
+        self.threads = threads
         self.chunks = chunks
         self.receipts = receipts
         self.poll_seconds = poll_seconds
@@ -379,13 +356,13 @@ class InboxView:
             | frozenset(self.aliases)
             | frozenset(self.expired)
         )
-        prefix = p.inbox_prefix(self.engine.me)
         try:
-            listed = await self.engine.call(lambda client: client.list_tags(prefix))
-            # A registry may list anything; a name that is no tag is no message.
-            tags = [t for t in listed if p.TAG_PATTERN.fullmatch(t)]
-            fresh, answerable = await self._check_tags(
-                [t for t in tags if t not in known or t in retry]
+            tags = await self.threads.run(self.inbox.tags)
+            wanted = [t for t in tags if t not in known or t in retry]
+            fresh = (
+                await self.threads.run(self.inbox.check_tags, wanted, workers=SCAN_WORKERS)
+                if wanted
+                else []
             )
         except DockerCommsError as exc:
             self.status.error = reason(exc)
@@ -400,74 +377,14 @@ class InboxView:
         self.status.error = None
         if self._poll_failure.clear("poll"):
             log.info("inbox poll works again")
-        self._apply(PollResult(frozenset(tags), fresh, answerable))
+        self._apply(PollResult(frozenset(tags), fresh))
 
     def _trust_file_stamp(self) -> tuple[int, int] | None:
         try:
-            st = os.stat(self.engine.workspace.paths.trust_file)
+            st = os.stat(self.inbox.workspace.paths.trust_file)
         except OSError:
             return None
         return (st.st_mtime_ns, st.st_size)
-
-    async def _check_tags(
-        self, tags: list[str]
-    ) -> tuple[list[CheckedTag], dict[str, VerifiedSigner]]:
-        """Fetch and verify ``tags``, ``SCAN_WORKERS`` batches at a time, in order."""
-        groups = batches(tags)
-        results: list[list[tuple[CheckedTag, VerifiedSigner | None]]] = [[] for _ in groups]
-        queue = iter(enumerate(groups))  # shared by the workers (one trio thread)
-        failures: list[DockerCommsError] = []  # a whole batch failed (e.g. trust policy)
-
-        async def worker() -> None:
-            for position, batch in queue:
-                try:
-                    results[position] = await self.engine.call(
-                        functools.partial(self._check_batch, batch=batch)
-                    )
-                except DockerCommsError as exc:
-                    failures.append(exc)
-                    return
-
-        async with trio.open_nursery() as nursery:
-            ref = self.engine.workspace.repository(self.engine.options)
-            for _ in range(min(listing_workers(ref, SCAN_WORKERS), len(groups))):
-                nursery.start_soon(worker)
-        if failures:
-            raise failures[0]
-        checked = [pair for batch in results for pair in batch]
-        answerable = {entry.tag: signer for entry, signer in checked if signer is not None}
-        return [entry for entry, _ in checked], answerable
-
-    def _check_batch(
-        self, client: RegistryClient, *, batch: list[str]
-    ) -> list[tuple[CheckedTag, VerifiedSigner | None]]:
-        """Worker thread: one receiver (one read of the trust policy) for a batch."""
-        receiver = self.engine.receiver(client)
-        return [self._check_one(receiver, tag) for tag in batch]
-
-    def _check_one(self, receiver: Receiver, tag: str) -> tuple[CheckedTag, VerifiedSigner | None]:
-        """Worker thread: one tag, and who may be answered if it is rejected.
-
-        A bug or a parser that chokes on this one input must not stop the poll
-        (every later message would stay hidden): it is logged with its
-        traceback, once, and the tag is listed as rejected.
-        """
-        try:
-            checked = check_tag(receiver, tag)
-            return checked, _answerable(receiver, checked)
-        except Exception as exc:
-            self._unexpected.log(
-                logging.ERROR,
-                tag,
-                "inbox tag %s failed unexpectedly (%s); listed in .rejected/",
-                tag,
-                type(exc).__name__,
-                exc_info=True,
-            )
-            error = ProtocolError(
-                f"checking it failed unexpectedly ({type(exc).__name__}); see the mount's log"
-            )
-            return CheckedTag(tag, None, None, error), None
 
     def _apply(self, result: PollResult) -> None:
         """Trio thread: add what is new, drop what is gone."""
@@ -496,9 +413,13 @@ class InboxView:
                 self.expired.add(entry.tag)
             elif is_rejection(entry.error):
                 rejected += 1
-                signer = result.answerable.get(entry.tag)
                 self._guarded(
-                    entry.tag, self._add_rejected, entry.tag, entry.message, entry.error, signer
+                    entry.tag,
+                    self._add_rejected,
+                    entry.tag,
+                    entry.message,
+                    entry.error,
+                    entry.answerable,
                 )
             else:
                 # Transient (registry trouble for this one tag): not known, so retried.
@@ -634,14 +555,8 @@ class InboxView:
         """SPEC 5 again at ``open()``, then the first chunk (``--whole-file``: all of them)."""
         if item.corrupt and item.error is not None:
             raise fuse_error(errno_for(item.error))
-        digest = item.message.digest
-
-        def verify(client: RegistryClient) -> VerifiedMessage:
-            receiver = self.engine.receiver(client)
-            return receiver.verify_message(receiver.fetch_message(digest))
-
         try:
-            verified = await self.engine.call(verify)
+            verified = await self.threads.run(self.inbox.verify, item.message.digest)
         except DockerCommsError as exc:
             self._failed(item, exc, None)  # its signature or sender did not verify now
             raise
@@ -686,10 +601,10 @@ class InboxView:
 
     # --- attributes -----------------------------------------------------------------
 
-    def xattrs_of(self, item: InboxItem) -> dict[str, bytes]:
+    async def xattrs_of(self, item: InboxItem) -> dict[str, bytes]:
         """``user.dockercomms.*`` of an inbox file."""
         message = item.message
-        answer = self.receipts.book.get(message.digest)
+        answer = await self.threads.run(self.inbox.answered, message.digest)
         if item.error is not None:
             state = "rejected"
         elif item.read_ok or answer is not None:
@@ -725,25 +640,6 @@ class InboxView:
                 if item.failure is not None
             },
         }
-
-
-def _answerable(receiver: Receiver, checked: CheckedTag) -> VerifiedSigner | None:
-    """Worker thread: the signer to answer about a rejected tag, if it may be answered.
-
-    Only a message whose signature verifies, by a signer trusted as exactly its
-    claimed sender, failed on its own content; that is checked here again (one
-    more signature check, and only for failures after that step), never inferred.
-    """
-    error, message = checked.error, checked.message
-    if error is None or message is None or isinstance(error, UNANSWERED):
-        return None
-    if not is_rejection(error):
-        return None
-    try:
-        signer = receiver.verify_signature(message.digest)
-    except DockerCommsError:
-        return None
-    return signer if signer.name == message.sender else None
 
 
 def _rejection_text(tag: str, message: Message | None, why: str) -> str:

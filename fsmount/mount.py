@@ -28,7 +28,7 @@ Caveats first:
 
 Teardown order (the reverse of set-up): cancel the background jobs, close and
 unmount FUSE, wait for the jobs to end, stop (drain) and close the syncer, close
-the receipt book, close the registry clients.
+the inbox (its receipt store) and the registry clients.
 """
 
 from __future__ import annotations
@@ -56,18 +56,16 @@ import trio
 from dockercomms.core import errors
 from dockercomms.core.errors import ConfigError, DockerCommsError
 from dockercomms.core.gc import GarbageCollector
-from dockercomms.core.signing.keypair import key_hint, load_private_key
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES, ChunkCache
 from dockercomms.fsmount.desktop import DesktopNotifier, EventWatcher
-from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inbox_view import InboxPoller, InboxView
 from dockercomms.fsmount.inodes import ROOT_INODE, InodeTable
 from dockercomms.fsmount.mount_record import MountRecord
 from dockercomms.fsmount.operations import DropFolderOperations
 from dockercomms.fsmount.outbox import OutboxView, refusal_events
-from dockercomms.fsmount.receipt_book import ReceiptBook, ReceiptSender
+from dockercomms.fsmount.receipt_sender import ReceiptSender
 from dockercomms.fsmount.sdnotify import (
     LiveStatus,
     SystemdNotifier,
@@ -78,6 +76,7 @@ from dockercomms.fsmount.sent_view import SentView
 from dockercomms.fsmount.status import MountRoot, StatusReport
 from dockercomms.fsmount.transfers import ChunkSource
 from dockercomms.fsmount.virtual import GeneratedFile
+from dockercomms.fsmount.worker_threads import WorkerThreads
 from dockercomms.syncer.service import Syncer
 
 log = logging.getLogger(__name__)
@@ -173,16 +172,6 @@ def _clear_dead_mount(mountpoint: Path) -> None:
         raise ConfigError(f"cannot clear the dead mount on {mountpoint}: {why}") from exc
 
 
-def _signer_identity(workspace: Workspace) -> str:
-    if workspace.settings.signing != "key":
-        return ""
-    try:
-        return key_hint(load_private_key(workspace.paths.key_file).public_key())
-    except (DockerCommsError, OSError) as exc:
-        log.warning("cannot read my key's fingerprint: %s", exc)
-        return ""
-
-
 # --- the trio lifetime --------------------------------------------------------------
 
 
@@ -260,10 +249,11 @@ async def _serve(
 ) -> None:
     paths = workspace.paths
     async with contextlib.AsyncExitStack() as stack:
-        engine = Engine(workspace, config.registry)
-        stack.callback(engine.close)
-        book = ReceiptBook(paths.legacy_receipts_db)
-        stack.callback(book.close)
+        pool = workspace.clients(config.registry)
+        stack.callback(pool.close)
+        inbox = workspace.inbox(pool=pool)
+        stack.callback(inbox.close)
+        threads = WorkerThreads()
 
         syncer = Syncer(
             workspace,
@@ -282,15 +272,17 @@ async def _serve(
         nursery = await stack.enter_async_context(trio.open_nursery())
 
         table = InodeTable()
-        chunks = ChunkSource(engine, cache, nursery, whole_file=config.whole_file)
+        chunks = ChunkSource(inbox, threads, cache, nursery, whole_file=config.whole_file)
         receipts = ReceiptSender(
-            engine,
-            book,
+            inbox,
+            threads,
             nursery,
             enabled=config.receipts,
             ttl_seconds=workspace.settings.ttl_seconds,
         )
-        inbox = InboxView(table, engine, chunks, receipts, poll_seconds=config.poll_seconds)
+        inbox_view = InboxView(
+            table, inbox, threads, chunks, receipts, poll_seconds=config.poll_seconds
+        )
         outbox = OutboxView(
             table,
             syncer.spool_dir,
@@ -302,15 +294,18 @@ async def _serve(
         sent = SentView(
             table,
             syncer.queue,
-            engine,
+            inbox,
+            threads,
             chunks,
-            signer_identity=_signer_identity(workspace),
+            signer_identity=workspace.key_fingerprint(),
             ttl_seconds=workspace.settings.ttl_seconds,
         )
         report = StatusReport(
             mountpoint,
-            engine,
-            inbox,
+            workspace.identity,
+            paths.state_dir,
+            str(workspace.repository(config.registry)),
+            inbox_view,
             syncer,
             chunks,
             cache,
@@ -320,10 +315,10 @@ async def _serve(
         )
         if live_status is not None:
             live_status.publish(report.build)
-        root = MountRoot(table, report, inbox)
+        root = MountRoot(table, report, inbox_view)
         table.add(root, inode=ROOT_INODE)
         root.attach("outbox", outbox.root)
-        root.attach("inbox", inbox.root)
+        root.attach("inbox", inbox_view.root)
         root.attach("sent", sent.root)
         root.attach(".status", GeneratedFile(".status", report.json_bytes, changing=True))
 
@@ -338,13 +333,13 @@ async def _serve(
         stack.callback(nursery.cancel_scope.cancel)
         table.notify_kernel = True
 
-        poller = InboxPoller(inbox, config.poll_seconds)
+        poller = InboxPoller(inbox_view, config.poll_seconds)
         nursery.start_soon(poller.run)
         shutdown = ShutdownOnSignal(syncer, config.drain_seconds)
         nursery.start_soon(shutdown.run)
         events = EventWatcher(
             DesktopNotifier.from_environment(),
-            inbox,
+            inbox_view,
             syncer.queue,
             refusals=lambda: refusal_events(syncer.watcher.refusals),
         )

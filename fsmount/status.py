@@ -29,10 +29,9 @@ import trio
 from dockercomms.core import protocol as p
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.chunk_cache import ChunkCache
-from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inbox_view import InboxView
 from dockercomms.fsmount.inodes import Directory, InodeTable, fuse_error
-from dockercomms.fsmount.receipt_book import ReceiptSender
+from dockercomms.fsmount.receipt_sender import ReceiptSender
 from dockercomms.fsmount.transfers import ChunkSource
 from dockercomms.syncer.service import Syncer
 from dockercomms.syncer.watcher import Refusals
@@ -43,7 +42,9 @@ class StatusReport:
     """Builds the status document from every part of the mount."""
 
     mountpoint: Path
-    engine: Engine
+    identity: str
+    state_dir: Path
+    repository: str
     inbox: InboxView
     syncer: Syncer | None
     chunks: ChunkSource
@@ -66,12 +67,13 @@ class StatusReport:
         if self.inbox.status.error:
             errors.append(f"inbox: {self.inbox.status.error}")
         errors += [f"outbox: {e}" for e in (outbox or {}).get("errors", [])]
+        answered = await trio.to_thread.run_sync(self.receipts.inbox.answer_count)
         return {
             "mountpoint": str(self.mountpoint),
             "pid": os.getpid(),
-            "identity": self.engine.me,
-            "state_dir": str(self.engine.workspace.paths.state_dir.absolute()),
-            "repository": str(self.engine.workspace.repository(self.engine.options)),
+            "identity": self.identity,
+            "state_dir": str(self.state_dir.absolute()),
+            "repository": self.repository,
             "started_at": p.format_timestamp(self.started_at),
             "now": p.format_timestamp(datetime.now(UTC)),
             "inbox": self.inbox.status_json(),
@@ -80,7 +82,7 @@ class StatusReport:
             "cache": self.cache.statistics().to_json(),
             "receipts": {
                 "enabled": self.receipts.enabled,
-                "answered": len(self.receipts.book),
+                "answered": answered,
                 "failed": self.receipts.failures,
             },
             "errors": errors,

@@ -4,7 +4,7 @@ Caveats first:
 
 * A ``read()`` returns nothing until *every* chunk it touches is in the cache,
   i.e. was downloaded by its layer digest, hash-checked, and extracted by
-  ``Receiver.fetch_chunk``; then each block it serves is re-hashed by the cache.
+  ``Inbox.fetch_chunk``; then each block it serves is re-hashed by the cache.
   On any failure the read fails and returns zero bytes.
 * Chunks are fetched lazily, one at a time per chunk: concurrent reads of the
   same chunk wait for one download. After a read of chunk *i* the next two chunks
@@ -37,11 +37,9 @@ from typing import Any
 import trio
 
 from dockercomms.core.errors import ChunkError, RegistryUnavailableError
-from dockercomms.core.manifest import Message
-from dockercomms.core.receive import BufferPool
-from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.inbox import Inbox, Message
 from dockercomms.fsmount.chunk_cache import CacheCorruptError, ChunkCache, ChunkKey
-from dockercomms.fsmount.engine import Engine
+from dockercomms.fsmount.worker_threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -130,23 +128,24 @@ class ChunkSource:
 
     def __init__(
         self,
-        engine: Engine,
+        inbox: Inbox,
+        threads: WorkerThreads,
         cache: ChunkCache,
         nursery: trio.Nursery,
         *,
         prefetch: int = 2,
         whole_file: bool = False,
     ) -> None:
-        self.engine = engine
+        self.inbox = inbox
+        self.threads = threads
         self.cache = cache
         self.prefetch = prefetch
         self.whole_file = whole_file
         self.downloads: dict[ChunkKey, Download] = {}
         self._nursery = nursery
         self._fetches: dict[ChunkKey, _Fetch] = {}
-        # Spool buffers reused while chunks stream in (fresh memory costs page
-        # faults); let go after BUFFER_IDLE_SECONDS without a fetch.
-        self._buffers = BufferPool(keep=prefetch)
+        # The inbox reuses spool buffers while chunks stream in (fresh memory costs
+        # page faults); they are let go after BUFFER_IDLE_SECONDS without a fetch.
         self._fetches_started = 0
 
     async def read(self, message: Message, offset: int, size: int) -> bytes:
@@ -278,24 +277,17 @@ class ChunkSource:
         def progress(n: int) -> None:
             download.bytes_done += n
 
-        def work(client: RegistryClient) -> None:
+        def work() -> None:
             writer = self.cache.writer()
             try:
-                receiver = self.engine.receiver(client)
-                receiver.fetch_chunk(
-                    message,
-                    index,
-                    writer,
-                    on_progress=progress,
-                    buffers=self._buffers,
-                )
+                self.inbox.fetch_chunk(message, index, writer, on_progress=progress)
                 self.cache.commit(key, writer, pin=pin)
             except BaseException:
                 writer.discard()
                 raise
 
         try:
-            await self.engine.call(work)
+            await self.threads.run(work)
         except trio.Cancelled:
             # Only at shutdown (the thread is abandoned and may still commit, and pin,
             # its chunk: that pin ends with the process). Waiters live in other
@@ -318,7 +310,7 @@ class ChunkSource:
         started = self._fetches_started
         await trio.sleep(BUFFER_IDLE_SECONDS)
         if not self._fetches and self._fetches_started == started:
-            self._buffers.clear()
+            self.inbox.release_buffers()
 
     def _start_prefetch(self, message: Message, index: int) -> None:
         if self.prefetch <= 0:

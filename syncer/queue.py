@@ -66,7 +66,7 @@ from typing import Any
 
 from dockercomms.core import protocol as p
 from dockercomms.core.config import DEFAULT_CHUNK_BYTES
-from dockercomms.core.manifest import Descriptor
+from dockercomms.core.outbox import Descriptor
 
 log = logging.getLogger(__name__)
 

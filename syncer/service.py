@@ -7,31 +7,31 @@ Caveats first:
   would requeue uploads the first is still doing.
 * ``start()`` recovers the queue before the watcher scans, so an intake a crash
   interrupted is finished or undone before the spool is looked at again.
-* The syncer's registry client gives up on a request within seconds
+* The syncer's registry clients (``core``'s ``Inbox`` and ``Outbox`` over one
+  pool, one client per thread) give up on a request within seconds
   (:data:`SYNC_RETRY_POLICY`): the durable queue does the long waiting, with
   backoff, and ``status()`` says meanwhile that the registry is unreachable.
 * ``stop()`` does not close the queue, so ``status()`` keeps answering; call
   ``close()`` when done (or use the syncer as a context manager).
-* The poller writes received files into a plain folder with ``receive_new``
+* The poller writes received files into a plain folder with ``Inbox.receive_new``
   (the loop ``recv`` uses) and records verified receipts for sent items: the
   latest receipt that verifies as the recipient's counts, and an item is looked
   at again whenever a new receipt tag for it appears.
 * One hostile message or receipt never stops a poll: an unexpected exception
   while handling it is logged once with its traceback and that one is skipped
-  (a message becomes a ``rejected`` outcome); a poll that fails as a whole is
-  logged once and the next one runs on time. Conditions that repeat at every
-  poll are logged once until they change, and what the registry or a message
-  says is escaped before it is logged or shown in ``status()``.
+  (the receive loop makes a message a ``rejected`` outcome for that run); a poll
+  that fails as a whole is logged once and the next one runs on time. Conditions
+  that repeat at every poll are logged once until they change, and what the
+  registry or a message says is escaped before it is logged or shown in
+  ``status()``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -39,16 +39,11 @@ from typing import Any
 import filelock
 
 from dockercomms.core import protocol as p
-from dockercomms.core.errors import ConfigError, DockerCommsError, ProtocolError
-from dockercomms.core.intake import Outcome, receive_new
+from dockercomms.core.errors import ConfigError, DockerCommsError
+from dockercomms.core.inbox import Outcome
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.receipts import latest_verified_receipt
-from dockercomms.core.receive import Receiver
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.retry import RetryPolicy
-from dockercomms.core.send import Sender
 from dockercomms.core.untrusted import shown
-from dockercomms.core.workspace import RegistryOptions, Workspace
+from dockercomms.core.workspace import RegistryOptions, RetryPolicy, Workspace
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions
 from dockercomms.syncer.watcher import OutboxWatcher
 from dockercomms.syncer.worker import PushWorker, describe, is_temporary
@@ -130,6 +125,10 @@ class Syncer:
         self.inbox_dir = inbox_dir
         self.poll_seconds = poll_seconds
         self.write_receipts = write_receipts
+        # Short retries (the queue waits), one client per thread for push and poll.
+        self._pool = workspace.clients(replace(self.registry_options, retry=SYNC_RETRY_POLICY))
+        self.inbox = workspace.inbox(pool=self._pool)
+        self.outbox = workspace.outbox(pool=self._pool)
         paths = workspace.paths
         self.queue = PushQueue(paths.queue_db, paths.queue_dir)
         self.watcher = OutboxWatcher(
@@ -142,7 +141,7 @@ class Syncer:
         settings = workspace.settings
         self.worker = PushWorker(
             self.queue,
-            self._new_sender,
+            self.outbox,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
             options=SendOptions(settings.chunk_bytes, settings.compression, settings.ttl_seconds),
@@ -166,6 +165,7 @@ class Syncer:
         self._crashes = LogOnce(log)
         self._ignored_receipts = LogOnce(log)
         self._unexpected = LogOnce(log)
+        self._closed = False
 
     # --- lifetime -------------------------------------------------------------------
 
@@ -228,8 +228,11 @@ class Syncer:
         that thread would turn a slow download into a crash.
         """
         self.stop()
-        if not self._threads:
+        if not self._threads and not self._closed:
+            self._closed = True
             self.queue.close()
+            self.inbox.close()
+            self._pool.close()
 
     def __enter__(self) -> Syncer:
         self.start()
@@ -330,11 +333,11 @@ class Syncer:
     def _poll_once(self) -> tuple[list[Outcome], BaseException | None]:
         outcomes: list[Outcome] = []
         try:
-            with self._client() as client:
-                if self.inbox_dir is not None:
-                    outcomes = self._receive(client, self.inbox_dir)
-                self.refresh_receipts(client)
+            if self.inbox_dir is not None:
+                outcomes = self._receive(self.inbox_dir)
+            self.refresh_receipts()
         except (DockerCommsError, OSError) as exc:
+            self._pool.renew()  # the next poll starts on fresh connections
             with self._lock:
                 repeated = self._poll_error == describe(exc)
                 self._last_poll_at = datetime.now(UTC)
@@ -349,16 +352,9 @@ class Syncer:
             self._poll_reachable = True
         return outcomes, None
 
-    def _receive(self, client: RegistryClient, inbox_dir: Path) -> list[Outcome]:
+    def _receive(self, inbox_dir: Path) -> list[Outcome]:
         inbox_dir.mkdir(parents=True, exist_ok=True)
-        receiver = isolating(self.workspace.receiver(client), self._unexpected)
-        with self.workspace.ledger() as ledger:
-            outcomes = receive_new(
-                receiver,
-                ledger,
-                inbox_dir,
-                receipt_signer=self.workspace.signer() if self.write_receipts else None,
-            )
+        outcomes = self.inbox.receive_new(inbox_dir, receipts=self.write_receipts)
         with self._lock:
             for outcome in outcomes:
                 if outcome.status == "received":
@@ -368,7 +364,7 @@ class Syncer:
                     self._rejected = [*self._rejected[-9:], why]
         return outcomes
 
-    def refresh_receipts(self, client: RegistryClient | None = None) -> list[QueueItem]:
+    def refresh_receipts(self) -> list[QueueItem]:
         """Record the latest *verified* receipt of recently sent items; the items it changed.
 
         A receipt counts only if its signature verifies and its signer is the
@@ -385,11 +381,8 @@ class Syncer:
         ]
         if not recent:
             return []
-        if client is None:
-            with self._client() as own:
-                return self.refresh_receipts(own)
         present: dict[str, set[str]] = {}
-        for tag in client.list_tags("receipt-"):
+        for tag in self.outbox.receipt_tags():
             present.setdefault(_hex12_of_tag(tag), set()).add(tag)
         self._receipt_tags = {
             item.id: self._receipt_tags[item.id] for item in recent if item.id in self._receipt_tags
@@ -400,11 +393,10 @@ class Syncer:
             if present.get(_hex12(item.digest))
             and self._receipt_tags.get(item.id) != frozenset(present[_hex12(item.digest)])
         ]
-        receiver = self.workspace.receiver(client)
         updated: list[QueueItem] = []
         for item, tags in due[-RECEIPTS_PER_POLL:]:
             try:
-                status = self._latest_receipt(client, receiver, item)
+                status = self._latest_receipt(item)
             except DockerCommsError:
                 raise  # the registry failed us: the whole poll says so, and tries again
             except Exception as exc:
@@ -422,9 +414,7 @@ class Syncer:
                 updated.append(self.queue.set_receipt(item.id, status))
         return updated
 
-    def _latest_receipt(
-        self, client: RegistryClient, receiver: Receiver, item: QueueItem
-    ) -> str | None:
+    def _latest_receipt(self, item: QueueItem) -> str | None:
         """The status of the newest receipt for ``item`` signed by its recipient, if any."""
         assert item.digest is not None
         subject = item.digest[:19]
@@ -445,16 +435,9 @@ class Syncer:
                 exc_info=True,
             )
 
-        receipt = latest_verified_receipt(
-            client,
-            receiver,
-            item.digest,
-            sender=item.recipient,
-            recipient=self.workspace.identity,
-            on_ignored=ignored,
-            on_unreadable=unreadable,
+        return self.outbox.latest_receipt(
+            item.digest, recipient=item.recipient, on_ignored=ignored, on_unreadable=unreadable
         )
-        return receipt.status if receipt is not None else None
 
     # --- status ---------------------------------------------------------------------
 
@@ -518,16 +501,6 @@ class Syncer:
             "errors": errors,
         }
 
-    # --- registry -------------------------------------------------------------------
-
-    def _client(self) -> RegistryClient:
-        client = self.workspace.client(self.registry_options)
-        client.policy = SYNC_RETRY_POLICY
-        return client
-
-    def _new_sender(self) -> Sender:
-        return self.workspace.sender(self._client())
-
 
 def _hex12(digest: str | None) -> str:
     return (digest or ":").split(":", 1)[1][:12]
@@ -539,17 +512,6 @@ def _hex12_of_tag(tag: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
-#: The receiver's steps that handle one message (those a given version has).
-PER_MESSAGE_STEPS = (
-    "fetch_message",
-    "parse_message",
-    "verify_message",
-    "verify_signer",
-    "check_fresh",
-    "materialise",
-)
-
-
 def _log_rejections(outcomes: list[Outcome]) -> None:
     """The daemon's report of this poll's rejections (``--once`` prints its outcomes instead).
 
@@ -558,61 +520,6 @@ def _log_rejections(outcomes: list[Outcome]) -> None:
     for outcome in outcomes:
         if outcome.status == "rejected" and outcome.error is not None:
             log.warning("rejected %s: %s", shown(outcome.tag), shown(outcome.error.diagnostics()))
-
-
-def isolating(receiver: Receiver, unexpected: LogOnce) -> Receiver:
-    """A copy of ``receiver`` for ``receive_new`` that fails one message at a time.
-
-    An exception of no known kind in a step that handles one message (a parser
-    that chokes on a hostile manifest, a bug) becomes a :class:`ProtocolError`
-    for that message, so ``receive_new`` reports it as rejected and goes on with
-    the next; the traceback is logged once. The copy keeps everything the
-    workspace configured in ``receiver``; its steps are wrapped on the instance,
-    so the receiver's own calls between them (``inbox()`` parsing each tag) go
-    through the wrappers too.
-    """
-    copy = Receiver.__new__(type(receiver))
-    copy.__dict__.update(receiver.__dict__)
-    for name in PER_MESSAGE_STEPS:
-        step = getattr(copy, name, None)
-        if step is not None:
-            setattr(copy, name, _one_at_a_time(step, unexpected))
-    return copy
-
-
-def _one_at_a_time(step: Callable[..., Any], unexpected: LogOnce) -> Callable[..., Any]:
-    @functools.wraps(step)
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return step(*args, **kwargs)
-        except DockerCommsError:
-            raise
-        except Exception as exc:
-            subject = _subject(args)
-            unexpected.log(
-                logging.ERROR,
-                subject,
-                "message %s failed unexpectedly in %s (%s); skipped",
-                shown(subject),
-                step.__name__,
-                type(exc).__name__,
-                exc_info=True,
-            )
-            raise ProtocolError(f"handling it failed unexpectedly ({type(exc).__name__})") from exc
-
-    return guarded
-
-
-def _subject(args: tuple[Any, ...]) -> str:
-    """Which message a step was handling: its tag, else its digest or reference."""
-    for arg in args:
-        message = getattr(arg, "message", arg)  # a VerifiedMessage holds the message
-        named = getattr(message, "tag", None) or getattr(message, "digest", None)
-        if isinstance(named, str):
-            return named
-        if isinstance(arg, str):
-            return arg
-    return "(unknown)"
 
 
 def _summary_line(

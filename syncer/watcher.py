@@ -11,10 +11,11 @@ Caveats first:
 * Events only speed things up. A full scan at start picks up files left from
   before a crash, and a rescan every ``rescan_seconds`` catches anything an
   overflowing inotify queue dropped.
-* ``outbox/<recipient>/.../FILE`` goes to ``recipient`` under FILE's own name;
-  a file directly in the outbox goes to the default recipient. Without one it
-  stays where it is and is reported (``statistics().unroutable``), not sent.
-* Editor and download temp files (:func:`is_temporary_name`) and anything in a
+* Where a file goes is ``core.outbox.route``'s one rule (the mount's ``outbox/``
+  asks it too): ``outbox/<recipient>/.../FILE`` goes to ``recipient`` under FILE's
+  own name; a file directly in the outbox goes to the default recipient. Without
+  one it stays where it is and is reported (``statistics().unroutable``), not sent.
+* Editor and download temp files (``is_temporary_name``) and anything in a
   hidden folder are never sent; they are still there when the writer renames
   them to their final name, which is what gets queued.
 * A settled file is opened once, without following links, and everything after
@@ -33,7 +34,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -47,6 +47,7 @@ from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHan
 from watchdog.observers import Observer
 
 from dockercomms.core import protocol as p
+from dockercomms.core.outbox import is_temporary_name, route
 from dockercomms.core.untrusted import shown
 from dockercomms.syncer.queue import PushQueue, QueueItem, RefusedFile, SourceFile
 
@@ -66,26 +67,6 @@ class _StopRaceFilter(logging.Filter):
 
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_StopRaceFilter())
-
-_TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".swx")
-# Vim swap files run .swp, .swo, .swn ... down to .swa as earlier ones exist.
-_VIM_SWAP = re.compile(r"\.sw[a-p]$", re.IGNORECASE)
-
-
-def is_temporary_name(name: str) -> bool:
-    """True for names that are work in progress, never a file someone meant to send.
-
-    Dotfiles (``.x.swp``, ``.#lock``, ``.~lock.x#``), backups ending in ``~``,
-    Emacs ``#autosave#``, Office ``~$lock`` files, vim swap files and partial
-    downloads (``.part``, ``.crdownload``, ``.tmp``...).
-    """
-    if not name or name.startswith((".", "~$")) or name.endswith("~"):
-        return True
-    if name.startswith("#") and name.endswith("#"):
-        return True
-    lowered = name.lower()
-    return lowered.endswith(_TEMP_SUFFIXES) or bool(_VIM_SWAP.search(lowered))
-
 
 #: Refusals kept for ``status`` and notifications (older ones are only in the log).
 REFUSALS_KEPT = 20
@@ -425,14 +406,11 @@ class OutboxWatcher:
     def _route(self, path: Path) -> tuple[str | None, str] | None:
         """(recipient, filename) for a file in the spool; None if it is not to be sent."""
         try:
-            parts = path.relative_to(self.spool_dir).parts
+            relative = path.relative_to(self.spool_dir)
         except ValueError:
             return None
-        if not parts or any(is_temporary_name(part) for part in parts):
-            return None
-        if len(parts) == 1:
-            return self.default_recipient, parts[0]
-        return parts[0], parts[-1]
+        where = route(relative, self.default_recipient)
+        return None if where is None else (where.recipient, where.filename)
 
     def _report_unroutable(self, path: Path) -> None:
         why = (

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,12 +28,10 @@ from dockercomms.core import protocol as p
 from dockercomms.core.errors import (
     Disposition,
     DockerCommsError,
-    NotFoundError,
     disposition_of,
 )
-from dockercomms.core.manifest import Descriptor
-from dockercomms.core.registry.retry import RetryPolicy
-from dockercomms.core.send import Sender, SendRequest, SentMessage
+from dockercomms.core.outbox import Descriptor, Outbox, SendRequest, SentMessage
+from dockercomms.core.workspace import RetryPolicy
 from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
 
 log = logging.getLogger(__name__)
@@ -122,12 +119,12 @@ def describe(error: BaseException) -> str:
 
 
 class PushWorker:
-    """Pushes due queue items through a ``Sender``; a ``run()`` loop and a ``stop()``."""
+    """Pushes due queue items through an ``Outbox``; a ``run()`` loop and a ``stop()``."""
 
     def __init__(
         self,
         queue: PushQueue,
-        sender_factory: Callable[[], Sender],
+        outbox: Outbox,
         *,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
@@ -138,8 +135,7 @@ class PushWorker:
         # the queue keeps trying for as long as it takes, so only its delays count.
         self.backoff = RetryPolicy(base_delay=backoff_base, max_delay=backoff_max)
         self.options = options or SendOptions()
-        self._sender_factory = sender_factory
-        self._sender: Sender | None = None
+        self.outbox = outbox
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._aborting = threading.Event()
@@ -189,11 +185,8 @@ class PushWorker:
         self.stop()
 
     def close(self) -> None:
-        """Drop the sender and its registry connections."""
-        with self._lock:
-            sender, self._sender = self._sender, None
-        if sender is not None:
-            sender.client.close()
+        """Drop this thread's registry connections (the next push opens fresh ones)."""
+        self.outbox.renew()
 
     def run_once(self) -> QueueItem | None:
         """Push the next due item, if any; return it as it is afterwards."""
@@ -253,7 +246,7 @@ class PushWorker:
             if self._aborting.is_set():
                 raise _Aborted
 
-        return self._get_sender().send(request, on_progress=progress, on_chunk=chunk_done)
+        return self.outbox.send(request, on_progress=progress, on_chunk=chunk_done)
 
     def _restamped_if_stale(self, item: QueueItem, ttl_seconds: int) -> QueueItem:
         """``item`` with a new ``created_at`` if it waited out most of its TTL unseen."""
@@ -262,9 +255,7 @@ class PushWorker:
         if left >= timedelta(seconds=ttl_seconds * RESTAMP_BELOW):
             return item
         tag = p.message_tag(item.recipient, item.created_at, item.session_id, item.message_id)
-        try:
-            self._get_sender().client.fetch_manifest(tag)
-        except NotFoundError:
+        if not self.outbox.is_tagged(tag):
             log.warning(
                 "%s waited in the queue since %s; sending it with today's date so it "
                 "does not arrive expired",
@@ -295,12 +286,6 @@ class PushWorker:
             self._paused_until = now + timedelta(seconds=delay)
         log.warning("registry unavailable (%s); retrying %s in %.1fs", text, item.filename, delay)
         return PushResult(self.queue.mark_retry(item.id, text, delay), error)
-
-    def _get_sender(self) -> Sender:
-        with self._lock:
-            if self._sender is None:
-                self._sender = self._sender_factory()
-            return self._sender
 
     def _pause_left(self) -> float:
         with self._lock:

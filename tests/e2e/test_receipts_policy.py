@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from dockercomms.core import protocol as p
-from dockercomms.fsmount.receipt_book import Answer, ReceiptBook, supersedes
 from dockercomms.syncer.service import Syncer
 from tests.conftest import Party
 from tests.hostile_manifests import deep_manifest, inbox_tag, plant
@@ -70,28 +69,3 @@ def test_the_syncer_skips_a_manifest_that_breaks_parsers(
 
     assert (tmp_path / "bob" / "inbox" / "fine.txt").read_bytes() == b"fine\n"
     assert {o.tag: o.status for o in outcomes}[deep] == "rejected"
-
-
-def test_the_receipt_book_lets_accepted_follow_rejected_and_nothing_follow_accepted(
-    tmp_path: Path,
-) -> None:
-    book = ReceiptBook(tmp_path / "fsmount.db")
-    try:
-        assert supersedes("rejected", book.get("sha256:m"))
-        book.record(
-            Answer("sha256:m", "rejected", "sha256:r1", "bad chunk", "2026-01-01T00:00:00Z")
-        )
-        assert not supersedes("rejected", book.get("sha256:m"))
-        assert supersedes("accepted", book.get("sha256:m"))
-        book.record(Answer("sha256:m", "accepted", "sha256:r2", None, "2026-01-02T00:00:00Z"))
-    finally:
-        book.close()
-
-    reopened = ReceiptBook(tmp_path / "fsmount.db")
-    try:
-        answer = reopened.get("sha256:m")
-        assert answer is not None and answer.receipt_digest == "sha256:r2"
-        assert not supersedes("accepted", answer) and not supersedes("rejected", answer)
-        assert len(reopened) == 1
-    finally:
-        reopened.close()

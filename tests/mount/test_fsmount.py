@@ -437,6 +437,29 @@ def test_getfattr_values(world: World) -> None:
     )
 
 
+def test_a_message_recv_answered_is_not_answered_again_through_the_mount(world: World) -> None:
+    """One receipt store: the mount sees the receipt ``recv`` sent, and sends none of its own."""
+    carol = world.people[CAROL]
+    grace = make_identities(world.root, ["grace@example.com"], data_home=world.root / "xdg-data")[
+        "grace@example.com"
+    ]
+    trust(grace, carol)
+    note = world.work("one-receipt") / "answered-once.txt"
+    note.write_bytes(b"answered once\n")
+    sent = carol.send(note, grace.name)
+    grace.cli("recv", "--out", str(world.work("grace-recv")))
+
+    with mounted(grace, world.root / "mnt-grace") as mount:
+        path = arrives(mount, f"inbox/{CAROL}/answered-once.txt")
+        assert path.read_bytes() == b"answered once\n"
+        wait_for("the receipt on the mount's copy", lambda: xattr(path, "receipt"))
+        # The mount shows the receipt recv recorded: one store, so it has nothing to send.
+        assert (xattr(path, "receipt") or "").startswith("accepted sha256:")
+    with grace.workspace().client() as client:
+        receipts = client.list_tags(f"receipt-{sent.digest.split(':', 1)[1][:12]}-")
+    assert len(receipts) == 1, receipts
+
+
 def test_refresh_by_touch(world: World) -> None:
     source = world.work("touch") / "poke.txt"
     source.write_bytes(b"poke\n")
