@@ -21,6 +21,7 @@ Caveats first:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -140,6 +141,14 @@ class Inbox:
             return self._answers
 
     # --- listing --------------------------------------------------------------------
+
+    def trust_version(self) -> tuple[int, int] | None:
+        """Changes whenever ``trust.json`` does (its mtime and size); None without one."""
+        try:
+            st = os.stat(self.workspace.paths.trust_file)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
 
     def tags(self) -> list[str]:
         """Every message tag addressed to me (names that break the tag grammar left out)."""

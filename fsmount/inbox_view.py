@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import stat
 import time
 from collections.abc import Callable
@@ -59,8 +58,8 @@ from dockercomms.core.errors import (
     LimitExceededError,
 )
 from dockercomms.core.inbox import CheckedTag, Inbox, Message, VerifiedSigner
+from dockercomms.core.inbox_state import InboxState, Listed, reconcile, tags_to_check
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.receive import CLOCK_SKEW
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.errno_map import errno_for, is_rejection, reason
@@ -92,14 +91,6 @@ SCAN_WORKERS = 3
 
 
 # --- what a poll finds ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PollResult:
-    """Every inbox tag now present, and what the new (or retried) ones are."""
-
-    tags: frozenset[str]
-    fresh: list[CheckedTag]
 
 
 @dataclass
@@ -317,8 +308,6 @@ class InboxView:
         self.status = PollStatus()
         self.poller: InboxPoller | None = None
         self._folders: dict[str, InboxDir] = {}
-        self._by_digest: dict[str, InboxItem] = {}
-        self._by_message_id: dict[tuple[str, str], InboxItem] = {}  # (sender, id)
         self._ready = trio.Event()
         self._trust_stamp: tuple[int, int] | None = None
         # Per-tag conditions met at every poll, each logged once until it changes.
@@ -341,24 +330,13 @@ class InboxView:
             await self.poller.refresh(REFRESH_WAIT_SECONDS)
 
     async def poll_once(self) -> None:
-        """List the registry, verify new tags, and update the tree."""
+        """List the registry, verify new tags, and update the tree (``core.inbox_state``)."""
         started = datetime.now(UTC)
         clock = time.monotonic()
-        stamp = self._trust_file_stamp()
-        retry: frozenset[str] = frozenset()
-        if stamp != self._trust_stamp:
-            retry = frozenset(self.rejected) | {
-                tag for tag, item in self.items.items() if item.error is not None
-            }
-        known = (
-            frozenset(self.items)
-            | frozenset(self.rejected)
-            | frozenset(self.aliases)
-            | frozenset(self.expired)
-        )
+        stamp = self.inbox.trust_version()
         try:
             tags = await self.threads.run(self.inbox.tags)
-            wanted = [t for t in tags if t not in known or t in retry]
+            wanted = tags_to_check(self._state(), tags, trust_changed=stamp != self._trust_stamp)
             fresh = (
                 await self.threads.run(self.inbox.check_tags, wanted, workers=SCAN_WORKERS)
                 if wanted
@@ -377,62 +355,66 @@ class InboxView:
         self.status.error = None
         if self._poll_failure.clear("poll"):
             log.info("inbox poll works again")
-        self._apply(PollResult(frozenset(tags), fresh))
+        self._apply(frozenset(tags), fresh)
 
-    def _trust_file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.inbox.workspace.paths.trust_file)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
+    def _state(self) -> InboxState:
+        """What is listed now, as ``core.inbox_state`` sees it."""
+        listed = {
+            tag: Listed(
+                item.message.digest,
+                item.message.sender,
+                item.message.message_id,
+                item.message.expires_at,
+                failing=item.error is not None,
+                corrupt=item.corrupt,
+            )
+            for tag, item in self.items.items()
+        }
+        return InboxState(
+            listed, frozenset(self.rejected), dict(self.aliases), frozenset(self.expired)
+        )
 
-    def _apply(self, result: PollResult) -> None:
-        """Trio thread: add what is new, drop what is gone."""
+    def _apply(self, tags: frozenset[str], fresh: list[CheckedTag]) -> None:
+        """Trio thread: apply what ``reconcile`` says the poll changed to the tree."""
         for notes in (self._rejections, self._transient, self._unexpected):
-            notes.keep_only(result.tags)
-        removed = 0
-        for tag in [t for t in self.items if t not in result.tags]:
+            notes.keep_only(tags)
+        changes = reconcile(self._state(), tags, fresh, datetime.now(UTC))
+        for tag in changes.gone + changes.expired_now:
             self._remove_item(tag)
-            removed += 1
-        for tag in [t for t in self.rejected if t not in result.tags]:
+        for tag in changes.unrejected:
             self._remove_rejected(tag)
-        for tag in [t for t in self.aliases if t not in result.tags]:
-            del self.aliases[tag]
-        self.expired &= result.tags
-        removed += self._drop_expired(datetime.now(UTC))
-        good = [entry for entry in result.fresh if entry.error is None]
-        good.sort(key=lambda e: (e.message.created_at, e.message.digest) if e.message else ())
-        added = sum(1 for entry in good if self._guarded(entry.tag, self._add_verified, entry))
-        rejected = 0
-        for entry in result.fresh:
+        self.aliases = changes.aliases
+        self.expired = set(changes.expired)
+        for entry in changes.recovered:
+            # A retried tag verified this time (trust.json changed).
+            item = self.items[entry.tag]
+            assert entry.signer is not None
+            item.error, item.failure, item.signer = None, None, entry.signer
+        added = sum(1 for entry in changes.added if self._guarded(entry.tag, self._add_item, entry))
+        for entry in fresh:
             if entry.error is None or is_rejection(entry.error):
                 self._transient.clear(entry.tag)  # checked now: a later trouble is news
-            if entry.error is None:
-                continue
-            if isinstance(entry.error, ExpiredError):
-                self.expired.add(entry.tag)
-            elif is_rejection(entry.error):
-                rejected += 1
-                self._guarded(
-                    entry.tag,
-                    self._add_rejected,
-                    entry.tag,
-                    entry.message,
-                    entry.error,
-                    entry.answerable,
-                )
-            else:
-                # Transient (registry trouble for this one tag): not known, so retried.
-                text = reason(entry.error)
-                self.status.transient = [*self.status.transient[-9:], text]
-                self._transient.log(
-                    logging.INFO,
-                    entry.tag,
-                    "inbox tag %s not checked this time: %s",
-                    entry.tag,
-                    text,
-                )
-        self.status.added, self.status.removed, self.status.rejected = added, removed, rejected
+        for entry in changes.rejected:
+            assert entry.error is not None
+            self._guarded(
+                entry.tag,
+                self._add_rejected,
+                entry.tag,
+                entry.message,
+                entry.error,
+                entry.answerable,
+            )
+        for entry in changes.transient:
+            # Registry trouble for this one tag: not known, so the next poll retries it.
+            assert entry.error is not None
+            text = reason(entry.error)
+            self.status.transient = [*self.status.transient[-9:], text]
+            self._transient.log(
+                logging.INFO, entry.tag, "inbox tag %s not checked this time: %s", entry.tag, text
+            )
+        removed = len(changes.gone) + len(changes.expired_now)
+        self.status.added, self.status.removed = added, removed
+        self.status.rejected = len(changes.rejected)
         if added or removed:
             log.info("inbox: %d new, %d gone, %d listed", added, removed, len(self.items))
 
@@ -451,34 +433,10 @@ class InboxView:
             )
             return False
 
-    def _drop_expired(self, now: datetime) -> int:
-        """Unlist messages whose time to live has passed (as receivers judge it)."""
-        gone = [
-            tag for tag, item in self.items.items() if item.message.expires_at + CLOCK_SKEW < now
-        ]
-        for tag in gone:
-            self._remove_item(tag)
-            self.expired.add(tag)
-        return len(gone)
-
-    def _add_verified(self, entry: CheckedTag) -> bool:
+    def _add_item(self, entry: CheckedTag) -> bool:
+        """List a new verified message under its sender's folder, by a name it keeps."""
         assert entry.message is not None and entry.signer is not None
         message = entry.message
-        existing = self.items.get(entry.tag)
-        if existing is not None:
-            # A retried tag verified this time (trust.json changed); corruption stays.
-            if existing.message.digest == message.digest and not existing.corrupt:
-                existing.error = None
-                existing.failure = None
-                existing.signer = entry.signer
-                self._remove_rejected(entry.tag)
-            return False
-        self._remove_rejected(entry.tag)
-        key = (message.sender, message.message_id)  # the verified sender: signer.name
-        twin = self._by_digest.get(message.digest) or self._by_message_id.get(key)
-        if twin is not None:
-            self.aliases[entry.tag] = twin.message.digest
-            return False
         item = InboxItem(entry.tag, message, entry.signer, datetime.now(UTC))
         folder = self._folder(message.sender)
         suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
@@ -487,8 +445,6 @@ class InboxView:
         item.folder = folder.name
         folder.attach(name, item.node)
         self.items[entry.tag] = item
-        self._by_digest[message.digest] = item
-        self._by_message_id[key] = item
         return True
 
     def _folder(self, sender: str) -> InboxDir:
@@ -502,8 +458,6 @@ class InboxView:
 
     def _remove_item(self, tag: str) -> None:
         item = self.items.pop(tag)
-        self._by_digest.pop(item.message.digest, None)
-        self._by_message_id.pop((item.message.sender, item.message.message_id), None)
         folder = self._folders.get(item.folder)
         if folder is None or item.node is None:
             return
