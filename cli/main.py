@@ -20,10 +20,12 @@ import sys
 from dockercomms.cli import (
     demo,
     doctor_cmd,
+    gc_cmd,
     identity,
     messaging,
     mount_cmd,
     service_cmd,
+    status_cmd,
     sync_cmd,
 )
 from dockercomms.cli.parsing import EXIT_CODES, CommandParser
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync_cmd.add_parsers(sub, common, registry)
     mount_cmd.add_parsers(sub, common, registry)
     service_cmd.add_parsers(sub, common, registry)
+    status_cmd.add_parsers(sub, common)
+    gc_cmd.add_parsers(sub, common, registry)
     doctor_cmd.add_parsers(sub, common, registry)
     demo.add_parsers(sub, common)
     return parser

@@ -60,6 +60,7 @@ from dockercomms.core.errors import (
 from dockercomms.core.inbox import CheckedTag, Inbox, Message, VerifiedSigner
 from dockercomms.core.inbox_state import InboxState, Listed, reconcile, tags_to_check
 from dockercomms.core.log_once import LogOnce
+from dockercomms.core.status import InboxStatistics, PollStatistics
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.errno_map import errno_for, is_rejection, reason
@@ -106,18 +107,18 @@ class PollStatus:
     error: str | None = None
     transient: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "polls": self.polls,
-            "at": xattrs.timestamp(self.started_at),
-            "seconds": self.seconds,
-            "added": self.added,
-            "removed": self.removed,
-            "rejected": self.rejected,
-            "error": self.error,
-            "transient_errors": self.transient[-10:],
-        }
+    def statistics(self) -> PollStatistics:
+        """The last poll (``core.status``)."""
+        return PollStatistics(
+            self.polls,
+            self.started_at,
+            self.seconds,
+            self.added,
+            self.removed,
+            self.rejected,
+            self.error,
+            self.transient[-10:],
+        )
 
 
 @dataclass
@@ -581,19 +582,19 @@ class InboxView:
             }
         )
 
-    def status_json(self) -> dict[str, Any]:
+    def statistics(self) -> InboxStatistics:
         """The inbox part of ``.status``."""
-        return {
-            "messages": len(self.items),
-            "rejected": len(self.rejected),
-            "poll_seconds": self.poll_seconds,
-            "last_poll": self.status.to_json(),
-            "open_errors": {
+        return InboxStatistics(
+            len(self.items),
+            len(self.rejected),
+            self.poll_seconds,
+            self.status.statistics(),
+            {
                 f"{item.folder}/{item.message.filename}": item.failure
                 for item in self.items.values()
                 if item.failure is not None
             },
-        }
+        )
 
 
 def _rejection_text(tag: str, message: Message | None, why: str) -> str:

@@ -54,8 +54,10 @@ import pyfuse3
 import trio
 
 from dockercomms.core import errors
+from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError, DockerCommsError
-from dockercomms.core.gc import GarbageCollector
+from dockercomms.core.garbage import GarbageCollector
+from dockercomms.core.status import MountStatus
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES, ChunkCache
@@ -66,6 +68,7 @@ from dockercomms.fsmount.mount_record import MountRecord
 from dockercomms.fsmount.operations import DropFolderOperations
 from dockercomms.fsmount.outbox import OutboxView, refusal_events
 from dockercomms.fsmount.receipt_sender import ReceiptSender
+from dockercomms.fsmount.root import MountRoot
 from dockercomms.fsmount.sdnotify import (
     LiveStatus,
     SystemdNotifier,
@@ -73,11 +76,11 @@ from dockercomms.fsmount.sdnotify import (
     when_answering,
 )
 from dockercomms.fsmount.sent_view import SentView
-from dockercomms.fsmount.status import MountRoot, StatusReport
+from dockercomms.fsmount.status import StatusReport
 from dockercomms.fsmount.transfers import ChunkSource
 from dockercomms.fsmount.virtual import GeneratedFile
 from dockercomms.fsmount.worker_threads import WorkerThreads
-from dockercomms.syncer.service import Syncer
+from dockercomms.syncer.syncer import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +219,13 @@ async def serve(
     config: MountConfig,
     workspace: Workspace,
     *,
-    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    on_ready: Callable[[MountStatus], None] | None = None,
     live_status: LiveStatus | None = None,
 ) -> None:
     """Mount, serve until unmounted or signalled, and tear everything down in order.
 
-    ``on_ready`` gets the first ``.status`` document once the mount answers
-    through the kernel. ``live_status`` gets the in-process status document (for
+    ``on_ready`` gets the first ``.status`` tree once the mount answers
+    through the kernel. ``live_status`` gets the in-process status tree (for
     systemd). A start that fails before that removes the mount point folder if it
     created it.
     """
@@ -244,7 +247,7 @@ async def _serve(
     workspace: Workspace,
     mountpoint: Path,
     answered: trio.Event,
-    on_ready: Callable[[dict[str, Any]], None] | None,
+    on_ready: Callable[[MountStatus], None] | None,
     live_status: LiveStatus | None,
 ) -> None:
     paths = workspace.paths
@@ -314,7 +317,7 @@ async def _serve(
             syncer.watcher.refusals,
         )
         if live_status is not None:
-            live_status.publish(report.build)
+            live_status.publish(report.statistics)
         root = MountRoot(table, report, inbox_view)
         table.add(root, inode=ROOT_INODE)
         root.attach("outbox", outbox.root)
@@ -364,17 +367,18 @@ async def _announce_when_answering(
     mountpoint: Path,
     record: Path,
     answered: trio.Event,
-    on_ready: Callable[[dict[str, Any]], None] | None,
+    on_ready: Callable[[MountStatus], None] | None,
 ) -> None:
     """Background job: once the mount answers, record it and tell whoever waits."""
-    document = await when_answering(mountpoint)
+    status = await when_answering(mountpoint)
+    started = p.format_timestamp(status.started_at) if status.started_at else ""
     try:
-        MountRecord(mountpoint, os.getpid(), str(document.get("started_at", ""))).write(record)
+        MountRecord(mountpoint, os.getpid(), started).write(record)
     except OSError as exc:  # status and a second mount then only know less
         log.warning("cannot record the mount in %s: %s", record, exc)
     answered.set()
     if on_ready is not None:
-        on_ready(document)
+        on_ready(status)
 
 
 GC_FIRST_SECONDS = 60.0
@@ -382,7 +386,7 @@ GC_EVERY_SECONDS = 3600.0
 
 
 async def collect_garbage_periodically(collector: GarbageCollector) -> None:
-    """Background job: delete my expired messages now and then (``core/gc.py``)."""
+    """Background job: delete my expired messages now and then (``core/garbage.py``)."""
     await trio.sleep(GC_FIRST_SECONDS)
     while True:
         try:
@@ -460,9 +464,9 @@ class StartReport:
         if fd is not None:
             os.set_inheritable(fd, False)  # fusermount3 and friends must not keep it open
 
-    def ready(self, document: dict[str, Any]) -> None:
+    def ready(self, status: MountStatus) -> None:
         """The mount answers."""
-        self._send({"ready": True, "pid": os.getpid(), "mountpoint": document.get("mountpoint")})
+        self._send({"ready": True, "pid": os.getpid(), "mountpoint": status.mountpoint})
 
     def failed(self, error: BaseException) -> None:
         """The start failed (nothing is sent once ``ready`` was)."""

@@ -39,6 +39,7 @@ import trio
 
 from dockercomms.core.inbox import Inbox, Message
 from dockercomms.core.log_once import LogOnce
+from dockercomms.core.status import QueueStatistics, to_json
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
 from dockercomms.fsmount.inodes import (
@@ -298,12 +299,12 @@ class SentView:
     async def _status_bytes(self) -> bytes:
         await self.refresh()
         statistics = await trio.to_thread.run_sync(self.queue.statistics)
-        return (json.dumps(self.status_json(statistics.to_json()), indent=2) + "\n").encode()
+        return (json.dumps(self._status_document(statistics), indent=2) + "\n").encode()
 
-    def status_json(self, statistics: dict[str, Any]) -> dict[str, Any]:
+    def _status_document(self, statistics: QueueStatistics) -> dict[str, Any]:
         """``sent/.status.json``: every item with its path, plus queue statistics."""
         return {
-            "statistics": statistics,
+            "statistics": to_json(statistics),
             "items": [
                 _item_json(node.entry.item)
                 | {"path": f"sent/{node.entry.folder}/{node.entry.name}"}

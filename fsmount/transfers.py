@@ -32,12 +32,12 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from dockercomms.core.errors import ChunkError, RegistryUnavailableError
 from dockercomms.core.inbox import Inbox, Message
+from dockercomms.core.status import Download
 from dockercomms.fsmount.chunk_cache import CacheCorruptError, ChunkCache, ChunkKey
 from dockercomms.fsmount.worker_threads import WorkerThreads
 
@@ -47,13 +47,8 @@ BUFFER_IDLE_SECONDS = 5.0
 
 
 @dataclass
-class Download:
-    """A chunk being fetched, for ``.status``.
-
-    Attributes:
-        bytes_done: compressed bytes received so far (updated from the worker thread).
-        bytes_total: compressed size of the layer.
-    """
+class _Download:
+    """A chunk being fetched (``bytes_done`` is updated from the worker thread)."""
 
     filename: str
     digest: str
@@ -62,20 +57,19 @@ class Download:
     bytes_done: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
+    def statistics(self) -> Download:
+        """Where it is now."""
         # A download that broke off is retried from the start and counts again.
         done = min(self.bytes_done, self.bytes_total)
-        return {
-            "direction": "download",
-            "filename": self.filename,
-            "message": self.digest,
-            "chunk": self.chunk,
-            "bytes_done": done,
-            "bytes_total": self.bytes_total,
-            "percent": round(100 * done / self.bytes_total, 1) if self.bytes_total else 100.0,
-            "seconds": round(time.monotonic() - self.started, 1),
-        }
+        return Download(
+            self.filename,
+            self.digest,
+            self.chunk,
+            done,
+            self.bytes_total,
+            round(100 * done / self.bytes_total, 1) if self.bytes_total else 100.0,
+            round(time.monotonic() - self.started, 1),
+        )
 
 
 @dataclass
@@ -141,7 +135,7 @@ class ChunkSource:
         self.cache = cache
         self.prefetch = prefetch
         self.whole_file = whole_file
-        self.downloads: dict[ChunkKey, Download] = {}
+        self.downloads: dict[ChunkKey, _Download] = {}
         self._nursery = nursery
         self._fetches: dict[ChunkKey, _Fetch] = {}
         # The inbox reuses spool buffers while chunks stream in (fresh memory costs
@@ -271,7 +265,7 @@ class ChunkSource:
         self._fetches[key] = fetch
         self._fetches_started += 1
         layer = message.chunks[index]
-        download = Download(message.filename, message.digest, index, layer.size)
+        download = _Download(message.filename, message.digest, index, layer.size)
         self.downloads[key] = download
 
         def progress(n: int) -> None:
@@ -329,6 +323,6 @@ class ChunkSource:
         except Exception as exc:
             log.info("prefetch of chunk %d of %s failed: %s", index, message.filename, exc)
 
-    def status(self) -> list[dict[str, Any]]:
+    def statistics(self) -> list[Download]:
         """Downloads in flight."""
-        return [d.to_json() for d in self.downloads.values()]
+        return [d.statistics() for d in self.downloads.values()]

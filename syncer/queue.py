@@ -67,6 +67,8 @@ from typing import Any
 from dockercomms.core import protocol as p
 from dockercomms.core.config import DEFAULT_CHUNK_BYTES
 from dockercomms.core.outbox import Descriptor
+from dockercomms.core.paths import Paths
+from dockercomms.core.status import InterruptedUpload, QueueStatistics
 
 log = logging.getLogger(__name__)
 
@@ -196,35 +198,6 @@ class SendOptions:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "zstd"
     ttl_seconds: int = p.DEFAULT_TTL_SECONDS
-
-
-@dataclass(frozen=True)
-class QueueStatistics:
-    """A snapshot of the queue, as ``status`` shows it.
-
-    Attributes:
-        counts: items per state (every state present, zero included).
-        bytes_queued: bytes still to send (queued + uploading).
-        oldest_queued: enqueue time of the oldest item not yet sent.
-        last_error: the most recent error of an item that is not sent.
-        last_error_at: when that error was recorded.
-    """
-
-    counts: dict[ItemState, int]
-    bytes_queued: int
-    oldest_queued: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "counts": {str(k): v for k, v in self.counts.items()},
-            "bytes_queued": self.bytes_queued,
-            "oldest_queued": _rfc3339(self.oldest_queued),
-            "last_error": self.last_error,
-            "last_error_at": _rfc3339(self.last_error_at),
-        }
 
 
 class RefusedFile(ValueError):
@@ -742,11 +715,11 @@ class PushQueue:
     def statistics(self) -> QueueStatistics:
         """Counts per state, bytes left to send, oldest waiting item, last error."""
         with self._lock:
-            counts = dict.fromkeys(ItemState, 0)
+            counts = dict.fromkeys(map(str, ItemState), 0)
             for state, count in self._conn.execute(
                 "SELECT state, COUNT(*) FROM items WHERE state != ? GROUP BY state", (_INTAKE,)
             ):
-                counts[ItemState(state)] = count
+                counts[str(ItemState(state))] = count
             pending, oldest = self._conn.execute(
                 "SELECT COALESCE(SUM(size), 0), MIN(enqueued_at) FROM items WHERE state IN (?, ?)",
                 (ItemState.QUEUED, ItemState.UPLOADING),
@@ -916,3 +889,28 @@ def _parse(text: str) -> datetime:
 
 def _rfc3339(moment: datetime | None) -> str | None:
     return p.format_timestamp(moment) if moment is not None else None
+
+
+def queue_at_rest(
+    paths: Paths, *, held: bool
+) -> tuple[QueueStatistics | None, list[InterruptedUpload]]:
+    """The queue as its files say, for ``status`` with no mount to ask; None if never used.
+
+    ``held``: a process holds the queue (its uploads are under way, not
+    interrupted). Opening the queue this way changes nothing in it.
+    """
+    if not paths.queue_db.exists():
+        return None, []
+    with PushQueue(paths.queue_db, paths.queue_dir) as queue:
+        statistics = queue.statistics()
+        uploads = [
+            InterruptedUpload(
+                item.filename,
+                item.recipient,
+                item.size,
+                len(queue.known_chunks(item.id)),
+                "uploading" if held else "interrupted (resumes at next start)",
+            )
+            for item in queue.items([ItemState.UPLOADING])
+        ]
+    return statistics, uploads

@@ -46,8 +46,8 @@ from typing import Any
 from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from dockercomms.core import protocol as p
 from dockercomms.core.outbox import is_temporary_name, route
+from dockercomms.core.status import Refusal, WatcherStatistics
 from dockercomms.core.untrusted import shown
 from dockercomms.syncer.queue import PushQueue, QueueItem, RefusedFile, SourceFile
 
@@ -72,35 +72,6 @@ logging.getLogger("watchdog.observers.inotify").addFilter(_StopRaceFilter())
 REFUSALS_KEPT = 20
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """A file the outbox did not take, and why.
-
-    Attributes:
-        seq: its number in this process; the same file refused again for the same
-            reason keeps it (so it is announced once).
-        path: below the outbox (``bob/report.pdf``), escaped for showing.
-        reason: why, escaped for showing.
-        at: when it was last refused.
-        times: how often it was refused (a rescan finds a refused file again).
-    """
-
-    seq: int
-    path: str
-    reason: str
-    at: datetime
-    times: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "path": self.path,
-            "reason": self.reason,
-            "at": p.format_timestamp(self.at),
-            "times": self.times,
-        }
-
-
 class Refusals:
     """The last :data:`REFUSALS_KEPT` refusals, newest last; thread-safe.
 
@@ -121,10 +92,10 @@ class Refusals:
         with self._lock:
             known = self._entries.pop(key, None)
             if known is not None:
-                self._entries[key] = Refusal(known.seq, *key, now, known.times + 1)
+                self._entries[key] = Refusal(*key, now, known.times + 1, known.seq)
                 return False
             self._seq += 1
-            self._entries[key] = Refusal(self._seq, *key, now)
+            self._entries[key] = Refusal(*key, now, seq=self._seq)
             while len(self._entries) > self.kept:
                 self._entries.popitem(last=False)
             return True
@@ -133,35 +104,6 @@ class Refusals:
         """Oldest first."""
         with self._lock:
             return list(self._entries.values())
-
-
-@dataclass(frozen=True)
-class WatcherStatistics:
-    """What the watcher is waiting on.
-
-    Attributes:
-        pending: files seen but not yet settled (being written, or just closed).
-        unroutable: files directly in the outbox with no default recipient, and why.
-        last_scan_at: when the last full scan finished.
-        last_error: the last intake failure (e.g. permission denied), if any.
-        refused: the latest refusals, oldest first.
-    """
-
-    pending: int
-    unroutable: dict[str, str]
-    last_scan_at: datetime | None
-    last_error: str | None
-    refused: list[Refusal]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "pending": self.pending,
-            "unroutable": dict(self.unroutable),
-            "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
-            "last_error": self.last_error,
-            "refused": [refusal.to_json() for refusal in self.refused],
-        }
 
 
 @dataclass

@@ -22,7 +22,6 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import (
@@ -31,6 +30,7 @@ from dockercomms.core.errors import (
     disposition_of,
 )
 from dockercomms.core.outbox import Descriptor, Outbox, SendRequest, SentMessage
+from dockercomms.core.status import WorkerStatistics
 from dockercomms.core.workspace import RetryPolicy
 from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
 
@@ -60,50 +60,6 @@ class PushResult:
     def temporary(self) -> bool:
         """The item is queued again (it waits for the registry)."""
         return self.error is not None and is_temporary(self.error)
-
-
-@dataclass(frozen=True)
-class WorkerStatistics:
-    """What the worker is doing, for ``status``.
-
-    Attributes:
-        in_flight: id of the item being uploaded, if any.
-        in_flight_filename: its file name.
-        bytes_done: bytes of it uploaded (or skipped as already there) so far.
-        bytes_total: its size.
-        last_success_at: when the last item was sent.
-        last_failure_at: when the last attempt failed (temporarily or not).
-        registry_reachable: False from a temporary failure until the next success.
-        consecutive_failures: temporary failures in a row (drives the backoff).
-        paused_until: no attempt starts before this (registry backoff).
-        last_error: the last failure, as text.
-    """
-
-    in_flight: str | None
-    in_flight_filename: str | None
-    bytes_done: int
-    bytes_total: int
-    last_success_at: datetime | None
-    last_failure_at: datetime | None
-    registry_reachable: bool
-    consecutive_failures: int
-    paused_until: datetime | None
-    last_error: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "in_flight": self.in_flight,
-            "in_flight_filename": self.in_flight_filename,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "last_success_at": _rfc3339(self.last_success_at),
-            "last_failure_at": _rfc3339(self.last_failure_at),
-            "registry_reachable": self.registry_reachable,
-            "consecutive_failures": self.consecutive_failures,
-            "paused_until": _rfc3339(self.paused_until),
-            "last_error": self.last_error,
-        }
 
 
 def is_temporary(error: BaseException) -> bool:

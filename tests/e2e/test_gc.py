@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from dockercomms.cli import main as cli_main
-from dockercomms.core import gc
+from dockercomms.core import garbage
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import NotFoundError, RegistryUnavailableError
-from dockercomms.core.gc import Deletion, GarbageCollector, load_journal
+from dockercomms.core.garbage import Deletion, GarbageCollector, load_journal
 from dockercomms.core.registry.client import RegistryClient
 from tests.conftest import CliResult, Party, introduce, make_party, patched_env
 from tests.forge import Forge
@@ -154,7 +154,7 @@ def test_expiry_is_strict_and_without_clock_skew(embedded_pair: tuple[Party, Par
     with workspace.client() as client:
         message = workspace.receiver(client).fetch_message(digest, check_recipient=False)
 
-    def at(moment: datetime) -> gc.GcReport:
+    def at(moment: datetime) -> garbage.GcReport:
         return GarbageCollector(workspace, clock=lambda: moment).run_once()
 
     assert at(message.expires_at - timedelta(seconds=1)).expired == []
@@ -199,7 +199,7 @@ def test_an_interrupted_run_is_finished_from_its_journal(
     later = datetime.now(UTC) + timedelta(days=30)
     collector = GarbageCollector(workspace, clock=lambda: later)
 
-    real_delete = gc._delete
+    real_delete = garbage._delete
     calls = 0
 
     def flaky(client: RegistryClient, deletion: Deletion) -> str | None:
@@ -209,7 +209,7 @@ def test_an_interrupted_run_is_finished_from_its_journal(
             raise RegistryUnavailableError("connection reset by peer")
         return real_delete(client, deletion)
 
-    monkeypatch.setattr(gc, "_delete", flaky)
+    monkeypatch.setattr(garbage, "_delete", flaky)
     first = collector.run_once()
     monkeypatch.undo()
     assert [d.kind for d in first.deleted] == ["message"]
@@ -232,9 +232,9 @@ def test_an_unreadable_journal_is_ignored(tmp_path: Path, caplog: pytest.LogCapt
     assert load_journal(journal) == []
     assert "ignoring unreadable gc journal" in caplog.text
     entry = Deletion("bundle", "sha256:" + "a" * 64, "sha256:" + "b" * 64, "bundle")
-    gc.save_journal(journal, [entry])
+    garbage.save_journal(journal, [entry])
     assert load_journal(journal) == [entry]
-    gc.save_journal(journal, [])
+    garbage.save_journal(journal, [])
     assert not journal.exists()
 
 
@@ -256,8 +256,8 @@ def test_a_hostile_journal_is_ignored_in_bounded_memory(
 
 def test_a_registrys_refusal_is_shown_bounded_and_escaped() -> None:
     refusal = {"errors": [{"code": "UNSUPPORTED", "message": "no\x1b[2J deletes\nhere"}]}
-    assert gc._error_text(json.dumps(refusal).encode()) == (
+    assert garbage._error_text(json.dumps(refusal).encode()) == (
         "UNSUPPORTED: no\\x1b[2J deletes\\x0ahere"
     )
-    assert gc._error_text(b"[" * 4096) == "[" * 200 + "…"
-    assert gc._error_text(b"\x1b]0;owned\x07 not json") == "\\x1b]0;owned\\x07 not json"
+    assert garbage._error_text(b"[" * 4096) == "[" * 200 + "…"
+    assert garbage._error_text(b"\x1b]0;owned\x07 not json") == "\\x1b]0;owned\\x07 not json"

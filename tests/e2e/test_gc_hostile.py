@@ -18,7 +18,7 @@ import pytest
 
 from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
-from dockercomms.core.gc import GarbageCollector, load_journal
+from dockercomms.core.garbage import GarbageCollector, load_journal
 from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.signatures import push_empty_config
 from tests.conftest import Party

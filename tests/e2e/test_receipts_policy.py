@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dockercomms.core import protocol as p
-from dockercomms.syncer.service import Syncer
+from dockercomms.syncer.syncer import Syncer
 from tests.conftest import Party
 from tests.hostile_manifests import deep_manifest, inbox_tag, plant
 

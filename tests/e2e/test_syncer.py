@@ -25,9 +25,10 @@ import pytest
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.limits import MIB
 from dockercomms.core.send import SendRequest, SentMessage
+from dockercomms.core.status import to_json
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions
-from dockercomms.syncer.service import Syncer, SyncSummary
+from dockercomms.syncer.syncer import Syncer, SyncSummary
 from dockercomms.syncer.watcher import is_temporary_name
 from tests.syncer_fixtures import (
     Identity,
@@ -137,7 +138,7 @@ def test_dropped_file_is_received_once_and_temp_files_stay(
     assert len(alice_syncer.queue.items()) == 1
     [updated] = alice_syncer.refresh_receipts()
     assert updated.receipt == "accepted"
-    status = alice_syncer.status()
+    status = to_json(alice_syncer.statistics())
     assert status["state"] == "idle" and status["registry_reachable"] is True
     assert status["queue"]["counts"]["sent"] == 1
     json.dumps(status)
@@ -240,7 +241,9 @@ def test_inbox_poller_and_second_syncer_refused(
     with bob_syncer:
         (outbox / "bob" / "polled.txt").write_text("picked up by the poller")
         wait_until(
-            lambda: bob_syncer.status()["inbox"]["received"] == 1, 20, "bob's poller to receive"
+            lambda: to_json(bob_syncer.statistics())["inbox"]["received"] == 1,
+            20,
+            "bob's poller to receive",
         )
         assert (inbox / "polled.txt").read_text() == "picked up by the poller"
         second = Syncer(
@@ -384,7 +387,7 @@ def test_a_file_swapped_for_a_link_between_check_and_intake_is_never_sent(
     expected = {"bob/settled.txt", "bob/hardlink.txt", "bob/foreign.txt", "carol/private.key"}
 
     def refused() -> set[str]:
-        return {r["path"] for r in alice_syncer.watcher.statistics().to_json().get("refused", [])}
+        return {r["path"] for r in to_json(alice_syncer.watcher.statistics()).get("refused", [])}
 
     def decided() -> bool:
         counts = alice_syncer.queue.statistics().counts
@@ -423,7 +426,7 @@ def test_stop_interrupts_a_long_upload_which_resumes_as_the_same_message(
         syncer.start()
         (tmp_path / "long.bin").rename(outbox / "long.bin")
         wait_until(
-            lambda: (syncer.status()["in_flight"] or {}).get("bytes_done", 0) > 0,
+            lambda: (to_json(syncer.statistics())["in_flight"] or {}).get("bytes_done", 0) > 0,
             20,
             "the upload to be under way",
         )
@@ -665,7 +668,7 @@ def test_registry_options_reach_the_status(pair: tuple[Identity, Identity], outb
         default_recipient="bob",
     )
     try:
-        status = syncer.status()
+        status = to_json(syncer.statistics())
     finally:
         syncer.close()
     assert status["repository"] == "127.0.0.1:1/x/y" and status["state"] == "stopped"

@@ -798,8 +798,8 @@ def test_the_readiness_probe_never_touches_the_mount_from_its_own_process(world:
 
     sys.addaudithook(audit)
     try:
-        document = trio.run(read_mount_status, mountpoint)
+        status = trio.run(read_mount_status, mountpoint)
     finally:
         watching = False
-    assert document["pid"] == world.alice.process.pid
+    assert status.pid == world.alice.process.pid
     assert opened == []

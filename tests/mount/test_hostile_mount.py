@@ -26,7 +26,7 @@ import trio.testing
 from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
 from dockercomms.core.config import load_settings, save_settings
-from dockercomms.core.gc import GarbageCollector, GcReport
+from dockercomms.core.garbage import GarbageCollector, GcReport
 from dockercomms.core.paths import resolve_paths
 from dockercomms.core.receipts import send_receipt
 from dockercomms.core.registry.client import RegistryClient

@@ -44,13 +44,13 @@ import trio
 
 from dockercomms.cli import main as cli_main
 from dockercomms.cli import service_cmd
+from dockercomms.core.status import MountStatus, from_json, status_line
 from dockercomms.fsmount.desktop import DesktopNotifier, Event, EventWatcher, fold, notify_call
 from dockercomms.fsmount.mount_table import dockercomms_mounts
 from dockercomms.fsmount.outbox import refusal_events
 from dockercomms.fsmount.sdnotify import (
     JournalFormatter,
     SystemdNotifier,
-    status_line,
     stderr_is_journal,
     watchdog_pinger,
 )
@@ -509,11 +509,11 @@ def test_status_line_summarises_the_status_document() -> None:
         "inbox": {"messages": 3, "rejected": 1, "last_poll": {"at": "2026-11-23T09:00:05Z"}},
         "errors": ["outbox: registry unreachable"],
     }
-    assert status_line(document) == (
+    assert status_line(from_json(MountStatus, document)) == (
         "2 to send, 14 sent, 2 failed; uploading report.pdf 41%; "
         "inbox 3 (1 rejected), polled 09:00:05Z; error: outbox: registry unreachable"
     )
-    assert status_line({}) == "running"
+    assert status_line(from_json(MountStatus, {})) == "running"
 
 
 def test_journal_lines_have_a_priority_and_no_timestamp(tmp_path: Path) -> None:

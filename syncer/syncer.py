@@ -10,8 +10,8 @@ Caveats first:
 * The syncer's registry clients (``core``'s ``Inbox`` and ``Outbox`` over one
   pool, one client per thread) give up on a request within seconds
   (:data:`SYNC_RETRY_POLICY`): the durable queue does the long waiting, with
-  backoff, and ``status()`` says meanwhile that the registry is unreachable.
-* ``stop()`` does not close the queue, so ``status()`` keeps answering; call
+  backoff, and ``statistics()`` says meanwhile that the registry is unreachable.
+* ``stop()`` does not close the queue, so ``statistics()`` keeps answering; call
   ``close()`` when done (or use the syncer as a context manager).
 * The poller writes received files into a plain folder with ``Inbox.receive_new``
   (the loop ``recv`` uses) and records verified receipts for sent items: the
@@ -23,7 +23,7 @@ Caveats first:
   that fails as a whole is logged once and the next one runs on time. Conditions
   that repeat at every poll are logged once until they change, and what the
   registry or a message says is escaped before it is logged or shown in
-  ``status()``.
+  ``statistics()``.
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import filelock
-
 from dockercomms.core import protocol as p
 from dockercomms.core.errors import ConfigError, DockerCommsError
 from dockercomms.core.inbox import Outcome
 from dockercomms.core.log_once import LogOnce
+from dockercomms.core.status import PollerStatistics, SyncerStatistics, Upload
 from dockercomms.core.untrusted import shown
 from dockercomms.core.workspace import RegistryOptions, RetryPolicy, Workspace
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions
+from dockercomms.syncer.queue_lock import QueueLock
 from dockercomms.syncer.watcher import OutboxWatcher
 from dockercomms.syncer.worker import PushWorker, describe, is_temporary
 
@@ -146,7 +146,7 @@ class Syncer:
             backoff_max=backoff_max,
             options=SendOptions(settings.chunk_bytes, settings.compression, settings.ttl_seconds),
         )
-        self._owner = filelock.FileLock(paths.queue_lock, timeout=0)
+        self._owner = QueueLock(paths.queue_lock)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -247,12 +247,7 @@ class Syncer:
         self.workspace.signer()
 
     def _take_ownership(self) -> None:
-        try:
-            self._owner.acquire()
-        except filelock.Timeout as exc:
-            raise ConfigError(
-                f"another dockercomms sync is running for this identity ({self._owner.lock_file})"
-            ) from exc
+        self._owner.acquire()
 
     def _push_loop(self) -> None:
         try:
@@ -441,19 +436,19 @@ class Syncer:
 
     # --- status ---------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
-        """Everything a user asks "is it working?" about, JSON-ready."""
+    def statistics(self) -> SyncerStatistics:
+        """Everything a user asks "is it working?" about (``core.status``)."""
         queue = self.queue.statistics()
         worker = self.worker.statistics()
         watcher = self.watcher.statistics()
         with self._lock:
-            poll: dict[str, Any] = {
-                "inbox": str(self.inbox_dir) if self.inbox_dir else None,
-                "last_poll_at": _rfc3339(self._last_poll_at),
-                "last_error": shown(self._poll_error) if self._poll_error else None,
-                "received": self._received,
-                "recent_rejections": list(self._rejected),
-            }
+            poll = PollerStatistics(
+                str(self.inbox_dir) if self.inbox_dir else None,
+                self._last_poll_at,
+                shown(self._poll_error) if self._poll_error else None,
+                self._received,
+                list(self._rejected),
+            )
             poll_reachable = self._poll_reachable
         reachable = worker.registry_reachable and poll_reachable
         candidates = [self._fatal, worker.last_error if not reachable else None, self._poll_error]
@@ -473,33 +468,32 @@ class Syncer:
             state = "stopped"
         in_flight = None
         if worker.in_flight:
-            in_flight = {
-                "id": worker.in_flight,
-                "filename": worker.in_flight_filename,
-                "bytes_done": worker.bytes_done,
-                "bytes_total": worker.bytes_total,
-                "percent": round(100 * worker.bytes_done / worker.bytes_total, 1)
-                if worker.bytes_total
-                else 100.0,
-            }
+            percent = 100 * worker.bytes_done / worker.bytes_total if worker.bytes_total else 100.0
+            in_flight = Upload(
+                worker.in_flight,
+                worker.in_flight_filename or "",
+                worker.bytes_done,
+                worker.bytes_total,
+                round(percent, 1),
+            )
         try:
             repository = str(self.workspace.repository(self.registry_options))
         except ConfigError:
             repository = self.registry_options.repository
-        return {
-            "identity": self.workspace.identity,
-            "repository": repository,
-            "spool": str(self.spool_dir.absolute()),
-            "state": state,
-            "summary": _summary_line(state, queue.counts, worker.paused_until, errors),
-            "registry_reachable": reachable,
-            "in_flight": in_flight,
-            "queue": queue.to_json(),
-            "worker": worker.to_json(),
-            "watcher": watcher.to_json(),
-            "inbox": poll,
-            "errors": errors,
-        }
+        return SyncerStatistics(
+            identity=self.workspace.identity,
+            repository=repository,
+            spool=str(self.spool_dir.absolute()),
+            state=state,
+            summary=_summary_line(state, queue.counts, worker.paused_until, errors),
+            registry_reachable=reachable,
+            in_flight=in_flight,
+            queue=queue,
+            worker=worker,
+            watcher=watcher,
+            inbox=poll,
+            errors=errors,
+        )
 
 
 def _hex12(digest: str | None) -> str:
@@ -524,7 +518,7 @@ def _log_rejections(outcomes: list[Outcome]) -> None:
 
 def _summary_line(
     state: str,
-    counts: dict[ItemState, int],
+    counts: dict[str, int],
     paused_until: datetime | None,
     errors: list[str],
 ) -> str:
@@ -539,7 +533,3 @@ def _summary_line(
     if errors:
         text += f"; last error: {errors[0]}"
     return text
-
-
-def _rfc3339(moment: datetime | None) -> str | None:
-    return p.format_timestamp(moment) if moment is not None else None
