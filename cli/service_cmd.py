@@ -59,15 +59,14 @@ COPIED_ENV = (
 
 
 def secret_env() -> tuple[str, ...]:
-    """Variables never written into a unit file.
+    """Variables never written into a unit file (``core.workspace.SECRET_ENV``).
 
-    A function so that the credentials module (it imports oras) loads only for
-    ``service install``; ``SIGSTORE_ID_TOKEN`` is spelled out because it is
-    keyless.TOKEN_ENV, whose module imports all of sigstore.
+    A function so that the workspace (it imports oras) loads only for
+    ``service install``.
     """
-    from dockercomms.core.registry.credentials import PASSWORD_ENV, USER_ENV
+    from dockercomms.core.workspace import SECRET_ENV
 
-    return (USER_ENV, PASSWORD_ENV, "SIGSTORE_ID_TOKEN")
+    return SECRET_ENV
 
 
 def unit_text(name: str) -> str:

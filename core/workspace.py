@@ -29,8 +29,14 @@ from dockercomms.core.limits import DEFAULT_LIMITS, Limits
 from dockercomms.core.names import check_name, name_problem
 from dockercomms.core.paths import Paths, resolve_paths
 from dockercomms.core.receive import Receiver
-from dockercomms.core.registry.auth import Authenticator
+from dockercomms.core.registry.auth import AuthSource, RegistryAuth
 from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.registry.credentials import (
+    PASSWORD_ENV,
+    USER_ENV,
+    Credentials,
+    CredentialSource,
+)
 from dockercomms.core.registry.reference import RepositoryRef, parse_repository
 from dockercomms.core.registry.retry import RetryPolicy
 from dockercomms.core.send import DigestSigner, Sender
@@ -46,7 +52,12 @@ if TYPE_CHECKING:
     from dockercomms.core.inbox import Inbox
     from dockercomms.core.outbox import Outbox
 
-__all__ = ["RegistryOptions", "RetryPolicy", "Workspace", "require_identity"]
+__all__ = ["SECRET_ENV", "RegistryOptions", "RetryPolicy", "Workspace", "require_identity"]
+
+#: Environment variables holding secrets (registry credentials, an OIDC token):
+#: never copied anywhere (a unit file, a log). ``SIGSTORE_ID_TOKEN`` is
+#: ``signing.keyless.TOKEN_ENV``, spelled out so sigstore is not imported for it.
+SECRET_ENV = (USER_ENV, PASSWORD_ENV, "SIGSTORE_ID_TOKEN")
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +73,7 @@ class RegistryOptions:
         repository: ``--repo``; empty for the settings' or the embedded default.
         insecure: plain HTTP to a non-loopback host.
         ca_file: extra CA bundle for HTTPS.
-        authenticator: credentials; None means anonymous.
+        authenticator: where clients get credentials; None means anonymous.
         storage_config: ``--storage-config`` (for ``storage:NAME``); empty: settings.
         retry: timeouts and retries per request; None for the interactive default
             (the syncer asks for short ones: its queue does the long waiting).
@@ -71,9 +82,38 @@ class RegistryOptions:
     repository: str = ""
     insecure: bool = False
     ca_file: str | None = None
-    authenticator: Authenticator | None = None
+    authenticator: AuthSource | None = None
     storage_config: str = ""
     retry: RetryPolicy | None = None
+
+    @classmethod
+    def from_flags(
+        cls,
+        *,
+        repository: str = "",
+        insecure: bool = False,
+        ca_file: str | None = None,
+        storage_config: str = "",
+        user: str | None = None,
+        password: str | None = None,
+        source: str = "",
+    ) -> RegistryOptions:
+        """Options from command-line flags; ``user``/``password`` beat the environment.
+
+        Without them, credentials come from ``DOCKERCOMMS_REGISTRY_USER`` and
+        ``DOCKERCOMMS_REGISTRY_PASSWORD``, then the docker config, per registry.
+        ``source`` names where ``user`` and ``password`` came from, for errors.
+        """
+        explicit = None
+        if user is not None and password is not None:
+            explicit = Credentials(user, password, source=source)
+        return cls(
+            repository=repository,
+            insecure=insecure,
+            ca_file=ca_file,
+            authenticator=RegistryAuth(CredentialSource(explicit=explicit)),
+            storage_config=storage_config,
+        )
 
 
 @dataclass

@@ -65,12 +65,20 @@ class RegistryEndpoint:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
 
 
-class Authenticator(Protocol):
-    """What :class:`~dockercomms.core.registry.client.RegistryClient` needs from auth."""
+class AuthSource(Protocol):
+    """Where a new client gets its authenticator: what a command hands the clients it makes.
+
+    One source serves every client a command creates (``RegistryAuth`` shares what
+    it learns per registry host between them).
+    """
 
     def prepare(self, endpoint: RegistryEndpoint) -> Authenticator:
         """The authenticator a new client for ``endpoint`` uses (no network I/O)."""
         ...
+
+
+class Authenticator(AuthSource, Protocol):
+    """What :class:`~dockercomms.core.registry.client.RegistryClient` needs from auth."""
 
     def headers_for(self, scope: str) -> dict[str, str]:
         """Headers to send with a request needing ``scope`` (may be empty)."""

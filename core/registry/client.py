@@ -48,6 +48,7 @@ from dockercomms.core.manifest import Descriptor, parse_index
 from dockercomms.core.registry.auth import (
     Anonymous,
     Authenticator,
+    AuthSource,
     RegistryEndpoint,
     system_trust_store,
 )
@@ -117,7 +118,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         ref: RepositoryRef,
         *,
         policy: RetryPolicy | None = None,
-        authenticator: Authenticator | None = None,
+        authenticator: AuthSource | None = None,
         tls_verify: bool | str = True,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
