@@ -21,22 +21,22 @@ if TYPE_CHECKING:
 
 def _identity(root: Path, name: str, data_home: Path) -> Workspace:
     from dockercomms.core.config import Settings, save_settings
+    from dockercomms.core.keys import signing_key
     from dockercomms.core.paths import resolve_paths
-    from dockercomms.core.signing.keypair import generate_key
     from dockercomms.core.workspace import Workspace
 
     paths = resolve_paths({"DOCKERCOMMS_HOME": str(root / name), "XDG_DATA_HOME": str(data_home)})
     settings = Settings(identity=name)
     save_settings(paths, settings)
-    generate_key(paths.key_file)
+    signing_key(paths.key_file, create=True)
     return Workspace(paths, settings)
 
 
 def _trust(truster: Workspace, other: Workspace) -> None:
-    from dockercomms.core.signing.keypair import public_path
+    from dockercomms.core.keys import signing_key
 
     policy = truster.trust_policy()
-    policy.add_key(other.identity, public_path(other.paths.key_file).read_bytes())
+    policy.add_key(other.identity, signing_key(other.paths.key_file).public_pem)
     policy.save(truster.paths.trust_file)
 
 

@@ -118,21 +118,13 @@ def _trust_my_key(
     paths: Paths, policy: TrustPolicy, identity: str, old_name: str | None
 ) -> dict[str, object]:
     """Make (or reuse) my P-256 key and trust it as me, as every peer will."""
-    from dockercomms.core.signing.keypair import (
-        generate_key,
-        key_hint,
-        load_private_key,
-        public_pem,
-    )
+    from dockercomms.core.keys import signing_key
 
-    if paths.key_file.exists():
-        key = load_private_key(paths.key_file)
-    else:
-        key = generate_key(paths.key_file)
-    fingerprint = key_hint(key.public_key())
+    key = signing_key(paths.key_file, create=True)
+    fingerprint = key.fingerprint
     if old_name is not None and old_name != identity:
         policy.remove(old_name, match=fingerprint)  # my key moves to my new name
-    policy.add_key(identity, public_pem(key.public_key()))
+    policy.add_key(identity, key.public_pem)
     return {"key": str(paths.key_file), "fingerprint": fingerprint}
 
 
@@ -232,20 +224,19 @@ def _changed(result: dict[str, object]) -> str:
 
 def cmd_key_export(args: argparse.Namespace) -> int:
     """Print my public key (PEM) for others to ``trust add``."""
-    from dockercomms.core.signing.keypair import load_private_key, public_pem
+    from dockercomms.core.keys import signing_key
 
     workspace = _workspace()
-    key = load_private_key(workspace.paths.key_file).public_key()
-    sys.stdout.write(public_pem(key).decode())
+    sys.stdout.write(signing_key(workspace.paths.key_file).public_pem.decode())
     return 0
 
 
 def cmd_key_fingerprint(args: argparse.Namespace) -> int:
     """Print my key's fingerprint (the bundle hint)."""
-    from dockercomms.core.signing.keypair import key_hint, load_private_key
+    from dockercomms.core.keys import signing_key
 
     workspace = _workspace()
-    print(key_hint(load_private_key(workspace.paths.key_file).public_key()))
+    print(signing_key(workspace.paths.key_file).fingerprint)
     return 0
 
 
@@ -261,12 +252,12 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
             raise ConfigError("--key does not go with --identity, --issuer or --sigstore-trust")
         entry = policy.add_key(name, _public_key_file(args.key))
     elif args.identity or args.issuer:
-        from dockercomms.core.signing.keyless import check_trust_source
+        from dockercomms.core.config import check_sigstore_trust
 
         # Empty: my own instance, whatever my settings name now or later.
         instance = ""
         if args.sigstore_trust:
-            instance = check_trust_source(args.sigstore_trust, signing=False)
+            instance = check_sigstore_trust(args.sigstore_trust, signing=False)
         entry = policy.add_identity(
             name, args.identity or "", args.issuer or "", sigstore_trust=instance
         )
@@ -280,14 +271,14 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 def _public_key_file(where: str) -> bytes:
     """The PEM in ``where`` ('-' for stdin), checked: one plain sentence if it is not one."""
-    from dockercomms.core.signing.keypair import load_public_key
+    from dockercomms.core.keys import check_public_key
 
     try:
         pem = sys.stdin.buffer.read() if where == "-" else Path(where).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
     try:
-        load_public_key(pem)
+        check_public_key(pem)
     except ConfigError as exc:
         raise ConfigError(f"{'standard input' if where == '-' else where}: {exc}") from None
     return pem

@@ -132,13 +132,13 @@ def setting_value(key: str, text: str, settings: Settings) -> str | int:
             raise ConfigError(wanted)
         if text == "keyless":
             try:
-                _check_sigstore_trust(settings.sigstore_trust, signing=True)
+                check_sigstore_trust(settings.sigstore_trust, signing=True)
             except ConfigError as exc:
                 raise ConfigError(
                     f"keyless signing uses the sigstore_trust setting: {exc}"
                 ) from exc
     if key == "sigstore_trust":
-        return _check_sigstore_trust(text, signing=settings.signing == "keyless")
+        return check_sigstore_trust(text, signing=settings.signing == "keyless")
     if key == "repository" and text:
         parse_repository(text)
         if text.startswith(LAYOUT_PREFIX):
@@ -147,7 +147,12 @@ def setting_value(key: str, text: str, settings: Settings) -> str | int:
     return text
 
 
-def _check_sigstore_trust(text: str, *, signing: bool) -> str:
+def check_sigstore_trust(text: str, *, signing: bool) -> str:
+    """``text`` as a Sigstore trust source (public-good, staging, or a file), checked.
+
+    ``signing``: it must be able to sign (a ClientTrustConfig, not a bare trusted
+    root). Imports sigstore, so only when a command gets such a value.
+    """
     from dockercomms.core.signing.keyless import check_trust_source
 
     return check_trust_source(text, signing=signing)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.config import Settings, load_settings
 from dockercomms.core.errors import DockerCommsError
+from dockercomms.core.keys import signing_key
 from dockercomms.core.ledger import ReceivedLedger
 from dockercomms.core.limits import DEFAULT_LIMITS, Limits
 from dockercomms.core.names import check_name, name_problem
@@ -41,7 +42,7 @@ from dockercomms.core.registry.reference import RepositoryRef, parse_repository
 from dockercomms.core.registry.retry import RetryPolicy
 from dockercomms.core.send import DigestSigner, Sender
 from dockercomms.core.signatures import DiscoveryMode
-from dockercomms.core.signing.keypair import KeyPairSigner, key_hint, load_private_key
+from dockercomms.core.signing.keypair import KeyPairSigner, load_private_key
 from dockercomms.core.signing.verify import BundleVerifier
 from dockercomms.core.trust import TrustPolicy
 from dockercomms.core.untrusted import shown
@@ -200,7 +201,7 @@ class Workspace:
         if self.settings.signing != "key":
             return ""
         try:
-            return key_hint(load_private_key(self.paths.key_file).public_key())
+            return signing_key(self.paths.key_file).fingerprint
         except (DockerCommsError, OSError) as exc:
             log.warning("cannot read my key's fingerprint: %s", exc)
             return ""
