@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit, warn
 from dockercomms.cli.registry_flags import registry_options
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 
 if TYPE_CHECKING:
     from dockercomms.core.garbage import GcReport
@@ -51,7 +51,7 @@ def _gc_text(report: GcReport) -> str:
         for deletion in parts:
             counts[deletion.kind] = counts.get(deletion.kind, 0) + 1
         what = ", ".join(f"{n} {_plural(kind, n)}" for kind, n in counts.items())
-        expired = p.format_timestamp(message.expires_at)
+        expired = protocol.format_timestamp(message.expires_at)
         lines.append(
             f"{verb} {message.filename} to {message.recipient} "
             f"(expired {expired}): {what or 'nothing yet'}"

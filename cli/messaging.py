@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.output import emit
 from dockercomms.cli.registry_flags import registry_options
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     ConfigError,
     exit_code_for,
@@ -158,7 +158,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from dockercomms.core.inbox import summary
 
     workspace = _workspace(args)
-    digest = p.check_digest(args.digest)
+    digest = protocol.check_digest(args.digest)
     with workspace.inbox(registry_options(args), bundle_mode=args.bundle) as inbox:
         verified = inbox.verify_artifact(digest, chunks=args.chunks)
     if verified.receipt is not None:
@@ -194,7 +194,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
     earlier = done.earlier
     if earlier is not None and done.earlier_in_future:
         warn(
-            f"your earlier receipt is dated {p.format_timestamp(earlier.created_at)}, "
+            f"your earlier receipt is dated {protocol.format_timestamp(earlier.created_at)}, "
             "in the future: until then it still counts (check this machine's clock)"
         )
     result: dict[str, Any] = asdict(done.receipt)
@@ -202,7 +202,7 @@ def cmd_ack(args: argparse.Namespace) -> int:
         result["replaces"] = {
             "digest": earlier.digest,
             "status": earlier.status,
-            "created_at": p.format_timestamp(earlier.created_at),
+            "created_at": protocol.format_timestamp(earlier.created_at),
         }
     emit(args, result, _ack_text)
     return 0
@@ -300,7 +300,7 @@ def add_parsers(
     )
     s.add_argument(
         "--compress",
-        choices=list(p.COMPRESSIONS),
+        choices=list(protocol.COMPRESSIONS),
         help="chunk compression; gzip only for old readers (default: the compression "
         "setting, zstd)",
     )
@@ -409,7 +409,9 @@ def add_parsers(
         metavar="sha256:HEX",
         help="digest of the message to answer",
     )
-    a.add_argument("--status", choices=list(p.RECEIPT_STATUSES), required=True, help="my answer")
+    a.add_argument(
+        "--status", choices=list(protocol.RECEIPT_STATUSES), required=True, help="my answer"
+    )
     a.add_argument("--reason", metavar="TEXT", help="a short reason for the sender (default: none)")
     a.add_argument("--identity-token", metavar="JWT", help=token_help)
     a.set_defaults(func=cmd_ack)

@@ -20,7 +20,7 @@ from typing import Final
 
 import tomli_w
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.limits import MIB
 from dockercomms.core.paths import Paths
@@ -36,7 +36,7 @@ SETTABLE: Final = {
     "signing": "key or keyless",
     "sigstore_trust": "public-good, staging, or a ClientTrustConfig or trusted root JSON file",
     "chunk_bytes": "a positive number of bytes",
-    "compression": " or ".join(p.COMPRESSIONS),
+    "compression": " or ".join(protocol.COMPRESSIONS),
     "ttl_seconds": "a positive number of seconds",
 }
 
@@ -66,7 +66,7 @@ class Settings:
     sigstore_trust: str = "public-good"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "zstd"
-    ttl_seconds: int = p.DEFAULT_TTL_SECONDS
+    ttl_seconds: int = protocol.DEFAULT_TTL_SECONDS
     storage_config: str = ""
 
     def validate(self) -> Settings:
@@ -75,8 +75,8 @@ class Settings:
             raise ConfigError("identity must not be empty")
         if self.signing not in ("key", "keyless"):
             raise ConfigError(f"signing must be 'key' or 'keyless', not {self.signing!r}")
-        if self.compression not in p.COMPRESSIONS:
-            raise ConfigError(f"compression must be one of {', '.join(p.COMPRESSIONS)}")
+        if self.compression not in protocol.COMPRESSIONS:
+            raise ConfigError(f"compression must be one of {', '.join(protocol.COMPRESSIONS)}")
         if self.chunk_bytes <= 0 or self.ttl_seconds <= 0:
             raise ConfigError("chunk_bytes and ttl_seconds must be positive")
         return self
@@ -125,7 +125,7 @@ def setting_value(key: str, text: str, settings: Settings) -> str | int:
         if number <= 0:
             raise ConfigError(wanted)
         return number
-    if key == "compression" and text not in p.COMPRESSIONS:
+    if key == "compression" and text not in protocol.COMPRESSIONS:
         raise ConfigError(wanted)
     if key == "signing":
         if text not in ("key", "keyless"):

@@ -95,8 +95,8 @@ from typing import Any, Literal, cast
 
 import filelock
 
-from dockercomms.core import manifest as m
-from dockercomms.core import protocol as p
+from dockercomms.core import manifest as manifests
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     DockerCommsError,
     LimitExceededError,
@@ -163,7 +163,9 @@ class Deletion:
             raise ManifestError(f"journal entry has an unknown kind {shown(kind)}")
         if not isinstance(digest, str) or not isinstance(message, str):
             raise ManifestError("journal entry lacks digests")
-        return cls(cast(Kind, kind), p.check_digest(digest), p.check_digest(message), note)
+        return cls(
+            cast(Kind, kind), protocol.check_digest(digest), protocol.check_digest(message), note
+        )
 
 
 @dataclass(frozen=True)
@@ -183,8 +185,8 @@ class ExpiredMessage:
             "digest": self.digest,
             "recipient": self.recipient,
             "filename": self.filename,
-            "created_at": p.format_timestamp(self.created_at),
-            "expires_at": p.format_timestamp(self.expires_at),
+            "created_at": protocol.format_timestamp(self.created_at),
+            "expires_at": protocol.format_timestamp(self.expires_at),
             "tags": list(self.tags),
         }
 
@@ -366,7 +368,7 @@ def _names_in(doc: dict[str, Any]) -> frozenset[str]:
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-        elif isinstance(node, str) and p.DIGEST_PATTERN.fullmatch(node):
+        elif isinstance(node, str) and protocol.DIGEST_PATTERN.fullmatch(node):
             found.add(node)
     return frozenset(found)
 
@@ -386,7 +388,7 @@ def _index_entries(doc: dict[str, Any] | None) -> list[str]:
         for entry in entries
         if isinstance(entry, dict)
         and isinstance(entry.get("digest"), str)
-        and p.DIGEST_PATTERN.fullmatch(entry["digest"])
+        and protocol.DIGEST_PATTERN.fullmatch(entry["digest"])
     ]
 
 
@@ -402,7 +404,7 @@ class _Scan:
     """
 
     tags: set[str] = field(default_factory=set)
-    candidates: dict[str, tuple[m.Message, tuple[str, ...]]] = field(default_factory=dict)
+    candidates: dict[str, tuple[manifests.Message, tuple[str, ...]]] = field(default_factory=dict)
     referrers: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -441,7 +443,7 @@ def _valid_tags(tags: Iterable[str]) -> set[str]:
     """Tags a registry could serve; anything else (a hostile listing) names no manifest."""
     valid = set()
     for tag in tags:
-        if p.TAG_PATTERN.fullmatch(tag):
+        if protocol.TAG_PATTERN.fullmatch(tag):
             valid.add(tag)
         else:
             log.info("gc: ignoring the invalid tag %s in the listing", shown(tag))
@@ -450,12 +452,14 @@ def _valid_tags(tags: Iterable[str]) -> set[str]:
 
 def _expired_claim(
     repo: _Repository, manifest: _Manifest, tag: str, me: str, now: datetime
-) -> m.Message | None:
+) -> manifests.Message | None:
     """The message ``manifest`` is, when it claims ``me`` as sender and has expired."""
     if manifest.doc is None:
         return None  # not bounded JSON, logged by the read
     try:
-        message = m.parse_message(manifest.raw, manifest.digest, tag=tag, limits=repo.client.limits)
+        message = manifests.parse_message(
+            manifest.raw, manifest.digest, tag=tag, limits=repo.client.limits
+        )
     except DockerCommsError as exc:
         log.debug("gc: %s is not a valid message (%s); not ours to judge", tag, exc)
         return None
@@ -471,7 +475,7 @@ def _expired_claim(
     return message if expires_at < now else None
 
 
-def _expiry(message: m.Message) -> datetime | None:
+def _expiry(message: manifests.Message) -> datetime | None:
     """When ``message`` expires; None when that is past any representable date."""
     try:
         return message.expires_at
@@ -487,7 +491,7 @@ class _Bundle:
     """A bundle manifest found for a subject, and the blob it claims holds the signature."""
 
     digest: str
-    blob: m.Descriptor
+    blob: manifests.Descriptor
 
 
 @dataclass
@@ -495,7 +499,7 @@ class _Attachments:
     """What claims to be about one subject: the manifests gc deletes with it (d)."""
 
     bundles: list[_Bundle] = field(default_factory=list)
-    receipts: list[m.Receipt] = field(default_factory=list)
+    receipts: list[manifests.Receipt] = field(default_factory=list)
     index: str | None = None
 
 
@@ -511,7 +515,7 @@ def _attachments(repo: _Repository, scan: _Scan, subject: str) -> _Attachments:
         candidates |= {d.digest: None for d in repo.client.referrers(subject) or []}
     except Exception as exc:  # a hostile referrers answer: untagged referrers stay unknown
         repo.incomplete(f"cannot list the referrers of {subject[:19]} ({shown(exc)})")
-    index_tag = p.referrers_fallback_tag(subject)
+    index_tag = protocol.referrers_fallback_tag(subject)
     if index_tag in scan.tags and (index := repo.read(index_tag)) is not None:
         found.index = index.digest
         candidates |= dict.fromkeys(_index_entries(index.doc))
@@ -532,11 +536,11 @@ def _classify(manifest: _Manifest, subject: str, found: _Attachments) -> None:
         return
     kind = doc.get("artifactType")
     try:
-        if kind == p.BUNDLE_MEDIA_TYPE:
-            layer, _ = m.bundle_layer(manifest.raw)
+        if kind == protocol.BUNDLE_MEDIA_TYPE:
+            layer, _ = manifests.bundle_layer(manifest.raw)
             found.bundles.append(_Bundle(manifest.digest, layer))
-        elif kind == p.RECEIPT_ARTIFACT_TYPE:
-            found.receipts.append(m.parse_receipt(manifest.raw, manifest.digest))
+        elif kind == protocol.RECEIPT_ARTIFACT_TYPE:
+            found.receipts.append(manifests.parse_receipt(manifest.raw, manifest.digest))
     except DockerCommsError as exc:
         log.debug("gc: referrer %s of %s left alone: %s", manifest.digest[:19], subject[:19], exc)
     except Exception:  # a hostile manifest; never a reason to stop
@@ -636,7 +640,7 @@ def _plan_message(
     repo: _Repository,
     verifier: BundleVerifier,
     scan: _Scan,
-    message: m.Message,
+    message: manifests.Message,
     attached: _Attachments,
     proof: list[_Bundle],
 ) -> list[Deletion]:
@@ -653,14 +657,14 @@ def _plan_message(
         of_receipt = _attachments(repo, scan, receipt.digest)
         plan += [deletion("bundle", b.digest, "receipt bundle") for b in of_receipt.bundles]
         if of_receipt.index:
-            index_tag = p.referrers_fallback_tag(receipt.digest)
+            index_tag = protocol.referrers_fallback_tag(receipt.digest)
             plan.append(deletion("index", of_receipt.index, index_tag))
         signed = _verified(
             repo.client, verifier, receipt.digest, of_receipt.bundles, receipt.sender
         )
         blobs += [deletion("blob", b.blob.digest, "receipt bundle blob") for b in signed]
     if attached.index:
-        plan.append(deletion("index", attached.index, p.referrers_fallback_tag(subject)))
+        plan.append(deletion("index", attached.index, protocol.referrers_fallback_tag(subject)))
     plan += [deletion("bundle", b.digest, "bundle") for b in attached.bundles]
     blobs += [deletion("blob", b.blob.digest, "bundle blob") for b in proof]
     blobs += [deletion("blob", layer.digest, "chunk") for layer in message.chunks]

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.chunking import ByteSink
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.errors import DockerCommsError, ManifestError, SenderMismatchError
@@ -211,11 +211,11 @@ class Inbox:
         With ``chunks`` every chunk of a message is fetched and checked as well
         (and thrown away). Raises what does not verify.
         """
-        digest = p.check_digest(digest)
+        digest = protocol.check_digest(digest)
         receiver = self._receiver()
         raw, _ = receiver.client.fetch_manifest(digest)
         kind = parse_json(raw, "manifest").get("artifactType")
-        if kind == p.RECEIPT_ARTIFACT_TYPE:
+        if kind == protocol.RECEIPT_ARTIFACT_TYPE:
             receipt = parse_receipt(raw, digest)
             signer = receiver.verify_signature(digest)
             if signer.name != receipt.sender:
@@ -223,7 +223,7 @@ class Inbox:
                     f"receipt claims {receipt.sender!r}, signed by {signer.name!r}"
                 )
             return Verified("receipt", signer, receipt=receipt)
-        if kind == p.MESSAGE_ARTIFACT_TYPE:
+        if kind == protocol.MESSAGE_ARTIFACT_TYPE:
             message = receiver.fetch_message(digest, check_recipient=False)
             verified = receiver.verify_message(message)
             if chunks:
@@ -312,7 +312,7 @@ class Inbox:
         :data:`ACK_WAIT_SECONDS`), so the order is never a tie.
         """
         receiver = self._receiver()
-        message = receiver.fetch_message(p.check_digest(digest))
+        message = receiver.fetch_message(protocol.check_digest(digest))
         try:
             receiver.verify_message(message)
             verified = True

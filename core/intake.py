@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     DigestMismatchError,
     Disposition,
@@ -122,8 +122,8 @@ def summary(message: Message) -> dict[str, Any]:
         "sender": message.sender,
         "filename": message.filename,
         "total_bytes": message.total_bytes,
-        "created_at": p.format_timestamp(message.created_at),
-        "expires_at": p.format_timestamp(message.expires_at),
+        "created_at": protocol.format_timestamp(message.created_at),
+        "expires_at": protocol.format_timestamp(message.expires_at),
     }
 
 

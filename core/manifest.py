@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dockercomms.core import protocol as p
-from dockercomms.core import untrusted
+from dockercomms.core import protocol, untrusted
 from dockercomms.core.errors import LimitExceededError, ManifestError
 from dockercomms.core.limits import DEFAULT_LIMITS, Limits, check_filename
 
@@ -93,7 +92,7 @@ class Message:
     @property
     def descriptor(self) -> Descriptor:
         """The descriptor receipts and bundles use as their ``subject``."""
-        return Descriptor(p.OCI_MANIFEST, self.digest, self.size, artifact_type=None)
+        return Descriptor(protocol.OCI_MANIFEST, self.digest, self.size, artifact_type=None)
 
 
 @dataclass(frozen=True)
@@ -130,17 +129,17 @@ def message_annotations(
 ) -> dict[str, str]:
     """The eleven required message annotations, all strings (SPEC 2)."""
     return {
-        p.A_VERSION: p.PROTOCOL_VERSION,
-        p.A_SENDER: sender,
-        p.A_RECIPIENT: recipient,
-        p.A_CREATED_AT: p.format_timestamp(created_at),
-        p.A_TTL: str(ttl_seconds),
-        p.A_MESSAGE_ID: message_id,
-        p.A_FILENAME: filename,
-        p.A_TOTAL_BYTES: str(total_bytes),
-        p.A_CHUNK_BYTES: str(min(chunk_bytes, total_bytes)),
-        p.A_CHUNK_COUNT: str(chunk_count),
-        p.A_COMPRESSION: compression,
+        protocol.A_VERSION: protocol.PROTOCOL_VERSION,
+        protocol.A_SENDER: sender,
+        protocol.A_RECIPIENT: recipient,
+        protocol.A_CREATED_AT: protocol.format_timestamp(created_at),
+        protocol.A_TTL: str(ttl_seconds),
+        protocol.A_MESSAGE_ID: message_id,
+        protocol.A_FILENAME: filename,
+        protocol.A_TOTAL_BYTES: str(total_bytes),
+        protocol.A_CHUNK_BYTES: str(min(chunk_bytes, total_bytes)),
+        protocol.A_CHUNK_COUNT: str(chunk_count),
+        protocol.A_COMPRESSION: compression,
     }
 
 
@@ -149,9 +148,9 @@ def build_message(annotations: dict[str, str], layers: list[Descriptor]) -> byte
     return dump(
         {
             "schemaVersion": 2,
-            "mediaType": p.OCI_MANIFEST,
-            "artifactType": p.MESSAGE_ARTIFACT_TYPE,
-            "config": dict(p.EMPTY_CONFIG_DESCRIPTOR),
+            "mediaType": protocol.OCI_MANIFEST,
+            "artifactType": protocol.MESSAGE_ARTIFACT_TYPE,
+            "config": dict(protocol.EMPTY_CONFIG_DESCRIPTOR),
             "layers": [layer.to_json() for layer in layers],
             "annotations": annotations,
         }
@@ -163,12 +162,12 @@ def build_bundle_manifest(subject: Descriptor, bundle_blob: Descriptor) -> bytes
     return dump(
         {
             "schemaVersion": 2,
-            "mediaType": p.OCI_MANIFEST,
-            "artifactType": p.BUNDLE_MEDIA_TYPE,
-            "config": dict(p.EMPTY_CONFIG_DESCRIPTOR),
+            "mediaType": protocol.OCI_MANIFEST,
+            "artifactType": protocol.BUNDLE_MEDIA_TYPE,
+            "config": dict(protocol.EMPTY_CONFIG_DESCRIPTOR),
             "layers": [bundle_blob.to_json()],
             "subject": subject.to_json(),
-            "annotations": {p.A_VERSION: p.PROTOCOL_VERSION},
+            "annotations": {protocol.A_VERSION: protocol.PROTOCOL_VERSION},
         }
     )
 
@@ -178,9 +177,9 @@ def build_receipt(subject: Descriptor, annotations: dict[str, str]) -> bytes:
     return dump(
         {
             "schemaVersion": 2,
-            "mediaType": p.OCI_MANIFEST,
-            "artifactType": p.RECEIPT_ARTIFACT_TYPE,
-            "config": dict(p.EMPTY_CONFIG_DESCRIPTOR),
+            "mediaType": protocol.OCI_MANIFEST,
+            "artifactType": protocol.RECEIPT_ARTIFACT_TYPE,
+            "config": dict(protocol.EMPTY_CONFIG_DESCRIPTOR),
             "layers": [],
             "subject": subject.to_json(),
             "annotations": annotations,
@@ -193,7 +192,7 @@ def build_referrers_index(descriptors: list[Descriptor]) -> bytes:
     return dump(
         {
             "schemaVersion": 2,
-            "mediaType": p.OCI_INDEX,
+            "mediaType": protocol.OCI_INDEX,
             "manifests": [d.to_json() for d in descriptors],
         }
     )
@@ -222,7 +221,7 @@ def parse_descriptor(value: object, what: str) -> Descriptor:
     size = value.get("size")
     if not isinstance(media_type, str) or not media_type:
         raise ManifestError(f"{what} has no mediaType")
-    if not isinstance(digest, str) or not p.DIGEST_PATTERN.fullmatch(digest):
+    if not isinstance(digest, str) or not protocol.DIGEST_PATTERN.fullmatch(digest):
         raise ManifestError(f"{what} has an invalid digest")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ManifestError(f"{what} has an invalid size")
@@ -249,12 +248,16 @@ def _check_envelope(doc: dict[str, Any], artifact_type: str, what: str) -> None:
     if doc.get("schemaVersion") != 2:
         raise ManifestError(f"{what}: schemaVersion must be 2")
     media_type = doc.get("mediaType")
-    if media_type is not None and media_type != p.OCI_MANIFEST:
+    if media_type is not None and media_type != protocol.OCI_MANIFEST:
         raise ManifestError(f"{what}: unexpected mediaType {media_type!r}")
     if doc.get("artifactType") != artifact_type:
         raise ManifestError(f"{what}: artifactType is {doc.get('artifactType')!r}")
     config = parse_descriptor(doc.get("config"), f"{what} config")
-    if (config.media_type, config.digest, config.size) != (p.OCI_EMPTY, p.EMPTY_CONFIG_DIGEST, 2):
+    if (config.media_type, config.digest, config.size) != (
+        protocol.OCI_EMPTY,
+        protocol.EMPTY_CONFIG_DIGEST,
+        2,
+    ):
         raise ManifestError(f"{what}: config must be the empty descriptor")
 
 
@@ -269,13 +272,13 @@ def _required(annotations: dict[str, str], keys: tuple[str, ...]) -> None:
     missing = [k for k in keys if k not in annotations]
     if missing:
         raise ManifestError(f"missing annotations: {', '.join(missing)}")
-    if annotations[p.A_VERSION] != p.PROTOCOL_VERSION:
-        raise ManifestError(f"unsupported protocol version {annotations[p.A_VERSION]!r}")
+    if annotations[protocol.A_VERSION] != protocol.PROTOCOL_VERSION:
+        raise ManifestError(f"unsupported protocol version {annotations[protocol.A_VERSION]!r}")
 
 
 def _timestamp(annotations: dict[str, str], key: str) -> datetime:
     try:
-        moment = p.parse_timestamp(annotations[key])
+        moment = protocol.parse_timestamp(annotations[key])
     except ValueError as exc:
         raise ManifestError(f"annotation {key}: {exc}") from exc
     if not EARLIEST_CREATED_AT <= moment < LATEST_CREATED_AT:
@@ -287,24 +290,24 @@ def _timestamp(annotations: dict[str, str], key: str) -> datetime:
 
 
 def _ttl(annotations: dict[str, str]) -> int:
-    ttl = _uint(annotations, p.A_TTL)
+    ttl = _uint(annotations, protocol.A_TTL)
     if ttl > MAX_TTL_SECONDS:
         raise LimitExceededError(f"ttl_seconds {ttl} exceeds {MAX_TTL_SECONDS}")
     return ttl
 
 
 _MESSAGE_KEYS = (
-    p.A_VERSION,
-    p.A_SENDER,
-    p.A_RECIPIENT,
-    p.A_CREATED_AT,
-    p.A_TTL,
-    p.A_MESSAGE_ID,
-    p.A_FILENAME,
-    p.A_TOTAL_BYTES,
-    p.A_CHUNK_BYTES,
-    p.A_CHUNK_COUNT,
-    p.A_COMPRESSION,
+    protocol.A_VERSION,
+    protocol.A_SENDER,
+    protocol.A_RECIPIENT,
+    protocol.A_CREATED_AT,
+    protocol.A_TTL,
+    protocol.A_MESSAGE_ID,
+    protocol.A_FILENAME,
+    protocol.A_TOTAL_BYTES,
+    protocol.A_CHUNK_BYTES,
+    protocol.A_CHUNK_COUNT,
+    protocol.A_COMPRESSION,
 )
 
 
@@ -322,31 +325,31 @@ def parse_message(
     tag must be the one derived from the recipient annotation.
     """
     doc = parse_json(raw, "message manifest", max_bytes=limits.max_manifest_bytes)
-    _check_envelope(doc, p.MESSAGE_ARTIFACT_TYPE, "message manifest")
+    _check_envelope(doc, protocol.MESSAGE_ARTIFACT_TYPE, "message manifest")
     ann = _string_map(doc.get("annotations"), "message annotations")
     _required(ann, _MESSAGE_KEYS)
-    sender, recipient = ann[p.A_SENDER], ann[p.A_RECIPIENT]
+    sender, recipient = ann[protocol.A_SENDER], ann[protocol.A_RECIPIENT]
     if not sender:
         raise ManifestError("empty sender")
     if me is not None and recipient != me:
         raise ManifestError(f"message is addressed to {recipient!r}, not to {me!r}")
     if tag is not None and tag.startswith("inbox-"):
         rt = tag.split("-")[1] if tag.count("-") >= 1 else ""
-        if rt != p.recipient_tag(recipient):
+        if rt != protocol.recipient_tag(recipient):
             raise ManifestError(f"tag {tag!r} does not carry the recipient tag of {recipient!r}")
-    filename = ann[p.A_FILENAME]
+    filename = ann[protocol.A_FILENAME]
     check_filename(filename, limits)
-    message_id = ann[p.A_MESSAGE_ID]
+    message_id = ann[protocol.A_MESSAGE_ID]
     if not _UUID4.fullmatch(message_id):
         raise ManifestError(f"message id is not a lowercase UUIDv4: {message_id[:40]!r}")
-    compression = ann[p.A_COMPRESSION]
-    if compression not in p.CHUNK_MEDIA_TYPES:
+    compression = ann[protocol.A_COMPRESSION]
+    if compression not in protocol.CHUNK_MEDIA_TYPES:
         raise ManifestError(f"unknown compression {compression[:40]!r}")
-    total = _uint(ann, p.A_TOTAL_BYTES)
-    chunk_bytes = _uint(ann, p.A_CHUNK_BYTES)
-    count = _uint(ann, p.A_CHUNK_COUNT)
+    total = _uint(ann, protocol.A_TOTAL_BYTES)
+    chunk_bytes = _uint(ann, protocol.A_CHUNK_BYTES)
+    count = _uint(ann, protocol.A_CHUNK_COUNT)
     ttl = _ttl(ann)
-    created_at = _timestamp(ann, p.A_CREATED_AT)
+    created_at = _timestamp(ann, protocol.A_CREATED_AT)
     if total > limits.max_total_bytes:
         raise LimitExceededError(f"total_bytes {total} exceeds {limits.max_total_bytes}")
     if count > limits.max_chunks:
@@ -395,7 +398,7 @@ def _ordered_chunks(
         raise ManifestError("layers must be a list")
     if len(layers) != count:
         raise ManifestError(f"manifest has {len(layers)} layers, chunk_count says {count}")
-    media_type = p.CHUNK_MEDIA_TYPES[compression]
+    media_type = protocol.CHUNK_MEDIA_TYPES[compression]
     by_index: dict[int, Descriptor] = {}
     for position, value in enumerate(layers):
         layer = parse_descriptor(value, f"layer {position}")
@@ -403,7 +406,7 @@ def _ordered_chunks(
             raise ManifestError(
                 f"layer {position} media type {layer.media_type!r} does not match {compression}"
             )
-        index_text = layer.annotations.get(p.A_CHUNK_INDEX, "")
+        index_text = layer.annotations.get(protocol.A_CHUNK_INDEX, "")
         if not _UINT.fullmatch(index_text):
             raise ManifestError(f"layer {position} has no valid chunk index")
         index = int(index_text)
@@ -416,45 +419,45 @@ def _ordered_chunks(
 
 
 _RECEIPT_KEYS = (
-    p.A_VERSION,
-    p.A_SENDER,
-    p.A_RECIPIENT,
-    p.A_CREATED_AT,
-    p.A_TTL,
-    p.A_RECEIPT_FOR,
-    p.A_RECEIPT_STATUS,
-    p.A_RECEIPT_VERIFIED,
+    protocol.A_VERSION,
+    protocol.A_SENDER,
+    protocol.A_RECIPIENT,
+    protocol.A_CREATED_AT,
+    protocol.A_TTL,
+    protocol.A_RECEIPT_FOR,
+    protocol.A_RECEIPT_STATUS,
+    protocol.A_RECEIPT_VERIFIED,
 )
 
 
 def parse_receipt(raw: bytes, digest: str) -> Receipt:
     """Validate a receipt manifest (SPEC 4); ``"layers": null`` is accepted."""
     doc = parse_json(raw, "receipt manifest")
-    _check_envelope(doc, p.RECEIPT_ARTIFACT_TYPE, "receipt manifest")
+    _check_envelope(doc, protocol.RECEIPT_ARTIFACT_TYPE, "receipt manifest")
     layers = doc.get("layers")
     if layers not in (None, []):
         raise ManifestError("a receipt has no layers")
     subject = parse_descriptor(doc.get("subject"), "receipt subject")
     ann = _string_map(doc.get("annotations"), "receipt annotations")
     _required(ann, _RECEIPT_KEYS)
-    if ann[p.A_RECEIPT_FOR] != subject.digest:
+    if ann[protocol.A_RECEIPT_FOR] != subject.digest:
         raise ManifestError("receipt.for does not match the receipt subject")
-    status = ann[p.A_RECEIPT_STATUS]
-    if status not in p.RECEIPT_STATUSES:
+    status = ann[protocol.A_RECEIPT_STATUS]
+    if status not in protocol.RECEIPT_STATUSES:
         raise ManifestError(f"unknown receipt status {status[:40]!r}")
-    verified = ann[p.A_RECEIPT_VERIFIED]
+    verified = ann[protocol.A_RECEIPT_VERIFIED]
     if verified not in ("true", "false"):
         raise ManifestError("receipt.verified must be 'true' or 'false'")
     _ttl(ann)  # not kept, but a receipt claiming an absurd one is not ours
     return Receipt(
         digest=digest,
         subject_digest=subject.digest,
-        sender=ann[p.A_SENDER],
-        recipient=ann[p.A_RECIPIENT],
-        created_at=_timestamp(ann, p.A_CREATED_AT),
+        sender=ann[protocol.A_SENDER],
+        recipient=ann[protocol.A_RECIPIENT],
+        created_at=_timestamp(ann, protocol.A_CREATED_AT),
         status=status,
         verified=verified == "true",
-        reason=ann.get(p.A_RECEIPT_REASON),
+        reason=ann.get(protocol.A_RECEIPT_REASON),
     )
 
 
@@ -465,7 +468,7 @@ def bundle_layer(raw: bytes) -> tuple[Descriptor, Descriptor | None]:
     if not isinstance(layers, list) or len(layers) != 1:
         raise ManifestError("a bundle manifest has exactly one layer")
     layer = parse_descriptor(layers[0], "bundle layer")
-    if layer.media_type != p.BUNDLE_MEDIA_TYPE:
+    if layer.media_type != protocol.BUNDLE_MEDIA_TYPE:
         raise ManifestError(f"bundle layer media type is {layer.media_type!r}")
     subject = doc.get("subject")
     return layer, parse_descriptor(subject, "bundle subject") if subject is not None else None

@@ -23,8 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dockercomms.core import manifest as m
-from dockercomms.core import protocol as p
+from dockercomms.core import manifest, protocol
 from dockercomms.core.errors import DockerCommsError, ManifestError
 from dockercomms.core.receive import Receiver
 from dockercomms.core.registry.client import RegistryClient
@@ -61,41 +60,41 @@ def send_receipt(
     signer: DigestSigner,
     *,
     me: str,
-    message: m.Message,
+    message: manifest.Message,
     status: str,
     verified: bool,
     reason: str | None = None,
-    ttl_seconds: int = p.DEFAULT_TTL_SECONDS,
+    ttl_seconds: int = protocol.DEFAULT_TTL_SECONDS,
 ) -> SentReceipt:
     """Push a signed receipt for ``message`` back to its sender."""
-    if status not in p.RECEIPT_STATUSES:
-        raise ManifestError(f"receipt status must be one of {', '.join(p.RECEIPT_STATUSES)}")
+    if status not in protocol.RECEIPT_STATUSES:
+        raise ManifestError(f"receipt status must be one of {', '.join(protocol.RECEIPT_STATUSES)}")
     annotations = {
-        p.A_VERSION: p.PROTOCOL_VERSION,
-        p.A_SENDER: me,
-        p.A_RECIPIENT: message.sender,
-        p.A_CREATED_AT: p.format_timestamp(datetime.now(UTC)),
-        p.A_TTL: str(ttl_seconds),
-        p.A_RECEIPT_FOR: message.digest,
-        p.A_RECEIPT_STATUS: status,
-        p.A_RECEIPT_VERIFIED: "true" if verified else "false",
+        protocol.A_VERSION: protocol.PROTOCOL_VERSION,
+        protocol.A_SENDER: me,
+        protocol.A_RECIPIENT: message.sender,
+        protocol.A_CREATED_AT: protocol.format_timestamp(datetime.now(UTC)),
+        protocol.A_TTL: str(ttl_seconds),
+        protocol.A_RECEIPT_FOR: message.digest,
+        protocol.A_RECEIPT_STATUS: status,
+        protocol.A_RECEIPT_VERIFIED: "true" if verified else "false",
     }
     if reason:
-        annotations[p.A_RECEIPT_REASON] = reason[:MAX_REASON_CHARS]
+        annotations[protocol.A_RECEIPT_REASON] = reason[:MAX_REASON_CHARS]
     push_empty_config(client)
-    raw = m.build_receipt(message.descriptor, annotations)
+    raw = manifest.build_receipt(message.descriptor, annotations)
     pushed = client.push_manifest(raw)
     attach_bundle(
         client,
-        m.Descriptor(p.OCI_MANIFEST, pushed.digest, len(raw)),
+        manifest.Descriptor(protocol.OCI_MANIFEST, pushed.digest, len(raw)),
         signer.sign_digest(pushed.digest),
     )
-    tag = p.receipt_tag(message.digest)
+    tag = protocol.receipt_tag(message.digest)
     attach_referrer(
         client,
         raw,
         tag,
-        artifact_type=p.RECEIPT_ARTIFACT_TYPE,
+        artifact_type=protocol.RECEIPT_ARTIFACT_TYPE,
         annotations=annotations,
         subject=message.digest,
     )
@@ -108,16 +107,16 @@ def receipts_for(
     mode: DiscoveryMode = "auto",
     *,
     on_unreadable: Skipped | None = None,
-) -> list[m.Receipt]:
+) -> list[manifest.Receipt]:
     """Receipts that refer to ``message_digest`` (parsed, signatures not checked).
 
     ``on_unreadable`` hears of each reference that could not be read for an
     unexpected reason (it is called inside the ``except`` block, so it may log
     the traceback); by default that is a warning. Unreadable ones are skipped.
     """
-    found: list[m.Receipt] = []
+    found: list[manifest.Receipt] = []
     seen: set[str] = set()
-    descriptors = find_referrers(client, message_digest, p.RECEIPT_ARTIFACT_TYPE, mode)
+    descriptors = find_referrers(client, message_digest, protocol.RECEIPT_ARTIFACT_TYPE, mode)
     digests = [d.digest for d in descriptors]
     if mode != "referrers":
         prefix = f"receipt-{message_digest.split(':', 1)[1][:12]}-"
@@ -128,7 +127,7 @@ def receipts_for(
             if digest in seen:
                 continue
             seen.add(digest)
-            receipt = m.parse_receipt(raw, digest)
+            receipt = manifest.parse_receipt(raw, digest)
         except DockerCommsError as exc:
             log.info("skipping receipt %s: %s", shown(reference[:40]), shown(exc.diagnostics()))
             continue
@@ -153,7 +152,7 @@ def latest_verified_receipt(
     recipient: str,
     on_ignored: Skipped | None = None,
     on_unreadable: Skipped | None = None,
-) -> m.Receipt | None:
+) -> manifest.Receipt | None:
     """The newest receipt for ``message_digest`` from ``sender`` to ``recipient`` that verifies.
 
     It counts only if its signature verifies and the signer is trusted as

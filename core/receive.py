@@ -28,8 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from dockercomms.core import manifest as m
-from dockercomms.core import protocol as p
+from dockercomms.core import manifest, protocol
 from dockercomms.core.chunking import ByteSink, extract_layer
 from dockercomms.core.collision_names import suffixed_names
 from dockercomms.core.errors import (
@@ -63,7 +62,7 @@ def _utcnow() -> datetime:
 class VerifiedMessage:
     """A message whose manifest, signature and signer verified (chunks not yet)."""
 
-    message: m.Message
+    message: manifest.Message
     signer: VerifiedSigner
 
 
@@ -76,7 +75,7 @@ class InboxEntry:
     """
 
     tag: str
-    message: m.Message | None
+    message: manifest.Message | None
     error: DockerCommsError | None
     digest: str | None = None
 
@@ -95,7 +94,7 @@ class SeenMessages:
         self._ids: set[tuple[str, str]] = set()
         self._digests: set[str] = set()
 
-    def first_time(self, message: m.Message, signer: VerifiedSigner) -> bool:
+    def first_time(self, message: manifest.Message, signer: VerifiedSigner) -> bool:
         """True the first time this verified message (by digest, or sender and id) comes up."""
         key = (signer.name, message.message_id)
         if key in self._ids or message.digest in self._digests:
@@ -126,9 +125,9 @@ class Receiver:
     # Step 1.
     def inbox_tags(self) -> list[str]:
         """Every message tag addressed to me (names that break the tag grammar left out)."""
-        tags = self.client.list_tags(p.inbox_prefix(self.me))
+        tags = self.client.list_tags(protocol.inbox_prefix(self.me))
         # A registry may list anything; a name that is no tag is no message.
-        return [tag for tag in tags if p.TAG_PATTERN.fullmatch(tag)]
+        return [tag for tag in tags if protocol.TAG_PATTERN.fullmatch(tag)]
 
     def inbox_entry(self, tag: str) -> InboxEntry:
         """One inbox tag's manifest, parsed, but neither verified nor de-duplicated.
@@ -147,17 +146,17 @@ class Receiver:
         return InboxEntry(tag, message, None, digest)
 
     # Steps 2-3.
-    def fetch_message(self, reference: str, *, check_recipient: bool = True) -> m.Message:
+    def fetch_message(self, reference: str, *, check_recipient: bool = True) -> manifest.Message:
         """Fetch and validate a message manifest by tag or digest."""
         raw, digest = self.client.fetch_manifest(reference)
-        tag = None if p.DIGEST_PATTERN.fullmatch(reference) else reference
+        tag = None if protocol.DIGEST_PATTERN.fullmatch(reference) else reference
         return self.parse_message(raw, digest, tag, check_recipient=check_recipient)
 
     def parse_message(
         self, raw: bytes, digest: str, tag: str | None, *, check_recipient: bool = True
-    ) -> m.Message:
+    ) -> manifest.Message:
         """Step 3 on manifest bytes already fetched."""
-        return m.parse_message(
+        return manifest.parse_message(
             raw,
             digest,
             tag=tag,
@@ -166,13 +165,13 @@ class Receiver:
         )
 
     # Steps 4-7.
-    def verify_message(self, message: m.Message) -> VerifiedMessage:
+    def verify_message(self, message: manifest.Message) -> VerifiedMessage:
         """Verify signature, signer and freshness; touches no chunk."""
         signer = self.verify_signer(message)
         self.check_fresh(message)
         return VerifiedMessage(message, signer)
 
-    def verify_signer(self, message: m.Message) -> VerifiedSigner:
+    def verify_signer(self, message: manifest.Message) -> VerifiedSigner:
         """Steps 4-6: a trusted signature, by exactly the claimed sender."""
         signer = self.verify_signature(message.digest)
         # 6. The signer must be trusted as exactly the claimed sender.
@@ -183,18 +182,20 @@ class Receiver:
             )
         return signer
 
-    def check_fresh(self, message: m.Message) -> None:
+    def check_fresh(self, message: manifest.Message) -> None:
         """Step 7: refuse expired messages and those from the future (clock skew allowed).
 
         An expired message stays expired; one from the future may become valid.
         """
         now = self.clock()
         if message.expires_at + CLOCK_SKEW < now:
-            raise ExpiredError(f"message expired at {p.format_timestamp(message.expires_at)}")
+            raise ExpiredError(
+                f"message expired at {protocol.format_timestamp(message.expires_at)}"
+            )
         if message.created_at - CLOCK_SKEW > now:
             raise VerificationError(
                 "message claims to be created in the future "
-                f"({p.format_timestamp(message.created_at)})"
+                f"({protocol.format_timestamp(message.created_at)})"
             )
 
     def verify_signature(self, subject_digest: str) -> VerifiedSigner:
@@ -215,7 +216,7 @@ class Receiver:
     # Step 8, one chunk.
     def fetch_chunk(
         self,
-        message: m.Message,
+        message: manifest.Message,
         index: int,
         out: ByteSink,
         *,
@@ -228,7 +229,7 @@ class Receiver:
 
     def download_chunk(
         self,
-        message: m.Message,
+        message: manifest.Message,
         index: int,
         *,
         on_progress: Callable[[int], None] | None = None,
@@ -253,7 +254,9 @@ class Receiver:
 
         return self.client.retry_broken_body(f"chunk {index}", attempt)
 
-    def extract_chunk(self, message: m.Message, index: int, blob: BlobSpool, out: ByteSink) -> None:
+    def extract_chunk(
+        self, message: manifest.Message, index: int, blob: BlobSpool, out: ByteSink
+    ) -> None:
         """Decompress a verified blob from :meth:`download_chunk` into ``out``."""
         length = min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
         extract_layer(
@@ -301,7 +304,7 @@ class Receiver:
         return final
 
     def _write_chunks(
-        self, message: m.Message, out: ByteSink, on_progress: Callable[[int], None] | None
+        self, message: manifest.Message, out: ByteSink, on_progress: Callable[[int], None] | None
     ) -> None:
         if message.chunk_count == 0:
             return
@@ -456,7 +459,7 @@ def _discard(pending: Future[BlobSpool]) -> None:
         return
 
 
-def _link_to_free_name(tmp: Path, out_dir: Path, message: m.Message) -> Path:
+def _link_to_free_name(tmp: Path, out_dir: Path, message: manifest.Message) -> Path:
     suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
     for name in suffixed_names(message.filename, suffix, count=MAX_NAME_CANDIDATES):
         with contextlib.suppress(FileExistsError):

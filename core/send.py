@@ -26,8 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from dockercomms.core import manifest as m
-from dockercomms.core import protocol as p
+from dockercomms.core import manifest, protocol
 from dockercomms.core.chunking import ChunkSpan, layer_stream, plan_chunks
 from dockercomms.core.config import DEFAULT_CHUNK_BYTES
 from dockercomms.core.errors import ConfigError, OutputError, RegistryUnavailableError
@@ -65,11 +64,11 @@ class SendRequest:
     filename: str | None = None
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "zstd"
-    ttl_seconds: int = p.DEFAULT_TTL_SECONDS
+    ttl_seconds: int = protocol.DEFAULT_TTL_SECONDS
     session_id: str | None = None
     message_id: str | None = None
     created_at: datetime | None = None
-    known_chunks: dict[int, m.Descriptor] = field(default_factory=dict)
+    known_chunks: dict[int, manifest.Descriptor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class SentMessage:
     created_at: datetime
 
 
-ChunkDone = Callable[[int, m.Descriptor], None]
+ChunkDone = Callable[[int, manifest.Descriptor], None]
 
 
 class Sender:
@@ -113,12 +112,12 @@ class Sender:
         on_chunk: ChunkDone | None = None,
     ) -> SentMessage:
         """Send ``request.path``; see the module docstring for the order of pushes."""
-        if request.compression not in p.COMPRESSIONS:
+        if request.compression not in protocol.COMPRESSIONS:
             raise ConfigError(f"unknown compression {request.compression!r}")
         filename = sanitize_filename(request.filename or request.path.name, self.limits)
         created_at = (request.created_at or datetime.now(UTC)).replace(microsecond=0)
-        message_id = request.message_id or p.new_message_id()
-        session_id = request.session_id or p.new_message_id()
+        message_id = request.message_id or protocol.new_message_id()
+        session_id = request.session_id or protocol.new_message_id()
         try:
             fd = os.open(request.path, os.O_RDONLY)
         except OSError as exc:
@@ -135,7 +134,7 @@ class Sender:
             os.close(fd)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
             raise OutputError(f"{request.path} changed while it was being sent; send it again")
-        annotations = m.message_annotations(
+        annotations = manifest.message_annotations(
             sender=self.identity,
             recipient=request.recipient,
             created_at=created_at,
@@ -147,10 +146,10 @@ class Sender:
             chunk_count=len(spans),
             compression=request.compression,
         )
-        raw = m.build_message(annotations, layers)
-        tag = p.message_tag(request.recipient, created_at, session_id, message_id)
+        raw = manifest.build_message(annotations, layers)
+        tag = protocol.message_tag(request.recipient, created_at, session_id, message_id)
         pushed = self.client.push_manifest(raw)
-        subject = m.Descriptor(p.OCI_MANIFEST, pushed.digest, len(raw))
+        subject = manifest.Descriptor(protocol.OCI_MANIFEST, pushed.digest, len(raw))
         bundle_digest = attach_bundle(self.client, subject, self.signer.sign_digest(pushed.digest))
         self.client.push_manifest(raw, tag)
         log.info("sent %s to %s as %s (%s)", filename, request.recipient, tag, pushed.digest)
@@ -172,7 +171,7 @@ class Sender:
         request: SendRequest,
         on_progress: Callable[[int], None] | None,
         on_chunk: ChunkDone | None,
-    ) -> list[m.Descriptor]:
+    ) -> list[manifest.Descriptor]:
         lock = threading.Lock()
 
         def progress(n: int) -> None:
@@ -180,7 +179,7 @@ class Sender:
                 with lock:
                     on_progress(n)
 
-        def one(span: ChunkSpan) -> m.Descriptor:
+        def one(span: ChunkSpan) -> manifest.Descriptor:
             layer = self._upload_chunk(fd, span, request, progress)
             if on_chunk is not None:
                 with lock:
@@ -194,9 +193,9 @@ class Sender:
 
     def _upload_chunk(
         self, fd: int, span: ChunkSpan, request: SendRequest, progress: Callable[[int], None]
-    ) -> m.Descriptor:
-        media_type = p.CHUNK_MEDIA_TYPES[request.compression]
-        annotations = {p.A_CHUNK_INDEX: str(span.index)}
+    ) -> manifest.Descriptor:
+        media_type = protocol.CHUNK_MEDIA_TYPES[request.compression]
+        annotations = {protocol.A_CHUNK_INDEX: str(span.index)}
         known = request.known_chunks.get(span.index)
         if (
             known is not None
@@ -204,7 +203,7 @@ class Sender:
             and self.client.has_blob(known.digest)
         ):
             progress(span.length)
-            return m.Descriptor(media_type, known.digest, known.size, annotations)
+            return manifest.Descriptor(media_type, known.digest, known.size, annotations)
         attempts = Attempts(CHUNK_RETRY, f"upload of chunk {span.index}")
         while True:
             attempts.start()
@@ -217,4 +216,4 @@ class Sender:
                     continue
                 raise
             progress(span.length)
-            return m.Descriptor(media_type, blob.digest, blob.size, annotations)
+            return manifest.Descriptor(media_type, blob.digest, blob.size, annotations)

@@ -22,8 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dockercomms.core import manifest as m
-from dockercomms.core import protocol as p
+from dockercomms.core import manifest, protocol
 from dockercomms.core.errors import (
     DockerCommsError,
     LimitExceededError,
@@ -45,7 +44,7 @@ MAX_BUNDLE_DOWNLOAD_BYTES = 4 * MIB
 
 def push_empty_config(client: RegistryClient) -> None:
     """Make sure the ``{}`` config blob every manifest of ours names exists."""
-    client.push_blob_bytes(p.EMPTY_CONFIG_BYTES, p.OCI_EMPTY)
+    client.push_blob_bytes(protocol.EMPTY_CONFIG_BYTES, protocol.OCI_EMPTY)
 
 
 def attach_referrer(
@@ -60,50 +59,54 @@ def attach_referrer(
     """Push a manifest with a ``subject`` under ``tag``; keep the fallback index in step."""
     pushed = client.push_manifest(raw, tag)
     if not pushed.subject_accepted:
-        descriptor = m.Descriptor(
-            p.OCI_MANIFEST, pushed.digest, len(raw), annotations, artifact_type
+        descriptor = manifest.Descriptor(
+            protocol.OCI_MANIFEST, pushed.digest, len(raw), annotations, artifact_type
         )
         add_to_fallback_index(client, subject, descriptor)
     return pushed.digest
 
 
-def attach_bundle(client: RegistryClient, subject: m.Descriptor, bundle_json: bytes) -> str:
+def attach_bundle(client: RegistryClient, subject: manifest.Descriptor, bundle_json: bytes) -> str:
     """Push a bundle blob and its manifest referring to ``subject`` (SPEC 3)."""
     push_empty_config(client)
-    blob = client.push_blob_bytes(bundle_json, p.BUNDLE_MEDIA_TYPE)
-    raw = m.build_bundle_manifest(subject, blob)
+    blob = client.push_blob_bytes(bundle_json, protocol.BUNDLE_MEDIA_TYPE)
+    raw = manifest.build_bundle_manifest(subject, blob)
     return attach_referrer(
         client,
         raw,
-        p.bundle_tag(subject.digest),
-        artifact_type=p.BUNDLE_MEDIA_TYPE,
-        annotations={p.A_VERSION: p.PROTOCOL_VERSION},
+        protocol.bundle_tag(subject.digest),
+        artifact_type=protocol.BUNDLE_MEDIA_TYPE,
+        annotations={protocol.A_VERSION: protocol.PROTOCOL_VERSION},
         subject=subject.digest,
     )
 
 
-def add_to_fallback_index(client: RegistryClient, subject_digest: str, entry: m.Descriptor) -> None:
+def add_to_fallback_index(
+    client: RegistryClient, subject_digest: str, entry: manifest.Descriptor
+) -> None:
     """Add ``entry`` to the ``sha256-<hex>`` index of ``subject_digest``.
 
     Read-modify-write without a lock: two writers at once can drop an entry, which
     is why readers also search by tag prefix.
     """
-    tag = p.referrers_fallback_tag(subject_digest)
+    tag = protocol.referrers_fallback_tag(subject_digest)
     try:
         raw, _ = client.fetch_manifest(tag)
-        entries = m.parse_index(raw)
+        entries = manifest.parse_index(raw)
     except NotFoundError:
         entries = []
     if any(e.digest == entry.digest for e in entries):
         return
     # Each entry once: an index padded with repeats (by anyone who can push) shrinks back.
     entries = list({e.digest: e for e in entries}.values())
-    client.push_manifest(m.build_referrers_index([*entries, entry]), tag, media_type=p.OCI_INDEX)
+    client.push_manifest(
+        manifest.build_referrers_index([*entries, entry]), tag, media_type=protocol.OCI_INDEX
+    )
 
 
 def find_referrers(
     client: RegistryClient, subject_digest: str, artifact_type: str, mode: DiscoveryMode = "auto"
-) -> list[m.Descriptor]:
+) -> list[manifest.Descriptor]:
     """Referrer manifests of ``subject_digest`` with ``artifact_type``."""
     if mode in ("auto", "referrers"):
         found = client.referrers(subject_digest, artifact_type)
@@ -113,10 +116,10 @@ def find_referrers(
         return []
     if mode in ("auto", "tag"):
         try:
-            raw, _ = client.fetch_manifest(p.referrers_fallback_tag(subject_digest))
+            raw, _ = client.fetch_manifest(protocol.referrers_fallback_tag(subject_digest))
         except NotFoundError:
             return []
-        return [d for d in m.parse_index(raw) if d.artifact_type == artifact_type]
+        return [d for d in manifest.parse_index(raw) if d.artifact_type == artifact_type]
     return []
 
 
@@ -132,7 +135,7 @@ def bundle_candidates(
     :class:`LimitExceededError`.
     """
     search = _BundleSearch(client, subject_digest)
-    for descriptor in find_referrers(client, subject_digest, p.BUNDLE_MEDIA_TYPE, mode):
+    for descriptor in find_referrers(client, subject_digest, protocol.BUNDLE_MEDIA_TYPE, mode):
         if descriptor.digest in search.manifests:
             continue
         if search.exhausted():
@@ -150,7 +153,7 @@ def bundle_candidates(
             yield candidate
     if mode == "referrers":
         return
-    for tag in client.list_tags(p.bundle_tag_prefix(subject_digest)):
+    for tag in client.list_tags(protocol.bundle_tag_prefix(subject_digest)):
         if search.exhausted():
             yield search.stop()
             return
@@ -202,7 +205,7 @@ class _BundleSearch:
         """The bundle blob of manifest ``raw`` (just fetched); None if it came up before."""
         self.downloaded += len(raw)
         try:
-            layer, subject = m.bundle_layer(raw)
+            layer, subject = manifest.bundle_layer(raw)
             if subject is not None and subject.digest != self.subject_digest:
                 raise ManifestError("bundle manifest refers to another subject")
             if layer.digest in self.blobs:

@@ -49,7 +49,7 @@ from typing import Any
 
 import trio
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     ChunkError,
     DigestMismatchError,
@@ -605,7 +605,7 @@ def _rejection_text(tag: str, message: Message | None, why: str) -> str:
             f"digest: {message.digest}",
             f"claimed sender: {shown(message.sender)}",
             f"claimed filename: {shown(message.filename)}",
-            f"created_at: {p.format_timestamp(message.created_at)}",
+            f"created_at: {protocol.format_timestamp(message.created_at)}",
         ]
     return "\n".join(lines) + "\n"
 

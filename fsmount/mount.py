@@ -53,8 +53,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from dockercomms.core import errors
-from dockercomms.core import protocol as p
+from dockercomms.core import errors, protocol
 from dockercomms.core.errors import ConfigError, DockerCommsError
 from dockercomms.core.garbage import GarbageCollector
 from dockercomms.core.status import MountStatus
@@ -371,7 +370,7 @@ async def _announce_when_answering(
 ) -> None:
     """Background job: once the mount answers, record it and tell whoever waits."""
     status = await when_answering(mountpoint)
-    started = p.format_timestamp(status.started_at) if status.started_at else ""
+    started = protocol.format_timestamp(status.started_at) if status.started_at else ""
     try:
         MountRecord(mountpoint, os.getpid(), started).write(record)
     except OSError as exc:  # status and a second mount then only know less

@@ -64,7 +64,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.config import DEFAULT_CHUNK_BYTES
 from dockercomms.core.outbox import Descriptor
 from dockercomms.core.paths import Paths
@@ -197,7 +197,7 @@ class SendOptions:
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "zstd"
-    ttl_seconds: int = p.DEFAULT_TTL_SECONDS
+    ttl_seconds: int = protocol.DEFAULT_TTL_SECONDS
 
 
 class RefusedFile(ValueError):
@@ -396,8 +396,8 @@ class PushQueue:
                     filename or path.name,
                     source.st_size,
                     _INTAKE,
-                    p.new_message_id(),
-                    p.new_message_id(),
+                    protocol.new_message_id(),
+                    protocol.new_message_id(),
                     _ts(now.replace(microsecond=0)),
                     _ts(now),
                     _ts(now),
@@ -888,7 +888,7 @@ def _parse(text: str) -> datetime:
 
 
 def _rfc3339(moment: datetime | None) -> str | None:
-    return p.format_timestamp(moment) if moment is not None else None
+    return protocol.format_timestamp(moment) if moment is not None else None
 
 
 def queue_at_rest(

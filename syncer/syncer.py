@@ -36,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import ConfigError, DockerCommsError
 from dockercomms.core.inbox import Outcome
 from dockercomms.core.log_once import LogOnce
@@ -529,7 +529,7 @@ def _summary_line(
     if state == "waiting for registry":
         text += "; registry unreachable"
         if paused_until is not None:
-            text += f", next try at {p.format_timestamp(paused_until)}"
+            text += f", next try at {protocol.format_timestamp(paused_until)}"
     if errors:
         text += f"; last error: {errors[0]}"
     return text

@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     Disposition,
     DockerCommsError,
@@ -210,7 +210,9 @@ class PushWorker:
         left = item.created_at + timedelta(seconds=ttl_seconds) - now
         if left >= timedelta(seconds=ttl_seconds * RESTAMP_BELOW):
             return item
-        tag = p.message_tag(item.recipient, item.created_at, item.session_id, item.message_id)
+        tag = protocol.message_tag(
+            item.recipient, item.created_at, item.session_id, item.message_id
+        )
         if not self.outbox.is_tagged(tag):
             log.warning(
                 "%s waited in the queue since %s; sending it with today's date so it "
@@ -277,4 +279,4 @@ class PushWorker:
 
 
 def _rfc3339(moment: datetime | None) -> str | None:
-    return p.format_timestamp(moment) if moment is not None else None
+    return protocol.format_timestamp(moment) if moment is not None else None

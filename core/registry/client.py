@@ -34,7 +34,7 @@ from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 import oras.provider
 import requests
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     AuthError,
     DigestMismatchError,
@@ -81,7 +81,7 @@ PIECE = 1024 * 1024
 SMALL_ANSWER_BYTES = 64 * 1024
 #: How much of an error body is read for its message.
 ERROR_BODY_BYTES = 4096
-MANIFEST_ACCEPT = ", ".join([p.OCI_MANIFEST, p.OCI_INDEX])
+MANIFEST_ACCEPT = ", ".join([protocol.OCI_MANIFEST, protocol.OCI_INDEX])
 Progress = Callable[[int], None]
 T = TypeVar("T")
 
@@ -334,7 +334,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
     def blob_url(self, digest: str) -> str:
         """Absolute URL of a blob in this repository."""
-        return f"{self._repo_url}/blobs/{p.check_digest(digest)}"
+        return f"{self._repo_url}/blobs/{protocol.check_digest(digest)}"
 
     def has_blob(self, digest: str) -> bool:
         """HEAD the blob: True if the registry already has it (skip re-upload)."""
@@ -362,7 +362,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
     def push_blob_bytes(self, data: bytes, media_type: str) -> Descriptor:
         """Upload a small blob in one PUT, unless the registry already has it."""
-        digest = p.sha256_digest(data)
+        digest = protocol.sha256_digest(data)
         if not self.has_blob(digest):
             location = self._start_upload()
             self.request(
@@ -464,7 +464,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         what = f"GET blob {digest[:19]}"
         response = self.request("GET", self.blob_url(digest), stream=True, what=what)
         data = read_capped(response, max_bytes, what, self.policy)
-        if p.sha256_digest(data) != digest:
+        if protocol.sha256_digest(data) != digest:
             raise DigestMismatchError(f"blob {digest[:19]} does not hash to its digest")
         return data
 
@@ -476,15 +476,15 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
 
     def manifest_url(self, reference: str) -> str:
         """Absolute URL of a manifest by tag or digest."""
-        if not p.DIGEST_PATTERN.fullmatch(reference):
-            p.check_tag(reference)
+        if not protocol.DIGEST_PATTERN.fullmatch(reference):
+            protocol.check_tag(reference)
         return f"{self._repo_url}/manifests/{reference}"
 
     def push_manifest(
-        self, raw: bytes, reference: str | None = None, *, media_type: str = p.OCI_MANIFEST
+        self, raw: bytes, reference: str | None = None, *, media_type: str = protocol.OCI_MANIFEST
     ) -> PushedManifest:
         """PUT exact manifest bytes by tag, or by their own digest when untagged."""
-        digest = p.sha256_digest(raw)
+        digest = protocol.sha256_digest(raw)
         response = self.request(
             "PUT",
             self.manifest_url(reference or digest),
@@ -521,12 +521,12 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         )
         header = response.headers.get("Docker-Content-Digest")
         raw = read_capped(response, self.limits.max_manifest_bytes, what, self.policy)
-        digest = p.sha256_digest(raw)
+        digest = protocol.sha256_digest(raw)
         if header and header != digest:
             raise DigestMismatchError(
                 f"registry says {shown(header)} but the manifest hashes to {digest}"
             )
-        if p.DIGEST_PATTERN.fullmatch(reference) and reference != digest:
+        if protocol.DIGEST_PATTERN.fullmatch(reference) and reference != digest:
             raise DigestMismatchError(f"asked for {reference}, got bytes hashing to {digest}")
         return raw, digest
 
@@ -579,7 +579,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
         """
         if self._no_referrers_api:
             return None
-        url = f"{self._repo_url}/referrers/{p.check_digest(digest)}"
+        url = f"{self._repo_url}/referrers/{protocol.check_digest(digest)}"
         if artifact_type:
             url += "?" + urlencode({"artifactType": artifact_type})
         try:
@@ -592,7 +592,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             return None
         content_type = response.headers.get("Content-Type", "")
         raw = read_capped(response, self.limits.max_manifest_bytes, "referrers", self.policy)
-        if not content_type.startswith(p.OCI_INDEX) and not content_type.startswith(
+        if not content_type.startswith(protocol.OCI_INDEX) and not content_type.startswith(
             "application/json"
         ):
             return None

@@ -28,14 +28,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import ConfigError, SignatureError, UntrustedSignerError
 from dockercomms.core.signing.statement import pae, signed_digest, statement_bytes
 
 _Check = Callable[[ec.EllipticCurvePublicKey], bool]
 
 BUNDLE_MEDIA_TYPES = (
-    p.BUNDLE_MEDIA_TYPE,
+    protocol.BUNDLE_MEDIA_TYPE,
     "application/vnd.dev.sigstore.bundle+json;version=0.3",
 )
 
@@ -128,13 +128,15 @@ class KeyPairSigner:
     def sign_digest(self, manifest_digest: str) -> bytes:
         """Bundle JSON: DSSE in-toto statement over ``manifest_digest``."""
         payload = statement_bytes(manifest_digest)
-        signature = self._key.sign(pae(p.DSSE_PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256()))
+        signature = self._key.sign(
+            pae(protocol.DSSE_PAYLOAD_TYPE, payload), ec.ECDSA(hashes.SHA256())
+        )
         bundle = {
-            "mediaType": p.BUNDLE_MEDIA_TYPE,
+            "mediaType": protocol.BUNDLE_MEDIA_TYPE,
             "verificationMaterial": {"publicKey": {"hint": self.hint}},
             "dsseEnvelope": {
                 "payload": base64.b64encode(payload).decode("ascii"),
-                "payloadType": p.DSSE_PAYLOAD_TYPE,
+                "payloadType": protocol.DSSE_PAYLOAD_TYPE,
                 "signatures": [{"sig": base64.b64encode(signature).decode("ascii"), "keyid": ""}],
             },
         }

@@ -58,7 +58,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import requests
 from requests.adapters import BaseAdapter
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     AuthError,
     ConfigError,
@@ -341,7 +341,7 @@ class StorageRegistryAdapter(BaseAdapter):
 
     def _mount(self, layout: RepositoryLayout, digest: str, source: str) -> bool:
         """Link a blob another repository has (distribution's cross-repository mount)."""
-        if p.DIGEST_PATTERN.fullmatch(digest) is None:
+        if protocol.DIGEST_PATTERN.fullmatch(digest) is None:
             return False
         try:
             origin = RepositoryLayout(source)
@@ -436,7 +436,7 @@ class StorageRegistryAdapter(BaseAdapter):
     def _put_manifest(self, call: _Call) -> _Reply:
         layout = RepositoryLayout(call.name)
         body = _read_limited(call.body, self.max_manifest_bytes)
-        digest = p.sha256_digest(body)
+        digest = protocol.sha256_digest(body)
         tag = None
         if ":" in call.arg:
             if _check_digest(call.arg) != digest:
@@ -574,10 +574,10 @@ def _served_media_type(raw: bytes) -> str:
     try:
         document = parse_json_object(raw, "manifest", max_bytes=len(raw))
     except DockerCommsError:
-        return p.OCI_MANIFEST
+        return protocol.OCI_MANIFEST
     declared = document.get("mediaType")
     if isinstance(declared, str) and declared in _MANIFEST_TYPES:
         return declared
     if declared is None and isinstance(document.get("manifests"), list):
-        return p.OCI_INDEX
-    return p.OCI_MANIFEST
+        return protocol.OCI_INDEX
+    return protocol.OCI_MANIFEST
