@@ -55,9 +55,6 @@ import contextlib
 import errno
 import functools
 import hashlib
-import http
-import io
-import json
 import logging
 import os
 import re
@@ -65,9 +62,8 @@ import shlex
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -75,11 +71,40 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import filelock
 import requests
 from requests.adapters import BaseAdapter
-from requests.structures import CaseInsensitiveDict
-from requests.utils import get_encoding_from_headers
 
 from dockercomms.core.errors import DockerCommsError
-from dockercomms.core.registry.body import HashingBody
+from dockercomms.core.registry.distribution_api import (
+    COPY_CHUNK,
+    DIGEST_RE,
+    IMAGE_TYPES,
+    MANIFEST_TYPES,
+    MAX_MANIFEST_BYTES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ApiError,
+    BlobStream,
+    Call,
+    Reply,
+    Upload,
+    Uploads,
+    blob_created,
+    body_chunks,
+    byte_range,
+    check_digest,
+    check_name,
+    check_tag,
+    content_range,
+    encode_json,
+    error_reply,
+    json_reply,
+    manifest_media_type,
+    page_size,
+    read_limited,
+    referenced_digests,
+    to_response,
+    unknown_manifest,
+    upload_headers,
+)
 from dockercomms.core.untrusted import parse_json
 
 __all__ = [
@@ -95,8 +120,6 @@ log = logging.getLogger(__name__)
 EMBEDDED_BASE_URL: Final = "http://dockercomms-embedded.invalid"
 """Where to mount the adapter; ``.invalid`` can never resolve to a real host."""
 
-MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
-"""Largest manifest accepted by default, the limit common to public registries."""
 
 MAX_INDEX_BYTES: Final = 128 * 1024 * 1024
 """Largest ``index.json`` read: about 60,000 live messages with their receipts.
@@ -107,72 +130,23 @@ about ten times its size in memory)."""
 DURABLE_BLOBS_ENV: Final = "DOCKERCOMMS_EMBEDDED_FSYNC"
 """Set to 1 to fsync every blob's data before it is renamed into the layout."""
 
-_OCI_MANIFEST: Final = "application/vnd.oci.image.manifest.v1+json"
-_OCI_INDEX: Final = "application/vnd.oci.image.index.v1+json"
 _OCI_EMPTY: Final = "application/vnd.oci.empty.v1+json"
-_DOCKER_MANIFEST: Final = "application/vnd.docker.distribution.manifest.v2+json"
-_DOCKER_LIST: Final = "application/vnd.docker.distribution.manifest.list.v2+json"
-_IMAGE_TYPES: Final = frozenset({_OCI_MANIFEST, _DOCKER_MANIFEST})
-_INDEX_TYPES: Final = frozenset({_OCI_INDEX, _DOCKER_LIST})
-_MANIFEST_TYPES: Final = _IMAGE_TYPES | _INDEX_TYPES
 _REF_NAME: Final = "org.opencontainers.image.ref.name"
 
-_COPY_CHUNK: Final = 1024 * 1024
 _PRIVATE_DIR: Final = 0o700
 _PRIVATE_FILE: Final = 0o600
 #: A layout that gives group or others any access (``index.json`` names every blob).
 _OPEN_TO_OTHERS: Final = 0o077
 #: Status of a damaged layout entry: not 5xx, which clients retry.
 _DAMAGED: Final = 422
-_STREAM_CHUNK: Final = 64 * 1024
 _EMPTY_INDEX: Final[dict[str, Any]] = {
     "schemaVersion": 2,
-    "mediaType": _OCI_INDEX,
+    "mediaType": OCI_INDEX,
     "manifests": [],
 }
 
-_DIGEST_RE: Final = re.compile(r"sha256:[a-f0-9]{64}")
-_TAG_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-_NAME_COMPONENT: Final = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
-_NAME_RE: Final = re.compile(rf"{_NAME_COMPONENT}(?:/{_NAME_COMPONENT})*")
-_RANGE_RE: Final = re.compile(r"bytes=(\d*)-(\d*)")
-_CONTENT_RANGE_RE: Final = re.compile(r"(?:bytes[ =])?(\d+)-(\d+)(?:/\d+|/\*)?")
 
 _Descriptor = dict[str, Any]
-
-
-class _RegistryError(Exception):
-    """A distribution-spec error; the adapter turns it into an ``{"errors": [...]}`` reply."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = dict(headers or {})
-
-
-@dataclass
-class _Reply:
-    """What a route handler answers, before it becomes a ``requests.Response``."""
-
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | _BlobStream = b""
-
-
-@dataclass(frozen=True)
-class _Call:
-    """One request, decoded into what every route handler needs."""
-
-    method: str
-    name: str
-    arg: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    body: object
 
 
 @dataclass(frozen=True)
@@ -238,160 +212,6 @@ class _IndexLookup:
         return found
 
 
-class _BlobStream:
-    """A response body read lazily from a blob file, shaped like urllib3's response.
-
-    requests closes ``raw`` only when the body was not consumed, so the file is also
-    closed as soon as its last byte has been read; an early ``Response.close()`` closes it
-    through ``close``/``release_conn``.
-    """
-
-    def __init__(self, file: BinaryIO, length: int) -> None:
-        self._file = file
-        self._left = length
-
-    @property
-    def closed(self) -> bool:
-        """True once the file is closed: the body is exhausted or was abandoned."""
-        return self._file.closed
-
-    def read(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
-        """Return up to ``amt`` bytes (all that is left when ``amt`` is None)."""
-        if self._file.closed:
-            return b""
-        wanted = self._left if amt is None or amt < 0 else min(amt, self._left)
-        data = self._file.read(wanted)
-        self._left -= len(data)
-        if not data or self._left <= 0:
-            self.close()
-        return data
-
-    def stream(
-        self, amt: int | None = _STREAM_CHUNK, decode_content: bool | None = None
-    ) -> Iterator[bytes]:
-        """Yield the body in pieces; what ``Response.iter_content`` calls."""
-        while chunk := self.read(amt or _STREAM_CHUNK):
-            yield chunk
-
-    def close(self) -> None:
-        """Release the file; safe to call more than once."""
-        self._file.close()
-
-    def release_conn(self) -> None:
-        """What requests calls on ``Response.close()`` even after the body was consumed."""
-        self.close()
-
-
-class _Upload:
-    """One blob upload in progress: the staged bytes so far and their running hash.
-
-    The hash is updated as bytes arrive, so finishing costs no re-read of a possibly huge
-    file. ``lock`` stops two requests for the same session from interleaving.
-    """
-
-    def __init__(self, path: Path, file: BinaryIO) -> None:
-        self.path = path
-        self.file = file
-        self.hasher = hashlib.sha256()
-        self.offset = 0
-        self.lock = threading.Lock()
-
-    @property
-    def closed(self) -> bool:
-        """True once the upload was committed or discarded."""
-        return self.file.closed
-
-    @property
-    def digest(self) -> str:
-        """Digest of everything appended so far."""
-        return "sha256:" + self.hasher.hexdigest()
-
-    def append(self, chunks: Iterable[bytes], expected_length: int | None = None) -> None:
-        """Append one request body; if it fails, rewind so the client can retry the chunk.
-
-        When the body is an in-process :class:`HashingBody` and the upload was empty,
-        its hash covers exactly what is staged: it is adopted instead of hashing
-        every byte a second time.
-        """
-        start, saved = self.offset, self.hasher.copy()
-        adopt = chunks if isinstance(chunks, HashingBody) and start == 0 else None
-        try:
-            for piece in chunks:
-                self.file.write(piece)
-                if adopt is None:
-                    self.hasher.update(piece)
-                self.offset += len(piece)
-            if adopt is not None:
-                if not adopt.complete or adopt.size != self.offset:
-                    raise _RegistryError(400, "BLOB_UPLOAD_INVALID", "upload body ended early")
-                self.hasher = adopt.hasher()
-            received = self.offset - start
-            if expected_length is not None and received != expected_length:
-                raise _RegistryError(
-                    400,
-                    "SIZE_INVALID",
-                    f"Content-Range announced {expected_length} bytes, body had {received}",
-                )
-        except BaseException:
-            self.file.seek(start)
-            self.file.truncate()
-            self.offset, self.hasher = start, saved
-            raise
-
-    def seal(self, *, durable: bool) -> None:
-        """Close the staged file, first forcing its bytes to disk when ``durable``."""
-        self.file.flush()
-        if durable:
-            os.fsync(self.file.fileno())
-        self.file.close()
-
-    def discard(self) -> None:
-        """Close and delete the staged file (a no-op for the file once it was renamed)."""
-        self.file.close()
-        self.path.unlink(missing_ok=True)
-
-
-class _Uploads:
-    """The open upload sessions of one adapter, by UUID."""
-
-    def __init__(self) -> None:
-        self._open: dict[str, _Upload] = {}
-        self._lock = threading.Lock()
-
-    def add(self, upload: _Upload) -> str:
-        """Register ``upload`` and return the UUID that names it in URLs."""
-        uid = str(uuid.uuid4())
-        with self._lock:
-            self._open[uid] = upload
-        return uid
-
-    @contextmanager
-    def hold(self, uid: str) -> Iterator[_Upload]:
-        """Give exclusive use of a live session, or fail with ``BLOB_UPLOAD_UNKNOWN``."""
-        with self._lock:
-            upload = self._open.get(uid)
-        if upload is None:
-            raise _unknown_upload(uid)
-        with upload.lock:
-            if upload.closed:
-                raise _unknown_upload(uid)
-            yield upload
-
-    def end(self, uid: str, upload: _Upload) -> None:
-        """Forget a session and delete whatever it still has staged."""
-        with self._lock:
-            self._open.pop(uid, None)
-        upload.discard()
-
-    def end_all(self) -> None:
-        """Cancel every session; used when the adapter is closed."""
-        with self._lock:
-            uploads, self._open = list(self._open.values()), {}
-        for upload in uploads:
-            with upload.lock:
-                upload.discard()
-
-
 class _Layout:
     """The on-disk OCI image layout: content-addressed blobs plus ``index.json``.
 
@@ -427,7 +247,7 @@ class _Layout:
                 if not marker.exists():
                     self._replace(marker, b'{"imageLayoutVersion":"1.0.0"}')
                 if not self._index_path.exists():
-                    self._replace(self._index_path, _encode_json(_EMPTY_INDEX))
+                    self._replace(self._index_path, encode_json(_EMPTY_INDEX))
             self._ready = True
 
     def blob_path(self, digest: str) -> Path:
@@ -446,12 +266,12 @@ class _Layout:
         """A stored manifest's bytes; ``FileNotFoundError`` when absent."""
         return _read_regular(self.blob_path(digest), limit, f"manifest {digest}")
 
-    def stage(self) -> _Upload:
+    def stage(self) -> Upload:
         """Start a staged file next to the blobs, so committing it is a same-disk rename."""
         path = self.staging_dir / f"{uuid.uuid4().hex}.part"
-        return _Upload(path, _create_private(path))
+        return Upload(path, _create_private(path))
 
-    def commit(self, upload: _Upload, digest: str, *, durable: bool | None = None) -> None:
+    def commit(self, upload: Upload, digest: str, *, durable: bool | None = None) -> None:
         """Verify a staged upload against ``digest`` and rename it into place.
 
         A blob already stored with the same size is kept and the upload dropped:
@@ -461,9 +281,7 @@ class _Layout:
         still replace a blob a racing client just wrote, which is harmless.
         """
         if upload.digest != digest:
-            raise _RegistryError(
-                400, "DIGEST_INVALID", f"upload hashes to {upload.digest}, not {digest}"
-            )
+            raise ApiError(400, "DIGEST_INVALID", f"upload hashes to {upload.digest}, not {digest}")
         target = self.blob_path(digest)
         if _file_size(target) == upload.offset:
             upload.discard()
@@ -523,7 +341,7 @@ class _Layout:
             manifests = change(list(index["manifests"]))
             if manifests is None:
                 return False
-            self._replace(self._index_path, _encode_json({**index, "manifests": manifests}))
+            self._replace(self._index_path, encode_json({**index, "manifests": manifests}))
             return True
 
     def _replace(self, path: Path, data: bytes) -> None:
@@ -565,10 +383,10 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         if durable_blobs is None:
             durable_blobs = os.environ.get(DURABLE_BLOBS_ENV, "") not in ("", "0")
         self._layout = _Layout(self.layout_dir, durable_blobs=durable_blobs)
-        self._uploads = _Uploads()
+        self._uploads = Uploads()
         self._facts: dict[str, _ManifestFacts] = {}
         self._lookup: tuple[object, _IndexLookup] | None = None
-        self._routes: tuple[tuple[re.Pattern[str], dict[str, Callable[[_Call], _Reply]]], ...] = (
+        self._routes: tuple[tuple[re.Pattern[str], dict[str, Callable[[Call], Reply]]], ...] = (
             (re.compile(r"/v2/?"), {"GET": self._api_version, "HEAD": self._api_version}),
             (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self._start_upload}),
             (
@@ -615,17 +433,17 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         try:
             self._layout.ensure()
             reply = self._dispatch(method, request)
-        except _RegistryError as err:
-            reply = _error_reply(err)
+        except ApiError as err:
+            reply = error_reply(err)
         except OSError as err:
-            reply = _error_reply(_RegistryError(500, "UNKNOWN", f"layout failure: {err}"))
-        return _response(request, method, reply)
+            reply = error_reply(ApiError(500, "UNKNOWN", f"layout failure: {err}"))
+        return to_response(request, method, reply)
 
     def close(self) -> None:
         """Cancel open upload sessions and delete their staged files."""
         self._uploads.end_all()
 
-    def _dispatch(self, method: str, request: requests.PreparedRequest) -> _Reply:
+    def _dispatch(self, method: str, request: requests.PreparedRequest) -> Reply:
         parts = urlsplit(request.url or "")
         path = unquote(parts.path)
         for pattern, handlers in self._routes:
@@ -634,7 +452,7 @@ class EmbeddedRegistryAdapter(BaseAdapter):
                 continue
             handler = handlers.get(method)
             if handler is None:
-                raise _RegistryError(
+                raise ApiError(
                     405,
                     "UNSUPPORTED",
                     f"{method} is not supported on {path}",
@@ -643,10 +461,10 @@ class EmbeddedRegistryAdapter(BaseAdapter):
             groups = match.groupdict()
             name = groups.get("name") or ""
             if "name" in groups:
-                _check_name(name)
+                check_name(name)
             query = parse_qs(parts.query, keep_blank_values=True)
             return handler(
-                _Call(
+                Call(
                     method=method,
                     name=name,
                     arg=groups.get("arg") or "",
@@ -655,13 +473,13 @@ class EmbeddedRegistryAdapter(BaseAdapter):
                     body=request.body,
                 )
             )
-        raise _RegistryError(404, "UNSUPPORTED", f"no such endpoint: {path}")
+        raise ApiError(404, "UNSUPPORTED", f"no such endpoint: {path}")
 
-    def _api_version(self, call: _Call) -> _Reply:
-        return _json_reply(200, {})
+    def _api_version(self, call: Call) -> Reply:
+        return json_reply(200, {})
 
-    def _get_blob(self, call: _Call) -> _Reply:
-        digest = _check_digest(call.arg)
+    def _get_blob(self, call: Call) -> Reply:
+        digest = check_digest(call.arg)
         headers = {
             "Docker-Content-Digest": digest,
             "Content-Type": "application/octet-stream",
@@ -670,80 +488,80 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         try:
             if call.method == "HEAD":
                 size = _regular_size(self._layout.blob_path(digest), f"blob {digest}")
-                return _Reply(200, {**headers, "Content-Length": str(size)})
+                return Reply(200, {**headers, "Content-Length": str(size)})
             file = self._layout.open_blob(digest)  # handed to the response body
         except FileNotFoundError:
-            raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is not stored") from None
+            raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} is not stored") from None
         try:
             return _blob_reply(file, headers, call.headers.get("Range"))
         except BaseException:
             file.close()
             raise
 
-    def _delete_blob(self, call: _Call) -> _Reply:
-        digest = _check_digest(call.arg)
+    def _delete_blob(self, call: Call) -> Reply:
+        digest = check_digest(call.arg)
         if not self._layout.delete_blob(digest):
-            raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is not stored")
-        return _Reply(202, {"Docker-Content-Digest": digest})
+            raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} is not stored")
+        return Reply(202, {"Docker-Content-Digest": digest})
 
-    def _start_upload(self, call: _Call) -> _Reply:
+    def _start_upload(self, call: Call) -> Reply:
         mounted = call.query.get("mount", "")
-        if _DIGEST_RE.fullmatch(mounted) and self._layout.has_blob(mounted):
-            return _blob_created(call.name, mounted)
+        if DIGEST_RE.fullmatch(mounted) and self._layout.has_blob(mounted):
+            return blob_created(call.name, mounted)
         if "digest" in call.query and not mounted:
-            return self._monolithic_upload(call, _check_digest(call.query["digest"]))
+            return self._monolithic_upload(call, check_digest(call.query["digest"]))
         uid = self._uploads.add(self._layout.stage())
-        return _Reply(202, _upload_headers(call.name, uid, 0))
+        return Reply(202, upload_headers(call.name, uid, 0))
 
-    def _monolithic_upload(self, call: _Call, digest: str) -> _Reply:
+    def _monolithic_upload(self, call: Call, digest: str) -> Reply:
         upload = self._layout.stage()
         try:
-            upload.append(_body_chunks(call.body))
+            upload.append(body_chunks(call.body))
             self._layout.commit(upload, digest)
         finally:
             upload.discard()
-        return _blob_created(call.name, digest)
+        return blob_created(call.name, digest)
 
-    def _upload_status(self, call: _Call) -> _Reply:
+    def _upload_status(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
-            return _Reply(204, _upload_headers(call.name, call.arg, upload.offset))
+            return Reply(204, upload_headers(call.name, call.arg, upload.offset))
 
-    def _append_upload(self, call: _Call) -> _Reply:
+    def _append_upload(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
-            span = _content_range(call.headers.get("Content-Range"))
+            span = content_range(call.headers.get("Content-Range"))
             if span is not None and span[0] != upload.offset:
-                raise _RegistryError(
+                raise ApiError(
                     416,
                     "BLOB_UPLOAD_INVALID",
                     f"chunk starts at {span[0]}, upload is at {upload.offset}",
-                    _upload_headers(call.name, call.arg, upload.offset),
+                    upload_headers(call.name, call.arg, upload.offset),
                 )
             expected = None if span is None else span[1] - span[0] + 1
-            upload.append(_body_chunks(call.body), expected)
-            return _Reply(202, _upload_headers(call.name, call.arg, upload.offset))
+            upload.append(body_chunks(call.body), expected)
+            return Reply(202, upload_headers(call.name, call.arg, upload.offset))
 
-    def _finish_upload(self, call: _Call) -> _Reply:
+    def _finish_upload(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
             try:
-                digest = _check_digest(call.query.get("digest", ""))
-                upload.append(_body_chunks(call.body))
+                digest = check_digest(call.query.get("digest", ""))
+                upload.append(body_chunks(call.body))
                 self._layout.commit(upload, digest)
             finally:
                 self._uploads.end(call.arg, upload)
-        return _blob_created(call.name, digest)
+        return blob_created(call.name, digest)
 
-    def _cancel_upload(self, call: _Call) -> _Reply:
+    def _cancel_upload(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
             self._uploads.end(call.arg, upload)
-        return _Reply(204)
+        return Reply(204)
 
-    def _get_manifest(self, call: _Call) -> _Reply:
+    def _get_manifest(self, call: Call) -> Reply:
         descriptor = self._find_manifest(call.arg)
         digest = descriptor["digest"]
         try:
             file = self._layout.open_blob(digest, "manifest")
         except FileNotFoundError:
-            raise _unknown_manifest(call.arg) from None
+            raise unknown_manifest(call.arg) from None
         limit = self.max_manifest_bytes
         with contextlib.ExitStack() as unless_streamed:
             unless_streamed.callback(file.close)
@@ -753,17 +571,17 @@ class EmbeddedRegistryAdapter(BaseAdapter):
                 # cap refuses it the same way on every backend; the stream stops at
                 # cap + 1 bytes, so no more than that is ever read.
                 headers = {
-                    "Content-Type": descriptor.get("mediaType") or _OCI_MANIFEST,
+                    "Content-Type": descriptor.get("mediaType") or OCI_MANIFEST,
                     "Docker-Content-Digest": digest,
                     "Content-Length": str(size),
                 }
                 if call.method == "HEAD":
-                    return _Reply(200, headers)
+                    return Reply(200, headers)
                 unless_streamed.pop_all()
-                return _Reply(200, headers, _BlobStream(file, limit + 1))
+                return Reply(200, headers, BlobStream(file, limit + 1))
             body = _read_at_most(file.fileno(), limit, f"manifest {digest}")
         media_type = descriptor.get("mediaType") or _declared_media_type(body)
-        return _Reply(200, {"Content-Type": media_type, "Docker-Content-Digest": digest}, body=body)
+        return Reply(200, {"Content-Type": media_type, "Docker-Content-Digest": digest}, body=body)
 
     def _index_lookup(self) -> _IndexLookup:
         """The lookup for the current ``index.json`` (rebuilt only when it changed)."""
@@ -778,26 +596,26 @@ class EmbeddedRegistryAdapter(BaseAdapter):
     def _find_manifest(self, reference: str) -> _Descriptor:
         lookup = self._index_lookup()
         if ":" in reference:
-            found = lookup.by_digest.get(_check_digest(reference))
+            found = lookup.by_digest.get(check_digest(reference))
         else:
-            found = lookup.by_tag.get(_check_tag(reference))
-        if found is None or not _DIGEST_RE.fullmatch(str(found.get("digest"))):
-            raise _unknown_manifest(reference)
+            found = lookup.by_tag.get(check_tag(reference))
+        if found is None or not DIGEST_RE.fullmatch(str(found.get("digest"))):
+            raise unknown_manifest(reference)
         return found
 
-    def _put_manifest(self, call: _Call) -> _Reply:
-        body = _read_limited(call.body, self.max_manifest_bytes)
+    def _put_manifest(self, call: Call) -> Reply:
+        body = read_limited(call.body, self.max_manifest_bytes)
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         tag = None
         if ":" in call.arg:
-            if _check_digest(call.arg) != digest:
-                raise _RegistryError(
+            if check_digest(call.arg) != digest:
+                raise ApiError(
                     400, "DIGEST_INVALID", f"manifest hashes to {digest}, not {call.arg}"
                 )
         else:
-            tag = _check_tag(call.arg)
+            tag = check_tag(call.arg)
         document = _parse_manifest(body)
-        media_type = _manifest_media_type(call.headers.get("Content-Type"), document)
+        media_type = manifest_media_type(call.headers.get("Content-Type"), document)
         self._check_references(document, media_type)
         facts = _facts_of(document, media_type)
         self._layout.write_blob(digest, body)
@@ -810,57 +628,57 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         }
         if facts.subject is not None:
             headers["OCI-Subject"] = facts.subject
-        return _Reply(201, headers)
+        return Reply(201, headers)
 
     def _check_references(self, document: dict[str, Any], media_type: str) -> None:
         """Refuse a manifest whose blobs or child manifests are not stored (yet)."""
-        digests = _referenced_digests(document, media_type)
+        digests = referenced_digests(document, media_type)
         missing = [digest for digest in digests if not self._layout.has_blob(digest)]
         if missing:
-            raise _RegistryError(
+            raise ApiError(
                 400, "MANIFEST_BLOB_UNKNOWN", f"manifest references unknown {missing[0]}"
             )
 
-    def _delete_manifest(self, call: _Call) -> _Reply:
+    def _delete_manifest(self, call: Call) -> Reply:
         if ":" not in call.arg:
-            tag = _check_tag(call.arg)
+            tag = check_tag(call.arg)
             if not self._layout.update_index(lambda manifests: _untag(manifests, tag)):
-                raise _unknown_manifest(tag)
-            return _Reply(202)
-        digest = _check_digest(call.arg)
+                raise unknown_manifest(tag)
+            return Reply(202)
+        digest = check_digest(call.arg)
         if not self._layout.update_index(lambda manifests: _drop_digest(manifests, digest)):
-            raise _unknown_manifest(digest)
+            raise unknown_manifest(digest)
         self._layout.delete_blob(digest)
-        return _Reply(202)
+        return Reply(202)
 
-    def _list_tags(self, call: _Call) -> _Reply:
+    def _list_tags(self, call: Call) -> Reply:
         tags = sorted({tag for d in self._layout.descriptors() if (tag := _ref_name(d))})
         last = call.query.get("last")
         if last:
             tags = [tag for tag in tags if tag > last]
         headers = {}
         if "n" in call.query:
-            limit = _page_size(call.query["n"])
+            limit = page_size(call.query["n"])
             if 0 < limit < len(tags):
                 headers["Link"] = (
                     f"</v2/{call.name}/tags/list?n={limit}&last={quote(tags[limit - 1])}>; "
                     'rel="next"'
                 )
             tags = tags[:limit]
-        reply = _json_reply(200, {"name": call.name, "tags": tags})
+        reply = json_reply(200, {"name": call.name, "tags": tags})
         reply.headers.update(headers)
         return reply
 
-    def _referrers(self, call: _Call) -> _Reply:
-        subject = _check_digest(call.arg)
+    def _referrers(self, call: Call) -> Reply:
+        subject = check_digest(call.arg)
         wanted = call.query.get("artifactType")
         found = [
             _descriptor(str(entry.get("mediaType")), str(entry["digest"]), entry.get("size"), facts)
             for entry, facts in self._index_lookup().referrers.get(subject, [])
             if wanted is None or facts.artifact_type == wanted
         ]
-        reply = _json_reply(200, {"schemaVersion": 2, "mediaType": _OCI_INDEX, "manifests": found})
-        reply.headers["Content-Type"] = _OCI_INDEX
+        reply = json_reply(200, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": found})
+        reply.headers["Content-Type"] = OCI_INDEX
         if wanted is not None:
             reply.headers["OCI-Filters-Applied"] = "artifactType"
         return reply
@@ -876,50 +694,21 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         if cached is not None:
             return cached
         media_type = entry.get("mediaType")
-        if media_type not in _MANIFEST_TYPES or not _DIGEST_RE.fullmatch(digest):
+        if media_type not in MANIFEST_TYPES or not DIGEST_RE.fullmatch(digest):
             return None
         try:
             body = self._layout.read_manifest(digest, self.max_manifest_bytes)
             facts = _facts_of(_parse_manifest(body), str(media_type))
-        except (OSError, _RegistryError):
+        except (OSError, ApiError):
             return None
         self._facts[digest] = facts
         return facts
 
 
-def _response(request: requests.PreparedRequest, method: str, reply: _Reply) -> requests.Response:
-    """Build the ``requests.Response`` the way ``HTTPAdapter.build_response`` would."""
-    headers = {"Docker-Distribution-Api-Version": "registry/2.0", **reply.headers}
-    body = reply.body
-    response = requests.Response()
-    response.status_code = reply.status
-    response.reason = http.HTTPStatus(reply.status).phrase
-    if isinstance(body, bytes):
-        headers.setdefault("Content-Length", str(len(body)))
-        response.raw = io.BytesIO(b"" if method == "HEAD" else body)
-    else:
-        response.raw = body
-    response.headers = CaseInsensitiveDict(headers)
-    response.encoding = get_encoding_from_headers(response.headers)
-    response.url = request.url or ""
-    response.request = request
-    return response
-
-
-def _json_reply(status: int, document: object) -> _Reply:
-    return _Reply(status, {"Content-Type": "application/json"}, _encode_json(document))
-
-
-def _error_reply(err: _RegistryError) -> _Reply:
-    reply = _json_reply(err.status, {"errors": [{"code": err.code, "message": err.message}]})
-    reply.headers.update(err.headers)
-    return reply
-
-
-def _blob_reply(file: BinaryIO, headers: dict[str, str], range_header: str | None) -> _Reply:
+def _blob_reply(file: BinaryIO, headers: dict[str, str], range_header: str | None) -> Reply:
     """A full (200) or partial (206) blob reply streaming from ``file``."""
     size = os.fstat(file.fileno()).st_size
-    span = _byte_range(range_header, size)
+    span = byte_range(range_header, size)
     status, first, length = 200, 0, size
     if span is not None:
         status, first, length = 206, span[0], span[1] - span[0] + 1
@@ -927,69 +716,9 @@ def _blob_reply(file: BinaryIO, headers: dict[str, str], range_header: str | Non
     headers["Content-Length"] = str(length)
     if length == 0:
         file.close()
-        return _Reply(status, headers)
+        return Reply(status, headers)
     file.seek(first)
-    return _Reply(status, headers, _BlobStream(file, length))
-
-
-def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """The inclusive byte span a single-range ``Range`` header asks for; None means all.
-
-    Malformed and multi-range headers are ignored (RFC 9110 lets a server do that);
-    a range entirely past the end is refused with 416.
-    """
-    match = _RANGE_RE.fullmatch((header or "").strip())
-    if match is None or match.group(1) == match.group(2) == "":
-        return None
-    first_text, last_text = match.groups()
-    if first_text == "":
-        first, last = max(size - int(last_text), 0), size - 1
-        unsatisfiable = int(last_text) == 0 or size == 0
-    else:
-        first = int(first_text)
-        last = min(int(last_text), size - 1) if last_text else size - 1
-        if last_text and int(last_text) < first:
-            return None
-        unsatisfiable = first >= size
-    if unsatisfiable:
-        raise _RegistryError(
-            416,
-            "RANGE_INVALID",
-            f"range {header} is outside {size} bytes",
-            {"Content-Range": f"bytes */{size}"},
-        )
-    return first, last
-
-
-def _content_range(header: str | None) -> tuple[int, int] | None:
-    """The inclusive span a ``PATCH`` announces; None when the header is absent."""
-    if header is None:
-        return None
-    match = _CONTENT_RANGE_RE.fullmatch(header.strip())
-    if match is None or int(match.group(2)) < int(match.group(1)):
-        raise _RegistryError(400, "BLOB_UPLOAD_INVALID", f"bad Content-Range {header!r}")
-    return int(match.group(1)), int(match.group(2))
-
-
-def _upload_headers(name: str, uid: str, offset: int) -> dict[str, str]:
-    """Headers of every upload-session reply; ``Range`` is inclusive, ``0-0`` when empty."""
-    return {
-        "Location": f"/v2/{name}/blobs/uploads/{uid}",
-        "Docker-Upload-UUID": uid,
-        "Range": f"0-{max(offset - 1, 0)}",
-        "Content-Length": "0",
-    }
-
-
-def _blob_created(name: str, digest: str) -> _Reply:
-    return _Reply(
-        201,
-        {
-            "Location": f"/v2/{name}/blobs/{digest}",
-            "Docker-Content-Digest": digest,
-            "Content-Length": "0",
-        },
-    )
+    return Reply(status, headers, BlobStream(file, length))
 
 
 def _file_size(path: Path) -> int | None:
@@ -1054,7 +783,7 @@ def _read_at_most(fd: int, limit: int, what: str) -> bytes:
         raise _too_large(what, size, limit)
     pieces: list[bytes] = []
     total = 0
-    while piece := os.read(fd, min(_COPY_CHUNK, limit + 1 - total)):
+    while piece := os.read(fd, min(COPY_CHUNK, limit + 1 - total)):
         pieces.append(piece)
         total += len(piece)
         if total > limit:
@@ -1076,16 +805,16 @@ def _kind_of(mode: int) -> str:
     return "of an unknown type"
 
 
-def _damaged(what: str, kind: str) -> _RegistryError:
-    return _RegistryError(
+def _damaged(what: str, kind: str) -> ApiError:
+    return ApiError(
         _DAMAGED,
         "UNKNOWN",
         f"the layout is damaged: {what} is {kind}, not a regular file (restore or remove it)",
     )
 
 
-def _too_large(what: str, size: int, limit: int) -> _RegistryError:
-    return _RegistryError(
+def _too_large(what: str, size: int, limit: int) -> ApiError:
+    return ApiError(
         _DAMAGED,
         "SIZE_INVALID",
         f"the layout is damaged: {what} is {size} bytes, over the {limit}-byte limit",
@@ -1153,128 +882,14 @@ def _warn_if_open_to_others(root: Path) -> None:
     )
 
 
-def _body_chunks(body: object) -> Iterable[bytes]:
-    """A request body as pieces; an in-process :class:`HashingBody` stays itself.
-
-    Kept whole, an upload can adopt its hash (see :meth:`_Upload.append`).
-    """
-    return body if isinstance(body, HashingBody) else _split_body(body)
-
-
-def _split_body(body: object) -> Iterator[bytes]:
-    """Yield a request body in pieces of at most 1 MiB, whatever form requests left it in.
-
-    requests passes ``data=`` through unprepared: bytes, str, a file object, or any
-    iterable of bytes (a generator is sent chunked). Reading piecewise keeps memory flat
-    for uploads of many GiB.
-    """
-    if body is None:
-        return
-    if isinstance(body, str):
-        body = body.encode("utf-8")
-    if isinstance(body, bytes | bytearray | memoryview):
-        view = memoryview(body)
-        for start in range(0, len(view), _COPY_CHUNK):
-            yield bytes(view[start : start + _COPY_CHUNK])
-        return
-    read = getattr(body, "read", None)
-    if callable(read):
-        while piece := read(_COPY_CHUNK):
-            yield _as_bytes(piece)
-        return
-    if isinstance(body, Iterable):
-        for piece in body:
-            yield _as_bytes(piece)
-        return
-    raise _RegistryError(400, "BLOB_UPLOAD_INVALID", f"unusable body {type(body).__name__}")
-
-
-def _as_bytes(piece: object) -> bytes:
-    if isinstance(piece, bytes):
-        return piece
-    if isinstance(piece, bytearray | memoryview):
-        return bytes(piece)
-    if isinstance(piece, str):
-        return piece.encode("utf-8")
-    raise _RegistryError(400, "BLOB_UPLOAD_INVALID", f"body yielded {type(piece).__name__}")
-
-
-def _read_limited(body: object, limit: int) -> bytes:
-    """Read a whole (small) body, refusing it as soon as it exceeds ``limit``."""
-    pieces: list[bytes] = []
-    total = 0
-    for piece in _body_chunks(body):
-        total += len(piece)
-        if total > limit:
-            raise _RegistryError(413, "SIZE_INVALID", f"manifest exceeds {limit} bytes")
-        pieces.append(piece)
-    return b"".join(pieces)
-
-
-def _check_digest(text: str) -> str:
-    if not _DIGEST_RE.fullmatch(text):
-        raise _RegistryError(
-            400, "DIGEST_INVALID", f"{text!r} is not sha256: and 64 lowercase hex digits"
-        )
-    return text
-
-
-def _check_tag(text: str) -> str:
-    if not _TAG_RE.fullmatch(text):
-        raise _RegistryError(400, "TAG_INVALID", f"{text!r} is not a valid tag")
-    return text
-
-
-def _check_name(name: str) -> None:
-    if len(name) > 255 or not _NAME_RE.fullmatch(name):
-        raise _RegistryError(400, "NAME_INVALID", f"{name!r} is not a valid repository name")
-
-
-def _page_size(text: str) -> int:
-    try:
-        size = int(text)
-    except ValueError:
-        size = -1
-    if size < 0:
-        raise _RegistryError(400, "PAGINATION_NUMBER_INVALID", f"n={text!r} is not a count")
-    return size
-
-
-def _unknown_upload(uid: str) -> _RegistryError:
-    return _RegistryError(404, "BLOB_UPLOAD_UNKNOWN", f"no upload session {uid}")
-
-
-def _unknown_manifest(reference: str) -> _RegistryError:
-    return _RegistryError(404, "MANIFEST_UNKNOWN", f"manifest {reference} is not stored")
-
-
 def _parse_manifest(body: bytes) -> dict[str, Any]:
     try:
         document = parse_json(body, "manifest", max_bytes=len(body))
     except DockerCommsError as err:
-        raise _RegistryError(400, "MANIFEST_INVALID", str(err)) from None
+        raise ApiError(400, "MANIFEST_INVALID", str(err)) from None
     if not isinstance(document, dict) or document.get("schemaVersion") != 2:
-        raise _RegistryError(400, "MANIFEST_INVALID", "manifest must have schemaVersion 2")
+        raise ApiError(400, "MANIFEST_INVALID", "manifest must have schemaVersion 2")
     return document
-
-
-def _manifest_media_type(content_type: str | None, document: Mapping[str, Any]) -> str:
-    """The media type a manifest is stored under: the ``Content-Type`` it was pushed with.
-
-    A ``mediaType`` field that contradicts the header is refused, because clients that
-    trust one or the other would then disagree about what the manifest is.
-    """
-    media_type = (content_type or "").split(";")[0].strip().lower()
-    if media_type not in _MANIFEST_TYPES:
-        raise _RegistryError(
-            400, "MANIFEST_INVALID", f"Content-Type {content_type!r} is not a manifest type"
-        )
-    declared = document.get("mediaType")
-    if declared is not None and declared != media_type:
-        raise _RegistryError(
-            400, "MANIFEST_INVALID", f"mediaType {declared!r} contradicts {media_type!r}"
-        )
-    return media_type
 
 
 def _declared_media_type(body: bytes) -> str:
@@ -1283,30 +898,7 @@ def _declared_media_type(body: bytes) -> str:
     except DockerCommsError:
         document = None
     declared = document.get("mediaType") if isinstance(document, dict) else None
-    return declared if isinstance(declared, str) else _OCI_MANIFEST
-
-
-def _referenced_digests(document: Mapping[str, Any], media_type: str) -> list[str]:
-    """Digests a manifest needs stored: its config and layers, or an index's manifests."""
-    if media_type in _INDEX_TYPES:
-        entries = _descriptor_list(document, "manifests")
-    else:
-        config = document.get("config")
-        if not isinstance(config, dict):
-            raise _RegistryError(400, "MANIFEST_INVALID", "image manifest has no config")
-        entries = [config, *_descriptor_list(document, "layers")]
-    digests = [entry.get("digest") for entry in entries]
-    for digest in digests:
-        if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-            raise _RegistryError(400, "MANIFEST_INVALID", f"bad descriptor digest {digest!r}")
-    return [str(digest) for digest in digests]
-
-
-def _descriptor_list(document: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
-    entries = document.get(key, [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise _RegistryError(400, "MANIFEST_INVALID", f"{key} must be a list of descriptors")
-    return entries
+    return declared if isinstance(declared, str) else OCI_MANIFEST
 
 
 def _facts_of(document: Mapping[str, Any], media_type: str) -> _ManifestFacts:
@@ -1314,7 +906,7 @@ def _facts_of(document: Mapping[str, Any], media_type: str) -> _ManifestFacts:
     if not isinstance(artifact_type, str) or not artifact_type:
         artifact_type = None
         config = document.get("config")
-        if media_type in _IMAGE_TYPES and isinstance(config, dict):
+        if media_type in IMAGE_TYPES and isinstance(config, dict):
             config_type = config.get("mediaType")
             if isinstance(config_type, str) and config_type and config_type != _OCI_EMPTY:
                 artifact_type = config_type
@@ -1417,13 +1009,9 @@ def _parse_index(data: bytes) -> dict[str, Any]:
     except DockerCommsError:
         index = None
     if not isinstance(index, dict) or not isinstance(index.get("manifests"), list):
-        raise _RegistryError(_DAMAGED, "UNKNOWN", "the layout is damaged: index.json is corrupt")
+        raise ApiError(_DAMAGED, "UNKNOWN", "the layout is damaged: index.json is corrupt")
     index["manifests"] = [entry for entry in index["manifests"] if isinstance(entry, dict)]
     return index
-
-
-def _encode_json(document: object) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -65,32 +65,32 @@ from dockercomms.core.errors import (
     DockerCommsError,
     RegistryUnavailableError,
 )
-from dockercomms.core.registry.embedded import (
-    _INDEX_TYPES,
-    _MANIFEST_TYPES,
+from dockercomms.core.registry.distribution_api import (
+    INDEX_TYPES,
+    MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
-    _blob_created,
-    _BlobStream,
-    _body_chunks,
-    _byte_range,
-    _Call,
-    _check_digest,
-    _check_name,
-    _check_tag,
-    _content_range,
-    _error_reply,
-    _json_reply,
-    _manifest_media_type,
-    _page_size,
-    _read_limited,
-    _referenced_digests,
-    _RegistryError,
-    _Reply,
-    _response,
-    _unknown_manifest,
-    _Upload,
-    _upload_headers,
-    _Uploads,
+    ApiError,
+    BlobStream,
+    Call,
+    Reply,
+    Upload,
+    Uploads,
+    blob_created,
+    body_chunks,
+    byte_range,
+    check_digest,
+    check_name,
+    check_tag,
+    content_range,
+    error_reply,
+    json_reply,
+    manifest_media_type,
+    page_size,
+    read_limited,
+    referenced_digests,
+    to_response,
+    unknown_manifest,
+    upload_headers,
 )
 from dockercomms.core.registry.storage.drivers import StorageDriver, StorageFailure
 from dockercomms.core.registry.storage.layout import (
@@ -111,11 +111,11 @@ STORAGE_BASE_URL: Final = "http://dockercomms-storage.invalid"
 TAG_PAGE_REUSE_SECONDS: Final = 30.0
 """A tag listing is reused for the next pages (``last=``) asked within this long."""
 
-_Route = dict[str, Callable[[_Call], _Reply]]
+_Route = dict[str, Callable[[Call], Reply]]
 _WRITES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-class _StorageStream(_BlobStream):
+class _StorageStream(BlobStream):
     """A blob body read from storage; a failure mid-way is a broken connection."""
 
     def read(self, amt: int | None = None, decode_content: bool | None = None) -> bytes:
@@ -149,7 +149,7 @@ class StorageRegistryAdapter(BaseAdapter):
         self.delete_enabled = delete_enabled
         self.read_only = read_only
         self.max_manifest_bytes = max_manifest_bytes
-        self._uploads = _Uploads()
+        self._uploads = Uploads()
         self._checked = False
         self._check_lock = threading.Lock()
         self._tag_pages: dict[str, tuple[float, list[str]]] = {}
@@ -196,8 +196,8 @@ class StorageRegistryAdapter(BaseAdapter):
         try:
             self._check_once()
             reply = self._dispatch(method, request)
-        except _RegistryError as err:
-            reply = _error_reply(err)
+        except ApiError as err:
+            reply = error_reply(err)
         except StorageFailure as failure:
             if failure.kind == "auth":
                 raise AuthError(str(failure)) from failure
@@ -207,10 +207,10 @@ class StorageRegistryAdapter(BaseAdapter):
                 # The driver already retried (OpenDAL's RetryLayer); not a connection
                 # error, which the client would retry again for its whole budget.
                 raise RegistryUnavailableError(str(failure)) from failure
-            reply = _error_reply(_RegistryError(500, "UNKNOWN", str(failure)))
+            reply = error_reply(ApiError(500, "UNKNOWN", str(failure)))
         except OSError as err:
-            reply = _error_reply(_RegistryError(500, "UNKNOWN", f"storage failure: {err}"))
-        return _response(request, method, reply)
+            reply = error_reply(ApiError(500, "UNKNOWN", f"storage failure: {err}"))
+        return to_response(request, method, reply)
 
     def close(self) -> None:
         """Cancel open uploads and remove the driver's scratch files."""
@@ -226,7 +226,7 @@ class StorageRegistryAdapter(BaseAdapter):
                 self.driver.check()
                 self._checked = True
 
-    def _dispatch(self, method: str, request: requests.PreparedRequest) -> _Reply:
+    def _dispatch(self, method: str, request: requests.PreparedRequest) -> Reply:
         parts = urlsplit(request.url or "")
         path = unquote(parts.path)
         for pattern, handlers in self._routes:
@@ -235,23 +235,23 @@ class StorageRegistryAdapter(BaseAdapter):
                 continue
             handler = handlers.get(method)
             if handler is None:
-                raise _RegistryError(
+                raise ApiError(
                     405,
                     "UNSUPPORTED",
                     f"{method} is not supported on {path}",
                     {"Allow": ", ".join(sorted(handlers))},
                 )
             if method in _WRITES and self.read_only:
-                raise _RegistryError(
+                raise ApiError(
                     405, "UNSUPPORTED", "storage is read-only (storage.maintenance.readonly)"
                 )
             groups = match.groupdict()
             name = groups.get("name") or ""
             if "name" in groups:
-                _check_name(name)
+                check_name(name)
             query = parse_qs(parts.query, keep_blank_values=True)
             return handler(
-                _Call(
+                Call(
                     method=method,
                     name=name,
                     arg=groups.get("arg") or "",
@@ -261,7 +261,7 @@ class StorageRegistryAdapter(BaseAdapter):
                 )
             )
         # What distribution 2.8 answers for any other path, the referrers API included.
-        return _Reply(404, {"Content-Type": "text/plain; charset=utf-8"}, b"404 page not found\n")
+        return Reply(404, {"Content-Type": "text/plain; charset=utf-8"}, b"404 page not found\n")
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -285,59 +285,59 @@ class StorageRegistryAdapter(BaseAdapter):
 
     def _require_delete(self) -> None:
         if not self.delete_enabled:
-            raise _RegistryError(
+            raise ApiError(
                 405, "UNSUPPORTED", "deletes are disabled (storage.delete.enabled is not true)"
             )
 
     # --- routes ------------------------------------------------------------------------
 
-    def _api_version(self, call: _Call) -> _Reply:
-        return _json_reply(200, {})
+    def _api_version(self, call: Call) -> Reply:
+        return json_reply(200, {})
 
-    def _get_blob(self, call: _Call) -> _Reply:
-        digest = _check_digest(call.arg)
+    def _get_blob(self, call: Call) -> Reply:
+        digest = check_digest(call.arg)
         size = self._blob_size(RepositoryLayout(call.name), digest)
         if size is None:
-            raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is not in {call.name}")
+            raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} is not in {call.name}")
         headers = {
             "Docker-Content-Digest": digest,
             "Content-Type": "application/octet-stream",
             "Accept-Ranges": "bytes",
         }
         if call.method == "HEAD":
-            return _Reply(200, {**headers, "Content-Length": str(size)})
-        span = _byte_range(call.headers.get("Range"), size)
+            return Reply(200, {**headers, "Content-Length": str(size)})
+        span = byte_range(call.headers.get("Range"), size)
         status, first, length = 200, 0, size
         if span is not None:
             status, first, length = 206, span[0], span[1] - span[0] + 1
             headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
         headers["Content-Length"] = str(length)
         if length == 0:
-            return _Reply(status, headers)
+            return Reply(status, headers)
         try:
             reader = self.driver.open(blob_data_path(digest), first, length)
         except FileNotFoundError:
-            raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is gone") from None
-        return _Reply(status, headers, _StorageStream(cast(BinaryIO, reader), length))
+            raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} is gone") from None
+        return Reply(status, headers, _StorageStream(cast(BinaryIO, reader), length))
 
-    def _delete_blob(self, call: _Call) -> _Reply:
+    def _delete_blob(self, call: Call) -> Reply:
         self._require_delete()
-        digest = _check_digest(call.arg)
+        digest = check_digest(call.arg)
         layout = RepositoryLayout(call.name)
         if not self._linked(layout.layer_link(digest), digest):
-            raise _RegistryError(404, "BLOB_UNKNOWN", f"blob {digest} is not in {call.name}")
+            raise ApiError(404, "BLOB_UNKNOWN", f"blob {digest} is not in {call.name}")
         self.driver.delete(layout.layer_link(digest))
-        return _Reply(202, {"Docker-Content-Digest": digest, "Content-Length": "0"})
+        return Reply(202, {"Docker-Content-Digest": digest, "Content-Length": "0"})
 
-    def _start_upload(self, call: _Call) -> _Reply:
+    def _start_upload(self, call: Call) -> Reply:
         layout = RepositoryLayout(call.name)
         mounted = call.query.get("mount", "")
         if mounted and self._mount(layout, mounted, call.query.get("from", "")):
-            return _blob_created(call.name, mounted)
+            return blob_created(call.name, mounted)
         if "digest" in call.query and not mounted:
-            return self._monolithic_upload(call, layout, _check_digest(call.query["digest"]))
+            return self._monolithic_upload(call, layout, check_digest(call.query["digest"]))
         uid = self._uploads.add(self.driver.stage(layout.uploads_dir))
-        return _Reply(202, _upload_headers(call.name, uid, 0))
+        return Reply(202, upload_headers(call.name, uid, 0))
 
     def _mount(self, layout: RepositoryLayout, digest: str, source: str) -> bool:
         """Link a blob another repository has (distribution's cross-repository mount)."""
@@ -352,101 +352,99 @@ class StorageRegistryAdapter(BaseAdapter):
         self._put_link(layout, layout.layer_link(digest), digest)
         return True
 
-    def _monolithic_upload(self, call: _Call, layout: RepositoryLayout, digest: str) -> _Reply:
+    def _monolithic_upload(self, call: Call, layout: RepositoryLayout, digest: str) -> Reply:
         upload = self.driver.stage(layout.uploads_dir)
         try:
-            upload.append(_body_chunks(call.body))
+            upload.append(body_chunks(call.body))
             self._commit(layout, upload, digest)
         finally:
             upload.discard()
-        return _blob_created(call.name, digest)
+        return blob_created(call.name, digest)
 
-    def _commit(self, layout: RepositoryLayout, upload: _Upload, digest: str) -> None:
+    def _commit(self, layout: RepositoryLayout, upload: Upload, digest: str) -> None:
         """Check the digest, move the bytes into place, then link them into the repository.
 
         Bytes already stored at that address with the same size are kept (content
         addressing); the link comes last, so a linked blob always has its bytes.
         """
         if upload.digest != digest:
-            raise _RegistryError(
-                400, "DIGEST_INVALID", f"upload hashes to {upload.digest}, not {digest}"
-            )
+            raise ApiError(400, "DIGEST_INVALID", f"upload hashes to {upload.digest}, not {digest}")
         path = blob_data_path(digest)
         if self.driver.size(path) != upload.offset:
             self.driver.commit(upload, path)
         self._put_link(layout, layout.layer_link(digest), digest)
 
-    def _upload_status(self, call: _Call) -> _Reply:
+    def _upload_status(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
-            return _Reply(204, _upload_headers(call.name, call.arg, upload.offset))
+            return Reply(204, upload_headers(call.name, call.arg, upload.offset))
 
-    def _append_upload(self, call: _Call) -> _Reply:
+    def _append_upload(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
-            span = _content_range(call.headers.get("Content-Range"))
+            span = content_range(call.headers.get("Content-Range"))
             if span is not None and span[0] != upload.offset:
-                raise _RegistryError(
+                raise ApiError(
                     416,
                     "BLOB_UPLOAD_INVALID",
                     f"chunk starts at {span[0]}, upload is at {upload.offset}",
-                    _upload_headers(call.name, call.arg, upload.offset),
+                    upload_headers(call.name, call.arg, upload.offset),
                 )
             expected = None if span is None else span[1] - span[0] + 1
-            upload.append(_body_chunks(call.body), expected)
-            return _Reply(202, _upload_headers(call.name, call.arg, upload.offset))
+            upload.append(body_chunks(call.body), expected)
+            return Reply(202, upload_headers(call.name, call.arg, upload.offset))
 
-    def _finish_upload(self, call: _Call) -> _Reply:
+    def _finish_upload(self, call: Call) -> Reply:
         layout = RepositoryLayout(call.name)
         with self._uploads.hold(call.arg) as upload:
             try:
-                digest = _check_digest(call.query.get("digest", ""))
-                upload.append(_body_chunks(call.body))
+                digest = check_digest(call.query.get("digest", ""))
+                upload.append(body_chunks(call.body))
                 self._commit(layout, upload, digest)
             finally:
                 self._uploads.end(call.arg, upload)
-        return _blob_created(call.name, digest)
+        return blob_created(call.name, digest)
 
-    def _cancel_upload(self, call: _Call) -> _Reply:
+    def _cancel_upload(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
             self._uploads.end(call.arg, upload)
-        return _Reply(204)
+        return Reply(204)
 
     def _resolve(self, layout: RepositoryLayout, reference: str) -> str:
         """The digest a tag or digest reference names, if it is a manifest here."""
         if ":" in reference:
-            digest: str | None = _check_digest(reference)
+            digest: str | None = check_digest(reference)
         else:
             digest = parse_link(
-                self.driver.read(layout.tag_current_link(_check_tag(reference)), LINK_LIMIT)
+                self.driver.read(layout.tag_current_link(check_tag(reference)), LINK_LIMIT)
             )
         if digest is None or not self._linked(layout.revision_link(digest), digest):
-            raise _unknown_manifest(reference)
+            raise unknown_manifest(reference)
         return digest
 
-    def _get_manifest(self, call: _Call) -> _Reply:
+    def _get_manifest(self, call: Call) -> Reply:
         layout = RepositoryLayout(call.name)
         digest = self._resolve(layout, call.arg)
         raw = self.driver.read(blob_data_path(digest), self.max_manifest_bytes + 1)
         if raw is None:
-            raise _unknown_manifest(call.arg)
+            raise unknown_manifest(call.arg)
         headers = {"Content-Type": _served_media_type(raw)}
         if len(raw) <= self.max_manifest_bytes:
             headers["Docker-Content-Digest"] = digest
-        return _Reply(200, headers, raw)
+        return Reply(200, headers, raw)
 
-    def _put_manifest(self, call: _Call) -> _Reply:
+    def _put_manifest(self, call: Call) -> Reply:
         layout = RepositoryLayout(call.name)
-        body = _read_limited(call.body, self.max_manifest_bytes)
+        body = read_limited(call.body, self.max_manifest_bytes)
         digest = protocol.sha256_digest(body)
         tag = None
         if ":" in call.arg:
-            if _check_digest(call.arg) != digest:
-                raise _RegistryError(
+            if check_digest(call.arg) != digest:
+                raise ApiError(
                     400, "DIGEST_INVALID", f"manifest hashes to {digest}, not {call.arg}"
                 )
         else:
-            tag = _check_tag(call.arg)
+            tag = check_tag(call.arg)
         document = _parse_manifest(body, self.max_manifest_bytes)
-        media_type = _manifest_media_type(call.headers.get("Content-Type"), document)
+        media_type = manifest_media_type(call.headers.get("Content-Type"), document)
         self._check_references(layout, document, media_type)
         path = blob_data_path(digest)
         if self.driver.size(path) != len(body):
@@ -456,7 +454,7 @@ class StorageRegistryAdapter(BaseAdapter):
             # current first: the tag's directory appears with a link that resolves.
             self._put_link(layout, layout.tag_current_link(tag), digest)
             self._put_link(layout, layout.tag_index_link(tag, digest), digest)
-        return _Reply(
+        return Reply(
             201,
             {
                 "Location": f"/v2/{call.name}/manifests/{digest}",
@@ -469,32 +467,32 @@ class StorageRegistryAdapter(BaseAdapter):
         self, layout: RepositoryLayout, document: dict[str, Any], media_type: str
     ) -> None:
         """Refuse a manifest whose blobs (or an index's manifests) are not in this repository."""
-        index = media_type in _INDEX_TYPES
-        for digest in _referenced_digests(document, media_type):
+        index = media_type in INDEX_TYPES
+        for digest in referenced_digests(document, media_type):
             if index:
                 present = self._manifest_stored(layout, digest)
             else:
                 present = self._blob_size(layout, digest) is not None
             if not present:
-                raise _RegistryError(
+                raise ApiError(
                     400, "MANIFEST_BLOB_UNKNOWN", f"manifest references unknown {digest}"
                 )
 
-    def _delete_manifest(self, call: _Call) -> _Reply:
+    def _delete_manifest(self, call: Call) -> Reply:
         self._require_delete()
         if ":" not in call.arg:
-            _check_tag(call.arg)
-            raise _RegistryError(
+            check_tag(call.arg)
+            raise ApiError(
                 400, "DIGEST_INVALID", "a manifest can only be deleted by digest (distribution)"
             )
-        digest = _check_digest(call.arg)
+        digest = check_digest(call.arg)
         layout = RepositoryLayout(call.name)
         if not self._linked(layout.revision_link(digest), digest):
-            raise _unknown_manifest(digest)
+            raise unknown_manifest(digest)
         self.driver.delete(layout.revision_link(digest))
         for tag in self._tags_naming(layout, digest):
             self.driver.delete_tree(layout.tag_dir(tag))
-        return _Reply(202, {"Content-Length": "0"})
+        return Reply(202, {"Content-Length": "0"})
 
     def _tags_naming(self, layout: RepositoryLayout, digest: str) -> list[str]:
         """Tags whose ``current`` link names ``digest`` (candidates from their index links)."""
@@ -519,21 +517,21 @@ class StorageRegistryAdapter(BaseAdapter):
             if parse_link(self.driver.read(layout.tag_current_link(tag), LINK_LIMIT)) == digest
         ]
 
-    def _list_tags(self, call: _Call) -> _Reply:
+    def _list_tags(self, call: Call) -> Reply:
         last = call.query.get("last", "")
         tags = self._tag_listing(call.name, reuse=bool(last))
         if last:
             tags = [tag for tag in tags if tag > last]
         headers = {}
         if "n" in call.query:
-            limit = _page_size(call.query["n"])
+            limit = page_size(call.query["n"])
             if 0 < limit < len(tags):
                 headers["Link"] = (
                     f"</v2/{call.name}/tags/list?n={limit}&last={quote(tags[limit - 1])}>; "
                     'rel="next"'
                 )
                 tags = tags[:limit]
-        reply = _json_reply(200, {"name": call.name, "tags": tags})
+        reply = json_reply(200, {"name": call.name, "tags": tags})
         reply.headers.update(headers)
         return reply
 
@@ -546,7 +544,7 @@ class StorageRegistryAdapter(BaseAdapter):
             return cached[1]
         names = self.driver.list_names(RepositoryLayout(name).tags_dir)
         if names is None:
-            raise _RegistryError(404, "NAME_UNKNOWN", f"repository {name} is not known")
+            raise ApiError(404, "NAME_UNKNOWN", f"repository {name} is not known")
         tags = sorted(tag for tag in names if is_tag(tag))
         with self._tag_lock:
             self._tag_pages[name] = (now, tags)
@@ -558,9 +556,9 @@ def _parse_manifest(body: bytes, limit: int) -> dict[str, Any]:
     try:
         document = parse_json_object(body, "manifest", max_bytes=limit)
     except DockerCommsError as exc:
-        raise _RegistryError(400, "MANIFEST_INVALID", str(exc)) from None
+        raise ApiError(400, "MANIFEST_INVALID", str(exc)) from None
     if document.get("schemaVersion") != 2:
-        raise _RegistryError(400, "MANIFEST_INVALID", "manifest must have schemaVersion 2")
+        raise ApiError(400, "MANIFEST_INVALID", "manifest must have schemaVersion 2")
     return document
 
 
@@ -576,7 +574,7 @@ def _served_media_type(raw: bytes) -> str:
     except DockerCommsError:
         return protocol.OCI_MANIFEST
     declared = document.get("mediaType")
-    if isinstance(declared, str) and declared in _MANIFEST_TYPES:
+    if isinstance(declared, str) and declared in MANIFEST_TYPES:
         return declared
     if declared is None and isinstance(document.get("manifests"), list):
         return protocol.OCI_INDEX

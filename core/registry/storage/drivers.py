@@ -4,7 +4,7 @@ Caveats first:
 
 * Paths are ``/``-separated and relative to the driver's root; callers build them
   with :mod:`.layout` only, never from request or storage text.
-* A blob upload is staged in a local file (the embedded store's ``_Upload``: hashed
+* A blob upload is staged in a local file (the embedded store's ``Upload``: hashed
   as it arrives, rewound when a chunk fails) and moved into place whole once its
   digest is checked. Nothing is ever modified in place, so readers need no lock.
 * Anything that is not "it is not there" is a :class:`StorageFailure` whose ``kind``
@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final, Literal, Protocol
 
-from dockercomms.core.registry.embedded import _Upload
+from dockercomms.core.registry.distribution_api import Upload
 
 __all__ = [
     "FailureKind",
@@ -118,10 +118,10 @@ class StorageDriver(Protocol):
     def put(self, path: str, data: bytes, scratch: str) -> None:
         """Write ``path`` whole: readers see the old content or the new, never a part."""
 
-    def stage(self, scratch: str) -> _Upload:
+    def stage(self, scratch: str) -> Upload:
         """A new local staging file for a blob upload (``scratch``: the uploads dir)."""
 
-    def commit(self, upload: _Upload, path: str) -> None:
+    def commit(self, upload: Upload, path: str) -> None:
         """Move a staged, digest-checked upload to ``path`` whole."""
 
     def delete(self, path: str) -> bool:
@@ -251,7 +251,7 @@ class FilesystemDriver:
                     os.unlink(staged)
         raise AssertionError("unreachable")
 
-    def stage(self, scratch: str) -> _Upload:
+    def stage(self, scratch: str) -> Upload:
         """A staging file beside the blobs, so committing it is one rename."""
         try:
             path = self._scratch_dir(scratch) / f"{uuid.uuid4().hex}.part"
@@ -259,9 +259,9 @@ class FilesystemDriver:
         except OSError as exc:
             self._forget_scratch(scratch)
             raise _failure(exc, scratch) from exc
-        return _Upload(path, os.fdopen(fd, "w+b"))
+        return Upload(path, os.fdopen(fd, "w+b"))
 
-    def commit(self, upload: _Upload, path: str) -> None:
+    def commit(self, upload: Upload, path: str) -> None:
         """Rename the staged file into place (a same-filesystem rename)."""
         try:
             upload.seal(durable=self.durable_blobs)

@@ -78,7 +78,7 @@ from opendal.file import File
 from opendal.layers import RetryLayer, TimeoutLayer
 
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.registry.embedded import _Upload
+from dockercomms.core.registry.distribution_api import Upload
 from dockercomms.core.registry.storage.config import StorageConfig
 from dockercomms.core.registry.storage.drivers import FailureKind, Readable, StorageFailure
 from dockercomms.core.untrusted import shown
@@ -203,12 +203,12 @@ class S3Driver:
         except _OPENDAL_ERRORS as exc:
             raise self._failure(exc, path) from exc
 
-    def stage(self, scratch: str) -> _Upload:
+    def stage(self, scratch: str) -> Upload:
         """A private local spool file (``$TMPDIR``), removed when the upload ends."""
         fd, name = tempfile.mkstemp(dir=self._spool_dir(), suffix=".part")
-        return _Upload(Path(name), os.fdopen(fd, "w+b"))
+        return Upload(Path(name), os.fdopen(fd, "w+b"))
 
-    def commit(self, upload: _Upload, path: str) -> None:
+    def commit(self, upload: Upload, path: str) -> None:
         """Write the spooled blob to its final key; on failure nothing becomes visible."""
         upload.seal(durable=False)
         try:
