@@ -210,6 +210,28 @@ def add_parsers(
     u.set_defaults(func=cmd_umount)
 
 
+def standalone_main(argv: list[str] | None = None) -> int:
+    """``python -m dockercomms.fsmount``: the mount commands without the full CLI."""
+    from dockercomms.core.errors import DockerCommsError
+
+    args = standalone_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except DockerCommsError as exc:
+        print(f"dockercomms: error: {exc.diagnostics()}", file=sys.stderr)
+        return exc.exit_code
+    return code
+
+
 def standalone_parser() -> argparse.ArgumentParser:
     """``mount``/``umount`` alone, for ``python -m dockercomms.fsmount``."""
     common = argparse.ArgumentParser(add_help=False)

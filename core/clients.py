@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.reference import RepositoryRef
 from dockercomms.core.errors import RegistryUnavailableError
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.reference import RepositoryRef
 
 log = logging.getLogger(__name__)
 

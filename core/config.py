@@ -21,10 +21,10 @@ from typing import Final
 import tomli_w
 
 from dockercomms.core import protocol
+from dockercomms.core._internal.limits import MIB
+from dockercomms.core._internal.registry.reference import LAYOUT_PREFIX, parse_repository
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.limits import MIB
 from dockercomms.core.paths import Paths
-from dockercomms.core.registry.reference import LAYOUT_PREFIX, parse_repository
 from dockercomms.core.trust import write_atomic
 
 DEFAULT_CHUNK_BYTES = 32 * MIB
@@ -153,7 +153,7 @@ def check_sigstore_trust(text: str, *, signing: bool) -> str:
     ``signing``: it must be able to sign (a ClientTrustConfig, not a bare trusted
     root). Imports sigstore, so only when a command gets such a value.
     """
-    from dockercomms.core.signing.keyless import check_trust_source
+    from dockercomms.core._internal.signing.keyless import check_trust_source
 
     return check_trust_source(text, signing=signing)
 

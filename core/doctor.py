@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urljoin
 
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.reference import RepositoryRef
 from dockercomms.core.errors import AuthError, ConfigError, DockerCommsError, RegistryError
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.reference import RepositoryRef
 from dockercomms.core.status import OMITTED_IF_NONE
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def _describe(ref: RepositoryRef) -> dict[str, str]:
     if ref.layout_dir is not None:
         return {"backend": "embedded OCI image layout", "location": str(ref.layout_dir)}
     if ref.storage:
-        from dockercomms.core.registry.storage import load_storage_config, open_driver
+        from dockercomms.core._internal.registry.storage import load_storage_config, open_driver
 
         described = {"backend": "distribution storage, no server"}
         try:
@@ -124,9 +124,9 @@ def _run_checks(
 
 def _write_probe(client: RegistryClient, ref: RepositoryRef) -> str:
     if ref.storage:
-        from dockercomms.core.registry.storage import load_storage_config, open_driver
-        from dockercomms.core.registry.storage.drivers import StorageFailure
-        from dockercomms.core.registry.storage.probe import probe_write
+        from dockercomms.core._internal.registry.storage import load_storage_config, open_driver
+        from dockercomms.core._internal.registry.storage.drivers import StorageFailure
+        from dockercomms.core._internal.registry.storage.probe import probe_write
 
         driver = open_driver(load_storage_config(ref.storage_config))
         try:

@@ -95,16 +95,16 @@ from typing import Any, Literal, cast
 
 import filelock
 
-from dockercomms.core import manifest as manifests
 from dockercomms.core import protocol
+from dockercomms.core._internal import manifest as manifests
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.signing.verify import BundleVerifier
 from dockercomms.core.errors import (
     DockerCommsError,
     LimitExceededError,
     ManifestError,
     NotFoundError,
 )
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.signing.verify import BundleVerifier
 from dockercomms.core.trust import write_atomic
 from dockercomms.core.untrusted import parse_json_object, shown
 from dockercomms.core.workspace import RegistryOptions, Workspace

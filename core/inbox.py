@@ -31,19 +31,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dockercomms.core import protocol
-from dockercomms.core.chunking import ByteSink
+from dockercomms.core._internal.chunking import ByteSink
+from dockercomms.core._internal.intake import Outcome, ProgressFactory, receive_new, summary
+from dockercomms.core._internal.listing import (
+    CheckedTag,
+    check_tags,
+    first_of_each_message,
+    listing_workers,
+)
+from dockercomms.core._internal.manifest import Message, Receipt, parse_json, parse_receipt
+from dockercomms.core._internal.receipt_store import Answer, ReceiptStore, supersedes
+from dockercomms.core._internal.receipts import SentReceipt, latest_verified_receipt, send_receipt
+from dockercomms.core._internal.receive import BufferPool, Receiver, VerifiedMessage
+from dockercomms.core._internal.send import DigestSigner
+from dockercomms.core._internal.signatures import DiscoveryMode
+from dockercomms.core._internal.signing.verify import VerifiedSigner
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.errors import DockerCommsError, ManifestError, SenderMismatchError
-from dockercomms.core.intake import Outcome, ProgressFactory, receive_new, summary
-from dockercomms.core.listing import CheckedTag, check_tags, first_of_each_message, listing_workers
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.manifest import Message, Receipt, parse_json, parse_receipt
-from dockercomms.core.receipt_store import Answer, ReceiptStore, supersedes
-from dockercomms.core.receipts import SentReceipt, latest_verified_receipt, send_receipt
-from dockercomms.core.receive import BufferPool, Receiver, VerifiedMessage
-from dockercomms.core.send import DigestSigner
-from dockercomms.core.signatures import DiscoveryMode
-from dockercomms.core.signing.verify import VerifiedSigner
 from dockercomms.core.untrusted import shown
 
 if TYPE_CHECKING:
@@ -158,7 +163,7 @@ class Inbox:
         """Fetch and verify each tag's manifest and signature (no chunk), in order.
 
         ``workers`` caps the threads (default: what the backend profits from,
-        ``core.listing``). A tag that fails is a result; only a listing that fails
+        ``core._internal.listing``). A tag that fails is a result; only a listing that fails
         as a whole (a trust policy that cannot be read) raises.
         """
         ref = self._pool.repository
@@ -244,7 +249,7 @@ class Inbox:
         limit: int | None = None,
         progress: ProgressFactory | None = None,
     ) -> list[Outcome]:
-        """Verify and write every new message to me into ``out_dir`` (``core.intake``)."""
+        """Verify and write every new message to me into ``out_dir`` (``core._internal.intake``)."""
         with self.workspace.ledger() as ledger:
             return receive_new(
                 self._receiver(),

@@ -32,9 +32,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from dockercomms.core._internal.listing import CheckedTag
+from dockercomms.core._internal.receive import CLOCK_SKEW
 from dockercomms.core.errors import Disposition, ExpiredError
-from dockercomms.core.listing import CheckedTag
-from dockercomms.core.receive import CLOCK_SKEW
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dockercomms.core.signing.keypair import (
+from dockercomms.core._internal.signing.keypair import (
     generate_key,
     key_hint,
     load_private_key,

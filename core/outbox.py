@@ -25,11 +25,17 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import TYPE_CHECKING
 
+from dockercomms.core._internal.manifest import Descriptor
+from dockercomms.core._internal.receipts import Skipped, latest_verified_receipt
+from dockercomms.core._internal.send import (
+    ChunkDone,
+    DigestSigner,
+    Sender,
+    SendRequest,
+    SentMessage,
+)
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.errors import NotFoundError
-from dockercomms.core.manifest import Descriptor
-from dockercomms.core.receipts import Skipped, latest_verified_receipt
-from dockercomms.core.send import ChunkDone, DigestSigner, Sender, SendRequest, SentMessage
 
 if TYPE_CHECKING:
     from dockercomms.core.workspace import Workspace

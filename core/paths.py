@@ -23,7 +23,7 @@ from pathlib import Path
 
 import platformdirs
 
-from dockercomms.core.registry.reference import LAYOUT_PREFIX
+from dockercomms.core._internal.registry.reference import LAYOUT_PREFIX
 
 APP = "dockercomms"
 

@@ -21,29 +21,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dockercomms.core.clients import ClientPool
-from dockercomms.core.config import Settings, load_settings
-from dockercomms.core.errors import DockerCommsError
-from dockercomms.core.keys import signing_key
-from dockercomms.core.ledger import ReceivedLedger
-from dockercomms.core.limits import DEFAULT_LIMITS, Limits
-from dockercomms.core.names import check_name, name_problem
-from dockercomms.core.paths import Paths, resolve_paths
-from dockercomms.core.receive import Receiver
-from dockercomms.core.registry.auth import AuthSource, RegistryAuth
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.credentials import (
+from dockercomms.core._internal.ledger import ReceivedLedger
+from dockercomms.core._internal.limits import DEFAULT_LIMITS, Limits
+from dockercomms.core._internal.receive import Receiver
+from dockercomms.core._internal.registry.auth import AuthSource, RegistryAuth
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.credentials import (
     PASSWORD_ENV,
     USER_ENV,
     Credentials,
     CredentialSource,
 )
-from dockercomms.core.registry.reference import RepositoryRef, parse_repository
-from dockercomms.core.registry.retry import RetryPolicy
-from dockercomms.core.send import DigestSigner, Sender
-from dockercomms.core.signatures import DiscoveryMode
-from dockercomms.core.signing.keypair import KeyPairSigner, load_private_key
-from dockercomms.core.signing.verify import BundleVerifier
+from dockercomms.core._internal.registry.reference import RepositoryRef, parse_repository
+from dockercomms.core._internal.registry.retry import RetryPolicy
+from dockercomms.core._internal.send import DigestSigner, Sender
+from dockercomms.core._internal.signatures import DiscoveryMode
+from dockercomms.core._internal.signing.keypair import KeyPairSigner, load_private_key
+from dockercomms.core._internal.signing.verify import BundleVerifier
+from dockercomms.core.clients import ClientPool
+from dockercomms.core.config import Settings, load_settings
+from dockercomms.core.errors import DockerCommsError
+from dockercomms.core.keys import signing_key
+from dockercomms.core.names import check_name, name_problem
+from dockercomms.core.paths import Paths, resolve_paths
 from dockercomms.core.trust import TrustPolicy
 from dockercomms.core.untrusted import shown
 
@@ -233,7 +233,7 @@ class Workspace:
         refreshed whenever this identity signs.
         """
         if self._trust_config is None:
-            from dockercomms.core.signing.keyless import (
+            from dockercomms.core._internal.signing.keyless import (
                 cache_trusted_root,
                 instance_cache_dir,
                 load_trust_config,
@@ -253,7 +253,7 @@ class Workspace:
         Cached per instance under the cache dir, so verifying needs neither the
         network nor, once cached, the trust config file itself.
         """
-        from dockercomms.core.signing.keyless import trusted_root_for
+        from dockercomms.core._internal.signing.keyless import trusted_root_for
 
         source = instance or self.settings.sigstore_trust
         return trusted_root_for(source, self._roots, entry=bool(instance))
@@ -271,7 +271,10 @@ class _KeylessSigner:
         self._token: str | None = None
 
     def sign_digest(self, manifest_digest: str) -> bytes:
-        from dockercomms.core.signing.keyless import obtain_identity_token, sign_digest_keyless
+        from dockercomms.core._internal.signing.keyless import (
+            obtain_identity_token,
+            sign_digest_keyless,
+        )
 
         config = self._workspace.trust_config()
         if self._token is None:

@@ -42,7 +42,6 @@ import os
 import selectors
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -633,26 +632,3 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return fields[0] != "Z"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dockercomms.fsmount``: the mount commands without the full CLI."""
-    from dockercomms.cli.mount_cmd import standalone_parser
-
-    parser = standalone_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        code: int = args.func(args)
-    except DockerCommsError as exc:
-        print(f"dockercomms: error: {exc.diagnostics()}", file=sys.stderr)
-        return exc.exit_code
-    return code

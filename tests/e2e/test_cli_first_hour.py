@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dockercomms.cli.main import build_parser
-from dockercomms.core.send import SendRequest
+from dockercomms.core._internal.send import SendRequest
 from tests.conftest import Party, introduce, make_party
 
 EXAMPLE = "alice@example.com"  # what every refused name's message offers instead

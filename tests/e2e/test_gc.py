@@ -21,9 +21,9 @@ import pytest
 from dockercomms.cli import main as cli_main
 from dockercomms.core import garbage
 from dockercomms.core import protocol as p
+from dockercomms.core._internal.registry.client import RegistryClient
 from dockercomms.core.errors import NotFoundError, RegistryUnavailableError
 from dockercomms.core.garbage import Deletion, GarbageCollector, load_journal
-from dockercomms.core.registry.client import RegistryClient
 from tests.conftest import CliResult, Party, introduce, make_party, patched_env
 from tests.forge import Forge
 from tests.servers.registry_server import running_registry

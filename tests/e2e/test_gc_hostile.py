@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
+from dockercomms.core._internal import manifest as m
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.signatures import push_empty_config
 from dockercomms.core.garbage import GarbageCollector, load_journal
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.signatures import push_empty_config
 from tests.conftest import Party
 from tests.e2e.test_gc import exists, send, traces
 from tests.forge import Forge, forge_bundle, plant_manifest

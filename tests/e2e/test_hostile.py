@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
+from dockercomms.core._internal import manifest as m
 from tests.conftest import Party, make_party
 from tests.forge import (
     Forge,

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
-from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core._internal import manifest as m
+from dockercomms.core._internal.registry.client import RegistryClient
 from tests.conftest import Party, introduce, make_party
 from tests.forge import (
     Forge,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dockercomms.core.signing.keyless import sign_digest_keyless
+from dockercomms.core._internal.signing.keyless import sign_digest_keyless
 from tests.conftest import Party
 from tests.forge import Forge
 from tests.servers.sigstore_stack import LocalSigstore
@@ -192,7 +192,7 @@ def test_sender_annotation_not_the_certificate_identity(
 
 
 def _forge_keyless(alice: Party, stack: LocalSigstore, trust_config: Path) -> tuple[Forge, object]:
-    from dockercomms.core.signing.keyless import load_trust_config
+    from dockercomms.core._internal.signing.keyless import load_trust_config
 
     workspace = alice.workspace()
     config = load_trust_config(str(trust_config))

@@ -19,14 +19,14 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from dockercomms.core.errors import ConfigError
-from dockercomms.core.registry.bearer import parse_challenges, usable_lifetime
-from dockercomms.core.registry.credentials import (
+from dockercomms.core._internal.registry.bearer import parse_challenges, usable_lifetime
+from dockercomms.core._internal.registry.credentials import (
     PASSWORD_ENV,
     USER_ENV,
     Credentials,
     CredentialSource,
 )
+from dockercomms.core.errors import ConfigError
 from tests.conftest import CliResult, Party, introduce, make_party
 from tests.servers.fault_proxy import FaultProxy, SeenRequest
 from tests.servers.registry_server import RegistryServer, running_registry

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dockercomms.core import protocol as p
-from dockercomms.core.listing import BATCH
+from dockercomms.core._internal.listing import BATCH
 from tests.conftest import Party
 
 CHUNK = 4096

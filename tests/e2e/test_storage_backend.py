@@ -34,14 +34,14 @@ import requests
 import yaml
 
 from dockercomms.core import protocol as p
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.reference import parse_repository
+from dockercomms.core._internal.registry.retry import RetryPolicy
+from dockercomms.core._internal.registry.storage import load_storage_config, open_driver
+from dockercomms.core._internal.registry.storage.drivers import StorageFailure
 from dockercomms.core.config import load_settings, save_settings
 from dockercomms.core.errors import ConfigError, LimitExceededError, NotFoundError, RegistryError
 from dockercomms.core.paths import resolve_paths
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.reference import parse_repository
-from dockercomms.core.registry.retry import RetryPolicy
-from dockercomms.core.registry.storage import load_storage_config, open_driver
-from dockercomms.core.registry.storage.drivers import StorageFailure
 from tests.conftest import Party, introduce, make_party
 from tests.fsmount_fixtures import Identity, mounted, scratch_root, trust, wait_for
 from tests.servers.registry_server import RegistryServer, running_registry

@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
+from dockercomms.core._internal.limits import MIB
+from dockercomms.core._internal.send import SendRequest, SentMessage
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.limits import MIB
-from dockercomms.core.send import SendRequest, SentMessage
 from dockercomms.core.status import to_json
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem, SendOptions

@@ -29,9 +29,9 @@ import filelock
 import pytest
 import trio
 
+from dockercomms.core._internal.send import SendRequest
 from dockercomms.core.config import load_settings, save_settings
 from dockercomms.core.paths import resolve_paths
-from dockercomms.core.send import SendRequest
 from dockercomms.fsmount.sdnotify import read_mount_status
 from tests.fsmount_fixtures import (
     Identity,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from dockercomms.core._internal.listing import BATCH
 from dockercomms.core.config import load_settings, save_settings
-from dockercomms.core.listing import BATCH
 from dockercomms.core.paths import resolve_paths
 from dockercomms.fsmount.inbox_view import SCAN_WORKERS
 from dockercomms.syncer.queue import PushQueue

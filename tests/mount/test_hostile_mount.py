@@ -23,13 +23,13 @@ import pytest
 import trio
 import trio.testing
 
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
+from dockercomms.core._internal import manifest as m
+from dockercomms.core._internal.receipts import send_receipt
+from dockercomms.core._internal.registry.client import RegistryClient
 from dockercomms.core.config import load_settings, save_settings
 from dockercomms.core.garbage import GarbageCollector, GcReport
 from dockercomms.core.paths import resolve_paths
-from dockercomms.core.receipts import send_receipt
-from dockercomms.core.registry.client import RegistryClient
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount.mount import collect_garbage_periodically
 from tests.conftest import make_party

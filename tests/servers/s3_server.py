@@ -11,7 +11,7 @@ Caveats first:
   fixture creates a real user and access key anyway; :meth:`S3Server.authentication`
   switches moto's signature and key checks on for a block (``/moto-api/reset-auth``).
   With it on, OpenDAL's listings fail even with the right key (moto re-canonicalises
-  an unencoded ``/`` in the query wrongly; see ``core/registry/storage/s3.py``), so
+  an unencoded ``/`` in the query wrongly; see ``core/_internal/registry/storage/s3.py``), so
   only refused-credential checks run with it on.
 * Buckets and objects live in moto's memory and die with the process.
 """

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.reference import parse_repository
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.errors import RegistryUnavailableError
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.reference import parse_repository
 
 
 class CountedClient(RegistryClient):

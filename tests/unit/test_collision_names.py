@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dockercomms.core.limits import check_filename
+from dockercomms.core._internal.limits import check_filename
 from dockercomms.fsmount.names import free_name
 
 

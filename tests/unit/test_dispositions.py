@@ -15,9 +15,9 @@ import pytest
 
 from dockercomms.core import errors
 from dockercomms.core import protocol as p
+from dockercomms.core._internal.intake import receive_new
 from dockercomms.core.config import Settings, save_settings
 from dockercomms.core.errors import Disposition, disposition_of
-from dockercomms.core.intake import receive_new
 from dockercomms.core.paths import resolve_paths
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.fsmount.errno_map import is_rejection

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from dockercomms.core.registry.embedded import EmbeddedRegistryAdapter
+from dockercomms.core._internal.registry.embedded import EmbeddedRegistryAdapter
 from tests.conftest import Party
 from tests.unit.test_embedded_registry import (
     BASE,

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import requests
 
-from dockercomms.core.registry.body import HashingBody
-from dockercomms.core.registry.embedded import EMBEDDED_BASE_URL, EmbeddedRegistryAdapter
+from dockercomms.core._internal.registry.body import HashingBody
+from dockercomms.core._internal.registry.embedded import EMBEDDED_BASE_URL, EmbeddedRegistryAdapter
 
 BASE = EMBEDDED_BASE_URL
 REPO = f"{BASE}/v2/team/drop"
@@ -640,8 +640,8 @@ PUSHER = """
 import hashlib, json, sys, time
 from pathlib import Path
 import requests
-from dockercomms.core.registry.body import HashingBody
-from dockercomms.core.registry.embedded import EMBEDDED_BASE_URL, EmbeddedRegistryAdapter
+from dockercomms.core._internal.registry.body import HashingBody
+from dockercomms.core._internal.registry.embedded import EMBEDDED_BASE_URL, EmbeddedRegistryAdapter
 
 layout, worker, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 repo = EMBEDDED_BASE_URL + "/v2/team/drop"

@@ -27,18 +27,18 @@ import pytest
 import urllib3.util.connection
 
 from dockercomms.core import protocol as p
+from dockercomms.core._internal.registry.auth import RegistryAuth
+from dockercomms.core._internal.registry.bearer import parse_challenges
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.credentials import Credentials, CredentialSource
+from dockercomms.core._internal.registry.reference import parse_repository
+from dockercomms.core._internal.registry.retry import RetryPolicy
 from dockercomms.core.errors import (
     AuthError,
     LimitExceededError,
     RegistryError,
     RegistryUnavailableError,
 )
-from dockercomms.core.registry.auth import RegistryAuth
-from dockercomms.core.registry.bearer import parse_challenges
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.credentials import Credentials, CredentialSource
-from dockercomms.core.registry.reference import parse_repository
-from dockercomms.core.registry.retry import RetryPolicy
 from tests.servers.hostile_server import (
     Action,
     HostileHandler,

@@ -19,14 +19,7 @@ from sigstore.models import ClientTrustConfig, TrustedRoot
 from sigstore.oidc import IdentityToken
 from sigstore.sign import SigningContext
 
-from dockercomms.core.errors import (
-    ConfigError,
-    DockerCommsError,
-    SignatureError,
-    UntrustedSignerError,
-)
-from dockercomms.core.protocol import sha256_digest
-from dockercomms.core.signing.keyless import (
+from dockercomms.core._internal.signing.keyless import (
     KeylessIdentity,
     cache_trusted_root,
     certificate_identity,
@@ -36,7 +29,14 @@ from dockercomms.core.signing.keyless import (
     sign_digest_keyless,
     verify_keyless_bundle,
 )
-from dockercomms.core.signing.statement import statement_bytes
+from dockercomms.core._internal.signing.statement import statement_bytes
+from dockercomms.core.errors import (
+    ConfigError,
+    DockerCommsError,
+    SignatureError,
+    UntrustedSignerError,
+)
+from dockercomms.core.protocol import sha256_digest
 from tests.servers.sigstore_stack import LocalSigstore
 
 SIGNER = "alice@dockercomms.test"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from dockercomms.core.ledger import ReceivedLedger
+from dockercomms.core._internal.ledger import ReceivedLedger
 
 OLD_SCHEMA = """
 CREATE TABLE received (

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dockercomms.core._internal.limits import check_filename
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.limits import check_filename
 from dockercomms.core.names import MAX_NAME_CHARS, check_name, is_valid_name
 from dockercomms.fsmount.names import RESERVED, folder_name
 

@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
-from dockercomms.core.chunking import extract_layer, plan_chunks
+from dockercomms.core._internal import manifest as m
+from dockercomms.core._internal.chunking import extract_layer, plan_chunks
+from dockercomms.core._internal.limits import check_filename, sanitize_filename
+from dockercomms.core._internal.signing.statement import signed_digest, statement_bytes
 from dockercomms.core.errors import ChunkError, FilenameError, ManifestError
-from dockercomms.core.limits import check_filename, sanitize_filename
-from dockercomms.core.signing.statement import signed_digest, statement_bytes
 from tests.forge import compress, honest_layer
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from dockercomms.core.receipt_store import Answer, ReceiptStore, supersedes
+from dockercomms.core._internal.receipt_store import Answer, ReceiptStore, supersedes
 
 
 def test_the_receipt_store_lets_accepted_follow_rejected_and_nothing_follow_accepted(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dockercomms.core.registry.retry import Attempts, RetryPolicy
+from dockercomms.core._internal.registry.retry import Attempts, RetryPolicy
 
 
 def test_attempts_wait_the_policy_delay_until_the_count_or_the_budget_is_spent() -> None:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from dockercomms.core.signing.statement import pae
+from dockercomms.core._internal.signing.statement import pae
 
 from . import merkle
 from .ctlog import spki

@@ -27,7 +27,7 @@ import requests
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_encoding_from_headers
 
-from dockercomms.core.registry.body import HashingBody
+from dockercomms.core._internal.registry.body import HashingBody
 
 MAX_MANIFEST_BYTES: Final = 4 * 1024 * 1024
 """Largest manifest accepted by default, the limit common to public registries."""

@@ -21,8 +21,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dockercomms.core import protocol, untrusted
+from dockercomms.core._internal.limits import DEFAULT_LIMITS, Limits, check_filename
 from dockercomms.core.errors import LimitExceededError, ManifestError
-from dockercomms.core.limits import DEFAULT_LIMITS, Limits, check_filename
 
 _UINT = re.compile(r"^(0|[1-9][0-9]{0,19})$")
 _UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

@@ -18,7 +18,7 @@ Caveats first:
   traceback and the tag comes back rejected (a :class:`ProtocolError`).
 * Results come back in the order of the tags given. Nothing is de-duplicated
   here; :func:`first_of_each_message` does that, among verified messages only
-  (:class:`~dockercomms.core.receive.SeenMessages`), as ``recv`` does.
+  (:class:`~dockercomms.core._internal.receive.SeenMessages`), as ``recv`` does.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from dockercomms.core._internal.manifest import Message
+from dockercomms.core._internal.receive import Receiver, SeenMessages
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.reference import RepositoryRef
+from dockercomms.core._internal.signing.verify import VerifiedSigner
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.errors import (
     DigestMismatchError,
@@ -39,11 +44,6 @@ from dockercomms.core.errors import (
     UntrustedSignerError,
 )
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.manifest import Message
-from dockercomms.core.receive import Receiver, SeenMessages
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.reference import RepositoryRef
-from dockercomms.core.signing.verify import VerifiedSigner
 
 log = logging.getLogger(__name__)
 

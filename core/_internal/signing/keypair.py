@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from dockercomms.core import protocol
+from dockercomms.core._internal.signing.statement import pae, signed_digest, statement_bytes
 from dockercomms.core.errors import ConfigError, SignatureError, UntrustedSignerError
-from dockercomms.core.signing.statement import pae, signed_digest, statement_bytes
 
 _Check = Callable[[ec.EllipticCurvePublicKey], bool]
 

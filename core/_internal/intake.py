@@ -9,7 +9,7 @@ message already rejected costs one manifest fetch and is reported as
 Caveats first:
 
 * De-duplication happens among verified messages only
-  (:class:`~dockercomms.core.receive.SeenMessages`); an unverified tag can
+  (:class:`~dockercomms.core._internal.receive.SeenMessages`); an unverified tag can
   neither hide nor stand in for a verified one.
 * A rejection is remembered by manifest digest only when the message itself
   decided it: under the trust policy's fingerprint for the signature and signer
@@ -40,6 +40,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dockercomms.core import protocol
+from dockercomms.core._internal.ledger import ReceivedLedger, RejectedRecord
+from dockercomms.core._internal.manifest import Message
+from dockercomms.core._internal.receipt_store import Answer, ReceiptStore, supersedes
+from dockercomms.core._internal.receipts import send_receipt
+from dockercomms.core._internal.receive import Receiver, SeenMessages, VerifiedMessage
+from dockercomms.core._internal.send import DigestSigner
 from dockercomms.core.errors import (
     DigestMismatchError,
     Disposition,
@@ -48,13 +54,7 @@ from dockercomms.core.errors import (
     ProtocolError,
     disposition_of,
 )
-from dockercomms.core.ledger import ReceivedLedger, RejectedRecord
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.manifest import Message
-from dockercomms.core.receipt_store import Answer, ReceiptStore, supersedes
-from dockercomms.core.receipts import send_receipt
-from dockercomms.core.receive import Receiver, SeenMessages, VerifiedMessage
-from dockercomms.core.send import DigestSigner
 from dockercomms.core.untrusted import shown
 
 log = logging.getLogger(__name__)

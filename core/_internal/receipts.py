@@ -23,18 +23,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dockercomms.core import manifest, protocol
-from dockercomms.core.errors import DockerCommsError, ManifestError
-from dockercomms.core.receive import Receiver
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.send import DigestSigner
-from dockercomms.core.signatures import (
+from dockercomms.core import protocol
+from dockercomms.core._internal import manifest
+from dockercomms.core._internal.receive import Receiver
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.send import DigestSigner
+from dockercomms.core._internal.signatures import (
     DiscoveryMode,
     attach_bundle,
     attach_referrer,
     find_referrers,
     push_empty_config,
 )
+from dockercomms.core.errors import DockerCommsError, ManifestError
 from dockercomms.core.untrusted import shown
 
 log = logging.getLogger(__name__)

@@ -20,13 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from dockercomms.core._internal.registry.storage.config import StorageConfig, load_storage_config
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.registry.storage.config import StorageConfig, load_storage_config
 
 if TYPE_CHECKING:
-    from dockercomms.core.registry.reference import RepositoryRef
-    from dockercomms.core.registry.storage.adapter import StorageRegistryAdapter
-    from dockercomms.core.registry.storage.drivers import StorageDriver
+    from dockercomms.core._internal.registry.reference import RepositoryRef
+    from dockercomms.core._internal.registry.storage.adapter import StorageRegistryAdapter
+    from dockercomms.core._internal.registry.storage.drivers import StorageDriver
 
 __all__ = [
     "DEFAULT_FILESYSTEM_ROOT",
@@ -46,8 +46,8 @@ SUPPORTED_DRIVERS: Final = ("filesystem", "s3")
 def open_driver(config: StorageConfig, environ: Mapping[str, str] | None = None) -> StorageDriver:
     """The driver ``config`` names; :class:`ConfigError` for one not supported here."""
     if config.driver == "filesystem":
-        from dockercomms.core.registry.embedded import DURABLE_BLOBS_ENV
-        from dockercomms.core.registry.storage.drivers import FilesystemDriver
+        from dockercomms.core._internal.registry.embedded import DURABLE_BLOBS_ENV
+        from dockercomms.core._internal.registry.storage.drivers import FilesystemDriver
 
         env = os.environ if environ is None else environ
         root = Path(config.text("rootdirectory") or DEFAULT_FILESYSTEM_ROOT).expanduser()
@@ -55,8 +55,8 @@ def open_driver(config: StorageConfig, environ: Mapping[str, str] | None = None)
             root.absolute(), durable_blobs=env.get(DURABLE_BLOBS_ENV, "") not in ("", "0")
         )
     if config.driver == "s3":
-        from dockercomms.core.registry.retry import read_timeout_from_env
-        from dockercomms.core.registry.storage.s3 import S3Driver
+        from dockercomms.core._internal.registry.retry import read_timeout_from_env
+        from dockercomms.core._internal.registry.storage.s3 import S3Driver
 
         return S3Driver(config, read_timeout=read_timeout_from_env(environ), environ=environ)
     raise ConfigError(
@@ -67,7 +67,7 @@ def open_driver(config: StorageConfig, environ: Mapping[str, str] | None = None)
 
 def storage_adapter(ref: RepositoryRef) -> StorageRegistryAdapter:
     """The in-process registry for a ``storage:NAME`` repository reference."""
-    from dockercomms.core.registry.storage.adapter import StorageRegistryAdapter
+    from dockercomms.core._internal.registry.storage.adapter import StorageRegistryAdapter
 
     config = load_storage_config(ref.storage_config)
     return StorageRegistryAdapter(

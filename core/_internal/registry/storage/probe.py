@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from dockercomms.core.registry.storage.drivers import StorageDriver, StorageFailure
-from dockercomms.core.registry.storage.layout import RepositoryLayout
+from dockercomms.core._internal.registry.storage.drivers import StorageDriver, StorageFailure
+from dockercomms.core._internal.registry.storage.layout import RepositoryLayout
 
 __all__ = ["WriteProbe", "probe_write"]
 

@@ -28,8 +28,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from dockercomms.core import manifest, protocol
-from dockercomms.core.chunking import ByteSink, extract_layer
+from dockercomms.core import protocol
+from dockercomms.core._internal import manifest
+from dockercomms.core._internal.chunking import ByteSink, extract_layer
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.signatures import DiscoveryMode, bundle_candidates
+from dockercomms.core._internal.signing.verify import BundleVerifier, VerifiedSigner
 from dockercomms.core.collision_names import suffixed_names
 from dockercomms.core.errors import (
     DockerCommsError,
@@ -40,9 +44,6 @@ from dockercomms.core.errors import (
     SignatureError,
     VerificationError,
 )
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.signatures import DiscoveryMode, bundle_candidates
-from dockercomms.core.signing.verify import BundleVerifier, VerifiedSigner
 
 log = logging.getLogger(__name__)
 

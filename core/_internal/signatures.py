@@ -22,15 +22,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dockercomms.core import manifest, protocol
+from dockercomms.core import protocol
+from dockercomms.core._internal import manifest
+from dockercomms.core._internal.limits import MIB
+from dockercomms.core._internal.registry.client import RegistryClient
 from dockercomms.core.errors import (
     DockerCommsError,
     LimitExceededError,
     ManifestError,
     NotFoundError,
 )
-from dockercomms.core.limits import MIB
-from dockercomms.core.registry.client import RegistryClient
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from dockercomms.core._internal.limits import DEFAULT_LIMITS
+from dockercomms.core._internal.signing.keypair import is_key_bundle, verify_key_bundle
 from dockercomms.core.errors import (
     ConfigError,
     DockerCommsError,
@@ -25,8 +27,6 @@ from dockercomms.core.errors import (
     UntrustedSignerError,
     VerificationError,
 )
-from dockercomms.core.limits import DEFAULT_LIMITS
-from dockercomms.core.signing.keypair import is_key_bundle, verify_key_bundle
 from dockercomms.core.trust import TrustPolicy
 from dockercomms.core.untrusted import parse_json_object
 
@@ -119,7 +119,10 @@ class BundleVerifier:
         return self._trusted_roots[instance]
 
     def _verify_keyless(self, bundle_json: bytes, manifest_digest: str) -> VerifiedSigner:
-        from dockercomms.core.signing.keyless import certificate_identity, verify_keyless_bundle
+        from dockercomms.core._internal.signing.keyless import (
+            certificate_identity,
+            verify_keyless_bundle,
+        )
 
         entries = self.policy.identities()
         claimed = certificate_identity(bundle_json)

@@ -26,14 +26,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from dockercomms.core import manifest, protocol
-from dockercomms.core.chunking import ChunkSpan, layer_stream, plan_chunks
+from dockercomms.core import protocol
+from dockercomms.core._internal import manifest
+from dockercomms.core._internal.chunking import ChunkSpan, layer_stream, plan_chunks
+from dockercomms.core._internal.limits import DEFAULT_LIMITS, Limits, sanitize_filename
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.retry import Attempts, RetryPolicy
+from dockercomms.core._internal.signatures import attach_bundle, push_empty_config
 from dockercomms.core.config import DEFAULT_CHUNK_BYTES
 from dockercomms.core.errors import ConfigError, OutputError, RegistryUnavailableError
-from dockercomms.core.limits import DEFAULT_LIMITS, Limits, sanitize_filename
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.retry import Attempts, RetryPolicy
-from dockercomms.core.signatures import attach_bundle, push_empty_config
 
 log = logging.getLogger(__name__)
 

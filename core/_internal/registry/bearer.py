@@ -34,22 +34,22 @@ from urllib.request import parse_http_list
 
 import requests
 
-from dockercomms.core.errors import (
-    AuthError,
-    ProtocolError,
-    RegistryError,
-    RegistryUnavailableError,
-)
-from dockercomms.core.registry.body import BodyBrokeOffError, read_capped, read_prefix
-from dockercomms.core.registry.credentials import Credentials
-from dockercomms.core.registry.retry import (
+from dockercomms.core._internal.registry.body import BodyBrokeOffError, read_capped, read_prefix
+from dockercomms.core._internal.registry.credentials import Credentials
+from dockercomms.core._internal.registry.retry import (
     TEMPORARY_STATUSES,
     Attempts,
     RetryPolicy,
     classify,
     retry_after_seconds,
 )
-from dockercomms.core.registry.transport import BoundedSession, Origin, send
+from dockercomms.core._internal.registry.transport import BoundedSession, Origin, send
+from dockercomms.core.errors import (
+    AuthError,
+    ProtocolError,
+    RegistryError,
+    RegistryUnavailableError,
+)
 from dockercomms.core.untrusted import parse_json, parse_json_object, shown
 
 #: Token lifetime when the service does not say (and the minimum the spec allows).

@@ -35,6 +35,32 @@ import oras.provider
 import requests
 
 from dockercomms.core import protocol
+from dockercomms.core._internal.limits import DEFAULT_LIMITS, Limits
+from dockercomms.core._internal.manifest import Descriptor, parse_index
+from dockercomms.core._internal.registry.auth import (
+    Anonymous,
+    Authenticator,
+    AuthSource,
+    RegistryEndpoint,
+    system_trust_store,
+)
+from dockercomms.core._internal.registry.body import (
+    BodyBrokeOffError,
+    HashingBody,
+    pieces,
+    read_capped,
+    read_prefix,
+)
+from dockercomms.core._internal.registry.reference import RepositoryRef
+from dockercomms.core._internal.registry.retry import (
+    TEMPORARY_STATUSES,
+    Attempts,
+    Pace,
+    RetryPolicy,
+    classify,
+    retry_after_seconds,
+)
+from dockercomms.core._internal.registry.transport import BoundedSession, Origin, send
 from dockercomms.core.errors import (
     AuthError,
     DigestMismatchError,
@@ -43,36 +69,10 @@ from dockercomms.core.errors import (
     RegistryError,
     RegistryUnavailableError,
 )
-from dockercomms.core.limits import DEFAULT_LIMITS, Limits
-from dockercomms.core.manifest import Descriptor, parse_index
-from dockercomms.core.registry.auth import (
-    Anonymous,
-    Authenticator,
-    AuthSource,
-    RegistryEndpoint,
-    system_trust_store,
-)
-from dockercomms.core.registry.body import (
-    BodyBrokeOffError,
-    HashingBody,
-    pieces,
-    read_capped,
-    read_prefix,
-)
-from dockercomms.core.registry.reference import RepositoryRef
-from dockercomms.core.registry.retry import (
-    TEMPORARY_STATUSES,
-    Attempts,
-    Pace,
-    RetryPolicy,
-    classify,
-    retry_after_seconds,
-)
-from dockercomms.core.registry.transport import BoundedSession, Origin, send
 from dockercomms.core.untrusted import parse_json, parse_json_object, shown
 
 if TYPE_CHECKING:
-    from dockercomms.core.chunking import ByteSink
+    from dockercomms.core._internal.chunking import ByteSink
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             RegistryEndpoint(ref.host, ref.scheme, tls_verify, self.policy)
         )
         if ref.layout_dir is not None:
-            from dockercomms.core.registry.embedded import (
+            from dockercomms.core._internal.registry.embedded import (
                 EMBEDDED_BASE_URL,
                 EmbeddedRegistryAdapter,
             )
@@ -151,8 +151,8 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
             # variables and .netrc (measured: an eighth of listing a big inbox).
             self.session.trust_env = False
         elif ref.storage:
-            from dockercomms.core.registry.storage import storage_adapter
-            from dockercomms.core.registry.storage.adapter import STORAGE_BASE_URL
+            from dockercomms.core._internal.registry.storage import storage_adapter
+            from dockercomms.core._internal.registry.storage.adapter import STORAGE_BASE_URL
 
             self.base_url = STORAGE_BASE_URL
             self.session.mount(STORAGE_BASE_URL + "/", storage_adapter(ref))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import re
 
+from dockercomms.core._internal.limits import DEFAULT_LIMITS
 from dockercomms.core.errors import DockerCommsError
-from dockercomms.core.limits import DEFAULT_LIMITS
 from dockercomms.core.protocol import (
     COSIGN_PREDICATE_TYPE,
     DSSE_PAYLOAD_TYPE,

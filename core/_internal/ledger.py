@@ -4,7 +4,7 @@ SQLite in the state dir, WAL mode so the CLI and a running daemon can share it.
 
 Caveats first:
 
-* Receipts sent are the receipt store's (``core.receipt_store``, same database);
+* Receipts sent are the receipt store's (``core._internal.receipt_store``, same database);
   ``received.receipt_digest`` is no longer written and stays for older rows.
 * ``received`` is keyed by manifest digest, and by (sender, message id): a message
   id is only unique per sender, and only a verified sender may be recorded. A

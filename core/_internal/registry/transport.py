@@ -42,8 +42,8 @@ import requests.adapters
 import urllib3.connection
 import urllib3.connectionpool
 
+from dockercomms.core._internal.registry.retry import answer_too_slow
 from dockercomms.core.errors import RegistryError
-from dockercomms.core.registry.retry import answer_too_slow
 from dockercomms.core.untrusted import shown
 
 #: Deadline of an answer read without :func:`send` (a policy's default: 2 x 60 s).

@@ -72,8 +72,7 @@ import filelock
 import requests
 from requests.adapters import BaseAdapter
 
-from dockercomms.core.errors import DockerCommsError
-from dockercomms.core.registry.distribution_api import (
+from dockercomms.core._internal.registry.distribution_api import (
     COPY_CHUNK,
     DIGEST_RE,
     IMAGE_TYPES,
@@ -105,6 +104,7 @@ from dockercomms.core.registry.distribution_api import (
     unknown_manifest,
     upload_headers,
 )
+from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.untrusted import parse_json
 
 __all__ = [

@@ -46,6 +46,8 @@ from sigstore.verify.policy import Identity
 from sigstore_models.common.v1 import HashAlgorithm
 from sigstore_models.trustroot.v1 import TrustedRoot as TrustedRootDocument
 
+from dockercomms.core._internal.limits import MIB
+from dockercomms.core._internal.signing.statement import signed_digest, statement_bytes
 from dockercomms.core.errors import (
     ConfigError,
     DockerCommsError,
@@ -54,9 +56,7 @@ from dockercomms.core.errors import (
     UntrustedSignerError,
     VerificationError,
 )
-from dockercomms.core.limits import MIB
 from dockercomms.core.protocol import check_digest
-from dockercomms.core.signing.statement import signed_digest, statement_bytes
 from dockercomms.core.untrusted import parse_json_object
 
 log = logging.getLogger(__name__)

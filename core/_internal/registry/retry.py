@@ -45,8 +45,8 @@ from urllib.parse import urlsplit
 import requests
 import urllib3.exceptions
 
+from dockercomms.core._internal.limits import KIB
 from dockercomms.core.errors import ConfigError, RegistryError, RegistryUnavailableError
-from dockercomms.core.limits import KIB
 from dockercomms.core.untrusted import shown
 
 log = logging.getLogger(__name__)

@@ -29,8 +29,8 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 
 import requests
 
+from dockercomms.core._internal.registry.retry import Failure, Pace, RetryPolicy, classify
 from dockercomms.core.errors import LimitExceededError, RegistryUnavailableError
-from dockercomms.core.registry.retry import Failure, Pace, RetryPolicy, classify
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class BodyBrokeOffError(RegistryUnavailableError):
     """A response body failed while it was read: cut off, stalled, or too slow.
 
     Only these are worth reading again from the start
-    (:meth:`~dockercomms.core.registry.client.RegistryClient.retry_broken_body`);
+    (:meth:`~dockercomms.core._internal.registry.client.RegistryClient.retry_broken_body`);
     a request that failed before it had an answer was already retried, or was
     not worth it.
 

@@ -59,13 +59,7 @@ import requests
 from requests.adapters import BaseAdapter
 
 from dockercomms.core import protocol
-from dockercomms.core.errors import (
-    AuthError,
-    ConfigError,
-    DockerCommsError,
-    RegistryUnavailableError,
-)
-from dockercomms.core.registry.distribution_api import (
+from dockercomms.core._internal.registry.distribution_api import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
@@ -92,14 +86,20 @@ from dockercomms.core.registry.distribution_api import (
     unknown_manifest,
     upload_headers,
 )
-from dockercomms.core.registry.storage.drivers import StorageDriver, StorageFailure
-from dockercomms.core.registry.storage.layout import (
+from dockercomms.core._internal.registry.storage.drivers import StorageDriver, StorageFailure
+from dockercomms.core._internal.registry.storage.layout import (
     LINK_LIMIT,
     RepositoryLayout,
     blob_data_path,
     is_tag,
     link_bytes,
     parse_link,
+)
+from dockercomms.core.errors import (
+    AuthError,
+    ConfigError,
+    DockerCommsError,
+    RegistryUnavailableError,
 )
 from dockercomms.core.untrusted import parse_json_object
 

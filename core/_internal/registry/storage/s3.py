@@ -77,10 +77,14 @@ from opendal import exceptions as odx
 from opendal.file import File
 from opendal.layers import RetryLayer, TimeoutLayer
 
+from dockercomms.core._internal.registry.distribution_api import Upload
+from dockercomms.core._internal.registry.storage.config import StorageConfig
+from dockercomms.core._internal.registry.storage.drivers import (
+    FailureKind,
+    Readable,
+    StorageFailure,
+)
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.registry.distribution_api import Upload
-from dockercomms.core.registry.storage.config import StorageConfig
-from dockercomms.core.registry.storage.drivers import FailureKind, Readable, StorageFailure
 from dockercomms.core.untrusted import shown
 
 __all__ = ["S3Driver"]

@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Final, Literal, Protocol
 
-from dockercomms.core.registry.distribution_api import Upload
+from dockercomms.core._internal.registry.distribution_api import Upload
 
 __all__ = [
     "FailureKind",

@@ -32,15 +32,15 @@ from urllib.parse import urlsplit
 
 import requests
 
-from dockercomms.core.errors import AuthError
-from dockercomms.core.registry.bearer import (
+from dockercomms.core._internal.registry.bearer import (
     BearerToken,
     Challenge,
     TokenService,
     preferred_challenge,
 )
-from dockercomms.core.registry.credentials import CredentialLookup, CredentialSource
-from dockercomms.core.registry.retry import RetryPolicy
+from dockercomms.core._internal.registry.credentials import CredentialLookup, CredentialSource
+from dockercomms.core._internal.registry.retry import RetryPolicy
+from dockercomms.core.errors import AuthError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class AuthSource(Protocol):
 
 
 class Authenticator(AuthSource, Protocol):
-    """What :class:`~dockercomms.core.registry.client.RegistryClient` needs from auth."""
+    """What :class:`~dockercomms.core._internal.registry.client.RegistryClient` needs from auth."""
 
     def headers_for(self, scope: str) -> dict[str, str]:
         """Headers to send with a request needing ``scope`` (may be empty)."""
