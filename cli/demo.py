@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
 
 if TYPE_CHECKING:
     from dockercomms.core.workspace import Workspace
@@ -76,9 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subcommands, common: CommandParser) -> None:
     """Register ``demo``."""
     demo = sub.add_parser(
         "demo",

@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.cli.registry_flags import registry_options
 
 if TYPE_CHECKING:
@@ -41,9 +42,9 @@ def _text(diagnosis: Diagnosis) -> str:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register ``doctor``."""
     d = sub.add_parser(

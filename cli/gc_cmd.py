@@ -10,6 +10,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit, warn
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core import protocol
 
@@ -70,9 +71,9 @@ def _gc_text(report: GcReport) -> str:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register ``gc``."""
     g = sub.add_parser(

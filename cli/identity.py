@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit, warn
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -311,9 +312,7 @@ def cmd_trust_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subcommands, common: CommandParser) -> None:
     """Register the identity commands."""
     _add_init(sub, common)
     _add_config(sub, common)
@@ -412,9 +411,7 @@ def add_parsers(
     t.set_defaults(func=cmd_trust_remove)
 
 
-def _add_init(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def _add_init(sub: Subcommands, common: CommandParser) -> None:
     p = sub.add_parser(
         "init",
         parents=[common],
@@ -473,9 +470,7 @@ def _add_init(
     p.set_defaults(func=cmd_init)
 
 
-def _add_config(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def _add_config(sub: Subcommands, common: CommandParser) -> None:
     config = sub.add_parser(
         "config",
         help="show or change my settings",

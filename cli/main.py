@@ -11,7 +11,6 @@ with 141 (128 + SIGPIPE), what a shell reports for any Unix tool in that place.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -47,9 +46,9 @@ examples:
   dockercomms send report.pdf --recipient bob@example.com"""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     """The whole command tree."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"

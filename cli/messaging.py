@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core import protocol
 from dockercomms.core.errors import (
@@ -261,9 +262,9 @@ def _ls_text(rows: list[dict[str, Any]]) -> str:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register the messaging commands."""
     parents = [common, registry]

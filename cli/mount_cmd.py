@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dockercomms.cli.parsing import CommandParser, name_argument
+from dockercomms.cli.parsing import CommandParser, Subcommands, name_argument
 from dockercomms.cli.registry_flags import registry_options, registry_parser
 
 if TYPE_CHECKING:
@@ -152,9 +152,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register ``mount`` and ``umount``."""
     m = sub.add_parser(
@@ -232,9 +232,9 @@ def standalone_main(argv: list[str] | None = None) -> int:
     return code
 
 
-def standalone_parser() -> argparse.ArgumentParser:
+def standalone_parser() -> CommandParser:
     """``mount``/``umount`` alone, for ``python -m dockercomms.fsmount``."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser = CommandParser(prog="dockercomms")

@@ -17,15 +17,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dockercomms.cli.parsing import CommandParser
 from dockercomms.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from dockercomms.core.workspace import RegistryOptions
 
 
-def registry_parser() -> argparse.ArgumentParser:
+def registry_parser() -> CommandParser:
     """A parent parser with ``--repo``, TLS and credential flags."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = CommandParser(add_help=False)
     group = parser.add_argument_group("registry")
     group.add_argument(
         "--repo",

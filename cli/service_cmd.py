@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.mount_cmd import add_behaviour_flags, behaviour_argv
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -506,9 +507,9 @@ def _service_status_text(result: dict[str, Any]) -> str:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register ``service``."""
     service = sub.add_parser(
@@ -518,7 +519,7 @@ def add_parsers(
         "folder at login (dockercomms.service, or dockercomms@NAME with --profile).",
     )
     actions = service.add_subparsers(dest="service_cmd", required=True, metavar="ACTION")
-    profile = argparse.ArgumentParser(add_help=False)
+    profile = CommandParser(add_help=False)
     profile.add_argument(
         "--profile",
         metavar="NAME",

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.core.errors import DockerCommsError
 
 if TYPE_CHECKING:
@@ -157,9 +158,7 @@ def _from_disk(workspace: Workspace) -> StatusSummary:
     )
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subcommands, common: CommandParser) -> None:
     """Register ``status``."""
     st = sub.add_parser(
         "status",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.messaging import recv_text
 from dockercomms.cli.output import emit
-from dockercomms.cli.parsing import name_argument
+from dockercomms.cli.parsing import CommandParser, Subcommands, name_argument
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core.errors import exit_code_for
 
@@ -114,9 +114,9 @@ def _write_status(path: Path, statistics: SyncerStatistics) -> None:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register ``sync``."""
     s = sub.add_parser(
