@@ -45,7 +45,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,26 +57,18 @@ from dockercomms.core.garbage import GarbageCollector
 from dockercomms.core.status import MountStatus
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.fsmount import xattrs
-from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES, ChunkCache
+from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
 from dockercomms.fsmount.desktop import DesktopNotifier, EventWatcher
-from dockercomms.fsmount.inbox_view import InboxPoller, InboxView
-from dockercomms.fsmount.inodes import ROOT_INODE, InodeTable
+from dockercomms.fsmount.drop_folder import assemble
+from dockercomms.fsmount.inbox_view import InboxPoller
 from dockercomms.fsmount.mount_record import MountRecord
-from dockercomms.fsmount.operations import DropFolderOperations
-from dockercomms.fsmount.outbox import OutboxView, refusal_events
-from dockercomms.fsmount.receipt_sender import ReceiptSender
-from dockercomms.fsmount.root import MountRoot
+from dockercomms.fsmount.outbox import refusal_events
 from dockercomms.fsmount.sdnotify import (
     LiveStatus,
     SystemdNotifier,
     serve_under_systemd,
     when_answering,
 )
-from dockercomms.fsmount.sent_view import SentView
-from dockercomms.fsmount.status import StatusReport
-from dockercomms.fsmount.transfers import ChunkSource
-from dockercomms.fsmount.virtual import GeneratedFile
-from dockercomms.fsmount.worker_threads import WorkerThreads
 from dockercomms.syncer.syncer import Syncer
 
 log = logging.getLogger(__name__)
@@ -254,7 +245,6 @@ async def _serve(
         stack.callback(pool.close)
         inbox = workspace.inbox(pool=pool)
         stack.callback(inbox.close)
-        threads = WorkerThreads()
 
         syncer = Syncer(
             workspace,
@@ -269,78 +259,41 @@ async def _serve(
         await trio.to_thread.run_sync(syncer.start)
         stack.callback(syncer.stop, config.drain_seconds)
 
-        cache = ChunkCache(paths.chunk_cache_dir, config.cache_bytes)
         nursery = await stack.enter_async_context(trio.open_nursery())
-
-        table = InodeTable()
-        chunks = ChunkSource(inbox, threads, cache, nursery, whole_file=config.whole_file)
-        receipts = ReceiptSender(
+        folder = assemble(
+            workspace,
             inbox,
-            threads,
+            syncer.queue,
             nursery,
-            enabled=config.receipts,
-            ttl_seconds=workspace.settings.ttl_seconds,
-        )
-        inbox_view = InboxView(
-            table, inbox, threads, chunks, receipts, poll_seconds=config.poll_seconds
-        )
-        outbox = OutboxView(
-            table,
-            syncer.spool_dir,
-            paths.staging_dir,
-            syncer.queue,
-            config.default_recipient,
-            syncer.watcher.refusals,
-        )
-        sent = SentView(
-            table,
-            syncer.queue,
-            inbox,
-            threads,
-            chunks,
-            signer_identity=workspace.key_fingerprint(),
-            ttl_seconds=workspace.settings.ttl_seconds,
-        )
-        report = StatusReport(
-            mountpoint,
-            workspace.identity,
-            paths.state_dir,
-            str(workspace.repository(config.registry)),
-            inbox_view,
-            syncer,
-            chunks,
-            cache,
-            receipts,
-            datetime.now(UTC),
-            syncer.watcher.refusals,
+            mountpoint=mountpoint,
+            repository=str(workspace.repository(config.registry)),
+            default_recipient=config.default_recipient,
+            poll_seconds=config.poll_seconds,
+            cache_bytes=config.cache_bytes,
+            receipts=config.receipts,
+            whole_file=config.whole_file,
+            syncer=syncer,
+            refusals=syncer.watcher.refusals,
         )
         if live_status is not None:
-            live_status.publish(report.statistics)
-        root = MountRoot(table, report, inbox_view)
-        table.add(root, inode=ROOT_INODE)
-        root.attach("outbox", outbox.root)
-        root.attach("inbox", inbox_view.root)
-        root.attach("sent", sent.root)
-        root.attach(".status", GeneratedFile(".status", report.json_bytes, changing=True))
-
+            live_status.publish(folder.report.statistics)
         options = set(pyfuse3.default_options)
         options |= {"fsname=dockercomms", "subtype=dockercomms"}
         if config.fuse_debug:
             options.add("debug")
-        operations = DropFolderOperations(table, syncer.spool_dir)
-        pyfuse3.init(operations, str(mountpoint), options)
+        pyfuse3.init(folder.operations, str(mountpoint), options)
         stack.callback(pyfuse3.close, unmount=True)
         # Registered last so it runs first: no job may touch FUSE after close().
         stack.callback(nursery.cancel_scope.cancel)
-        table.notify_kernel = True
+        folder.table.notify_kernel = True
 
-        poller = InboxPoller(inbox_view, config.poll_seconds)
+        poller = InboxPoller(folder.inbox, config.poll_seconds)
         nursery.start_soon(poller.run)
         shutdown = ShutdownOnSignal(syncer, config.drain_seconds)
         nursery.start_soon(shutdown.run)
         events = EventWatcher(
             DesktopNotifier.from_environment(),
-            inbox_view,
+            folder.inbox,
             syncer.queue,
             refusals=lambda: refusal_events(syncer.watcher.refusals),
         )
