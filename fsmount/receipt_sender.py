@@ -32,6 +32,7 @@ import trio
 
 from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.inbox import Inbox, Message, VerifiedSigner
+from dockercomms.core.status import ReceiptStatistics
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount.worker_threads import WorkerThreads
 
@@ -62,6 +63,10 @@ class ReceiptSender:
         self._nursery = nursery
         self._ttl_seconds = ttl_seconds
         self._tried: set[str] = set()
+
+    def statistics(self, answered: int) -> ReceiptStatistics:
+        """For ``.status``; ``answered`` is the receipt store's count (a database read)."""
+        return ReceiptStatistics(self.enabled, answered, self.failures)
 
     def accepted(self, message: Message, signer: VerifiedSigner) -> None:
         """The first successful read of ``message``, which ``signer`` signed, happened."""

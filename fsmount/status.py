@@ -25,7 +25,7 @@ from pathlib import Path
 
 import trio
 
-from dockercomms.core.status import MountStatus, ReceiptStatistics, SyncerStatistics, to_json
+from dockercomms.core.status import MountStatus, SyncerStatistics, to_json
 from dockercomms.fsmount.chunk_cache import ChunkCache
 from dockercomms.fsmount.inbox_view import InboxView
 from dockercomms.fsmount.receipt_sender import ReceiptSender
@@ -81,7 +81,7 @@ class StatusReport:
             outbox=outbox,
             transfers=[*uploads, *self.chunks.statistics()],
             cache=self.cache.statistics(),
-            receipts=ReceiptStatistics(self.receipts.enabled, answered, self.receipts.failures),
+            receipts=self.receipts.statistics(answered),
             errors=errors,
             refusals=[dataclasses.replace(r, path=f"outbox/{r.path}") for r in refused],
         )
