@@ -17,11 +17,12 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -465,3 +466,148 @@ def descriptor_list(document: Mapping[str, Any], key: str) -> list[dict[str, Any
 
 def encode_json(document: object) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+Handler = Callable[[Call], Reply]
+#: Path patterns, and per pattern the handler of each method.
+Routes = tuple[tuple[re.Pattern[str], dict[str, Handler]], ...]
+#: Methods that change what is stored.
+WRITES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class ApiServer:
+    """The distribution API routes both in-process registries serve the same way.
+
+    A subclass supplies the storage-specific handlers (blobs, manifests, tags) and
+    keeps its upload sessions in ``_uploads``; the route table, the request
+    decoding and the upload-session routes are here once.
+    """
+
+    _uploads: Uploads
+
+    def _routes(self) -> Routes:
+        """The endpoints both serve (the embedded store adds the referrers API)."""
+        return (
+            (re.compile(r"/v2/?"), {"GET": self._api_version, "HEAD": self._api_version}),
+            (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self._start_upload}),
+            (
+                re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<arg>[^/]+)"),
+                {
+                    "GET": self._upload_status,
+                    "PATCH": self._append_upload,
+                    "PUT": self._finish_upload,
+                    "DELETE": self._cancel_upload,
+                },
+            ),
+            (
+                re.compile(r"/v2/(?P<name>.+)/blobs/(?P<arg>[^/]+)"),
+                {"GET": self._get_blob, "HEAD": self._get_blob, "DELETE": self._delete_blob},
+            ),
+            (
+                re.compile(r"/v2/(?P<name>.+)/manifests/(?P<arg>[^/]+)"),
+                {
+                    "GET": self._get_manifest,
+                    "HEAD": self._get_manifest,
+                    "PUT": self._put_manifest,
+                    "DELETE": self._delete_manifest,
+                },
+            ),
+            (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": self._list_tags}),
+        )
+
+    def _route(
+        self,
+        routes: Routes,
+        method: str,
+        request: requests.PreparedRequest,
+        *,
+        refuse_writes: str | None = None,
+    ) -> Reply | None:
+        """The reply of the handler ``request`` is for; None when no path matches.
+
+        ``refuse_writes``: why a write is refused (a read-only store), if it is.
+        """
+        parts = urlsplit(request.url or "")
+        path = unquote(parts.path)
+        for pattern, handlers in routes:
+            match = pattern.fullmatch(path)
+            if match is None:
+                continue
+            handler = handlers.get(method)
+            if handler is None:
+                raise ApiError(
+                    405,
+                    "UNSUPPORTED",
+                    f"{method} is not supported on {path}",
+                    {"Allow": ", ".join(sorted(handlers))},
+                )
+            if method in WRITES and refuse_writes is not None:
+                raise ApiError(405, "UNSUPPORTED", refuse_writes)
+            groups = match.groupdict()
+            name = groups.get("name") or ""
+            if "name" in groups:
+                check_name(name)
+            query = parse_qs(parts.query, keep_blank_values=True)
+            return handler(
+                Call(
+                    method=method,
+                    name=name,
+                    arg=groups.get("arg") or "",
+                    query={key: values[0] for key, values in query.items()},
+                    headers=request.headers,
+                    body=request.body,
+                )
+            )
+        return None
+
+    def _api_version(self, call: Call) -> Reply:
+        return json_reply(200, {})
+
+    def _upload_status(self, call: Call) -> Reply:
+        with self._uploads.hold(call.arg) as upload:
+            return Reply(204, upload_headers(call.name, call.arg, upload.offset))
+
+    def _append_upload(self, call: Call) -> Reply:
+        with self._uploads.hold(call.arg) as upload:
+            span = content_range(call.headers.get("Content-Range"))
+            if span is not None and span[0] != upload.offset:
+                raise ApiError(
+                    416,
+                    "BLOB_UPLOAD_INVALID",
+                    f"chunk starts at {span[0]}, upload is at {upload.offset}",
+                    upload_headers(call.name, call.arg, upload.offset),
+                )
+            expected = None if span is None else span[1] - span[0] + 1
+            upload.append(body_chunks(call.body), expected)
+            return Reply(202, upload_headers(call.name, call.arg, upload.offset))
+
+    def _cancel_upload(self, call: Call) -> Reply:
+        with self._uploads.hold(call.arg) as upload:
+            self._uploads.end(call.arg, upload)
+        return Reply(204)
+
+    # The store-specific routes.
+
+    def _start_upload(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+    def _finish_upload(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+    def _get_blob(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+    def _delete_blob(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+    def _get_manifest(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+    def _put_manifest(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+    def _delete_manifest(self, call: Call) -> Reply:
+        raise NotImplementedError
+
+    def _list_tags(self, call: Call) -> Reply:
+        raise NotImplementedError

@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import filelock
 import requests
@@ -81,18 +81,18 @@ from dockercomms.core._internal.registry.distribution_api import (
     OCI_INDEX,
     OCI_MANIFEST,
     ApiError,
+    ApiServer,
     BlobStream,
     Call,
     Reply,
+    Routes,
     Upload,
     Uploads,
     blob_created,
     body_chunks,
     byte_range,
     check_digest,
-    check_name,
     check_tag,
-    content_range,
     encode_json,
     error_reply,
     json_reply,
@@ -357,7 +357,7 @@ class _Layout:
         _fsync_dir(path.parent)
 
 
-class EmbeddedRegistryAdapter(BaseAdapter):
+class EmbeddedRegistryAdapter(ApiServer, BaseAdapter):
     """A ``requests`` transport that is an OCI registry over one image layout directory.
 
     It serves the subset of the OCI distribution API 1.1 the registry client uses: blob
@@ -386,32 +386,8 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         self._uploads = Uploads()
         self._facts: dict[str, _ManifestFacts] = {}
         self._lookup: tuple[object, _IndexLookup] | None = None
-        self._routes: tuple[tuple[re.Pattern[str], dict[str, Callable[[Call], Reply]]], ...] = (
-            (re.compile(r"/v2/?"), {"GET": self._api_version, "HEAD": self._api_version}),
-            (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self._start_upload}),
-            (
-                re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<arg>[^/]+)"),
-                {
-                    "GET": self._upload_status,
-                    "PATCH": self._append_upload,
-                    "PUT": self._finish_upload,
-                    "DELETE": self._cancel_upload,
-                },
-            ),
-            (
-                re.compile(r"/v2/(?P<name>.+)/blobs/(?P<arg>[^/]+)"),
-                {"GET": self._get_blob, "HEAD": self._get_blob, "DELETE": self._delete_blob},
-            ),
-            (
-                re.compile(r"/v2/(?P<name>.+)/manifests/(?P<arg>[^/]+)"),
-                {
-                    "GET": self._get_manifest,
-                    "HEAD": self._get_manifest,
-                    "PUT": self._put_manifest,
-                    "DELETE": self._delete_manifest,
-                },
-            ),
-            (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": self._list_tags}),
+        self._table: Routes = (
+            *self._routes(),
             (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<arg>[^/]+)"), {"GET": self._referrers}),
         )
 
@@ -444,39 +420,12 @@ class EmbeddedRegistryAdapter(BaseAdapter):
         self._uploads.end_all()
 
     def _dispatch(self, method: str, request: requests.PreparedRequest) -> Reply:
-        parts = urlsplit(request.url or "")
-        path = unquote(parts.path)
-        for pattern, handlers in self._routes:
-            match = pattern.fullmatch(path)
-            if match is None:
-                continue
-            handler = handlers.get(method)
-            if handler is None:
-                raise ApiError(
-                    405,
-                    "UNSUPPORTED",
-                    f"{method} is not supported on {path}",
-                    {"Allow": ", ".join(sorted(handlers))},
-                )
-            groups = match.groupdict()
-            name = groups.get("name") or ""
-            if "name" in groups:
-                check_name(name)
-            query = parse_qs(parts.query, keep_blank_values=True)
-            return handler(
-                Call(
-                    method=method,
-                    name=name,
-                    arg=groups.get("arg") or "",
-                    query={key: values[0] for key, values in query.items()},
-                    headers=request.headers,
-                    body=request.body,
-                )
+        reply = self._route(self._table, method, request)
+        if reply is None:
+            raise ApiError(
+                404, "UNSUPPORTED", f"no such endpoint: {unquote(urlsplit(request.url or '').path)}"
             )
-        raise ApiError(404, "UNSUPPORTED", f"no such endpoint: {path}")
-
-    def _api_version(self, call: Call) -> Reply:
-        return json_reply(200, {})
+        return reply
 
     def _get_blob(self, call: Call) -> Reply:
         digest = check_digest(call.arg)
@@ -522,24 +471,6 @@ class EmbeddedRegistryAdapter(BaseAdapter):
             upload.discard()
         return blob_created(call.name, digest)
 
-    def _upload_status(self, call: Call) -> Reply:
-        with self._uploads.hold(call.arg) as upload:
-            return Reply(204, upload_headers(call.name, call.arg, upload.offset))
-
-    def _append_upload(self, call: Call) -> Reply:
-        with self._uploads.hold(call.arg) as upload:
-            span = content_range(call.headers.get("Content-Range"))
-            if span is not None and span[0] != upload.offset:
-                raise ApiError(
-                    416,
-                    "BLOB_UPLOAD_INVALID",
-                    f"chunk starts at {span[0]}, upload is at {upload.offset}",
-                    upload_headers(call.name, call.arg, upload.offset),
-                )
-            expected = None if span is None else span[1] - span[0] + 1
-            upload.append(body_chunks(call.body), expected)
-            return Reply(202, upload_headers(call.name, call.arg, upload.offset))
-
     def _finish_upload(self, call: Call) -> Reply:
         with self._uploads.hold(call.arg) as upload:
             try:
@@ -549,11 +480,6 @@ class EmbeddedRegistryAdapter(BaseAdapter):
             finally:
                 self._uploads.end(call.arg, upload)
         return blob_created(call.name, digest)
-
-    def _cancel_upload(self, call: Call) -> Reply:
-        with self._uploads.hold(call.arg) as upload:
-            self._uploads.end(call.arg, upload)
-        return Reply(204)
 
     def _get_manifest(self, call: Call) -> Reply:
         descriptor = self._find_manifest(call.arg)

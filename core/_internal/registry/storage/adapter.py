@@ -48,12 +48,11 @@ Caveats first:
 
 from __future__ import annotations
 
-import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, BinaryIO, Final, cast
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import quote
 
 import requests
 from requests.adapters import BaseAdapter
@@ -64,6 +63,7 @@ from dockercomms.core._internal.registry.distribution_api import (
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
     ApiError,
+    ApiServer,
     BlobStream,
     Call,
     Reply,
@@ -73,9 +73,7 @@ from dockercomms.core._internal.registry.distribution_api import (
     body_chunks,
     byte_range,
     check_digest,
-    check_name,
     check_tag,
-    content_range,
     error_reply,
     json_reply,
     manifest_media_type,
@@ -111,9 +109,6 @@ STORAGE_BASE_URL: Final = "http://dockercomms-storage.invalid"
 TAG_PAGE_REUSE_SECONDS: Final = 30.0
 """A tag listing is reused for the next pages (``last=``) asked within this long."""
 
-_Route = dict[str, Callable[[Call], Reply]]
-_WRITES: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
 
 class _StorageStream(BlobStream):
     """A blob body read from storage; a failure mid-way is a broken connection."""
@@ -127,7 +122,7 @@ class _StorageStream(BlobStream):
             raise requests.ConnectionError(f"storage read broke off: {exc}") from exc
 
 
-class StorageRegistryAdapter(BaseAdapter):
+class StorageRegistryAdapter(ApiServer, BaseAdapter):
     """A ``requests`` transport that is distribution 2.8 over one storage driver.
 
     Mount it with ``session.mount(STORAGE_BASE_URL + "/", adapter)``. Thread-safe:
@@ -154,33 +149,7 @@ class StorageRegistryAdapter(BaseAdapter):
         self._check_lock = threading.Lock()
         self._tag_pages: dict[str, tuple[float, list[str]]] = {}
         self._tag_lock = threading.Lock()
-        self._routes: tuple[tuple[re.Pattern[str], _Route], ...] = (
-            (re.compile(r"/v2/?"), {"GET": self._api_version, "HEAD": self._api_version}),
-            (re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?"), {"POST": self._start_upload}),
-            (
-                re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<arg>[^/]+)"),
-                {
-                    "GET": self._upload_status,
-                    "PATCH": self._append_upload,
-                    "PUT": self._finish_upload,
-                    "DELETE": self._cancel_upload,
-                },
-            ),
-            (
-                re.compile(r"/v2/(?P<name>.+)/blobs/(?P<arg>[^/]+)"),
-                {"GET": self._get_blob, "HEAD": self._get_blob, "DELETE": self._delete_blob},
-            ),
-            (
-                re.compile(r"/v2/(?P<name>.+)/manifests/(?P<arg>[^/]+)"),
-                {
-                    "GET": self._get_manifest,
-                    "HEAD": self._get_manifest,
-                    "PUT": self._put_manifest,
-                    "DELETE": self._delete_manifest,
-                },
-            ),
-            (re.compile(r"/v2/(?P<name>.+)/tags/list"), {"GET": self._list_tags}),
-        )
+        self._table = self._routes()
 
     def send(
         self,
@@ -227,41 +196,14 @@ class StorageRegistryAdapter(BaseAdapter):
                 self._checked = True
 
     def _dispatch(self, method: str, request: requests.PreparedRequest) -> Reply:
-        parts = urlsplit(request.url or "")
-        path = unquote(parts.path)
-        for pattern, handlers in self._routes:
-            match = pattern.fullmatch(path)
-            if match is None:
-                continue
-            handler = handlers.get(method)
-            if handler is None:
-                raise ApiError(
-                    405,
-                    "UNSUPPORTED",
-                    f"{method} is not supported on {path}",
-                    {"Allow": ", ".join(sorted(handlers))},
-                )
-            if method in _WRITES and self.read_only:
-                raise ApiError(
-                    405, "UNSUPPORTED", "storage is read-only (storage.maintenance.readonly)"
-                )
-            groups = match.groupdict()
-            name = groups.get("name") or ""
-            if "name" in groups:
-                check_name(name)
-            query = parse_qs(parts.query, keep_blank_values=True)
-            return handler(
-                Call(
-                    method=method,
-                    name=name,
-                    arg=groups.get("arg") or "",
-                    query={key: values[0] for key, values in query.items()},
-                    headers=request.headers,
-                    body=request.body,
-                )
+        refused = "storage is read-only (storage.maintenance.readonly)" if self.read_only else None
+        reply = self._route(self._table, method, request, refuse_writes=refused)
+        if reply is None:
+            # What distribution 2.8 answers for any other path, the referrers API included.
+            return Reply(
+                404, {"Content-Type": "text/plain; charset=utf-8"}, b"404 page not found\n"
             )
-        # What distribution 2.8 answers for any other path, the referrers API included.
-        return Reply(404, {"Content-Type": "text/plain; charset=utf-8"}, b"404 page not found\n")
+        return reply
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -290,9 +232,6 @@ class StorageRegistryAdapter(BaseAdapter):
             )
 
     # --- routes ------------------------------------------------------------------------
-
-    def _api_version(self, call: Call) -> Reply:
-        return json_reply(200, {})
 
     def _get_blob(self, call: Call) -> Reply:
         digest = check_digest(call.arg)
@@ -374,24 +313,6 @@ class StorageRegistryAdapter(BaseAdapter):
             self.driver.commit(upload, path)
         self._put_link(layout, layout.layer_link(digest), digest)
 
-    def _upload_status(self, call: Call) -> Reply:
-        with self._uploads.hold(call.arg) as upload:
-            return Reply(204, upload_headers(call.name, call.arg, upload.offset))
-
-    def _append_upload(self, call: Call) -> Reply:
-        with self._uploads.hold(call.arg) as upload:
-            span = content_range(call.headers.get("Content-Range"))
-            if span is not None and span[0] != upload.offset:
-                raise ApiError(
-                    416,
-                    "BLOB_UPLOAD_INVALID",
-                    f"chunk starts at {span[0]}, upload is at {upload.offset}",
-                    upload_headers(call.name, call.arg, upload.offset),
-                )
-            expected = None if span is None else span[1] - span[0] + 1
-            upload.append(body_chunks(call.body), expected)
-            return Reply(202, upload_headers(call.name, call.arg, upload.offset))
-
     def _finish_upload(self, call: Call) -> Reply:
         layout = RepositoryLayout(call.name)
         with self._uploads.hold(call.arg) as upload:
@@ -402,11 +323,6 @@ class StorageRegistryAdapter(BaseAdapter):
             finally:
                 self._uploads.end(call.arg, upload)
         return blob_created(call.name, digest)
-
-    def _cancel_upload(self, call: Call) -> Reply:
-        with self._uploads.hold(call.arg) as upload:
-            self._uploads.end(call.arg, upload)
-        return Reply(204)
 
     def _resolve(self, layout: RepositoryLayout, reference: str) -> str:
         """The digest a tag or digest reference names, if it is a manifest here."""
