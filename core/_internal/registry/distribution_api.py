@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Final
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
@@ -402,6 +402,29 @@ def check_tag(text: str) -> str:
 def check_name(name: str) -> None:
     if len(name) > 255 or not NAME_RE.fullmatch(name):
         raise ApiError(400, "NAME_INVALID", f"{name!r} is not a valid repository name")
+
+
+def tags_reply(call: Call, tags: list[str], *, zero_is_unlimited: bool) -> Reply:
+    """One page of the sorted ``tags``, after ``last=`` and at most ``n=``, with its ``Link``.
+
+    ``zero_is_unlimited``: ``n=0`` lists everything, as distribution 2.8 does;
+    otherwise it lists nothing, as the OCI spec reads.
+    """
+    last = call.query.get("last")
+    if last:
+        tags = [tag for tag in tags if tag > last]
+    headers = {}
+    if "n" in call.query:
+        limit = page_size(call.query["n"])
+        if 0 < limit < len(tags):
+            headers["Link"] = (
+                f'</v2/{call.name}/tags/list?n={limit}&last={quote(tags[limit - 1])}>; rel="next"'
+            )
+        if limit or not zero_is_unlimited:
+            tags = tags[:limit]
+    reply = json_reply(200, {"name": call.name, "tags": tags})
+    reply.headers.update(headers)
+    return reply
 
 
 def page_size(text: str) -> int:

@@ -66,7 +66,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Final
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import filelock
 import requests
@@ -97,9 +97,9 @@ from dockercomms.core._internal.registry.distribution_api import (
     error_reply,
     json_reply,
     manifest_media_type,
-    page_size,
     read_limited,
     referenced_digests,
+    tags_reply,
     to_response,
     unknown_manifest,
     upload_headers,
@@ -579,21 +579,7 @@ class EmbeddedRegistryAdapter(ApiServer, BaseAdapter):
 
     def _list_tags(self, call: Call) -> Reply:
         tags = sorted({tag for d in self._layout.descriptors() if (tag := _ref_name(d))})
-        last = call.query.get("last")
-        if last:
-            tags = [tag for tag in tags if tag > last]
-        headers = {}
-        if "n" in call.query:
-            limit = page_size(call.query["n"])
-            if 0 < limit < len(tags):
-                headers["Link"] = (
-                    f"</v2/{call.name}/tags/list?n={limit}&last={quote(tags[limit - 1])}>; "
-                    'rel="next"'
-                )
-            tags = tags[:limit]
-        reply = json_reply(200, {"name": call.name, "tags": tags})
-        reply.headers.update(headers)
-        return reply
+        return tags_reply(call, tags, zero_is_unlimited=False)
 
     def _referrers(self, call: Call) -> Reply:
         subject = check_digest(call.arg)

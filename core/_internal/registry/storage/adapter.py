@@ -52,7 +52,6 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import Any, BinaryIO, Final, cast
-from urllib.parse import quote
 
 import requests
 from requests.adapters import BaseAdapter
@@ -75,11 +74,10 @@ from dockercomms.core._internal.registry.distribution_api import (
     check_digest,
     check_tag,
     error_reply,
-    json_reply,
     manifest_media_type,
-    page_size,
     read_limited,
     referenced_digests,
+    tags_reply,
     to_response,
     unknown_manifest,
     upload_headers,
@@ -434,22 +432,8 @@ class StorageRegistryAdapter(ApiServer, BaseAdapter):
         ]
 
     def _list_tags(self, call: Call) -> Reply:
-        last = call.query.get("last", "")
-        tags = self._tag_listing(call.name, reuse=bool(last))
-        if last:
-            tags = [tag for tag in tags if tag > last]
-        headers = {}
-        if "n" in call.query:
-            limit = page_size(call.query["n"])
-            if 0 < limit < len(tags):
-                headers["Link"] = (
-                    f"</v2/{call.name}/tags/list?n={limit}&last={quote(tags[limit - 1])}>; "
-                    'rel="next"'
-                )
-                tags = tags[:limit]
-        reply = json_reply(200, {"name": call.name, "tags": tags})
-        reply.headers.update(headers)
-        return reply
+        tags = self._tag_listing(call.name, reuse=bool(call.query.get("last", "")))
+        return tags_reply(call, tags, zero_is_unlimited=True)
 
     def _tag_listing(self, name: str, *, reuse: bool) -> list[str]:
         """The sorted tags of ``name``; a recent listing serves the following pages."""
