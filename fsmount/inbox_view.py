@@ -29,6 +29,10 @@ Caveats first:
   Conditions that repeat at every poll are logged once until they change.
 * When ``trust.json`` changes, rejected tags are verified again at the next
   poll, so trusting a sender makes their waiting messages appear.
+* Those rules (new, gone, expired, aliased, rejected, retried) are
+  ``core.inbox_state``'s pure functions; this view only applies the changes they
+  return to its inodes. Tags are checked through ``core``'s ``Inbox.check_tags``,
+  the same way ``ls`` checks them.
 * Names are given once and kept: the first message listed under a name keeps it;
   a later one with the same name in the same sender folder gets
   ``stem (YYYYMMDD-<digest8>).ext``.
