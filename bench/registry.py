@@ -30,11 +30,11 @@ from bench.measure import (
     sha256_file,
     time_call,
 )
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.reference import parse_repository
-from tests.registry_server import running_registry
+from dockercomms.core._internal import manifest as m
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.reference import parse_repository
+from tests.servers.registry_server import running_registry
 
 TARGET_RATIO = 1.25
 TAG_COUNT = 10_000

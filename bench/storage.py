@@ -25,9 +25,10 @@ from pathlib import Path
 
 from bench.engine import TARGET_RSS_MIB, dockercomms, identities
 from bench.measure import MIB, Series, make_random, report, run_process, settle
-from dockercomms.core.config import load_settings, resolve_paths, save_settings
-from tests.registry_server import running_registry
-from tests.s3_server import REGION, S3Server, running_s3
+from dockercomms.core.config import load_settings, save_settings
+from dockercomms.core.paths import resolve_paths
+from tests.servers.registry_server import running_registry
+from tests.servers.s3_server import REGION, S3Server, running_s3
 
 TARGET_RATIO = 1.2
 BUCKET = "bench"

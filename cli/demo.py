@@ -14,35 +14,36 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
 
 if TYPE_CHECKING:
     from dockercomms.core.workspace import Workspace
 
 
 def _identity(root: Path, name: str, data_home: Path) -> Workspace:
-    from dockercomms.core.config import Settings, resolve_paths, save_settings
-    from dockercomms.core.signing.keypair import generate_key
+    from dockercomms.core.config import Settings, save_settings
+    from dockercomms.core.keys import signing_key
+    from dockercomms.core.paths import resolve_paths
     from dockercomms.core.workspace import Workspace
 
     paths = resolve_paths({"DOCKERCOMMS_HOME": str(root / name), "XDG_DATA_HOME": str(data_home)})
     settings = Settings(identity=name)
     save_settings(paths, settings)
-    generate_key(paths.key_file)
+    signing_key(paths.key_file, create=True)
     return Workspace(paths, settings)
 
 
 def _trust(truster: Workspace, other: Workspace) -> None:
-    from dockercomms.core.signing.keypair import public_path
+    from dockercomms.core.keys import signing_key
 
     policy = truster.trust_policy()
-    policy.add_key(other.identity, public_path(other.paths.key_file).read_bytes())
+    policy.add_key(other.identity, signing_key(other.paths.key_file).public_pem)
     policy.save(truster.paths.trust_file)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo and print each step."""
-    from dockercomms.core.intake import receive_new
-    from dockercomms.core.send import SendRequest
+    from dockercomms.core.outbox import SendRequest
     from dockercomms.core.trust import TrustPolicy
 
     steps: list[str] = []
@@ -56,13 +57,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         steps.append(f"created alice and bob, each trusting the other's key, in {root}")
         note = root / "hello.txt"
         note.write_text("Hello Bob, this file was signed by Alice and verified by you.\n")
-        with alice.client() as client:
-            sent = alice.sender(client).send(SendRequest(path=note, recipient=bob.identity))
+        with alice.outbox() as outbox:
+            sent = outbox.send(SendRequest(path=note, recipient=bob.identity))
         steps.append(f"alice sent {sent.filename} as {sent.tag} ({sent.digest[:19]}...)")
-        with bob.client() as client, bob.ledger() as ledger:
-            outcomes = receive_new(
-                bob.receiver(client), ledger, root / "bob-inbox", receipt_signer=bob.signer()
-            )
+        with bob.inbox() as inbox:
+            outcomes = inbox.receive_new(root / "bob-inbox")
         for outcome in outcomes:
             if outcome.path is None:
                 raise SystemExit(f"demo failed: {outcome.error}")
@@ -78,9 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subcommands, common: CommandParser) -> None:
     """Register ``demo``."""
     demo = sub.add_parser(
         "demo",

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit, warn
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dockercomms.core.config import Paths, Settings
+    from dockercomms.core.config import Settings
+    from dockercomms.core.paths import Paths
     from dockercomms.core.trust import TrustPolicy
     from dockercomms.core.workspace import Workspace
 
@@ -36,13 +38,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     refuses and names the ``config set`` commands that make each change. With
     ``--force`` it rewrites what the command line gives and keeps the rest.
     """
-    from dockercomms.core.config import (
-        Settings,
-        load_settings,
-        resolve_paths,
-        save_settings,
-        setting_value,
-    )
+    from dockercomms.core.config import Settings, load_settings, save_settings, setting_value
+    from dockercomms.core.paths import resolve_paths
     from dockercomms.core.trust import TrustPolicy
     from dockercomms.core.workspace import require_identity
 
@@ -122,21 +119,13 @@ def _trust_my_key(
     paths: Paths, policy: TrustPolicy, identity: str, old_name: str | None
 ) -> dict[str, object]:
     """Make (or reuse) my P-256 key and trust it as me, as every peer will."""
-    from dockercomms.core.signing.keypair import (
-        generate_key,
-        key_hint,
-        load_private_key,
-        public_pem,
-    )
+    from dockercomms.core.keys import signing_key
 
-    if paths.key_file.exists():
-        key = load_private_key(paths.key_file)
-    else:
-        key = generate_key(paths.key_file)
-    fingerprint = key_hint(key.public_key())
+    key = signing_key(paths.key_file, create=True)
+    fingerprint = key.fingerprint
     if old_name is not None and old_name != identity:
         policy.remove(old_name, match=fingerprint)  # my key moves to my new name
-    policy.add_key(identity, public_pem(key.public_key()))
+    policy.add_key(identity, key.public_pem)
     return {"key": str(paths.key_file), "fingerprint": fingerprint}
 
 
@@ -188,7 +177,8 @@ def _already(result: dict[str, str]) -> str:
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     """Print every setting and where it is stored."""
-    from dockercomms.core.config import load_settings, resolve_paths
+    from dockercomms.core.config import load_settings
+    from dockercomms.core.paths import resolve_paths
 
     paths = resolve_paths()
     settings = asdict(load_settings(paths))
@@ -202,7 +192,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 def cmd_config_set(args: argparse.Namespace) -> int:
     """Change one setting, checked first; every other setting stays as it is."""
-    from dockercomms.core.config import load_settings, resolve_paths, save_settings, setting_value
+    from dockercomms.core.config import load_settings, save_settings, setting_value
+    from dockercomms.core.paths import resolve_paths
     from dockercomms.core.trust import TrustPolicy
 
     paths = resolve_paths()
@@ -234,20 +225,19 @@ def _changed(result: dict[str, object]) -> str:
 
 def cmd_key_export(args: argparse.Namespace) -> int:
     """Print my public key (PEM) for others to ``trust add``."""
-    from dockercomms.core.signing.keypair import load_private_key, public_pem
+    from dockercomms.core.keys import signing_key
 
     workspace = _workspace()
-    key = load_private_key(workspace.paths.key_file).public_key()
-    sys.stdout.write(public_pem(key).decode())
+    sys.stdout.write(signing_key(workspace.paths.key_file).public_pem.decode())
     return 0
 
 
 def cmd_key_fingerprint(args: argparse.Namespace) -> int:
     """Print my key's fingerprint (the bundle hint)."""
-    from dockercomms.core.signing.keypair import key_hint, load_private_key
+    from dockercomms.core.keys import signing_key
 
     workspace = _workspace()
-    print(key_hint(load_private_key(workspace.paths.key_file).public_key()))
+    print(signing_key(workspace.paths.key_file).fingerprint)
     return 0
 
 
@@ -263,12 +253,12 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
             raise ConfigError("--key does not go with --identity, --issuer or --sigstore-trust")
         entry = policy.add_key(name, _public_key_file(args.key))
     elif args.identity or args.issuer:
-        from dockercomms.core.signing.keyless import check_trust_source
+        from dockercomms.core.config import check_sigstore_trust
 
         # Empty: my own instance, whatever my settings name now or later.
         instance = ""
         if args.sigstore_trust:
-            instance = check_trust_source(args.sigstore_trust, signing=False)
+            instance = check_sigstore_trust(args.sigstore_trust, signing=False)
         entry = policy.add_identity(
             name, args.identity or "", args.issuer or "", sigstore_trust=instance
         )
@@ -282,14 +272,14 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 def _public_key_file(where: str) -> bytes:
     """The PEM in ``where`` ('-' for stdin), checked: one plain sentence if it is not one."""
-    from dockercomms.core.signing.keypair import load_public_key
+    from dockercomms.core.keys import check_public_key
 
     try:
         pem = sys.stdin.buffer.read() if where == "-" else Path(where).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
     try:
-        load_public_key(pem)
+        check_public_key(pem)
     except ConfigError as exc:
         raise ConfigError(f"{'standard input' if where == '-' else where}: {exc}") from None
     return pem
@@ -322,9 +312,7 @@ def cmd_trust_remove(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def add_parsers(sub: Subcommands, common: CommandParser) -> None:
     """Register the identity commands."""
     _add_init(sub, common)
     _add_config(sub, common)
@@ -423,9 +411,7 @@ def add_parsers(
     t.set_defaults(func=cmd_trust_remove)
 
 
-def _add_init(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def _add_init(sub: Subcommands, common: CommandParser) -> None:
     p = sub.add_parser(
         "init",
         parents=[common],
@@ -484,9 +470,7 @@ def _add_init(
     p.set_defaults(func=cmd_init)
 
 
-def _add_config(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
-) -> None:
+def _add_config(sub: Subcommands, common: CommandParser) -> None:
     config = sub.add_parser(
         "config",
         help="show or change my settings",

@@ -3,7 +3,7 @@
 Every call builds the whole command tree, and ``send``/``recv`` are timed against
 a one-second floor, so the command modules import only argparse-level things at
 their top; each command imports the engine, FUSE, the syncer or rich when it
-runs (tests/test_cli_startup.py holds that line).
+runs (tests/e2e/test_cli_startup.py holds that line).
 
 A reader that goes away (``dockercomms ls | head -1``) ends the command quietly
 with 141 (128 + SIGPIPE), what a shell reports for any Unix tool in that place.
@@ -11,7 +11,6 @@ with 141 (128 + SIGPIPE), what a shell reports for any Unix tool in that place.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
@@ -20,10 +19,12 @@ import sys
 from dockercomms.cli import (
     demo,
     doctor_cmd,
+    gc_cmd,
     identity,
     messaging,
     mount_cmd,
     service_cmd,
+    status_cmd,
     sync_cmd,
 )
 from dockercomms.cli.parsing import EXIT_CODES, CommandParser
@@ -45,9 +46,9 @@ examples:
   dockercomms send report.pdf --recipient bob@example.com"""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CommandParser:
     """The whole command tree."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sync_cmd.add_parsers(sub, common, registry)
     mount_cmd.add_parsers(sub, common, registry)
     service_cmd.add_parsers(sub, common, registry)
+    status_cmd.add_parsers(sub, common)
+    gc_cmd.add_parsers(sub, common, registry)
     doctor_cmd.add_parsers(sub, common, registry)
     demo.add_parsers(sub, common)
     return parser

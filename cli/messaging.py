@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.cli.registry_flags import registry_options
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     ConfigError,
-    DockerCommsError,
-    ManifestError,
-    SenderMismatchError,
     exit_code_for,
 )
 from dockercomms.core.names import check_name
@@ -58,7 +56,7 @@ def _freeze_startup_objects() -> None:
 def cmd_send(args: argparse.Namespace) -> int:
     """Send one file to one recipient."""
     from dockercomms.cli.progress import TransferProgress
-    from dockercomms.core.send import SendRequest
+    from dockercomms.core.outbox import SendRequest
 
     recipient = check_name(args.recipient, "recipient")
     workspace = _workspace(args)
@@ -74,10 +72,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         ttl_seconds=args.ttl_seconds or workspace.settings.ttl_seconds,
         session_id=args.session,
     )
-    with workspace.client(registry_options(args)) as client:
-        sender = workspace.sender(client)
-        with TransferProgress(f"send {path.name}", path.stat().st_size) as progress:
-            sent = sender.send(request, on_progress=progress)
+    with (
+        workspace.outbox(registry_options(args)) as outbox,
+        TransferProgress(f"send {path.name}", path.stat().st_size) as progress,
+    ):
+        sent = outbox.send(request, on_progress=progress)
     emit(
         args,
         asdict(sent),
@@ -112,18 +111,15 @@ def parse_since(text: str | None) -> datetime | None:
 def cmd_recv(args: argparse.Namespace) -> int:
     """Verify and materialise every new message to me; report bad ones and go on."""
     from dockercomms.cli.progress import TransferProgress
-    from dockercomms.core.intake import receive_new
 
     workspace = _workspace(args)
     _freeze_startup_objects()
     if args.me and args.me != workspace.identity:
         raise ConfigError(f"--me {args.me!r} is not this identity ({workspace.identity!r})")
-    with workspace.client(registry_options(args)) as client, workspace.ledger() as ledger:
-        outcomes = receive_new(
-            workspace.receiver(client),
-            ledger,
+    with workspace.inbox(registry_options(args)) as inbox:
+        outcomes = inbox.receive_new(
             Path(args.out),
-            receipt_signer=workspace.signer() if args.write_receipt else None,
+            receipts=args.write_receipt,
             since=parse_since(args.since),
             limit=args.max,
             progress=lambda m: TransferProgress(f"recv {m.filename}", m.total_bytes),
@@ -160,115 +156,54 @@ def recv_text(results: list[dict[str, Any]], *, verbose: bool = False) -> str:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify a message or receipt by digest: manifest, signature, signer, chunks."""
-    from dockercomms.core.intake import summary
-    from dockercomms.core.manifest import parse_json, parse_receipt
+    from dockercomms.core.inbox import summary
 
     workspace = _workspace(args)
-    digest = p.check_digest(args.digest)
-    with workspace.client(registry_options(args)) as client:
-        receiver = workspace.receiver(client, bundle_mode=args.bundle)
-        raw, _ = client.fetch_manifest(digest)
-        kind = parse_json(raw, "manifest").get("artifactType")
-        if kind == p.RECEIPT_ARTIFACT_TYPE:
-            receipt = parse_receipt(raw, digest)
-            signer = receiver.verify_signature(digest)
-            if signer.name != receipt.sender:
-                raise SenderMismatchError(
-                    f"receipt claims {receipt.sender!r}, signed by {signer.name!r}"
-                )
-            result = asdict(receipt) | {
-                "kind": "receipt",
-                "verified": True,
-                "signer": asdict(signer),
-            }
-        elif kind == p.MESSAGE_ARTIFACT_TYPE:
-            message = receiver.fetch_message(digest, check_recipient=False)
-            verified = receiver.verify_message(message)
-            if args.chunks:
-                sink = _NullSink()
-                for index in range(message.chunk_count):
-                    receiver.fetch_chunk(message, index, sink)
-            result = summary(message) | {
-                "kind": "message",
-                "verified": True,
-                "chunks_verified": bool(args.chunks),
-                "signer": asdict(verified.signer),
-            }
-        else:
-            raise ManifestError(f"{digest} is neither a message nor a receipt ({kind!r})")
+    digest = protocol.check_digest(args.digest)
+    with workspace.inbox(registry_options(args), bundle_mode=args.bundle) as inbox:
+        verified = inbox.verify_artifact(digest, chunks=args.chunks)
+    if verified.receipt is not None:
+        result = asdict(verified.receipt) | {
+            "kind": "receipt",
+            "verified": True,
+            "signer": asdict(verified.signer),
+        }
+    else:
+        assert verified.message is not None
+        result = summary(verified.message) | {
+            "kind": "message",
+            "verified": True,
+            "chunks_verified": verified.chunks_verified,
+            "signer": asdict(verified.signer),
+        }
     emit(args, result, lambda r: f"OK: {r['kind']} {digest} signed by {r['signer']['identity']}")
     return 0
-
-
-class _NullSink:
-    """Counts and discards verified chunk bytes (``verify --chunks``)."""
-
-    def __init__(self) -> None:
-        self.written = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self.written += len(data)
-        return len(data)
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
     """Send a signed receipt for a message addressed to me; say which earlier one it replaces.
 
     Receipts are never withdrawn: the newest one that verifies is what the sender
-    takes, so a second ``ack`` replaces the first and says so. Its ``created_at``
-    is made later than the earlier receipt's (waiting up to two seconds), so the
-    order is never a tie.
+    takes, so a second ``ack`` replaces the first and says so (``Inbox.acknowledge``
+    dates it after the earlier one).
     """
-    import time
-
     from dockercomms.cli.output import warn
-    from dockercomms.core.receipts import latest_verified_receipt, send_receipt
-    from dockercomms.core.untrusted import shown
 
     workspace = _workspace(args)
-    with workspace.client(registry_options(args)) as client:
-        receiver = workspace.receiver(client)
-        message = receiver.fetch_message(p.check_digest(args.for_digest))
-        try:
-            receiver.verify_message(message)
-            verified = True
-        except DockerCommsError as exc:
-            if args.status == "accepted":
-                raise
-            log.info("acknowledging an unverified message as rejected: %s", shown(exc))
-            verified = False
-        earlier = latest_verified_receipt(
-            client,
-            receiver,
-            message.digest,
-            sender=workspace.identity,
-            recipient=message.sender,
+    with workspace.inbox(registry_options(args)) as inbox:
+        done = inbox.acknowledge(args.for_digest, args.status, reason=args.reason)
+    earlier = done.earlier
+    if earlier is not None and done.earlier_in_future:
+        warn(
+            f"your earlier receipt is dated {protocol.format_timestamp(earlier.created_at)}, "
+            "in the future: until then it still counts (check this machine's clock)"
         )
-        if earlier is not None:
-            wait = (earlier.created_at - datetime.now(UTC)).total_seconds() + 1.0
-            if 0 < wait <= 2.0:
-                time.sleep(wait)
-            elif wait > 2.0:
-                warn(
-                    f"your earlier receipt is dated {p.format_timestamp(earlier.created_at)}, "
-                    "in the future: until then it still counts (check this machine's clock)"
-                )
-        receipt = send_receipt(
-            client,
-            workspace.signer(),
-            me=workspace.identity,
-            message=message,
-            status=args.status,
-            verified=verified,
-            reason=args.reason,
-            ttl_seconds=workspace.settings.ttl_seconds,
-        )
-    result: dict[str, Any] = asdict(receipt)
+    result: dict[str, Any] = asdict(done.receipt)
     if earlier is not None:
         result["replaces"] = {
             "digest": earlier.digest,
             "status": earlier.status,
-            "created_at": p.format_timestamp(earlier.created_at),
+            "created_at": protocol.format_timestamp(earlier.created_at),
         }
     emit(args, result, _ack_text)
     return 0
@@ -287,22 +222,13 @@ def _ack_text(result: dict[str, Any]) -> str:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     """List my inbox with verification state (signatures only, no chunk download)."""
-    from dockercomms.core import protocol as p
-    from dockercomms.core.intake import summary
-    from dockercomms.core.listing import check_tags, first_of_each_message, listing_workers
+    from dockercomms.core.inbox import summary
 
     workspace = _workspace(args)
-    options = registry_options(args)
-    with workspace.client(options) as client:
-        tags = client.list_tags(p.inbox_prefix(workspace.identity))
-    checked = check_tags(
-        tags,
-        new_client=lambda: workspace.client(options),
-        receiver_for=workspace.receiver,
-        workers=listing_workers(workspace.repository(options)),
-    )
+    with workspace.inbox(registry_options(args)) as inbox:
+        checked = inbox.listing()
     rows: list[dict[str, Any]] = []
-    for entry in first_of_each_message(checked):
+    for entry in checked:
         if entry.message is None:
             assert entry.error is not None
             rows.append({"tag": entry.tag, "verified": False, "error": entry.error.diagnostics()})
@@ -336,9 +262,9 @@ def _ls_text(rows: list[dict[str, Any]]) -> str:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register the messaging commands."""
     parents = [common, registry]
@@ -375,7 +301,7 @@ def add_parsers(
     )
     s.add_argument(
         "--compress",
-        choices=list(p.COMPRESSIONS),
+        choices=list(protocol.COMPRESSIONS),
         help="chunk compression; gzip only for old readers (default: the compression "
         "setting, zstd)",
     )
@@ -484,7 +410,9 @@ def add_parsers(
         metavar="sha256:HEX",
         help="digest of the message to answer",
     )
-    a.add_argument("--status", choices=list(p.RECEIPT_STATUSES), required=True, help="my answer")
+    a.add_argument(
+        "--status", choices=list(protocol.RECEIPT_STATUSES), required=True, help="my answer"
+    )
     a.add_argument("--reason", metavar="TEXT", help="a short reason for the sender (default: none)")
     a.add_argument("--identity-token", metavar="JWT", help=token_help)
     a.set_defaults(func=cmd_ack)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dockercomms.cli.parsing import CommandParser, name_argument
+from dockercomms.cli.parsing import CommandParser, Subcommands, name_argument
 from dockercomms.cli.registry_flags import registry_options, registry_parser
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
             report.close()
     workspace = Workspace.load()
     config = _config(args)
-    log_file = workspace.paths.state_dir / "mount.log"
+    log_file = workspace.paths.mount_log
     pid = start_background(config, _foreground_argv(args), log_file)
     print(f"mounted {config.mountpoint} (pid {pid}, log: {log_file})")
     return 0
@@ -152,9 +152,9 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register ``mount`` and ``umount``."""
     m = sub.add_parser(
@@ -210,9 +210,31 @@ def add_parsers(
     u.set_defaults(func=cmd_umount)
 
 
-def standalone_parser() -> argparse.ArgumentParser:
+def standalone_main(argv: list[str] | None = None) -> int:
+    """``python -m dockercomms.fsmount``: the mount commands without the full CLI."""
+    from dockercomms.core.errors import DockerCommsError
+
+    args = standalone_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.func(args)
+    except DockerCommsError as exc:
+        print(f"dockercomms: error: {exc.diagnostics()}", file=sys.stderr)
+        return exc.exit_code
+    return code
+
+
+def standalone_parser() -> CommandParser:
     """``mount``/``umount`` alone, for ``python -m dockercomms.fsmount``."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = CommandParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     parser = CommandParser(prog="dockercomms")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.names import check_name
@@ -54,10 +54,11 @@ class CommandParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        namespace, extras = super().parse_known_args(args, namespace)
+        parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
-        return namespace, extras
+        assert parsed is not None  # argparse makes one when none is given
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         """Usage, the problem, and where the help is; exit :data:`USAGE_EXIT`."""
@@ -67,6 +68,11 @@ class CommandParser(argparse.ArgumentParser):
             f"{self.prog}: error: {message}\n"
             f"run '{self.prog} --help' for the options and an example\n",
         )
+
+
+#: The subcommands of a :class:`CommandParser`: what each command module's
+#: ``add_parsers`` registers its commands on.
+Subcommands: TypeAlias = "argparse._SubParsersAction[CommandParser]"
 
 
 def name_argument(what: str) -> Callable[[str], str]:

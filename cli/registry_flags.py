@@ -6,7 +6,8 @@ config (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``). There is n
 ``--password`` flag on purpose: a password in argv is visible to every local user.
 
 Building the parser must stay cheap (every CLI call does it), so the registry
-plumbing (requests, oras, the workspace) is imported only in :func:`registry_options`.
+plumbing (requests, oras, the workspace) is imported only in :func:`registry_options`,
+which hands the flags to ``RegistryOptions.from_flags``.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from dockercomms.cli.parsing import CommandParser
 from dockercomms.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dockercomms.core.registry.credentials import Credentials
     from dockercomms.core.workspace import RegistryOptions
 
 
-def registry_parser() -> argparse.ArgumentParser:
+def registry_parser() -> CommandParser:
     """A parent parser with ``--repo``, TLS and credential flags."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = CommandParser(add_help=False)
     group = parser.add_argument_group("registry")
     group.add_argument(
         "--repo",
@@ -64,32 +65,31 @@ def registry_parser() -> argparse.ArgumentParser:
 
 def registry_options(args: argparse.Namespace) -> RegistryOptions:
     """``RegistryOptions`` from parsed flags; reads the password from stdin if asked."""
-    from dockercomms.core.registry.auth import RegistryAuth
-    from dockercomms.core.registry.credentials import CredentialSource
     from dockercomms.core.workspace import RegistryOptions
 
     if args.ca_file and not Path(args.ca_file).is_file():
         raise ConfigError(f"--ca-file {args.ca_file}: no such file")
-    return RegistryOptions(
+    user, password = _flag_credentials(args)
+    return RegistryOptions.from_flags(
         repository=args.repo or "",
         insecure=args.insecure,
         ca_file=args.ca_file,
-        authenticator=RegistryAuth(CredentialSource(explicit=_flag_credentials(args))),
         storage_config=getattr(args, "storage_config", None) or "",
+        user=user,
+        password=password,
+        source="--username/--password-stdin",
     )
 
 
-def _flag_credentials(args: argparse.Namespace) -> Credentials | None:
+def _flag_credentials(args: argparse.Namespace) -> tuple[str | None, str | None]:
     username: str | None = getattr(args, "username", None)
     from_stdin: bool = getattr(args, "password_stdin", False)
     if username is None and not from_stdin:
-        return None
+        return None, None
     if not username or not from_stdin:
         raise ConfigError("--username and --password-stdin go together")
     # Like ``docker login --password-stdin``: everything up to the final newline.
     password = sys.stdin.read().rstrip("\r\n")
     if not password:
         raise ConfigError("--password-stdin: standard input held no password")
-    from dockercomms.core.registry.credentials import Credentials
-
-    return Credentials(username, password, source="--username/--password-stdin")
+    return username, password

@@ -1,4 +1,4 @@
-"""``service``, ``status`` and ``gc``: the mount as a systemd user service, watched and tidied.
+"""``service``: the mount as a systemd user service.
 
 Caveats first:
 
@@ -11,18 +11,10 @@ Caveats first:
   (registry password, OIDC token) are never copied into a unit file.
 * Without a user manager to talk to (no user bus: containers, CI, ``su``),
   ``install`` still writes the files, prints the commands to run later and exits 0.
-* ``status`` asks a running mount first: the one this identity's record names
-  (``state_dir/mount.json``, written by the mount), then the ``fuse.dockercomms``
-  mounts of this user in ``/proc/self/mountinfo`` (or only ``--mountpoint``). It
-  reads ``.status`` (bounded, from a thread that gives up after
-  :data:`STATUS_TIMEOUT_SECONDS`) and takes the mount whose ``state_dir`` is this
-  identity's, whatever ``--repo`` it was started with. With none it reads the
-  push queue's database and the chunk cache folder directly, and says who holds
-  the queue lock.
-* ``gc`` deletes my expired messages where the registry allows it
-  (:mod:`dockercomms.core.gc`); a registry that refuses is a warning, exit 0.
-* Every CLI call builds these parsers, so the engine, the push queue and the
-  garbage collector are imported by the commands that use them, not at the top.
+* ``service status`` shows the unit's state and the daemon's last ``STATUS=``
+  line (``core.status.status_line``, the same tree as ``.status``).
+* Every CLI call builds these parsers, so the credentials module is imported by
+  the command that uses it, not at the top.
 """
 
 from __future__ import annotations
@@ -35,30 +27,23 @@ import shlex
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.mount_cmd import add_behaviour_flags, behaviour_argv
-from dockercomms.cli.output import emit, warn
-from dockercomms.cli.registry_flags import registry_options
-from dockercomms.core import protocol as p
-from dockercomms.core.errors import ConfigError, DockerCommsError
+from dockercomms.cli.output import emit
+from dockercomms.cli.parsing import CommandParser, Subcommands
+from dockercomms.core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from dockercomms.core.config import Paths
-    from dockercomms.core.gc import GcReport
-    from dockercomms.core.workspace import Workspace
+    from dockercomms.core.paths import Paths
 
 UNIT = "dockercomms.service"
 TEMPLATE = "dockercomms@.service"
 DROP_IN = "50-install.conf"
 MOUNT_OPTIONS_ENV = "DOCKERCOMMS_MOUNT_OPTIONS"
-STATUS_TIMEOUT_SECONDS = 5.0
-#: Largest ``.status`` document ``status`` reads.
-MAX_STATUS_BYTES = 4 * 1024 * 1024
 SYSTEMCTL_TIMEOUT_SECONDS = 120.0
 PROFILE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 #: What the service must share with the installing shell to be the same identity.
@@ -75,15 +60,14 @@ COPIED_ENV = (
 
 
 def secret_env() -> tuple[str, ...]:
-    """Variables never written into a unit file.
+    """Variables never written into a unit file (``core.workspace.SECRET_ENV``).
 
-    A function so that the credentials module (it imports oras) loads only for
-    ``service install``; ``SIGSTORE_ID_TOKEN`` is spelled out because it is
-    keyless.TOKEN_ENV, whose module imports all of sigstore.
+    A function so that the workspace (it imports oras) loads only for
+    ``service install``.
     """
-    from dockercomms.core.registry.credentials import PASSWORD_ENV, USER_ENV
+    from dockercomms.core.workspace import SECRET_ENV
 
-    return (USER_ENV, PASSWORD_ENV, "SIGSTORE_ID_TOKEN")
+    return SECRET_ENV
 
 
 def unit_text(name: str) -> str:
@@ -321,7 +305,8 @@ def _service_text(report: dict[str, Any]) -> str:
 
 def _check_identity(target: ServiceTarget, environ: Mapping[str, str]) -> Paths:
     """The service's identity must exist: ``init`` first (it would only fail to start)."""
-    from dockercomms.core.config import load_settings, resolve_paths
+    from dockercomms.core.config import load_settings
+    from dockercomms.core.paths import resolve_paths
 
     env = dict(environ)
     home = target.profile_home
@@ -518,339 +503,15 @@ def _service_status_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# --- status ------------------------------------------------------------------------------
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    """Queue, transfers, last poll, errors and cache: from the mount, else from disk."""
-    from dockercomms.core.workspace import Workspace
-    from dockercomms.fsmount.mount_record import MountRecord
-    from dockercomms.fsmount.mount_table import dockercomms_mounts
-
-    workspace = Workspace.load()
-    document = None
-    if args.mountpoint:
-        candidates = [Path(args.mountpoint)]
-    else:
-        record = MountRecord.live(workspace.paths.state_dir)
-        candidates = [record.mountpoint] if record is not None else []
-        candidates += [m for m in dockercomms_mounts(uid=os.getuid()) if m not in candidates]
-    notes: list[str] = []
-    for mountpoint in candidates:
-        document, problem = read_status_file(mountpoint.absolute())
-        if document is not None and _serves(document, workspace):
-            break
-        if problem and args.mountpoint:
-            notes.append(f"{mountpoint}: {problem}")
-        document = None
-    result = _from_mount(document, workspace) if document is not None else _from_disk(workspace)
-    result["notes"] = notes + result.get("notes", [])
-    emit(args, result, _status_text)
-    return 0
-
-
-def read_status_file(
-    mountpoint: Path, timeout: float = STATUS_TIMEOUT_SECONDS
-) -> tuple[dict[str, Any] | None, str | None]:
-    """``MOUNTPOINT/.status`` parsed, or None and why not.
-
-    Read in a daemon thread: a hung daemon makes the read block in the kernel,
-    and ``status`` must still answer.
-    """
-    outcome: list[bytes | BaseException] = []
-
-    def read() -> None:
-        try:
-            with open(mountpoint / ".status", "rb") as handle:
-                outcome.append(handle.read(MAX_STATUS_BYTES + 1))
-        except OSError as exc:
-            outcome.append(exc)
-
-    reader = threading.Thread(target=read, name="status-read", daemon=True)
-    reader.start()
-    reader.join(timeout)
-    if not outcome:
-        return None, f"the mount did not answer within {timeout:.0f}s"
-    value = outcome[0]
-    if isinstance(value, BaseException):
-        return None, str(value)
-    from dockercomms.core.untrusted import parse_json_object
-
-    try:
-        return parse_json_object(value, ".status", max_bytes=MAX_STATUS_BYTES), None
-    except DockerCommsError as exc:
-        return None, exc.diagnostics()
-
-
-def _serves(document: dict[str, Any], workspace: Workspace) -> bool:
-    """The mount is this identity's: same state dir (whatever ``--repo`` it uses).
-
-    A mount from before ``state_dir`` was in ``.status`` is matched by identity and
-    default repository instead (profiles may share an identity name).
-    """
-    if document.get("identity") != workspace.identity:
-        return False
-    state_dir = document.get("state_dir")
-    if isinstance(state_dir, str):
-        return Path(state_dir) == workspace.paths.state_dir.absolute()
-    try:
-        return document.get("repository") == str(workspace.repository())
-    except DockerCommsError:
-        return True
-
-
-def _from_mount(document: dict[str, Any], workspace: Workspace) -> dict[str, Any]:
-    outbox = document.get("outbox") or {}
-    inbox = document.get("inbox") or {}
-    return {
-        "source": "mount",
-        "identity": document.get("identity"),
-        "repository": document.get("repository"),
-        "daemon": {
-            "running": True,
-            "pid": document.get("pid"),
-            "mountpoint": document.get("mountpoint"),
-            "started_at": document.get("started_at"),
-        },
-        "queue": outbox.get("queue"),
-        "transfers": document.get("transfers") or [],
-        "last_poll": inbox.get("last_poll"),
-        "inbox": {"messages": inbox.get("messages"), "rejected": inbox.get("rejected")},
-        "errors": document.get("errors") or [],
-        "refusals": document.get("refusals") or [],
-        "cache": {
-            "path": str(workspace.paths.cache_dir / "chunks"),
-            **(document.get("cache") or {}),
-        },
-        "mount": document,
-    }
-
-
-def _from_disk(workspace: Workspace) -> dict[str, Any]:
-    from dockercomms.syncer.queue import ItemState, PushQueue
-
-    state = workspace.paths.state_dir
-    holder = queue_lock_holder(state / "queue.lock")
-    notes = []
-    if holder is not None:
-        notes.append(
-            f"process {holder} holds the queue (a 'dockercomms sync' or a mount that does "
-            "not answer); progress and polls are only known to it"
-        )
-    queue_json: dict[str, Any] | None = None
-    transfers: list[dict[str, Any]] = []
-    errors: list[str] = []
-    if (state / "queue.db").exists():
-        with PushQueue(state / "queue.db", state / "queue") as queue:
-            statistics = queue.statistics()
-            queue_json = statistics.to_json()
-            if statistics.last_error:
-                errors.append(statistics.last_error)
-            for item in queue.items([ItemState.UPLOADING]):
-                transfers.append(
-                    {
-                        "direction": "upload",
-                        "filename": item.filename,
-                        "recipient": item.recipient,
-                        "bytes_total": item.size,
-                        "chunks_uploaded": len(queue.known_chunks(item.id)),
-                        "state": "uploading" if holder else "interrupted (resumes at next start)",
-                    }
-                )
-    try:
-        repository = str(workspace.repository())
-    except DockerCommsError:
-        repository = workspace.settings.repository
-    return {
-        "source": "queue",
-        "identity": workspace.identity,
-        "repository": repository,
-        "daemon": {"running": holder is not None, "pid": holder, "mountpoint": None},
-        "queue": queue_json,
-        "transfers": transfers,
-        "last_poll": None,
-        "inbox": None,
-        "errors": errors,
-        "refusals": [],  # only a running mount knows them
-        "cache": chunk_cache_usage(workspace.paths.cache_dir / "chunks"),
-        "notes": notes,
-    }
-
-
-def queue_lock_holder(lock: Path, locks: Path = Path("/proc/locks")) -> int | None:
-    """PID holding ``lock`` (the syncer's ``flock``), read from ``/proc/locks``.
-
-    Reading instead of trying the lock: a try, however short, could make a daemon
-    starting at that moment fail to take it.
-    """
-    try:
-        st = lock.stat()
-        table = locks.read_text()
-    except OSError:
-        return None
-    wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in table.splitlines():
-        parts = line.split()
-        if len(parts) >= 6 and "->" not in parts and parts[5] == wanted:
-            return int(parts[4])
-    return None
-
-
-def chunk_cache_usage(directory: Path) -> dict[str, Any]:
-    """Entries and bytes of the verified chunk cache, counted on disk."""
-    entries = 0
-    size = 0
-    try:
-        listing = list(os.scandir(directory))
-    except OSError:
-        listing = []
-    for entry in listing:
-        try:
-            if entry.name.endswith(".json"):
-                entries += 1
-            elif entry.is_file(follow_symlinks=False):
-                size += entry.stat(follow_symlinks=False).st_size
-        except OSError:
-            continue
-    return {"path": str(directory), "entries": entries, "bytes": size, "cap_bytes": None}
-
-
-def _size(n: object) -> str:
-    if not isinstance(n, int | float):
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _status_text(result: dict[str, Any]) -> str:
-    from dockercomms.core.untrusted import shown
-    from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
-
-    daemon = result["daemon"]
-    if result["source"] == "mount":
-        lines = [f"daemon: running (pid {daemon['pid']}), mounted at {daemon['mountpoint']}"]
-    elif daemon["running"]:
-        lines = [f"daemon: pid {daemon['pid']} holds the queue; no mount answers for it"]
-    else:
-        lines = ["daemon: not running (read from the queue database)"]
-    lines.append(f"identity: {result['identity']} on {result['repository']}")
-    queue = result.get("queue")
-    if queue:
-        counts = queue["counts"]
-        waiting = counts.get("queued", 0) + counts.get("uploading", 0)
-        line = (
-            f"queue: {waiting} to send ({counts.get('queued', 0)} queued, "
-            f"{counts.get('uploading', 0)} uploading), {counts.get('sent', 0)} sent, "
-            f"{counts.get('failed', 0)} failed"
-        )
-        if waiting:
-            line += f"; {_size(queue.get('bytes_queued'))} waiting"
-            if queue.get("oldest_queued"):
-                line += f" since {queue['oldest_queued']}"
-        lines.append(line)
-    else:
-        lines.append("queue: empty (nothing was ever queued)")
-    for t in result["transfers"]:
-        if "percent" in t:
-            what = f"{t['direction']}: {t['filename']} {t['percent']:.1f}%"
-            lines.append(f"{what} ({_size(t['bytes_done'])} of {_size(t['bytes_total'])})")
-        else:
-            lines.append(
-                f"{t['direction']}: {t['filename']} to {t['recipient']}, "
-                f"{t['chunks_uploaded']} chunks uploaded, {t['state']}"
-            )
-    poll = result.get("last_poll")
-    if poll:
-        inbox = result.get("inbox") or {}
-        at = poll.get("at") or "not yet"
-        line = f"last poll: {at}"
-        if poll.get("seconds") is not None:
-            line += f" ({poll['seconds']:.2f}s)"
-        line += f"; inbox {inbox.get('messages', 0)} messages, {inbox.get('rejected', 0)} rejected"
-        lines.append(line)
-    else:
-        lines.append("last poll: unknown (only a running mount knows)")
-    cache = result["cache"]
-    cap = _size(cache["cap_bytes"]) if cache.get("cap_bytes") else _size(DEFAULT_CAP_BYTES)
-    lines.append(f"cache: {cache.get('entries', 0)} chunks, {_size(cache.get('bytes'))} of {cap}")
-    lines += [f"error: {shown(error)}" for error in result["errors"]]
-    for refusal in result.get("refusals") or []:
-        lines.append(
-            f"refused: {shown(refusal.get('path'))} ({shown(refusal.get('at'))}): "
-            f"{shown(refusal.get('reason'))}"
-        )
-    lines += [f"note: {note}" for note in result.get("notes", [])]
-    return "\n".join(lines)
-
-
-# --- gc ------------------------------------------------------------------------------------
-
-
-def cmd_gc(args: argparse.Namespace) -> int:
-    """Delete my expired messages (``--dry-run``: only say what would go)."""
-    from dockercomms.core.gc import GarbageCollector
-    from dockercomms.core.workspace import Workspace
-
-    workspace = Workspace.load()
-    report = GarbageCollector(workspace, registry_options(args)).run_once(dry_run=args.dry_run)
-    if report.unsupported:
-        warn(
-            f"dockercomms: warning: the registry does not allow deletion ({report.unsupported});"
-            " nothing more was deleted"
-        )
-    for text in report.warnings:
-        warn(f"dockercomms: warning: {text}")
-    emit(args, report.to_json(), lambda _: _gc_text(report))
-    return 1 if report.errors else 0
-
-
-def _plural(kind: str, n: int) -> str:
-    if n == 1:
-        return kind
-    return "indexes" if kind == "index" else f"{kind}s"
-
-
-def _gc_text(report: GcReport) -> str:
-    verb = "would delete" if report.dry_run else "deleted"
-    done = report.planned if report.dry_run else report.deleted
-    lines = [f"checked {report.checked} messages; {len(report.expired)} of mine expired"]
-    for message in report.expired:
-        parts = [d for d in done if d.message == message.digest]
-        counts: dict[str, int] = {}
-        for deletion in parts:
-            counts[deletion.kind] = counts.get(deletion.kind, 0) + 1
-        what = ", ".join(f"{n} {_plural(kind, n)}" for kind, n in counts.items())
-        expired = p.format_timestamp(message.expires_at)
-        lines.append(
-            f"{verb} {message.filename} to {message.recipient} "
-            f"(expired {expired}): {what or 'nothing yet'}"
-        )
-    leftovers = [d for d in done if d.message not in {e.digest for e in report.expired}]
-    if leftovers:
-        lines.append(f"{verb} {len(leftovers)} items an interrupted run had left")
-    if report.shared_blobs:
-        lines.append(f"kept {report.shared_blobs} chunk blobs other messages still use")
-    for tag in report.not_mine:
-        lines.append(f"left alone (claims to be mine, not signed by me): {tag}")
-    if report.not_mine:
-        lines.append("(gc deletes only what verifies as mine under my trust policy, trust.json)")
-    lines += [f"error: {error}" for error in report.errors]
-    return "\n".join(lines)
-
-
 # --- parsers -------------------------------------------------------------------------------
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
-    """Register ``service``, ``status`` and ``gc``."""
+    """Register ``service``."""
     service = sub.add_parser(
         "service",
         help="run the mount as a systemd user service",
@@ -858,7 +519,7 @@ def add_parsers(
         "folder at login (dockercomms.service, or dockercomms@NAME with --profile).",
     )
     actions = service.add_subparsers(dest="service_cmd", required=True, metavar="ACTION")
-    profile = argparse.ArgumentParser(add_help=False)
+    profile = CommandParser(add_help=False)
     profile.add_argument(
         "--profile",
         metavar="NAME",
@@ -903,29 +564,3 @@ def add_parsers(
         examples=["dockercomms service status"],
     )
     s.set_defaults(func=cmd_service_status)
-
-    st = sub.add_parser(
-        "status",
-        parents=[common],
-        help="queue, transfers, last poll, errors and cache, from the mount or from disk",
-        description="What this identity is doing: files queued, sending and failed, the\n"
-        "upload in flight, the last inbox poll, recent errors and the chunk cache. It\n"
-        "asks the running mount, or reads the queue database when none runs.",
-        examples=["dockercomms status", "dockercomms status --json"],
-    )
-    st.add_argument(
-        "--mountpoint", metavar="DIR", help="ask this mount (default: find this identity's)"
-    )
-    st.set_defaults(func=cmd_status)
-
-    g = sub.add_parser(
-        "gc",
-        parents=[common, registry],
-        help="delete my expired messages from the registry",
-        description="Delete from the registry the messages I sent whose time to live has\n"
-        "passed, with their signature bundles and receipts. Only what verifies as mine\n"
-        "under my trust policy is touched. The mount's daemon runs this hourly.",
-        examples=["dockercomms gc --dry-run", "dockercomms gc"],
-    )
-    g.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
-    g.set_defaults(func=cmd_gc)

@@ -3,7 +3,7 @@
 Without ``--once`` it runs until SIGTERM or SIGINT, then lets the upload in
 flight finish (bounded by ``--drain``) and exits 0; whatever is still queued is
 sent by the next run. ``--status-file`` is rewritten atomically every second
-with the JSON that ``Syncer.status()`` returns. The syncer (watchdog, the queue,
+with the syncer's statistics as JSON (``core.status``). The syncer (watchdog, the queue,
 the engine) is imported only when ``sync`` runs, not by every CLI call that
 builds this parser.
 """
@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from dockercomms.cli.messaging import recv_text
 from dockercomms.cli.output import emit
-from dockercomms.cli.parsing import name_argument
+from dockercomms.cli.parsing import CommandParser, Subcommands, name_argument
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core.errors import exit_code_for
 
 if TYPE_CHECKING:
     from types import FrameType
 
-    from dockercomms.syncer.service import Syncer
+    from dockercomms.core.status import SyncerStatistics
+    from dockercomms.syncer.syncer import Syncer
 
 STATUS_EVERY_SECONDS = 1.0
 
@@ -34,7 +35,7 @@ STATUS_EVERY_SECONDS = 1.0
 def cmd_sync(args: argparse.Namespace) -> int:
     """Run the syncer once (``--once``) or until a signal."""
     from dockercomms.core.workspace import Workspace
-    from dockercomms.syncer.service import Syncer
+    from dockercomms.syncer.syncer import Syncer
 
     workspace = Workspace.load()
     syncer = Syncer(
@@ -57,7 +58,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def _once(args: argparse.Namespace, syncer: Syncer) -> int:
     summary = syncer.run_once()
     if args.status_file:
-        _write_status(Path(args.status_file), syncer.status())
+        _write_status(Path(args.status_file), syncer.statistics())
     verbose = getattr(args, "verbose", 0) > 0
     emit(args, summary.to_json(), lambda result: _once_text(result, verbose=verbose))
     # Errors hold this run's news only: a message rejected by an earlier run is none.
@@ -92,28 +93,30 @@ def _until_signalled(args: argparse.Namespace, syncer: Syncer) -> int:
         status_file = Path(args.status_file) if args.status_file else None
         while True:
             if status_file is not None:
-                _write_status(status_file, syncer.status())
+                _write_status(status_file, syncer.statistics())
             if stop.wait(STATUS_EVERY_SECONDS):
                 break
         syncer.stop(drain_timeout=args.drain)
         if status_file is not None:
-            _write_status(status_file, syncer.status())
+            _write_status(status_file, syncer.statistics())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
 
 
-def _write_status(path: Path, status: dict[str, Any]) -> None:
+def _write_status(path: Path, statistics: SyncerStatistics) -> None:
+    from dockercomms.core.status import to_json
     from dockercomms.core.trust import write_atomic
 
-    write_atomic(path, json.dumps(status, indent=2).encode() + b"\n", mode=0o644)
+    document = json.dumps(to_json(statistics), indent=2)
+    write_atomic(path, document.encode() + b"\n", mode=0o644)
 
 
 def add_parsers(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser],
-    common: argparse.ArgumentParser,
-    registry: argparse.ArgumentParser,
+    sub: Subcommands,
+    common: CommandParser,
+    registry: CommandParser,
 ) -> None:
     """Register ``sync``."""
     s = sub.add_parser(

@@ -39,9 +39,9 @@ from typing import Final
 import pyrage
 from pyrage import x25519
 
+from dockercomms.core._internal.sealing import AgeIdentity, AgeRecipient
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.protocol import format_timestamp
-from dockercomms.core.sealing import AgeIdentity, AgeRecipient
 from dockercomms.core.untrusted import shown
 
 #: Where the integration keeps it: beside ``keys/signing.key``.

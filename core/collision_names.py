@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from dockercomms.core.limits import DEFAULT_LIMITS
+from dockercomms.core._internal.limits import DEFAULT_LIMITS
 
 
 def suffixed_names(

@@ -1,9 +1,4 @@
-"""Where things live and what the user configured.
-
-``DOCKERCOMMS_HOME`` puts one identity's config, keys, trust and state under one
-folder (so two identities can share a machine); without it the XDG config, state
-and cache dirs are used. The embedded registry defaults to the XDG *data* dir in
-both cases, so two identities on one machine share a store with no set-up.
+"""What the user configured: ``config.toml`` (where it lives: :mod:`.paths`).
 
 Caveats first:
 
@@ -19,21 +14,19 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Final
 
-import platformdirs
 import tomli_w
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
+from dockercomms.core._internal.limits import MIB
+from dockercomms.core._internal.registry.reference import LAYOUT_PREFIX, parse_repository
 from dockercomms.core.errors import ConfigError
-from dockercomms.core.limits import MIB
-from dockercomms.core.registry.reference import LAYOUT_PREFIX, parse_repository
+from dockercomms.core.paths import Paths
 from dockercomms.core.trust import write_atomic
 
-APP = "dockercomms"
 DEFAULT_CHUNK_BYTES = 32 * MIB
 
 #: What each setting ``config set`` changes takes, in the words its error uses.
@@ -43,68 +36,9 @@ SETTABLE: Final = {
     "signing": "key or keyless",
     "sigstore_trust": "public-good, staging, or a ClientTrustConfig or trusted root JSON file",
     "chunk_bytes": "a positive number of bytes",
-    "compression": " or ".join(p.COMPRESSIONS),
+    "compression": " or ".join(protocol.COMPRESSIONS),
     "ttl_seconds": "a positive number of seconds",
 }
-
-
-@dataclass(frozen=True)
-class Paths:
-    """Every on-disk location, resolved once.
-
-    Attributes:
-        config_dir: config.toml, trust.json, keys/ (private).
-        state_dir: state.db (what was received, the push queue), logs.
-        cache_dir: verified chunk cache, cached Sigstore trusted root.
-        data_dir: the default embedded registry.
-    """
-
-    config_dir: Path
-    state_dir: Path
-    cache_dir: Path
-    data_dir: Path
-
-    @property
-    def config_file(self) -> Path:
-        """The TOML settings file."""
-        return self.config_dir / "config.toml"
-
-    @property
-    def trust_file(self) -> Path:
-        """The trust policy."""
-        return self.config_dir / "trust.json"
-
-    @property
-    def key_file(self) -> Path:
-        """Our ECDSA P-256 signing key (0600)."""
-        return self.config_dir / "keys" / "signing.key"
-
-    @property
-    def state_db(self) -> Path:
-        """SQLite database of received messages and the outbox queue."""
-        return self.state_dir / "state.db"
-
-    @property
-    def default_repository(self) -> str:
-        """The embedded registry every identity on this machine shares by default."""
-        return f"{LAYOUT_PREFIX}{self.data_dir / 'registry'}"
-
-
-def resolve_paths(environ: Mapping[str, str] | None = None) -> Paths:
-    """Paths from ``DOCKERCOMMS_HOME`` or the XDG base directories."""
-    env = os.environ if environ is None else environ
-    data_home = env.get("XDG_DATA_HOME")
-    data_dir = Path(data_home) / APP if data_home else Path(platformdirs.user_data_dir(APP))
-    home = env.get("DOCKERCOMMS_HOME")
-    if home:
-        root = Path(home).expanduser()
-        return Paths(root, root / "state", root / "cache", data_dir)
-    return Paths(
-        Path(platformdirs.user_config_dir(APP)),
-        Path(platformdirs.user_state_dir(APP)),
-        Path(platformdirs.user_cache_dir(APP)),
-        data_dir,
-    )
 
 
 @dataclass(frozen=True)
@@ -132,7 +66,7 @@ class Settings:
     sigstore_trust: str = "public-good"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "zstd"
-    ttl_seconds: int = p.DEFAULT_TTL_SECONDS
+    ttl_seconds: int = protocol.DEFAULT_TTL_SECONDS
     storage_config: str = ""
 
     def validate(self) -> Settings:
@@ -141,8 +75,8 @@ class Settings:
             raise ConfigError("identity must not be empty")
         if self.signing not in ("key", "keyless"):
             raise ConfigError(f"signing must be 'key' or 'keyless', not {self.signing!r}")
-        if self.compression not in p.COMPRESSIONS:
-            raise ConfigError(f"compression must be one of {', '.join(p.COMPRESSIONS)}")
+        if self.compression not in protocol.COMPRESSIONS:
+            raise ConfigError(f"compression must be one of {', '.join(protocol.COMPRESSIONS)}")
         if self.chunk_bytes <= 0 or self.ttl_seconds <= 0:
             raise ConfigError("chunk_bytes and ttl_seconds must be positive")
         return self
@@ -191,20 +125,20 @@ def setting_value(key: str, text: str, settings: Settings) -> str | int:
         if number <= 0:
             raise ConfigError(wanted)
         return number
-    if key == "compression" and text not in p.COMPRESSIONS:
+    if key == "compression" and text not in protocol.COMPRESSIONS:
         raise ConfigError(wanted)
     if key == "signing":
         if text not in ("key", "keyless"):
             raise ConfigError(wanted)
         if text == "keyless":
             try:
-                _check_sigstore_trust(settings.sigstore_trust, signing=True)
+                check_sigstore_trust(settings.sigstore_trust, signing=True)
             except ConfigError as exc:
                 raise ConfigError(
                     f"keyless signing uses the sigstore_trust setting: {exc}"
                 ) from exc
     if key == "sigstore_trust":
-        return _check_sigstore_trust(text, signing=settings.signing == "keyless")
+        return check_sigstore_trust(text, signing=settings.signing == "keyless")
     if key == "repository" and text:
         parse_repository(text)
         if text.startswith(LAYOUT_PREFIX):
@@ -213,8 +147,13 @@ def setting_value(key: str, text: str, settings: Settings) -> str | int:
     return text
 
 
-def _check_sigstore_trust(text: str, *, signing: bool) -> str:
-    from dockercomms.core.signing.keyless import check_trust_source
+def check_sigstore_trust(text: str, *, signing: bool) -> str:
+    """``text`` as a Sigstore trust source (public-good, staging, or a file), checked.
+
+    ``signing``: it must be able to sign (a ClientTrustConfig, not a bare trusted
+    root). Imports sigstore, so only when a command gets such a value.
+    """
+    from dockercomms.core._internal.signing.keyless import check_trust_source
 
     return check_trust_source(text, signing=signing)
 

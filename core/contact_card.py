@@ -41,11 +41,11 @@ from typing import Final
 
 from cryptography.hazmat.primitives import serialization
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
+from dockercomms.core._internal.signing.keypair import key_hint, load_public_key, public_pem
 from dockercomms.core.age_keys import recipient_problem
 from dockercomms.core.errors import ConfigError, ManifestError
 from dockercomms.core.names import check_name, name_problem
-from dockercomms.core.signing.keypair import key_hint, load_public_key, public_pem
 from dockercomms.core.trust import issuer_problem
 from dockercomms.core.untrusted import shown
 
@@ -197,7 +197,7 @@ class ContactCard:
         fields = [
             (K_VERSION, CARD_VERSION),
             (K_NAME, self.name),
-            (K_CREATED_AT, p.format_timestamp(self.created_at)),
+            (K_CREATED_AT, protocol.format_timestamp(self.created_at)),
             (K_AGE_RECIPIENT, self.age_recipient),
         ]
         if self.signing_key:
@@ -265,10 +265,10 @@ def parse_card(data: bytes | str) -> ContactCard:
 def card_annotations(claim: CardClaim) -> dict[str, str]:
     """The annotations of a card manifest (SPEC 9.1) for ``claim`` (``card.claim``)."""
     return {
-        p.A_VERSION: p.PROTOCOL_VERSION,
+        protocol.A_VERSION: protocol.PROTOCOL_VERSION,
         A_IDENTITY: claim.identity,
         A_AGE_RECIPIENT: claim.age_recipient,
-        p.A_CREATED_AT: p.format_timestamp(claim.created_at),
+        protocol.A_CREATED_AT: protocol.format_timestamp(claim.created_at),
     }
 
 
@@ -280,15 +280,15 @@ def parse_card_annotations(annotations: Mapping[str, object]) -> CardClaim:
     entry for ``identity``, with that entry's signer.
     """
     values: dict[str, str] = {}
-    for key in (p.A_VERSION, A_IDENTITY, A_AGE_RECIPIENT, p.A_CREATED_AT):
+    for key in (protocol.A_VERSION, A_IDENTITY, A_AGE_RECIPIENT, protocol.A_CREATED_AT):
         value = annotations.get(key)
         if not isinstance(value, str):
             raise ManifestError(f"card manifest lacks the string annotation {key}")
         if len(value) > _MAX_ANNOTATION_CHARS:
             raise ManifestError(f"card annotation {key} is longer than {_MAX_ANNOTATION_CHARS}")
         values[key] = value
-    if values[p.A_VERSION] != p.PROTOCOL_VERSION:
-        raise ManifestError(f"card manifest version is not {p.PROTOCOL_VERSION}")
+    if values[protocol.A_VERSION] != protocol.PROTOCOL_VERSION:
+        raise ManifestError(f"card manifest version is not {protocol.PROTOCOL_VERSION}")
     problem = name_problem(values[A_IDENTITY])
     if problem is not None:
         raise ManifestError(f"card identity '{shown(values[A_IDENTITY])}' is not a name: {problem}")
@@ -296,7 +296,7 @@ def parse_card_annotations(annotations: Mapping[str, object]) -> CardClaim:
     if problem is not None:
         raise ManifestError(f"card age recipient '{shown(values[A_AGE_RECIPIENT])}': {problem}")
     try:
-        created_at = _timestamp(values[p.A_CREATED_AT])
+        created_at = _timestamp(values[protocol.A_CREATED_AT])
     except ValueError:
         raise ManifestError("card created_at is not an RFC 3339 UTC time in seconds") from None
     return CardClaim(values[A_IDENTITY], values[A_AGE_RECIPIENT], created_at)
@@ -305,12 +305,12 @@ def parse_card_annotations(annotations: Mapping[str, object]) -> CardClaim:
 def card_tag(identity: str, created_at: datetime) -> str:
     """``card-<rt>-<unix>-<rand6>`` for a card manifest (SPEC 9.1)."""
     unix = int(created_at.timestamp())
-    return p.check_tag(f"{card_tag_prefix(identity)}{unix}-{secrets.token_hex(3)}")
+    return protocol.check_tag(f"{card_tag_prefix(identity)}{unix}-{secrets.token_hex(3)}")
 
 
 def card_tag_prefix(identity: str) -> str:
     """The tag prefix under which ``identity``'s cards are listed."""
-    return f"card-{p.recipient_tag(identity)}-"
+    return f"card-{protocol.recipient_tag(identity)}-"
 
 
 def _check_keyless(identity: str, issuer: str, sigstore: str) -> None:
@@ -332,8 +332,8 @@ def _check_keyless(identity: str, issuer: str, sigstore: str) -> None:
 
 
 def _timestamp(text: str) -> datetime:
-    moment = p.parse_timestamp(text)
-    if p.format_timestamp(moment) != text:
+    moment = protocol.parse_timestamp(text)
+    if protocol.format_timestamp(moment) != text:
         raise ValueError("not in canonical form")
     return moment
 

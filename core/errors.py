@@ -1,44 +1,66 @@
-"""Every error dockercomms raises on purpose, and the exit code each one means.
+"""Every error dockercomms raises on purpose: the exit code each means, and what it decides.
 
 The hierarchy (catch at the level you care about)::
 
-    DockerCommsError                 exit 1  generic failure
-    ├── ConfigError                  exit 1  missing/invalid configuration or keys
-    ├── VerificationError            exit 2  the artifact is not what it claims to be
-    │   ├── SignatureError                   no bundle verifies / signature invalid
-    │   ├── UntrustedSignerError             valid signature by someone not trusted
-    │   ├── SenderMismatchError              signer is trusted, but not as this sender
-    │   ├── DigestMismatchError              bytes do not hash to the signed digest
-    │   ├── ExpiredError                     created_at + ttl is in the past
-    │   └── NotARecipientError               sealed (age) to none of my identities
-    ├── RegistryError                exit 1  the registry failed us
-    │   ├── RegistryUnavailableError         connection refused/reset, 5xx, timeouts
-    │   ├── AuthError                exit 3  401/403, bad credentials
-    │   └── NotFoundError            exit 5  manifest/blob/tag does not exist
-    ├── ProtocolError                exit 4  the artifact breaks SPEC.md
-    │   ├── ManifestError                    malformed or invalid manifest/annotations
-    │   ├── ChunkError                       chunk layer is not the tar it must be
-    │   ├── LimitExceededError               a size or count cap was hit (bombs too)
-    │   ├── FilenameError                    unsafe file name
-    │   └── SealedDataError                  a sealed piece is not a well-formed age file
-    │       ├── SealedTruncatedError         it ends early (its last block fails)
-    │       └── SealedTamperedError          an earlier block or its header MAC fails
-    └── OutputError                  exit 1  cannot write the result locally (disk full)
+    DockerCommsError                 exit 1  deferred   generic failure
+    ├── ConfigError                  exit 1  deferred   missing/invalid configuration or keys
+    ├── VerificationError            exit 2  rejected   the artifact is not what it claims
+    │   ├── SignatureError                              no bundle verifies / signature invalid
+    │   ├── UntrustedSignerError                        valid signature by someone not trusted
+    │   ├── SenderMismatchError                         trusted signer, but not as this sender
+    │   ├── DigestMismatchError                         bytes do not hash to the signed digest
+    │   ├── ExpiredError                                created_at + ttl is in the past
+    │   └── NotARecipientError                          sealed (age) to none of my identities
+    ├── RegistryError                exit 1  deferred   the registry failed us
+    │   ├── RegistryUnavailableError         temporary  connection refused/reset, 5xx, timeouts
+    │   ├── AuthError                exit 3  deferred   401/403, bad credentials
+    │   └── NotFoundError            exit 5  deferred   manifest/blob/tag does not exist
+    ├── ProtocolError                exit 4  rejected   the artifact breaks SPEC.md
+    │   ├── ManifestError                               malformed or invalid manifest/annotations
+    │   ├── ChunkError                                  chunk layer is not the tar it must be
+    │   ├── LimitExceededError                          a size or count cap was hit (bombs too)
+    │   ├── FilenameError                               unsafe file name
+    │   └── SealedDataError                             a sealed piece is not a well-formed age file
+    │       ├── SealedTruncatedError                    it ends early (its last block fails)
+    │       └── SealedTamperedError                     an earlier block or its header MAC fails
+    └── OutputError                  exit 1  deferred   cannot write the result locally (disk full)
 
-The exit code is a class attribute, so the CLI decides it from the type, never
-from message text. The filesystem maps the same classes to errno values in
-``dockercomms.fsmount``.
+Both columns are class attributes, so nothing decides from message text. The exit
+code is what the CLI exits with. The :class:`Disposition` is the one rule for what
+a failure means to the message or send it met: the receive loop (``recv``,
+``sync``), the mount's inbox and the push queue all read it (:func:`disposition_of`),
+and the filesystem maps the same classes to errno values in ``dockercomms.fsmount``.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import ClassVar
 
 
+class Disposition(enum.Enum):
+    """What a failure means to the message (or queued send) it happened to.
+
+    Attributes:
+        TEMPORARY: the registry may answer soon: the push queue waits (with
+            backoff) and tries again; a receive defers the message.
+        DEFERRED: not a verdict on the message (my set-up, my disk, the registry
+            refusing or missing something): a receive tries again next run, the
+            mount at the next poll; a send fails for good (it keeps its bytes).
+        REJECTED: the message itself is bad: a receive reports (and may
+            remember) a rejection, the mount lists it in ``inbox/.rejected/``.
+    """
+
+    TEMPORARY = "temporary"
+    DEFERRED = "deferred"
+    REJECTED = "rejected"
+
+
 class DockerCommsError(Exception):
-    """Base class. ``exit_code`` is what the CLI exits with for this error."""
+    """Base class. ``exit_code`` is what the CLI exits with; ``disposition`` what it decides."""
 
     exit_code: ClassVar[int] = 1
+    disposition: ClassVar[Disposition] = Disposition.DEFERRED
 
     def diagnostics(self) -> str:
         """Human text for the CLI, including the cause chain when there is one."""
@@ -61,6 +83,7 @@ class VerificationError(DockerCommsError):
     """The artifact failed signature, identity, digest or freshness checks."""
 
     exit_code = 2
+    disposition = Disposition.REJECTED
 
 
 class SignatureError(VerificationError):
@@ -93,14 +116,11 @@ class NotARecipientError(VerificationError):
 class RegistryError(DockerCommsError):
     """The registry answered with an error we cannot classify more precisely."""
 
-    #: True when trying again later may succeed (the push queue waits on these).
-    temporary: ClassVar[bool] = False
-
 
 class RegistryUnavailableError(RegistryError):
     """Connection refused/reset, timeout, 5xx or 429 after the retry budget."""
 
-    temporary = True
+    disposition = Disposition.TEMPORARY
 
 
 class AuthError(RegistryError):
@@ -119,6 +139,7 @@ class ProtocolError(DockerCommsError):
     """The artifact does not follow the DockerComms v1 protocol."""
 
     exit_code = 4
+    disposition = Disposition.REJECTED
 
 
 class ManifestError(ProtocolError):
@@ -160,3 +181,17 @@ def exit_code_for(error: BaseException) -> int:
     if isinstance(error, DockerCommsError):
         return error.exit_code
     return 1
+
+
+def disposition_of(error: BaseException) -> Disposition:
+    """The :class:`Disposition` of any exception: ours by type.
+
+    A local ``OSError`` (requests' exceptions are ``OSError`` too) is a network
+    or disk that may come back: temporary. Anything else is a bug or a parser
+    that choked on this one input: a rejection of what it was handling.
+    """
+    if isinstance(error, DockerCommsError):
+        return error.disposition
+    if isinstance(error, OSError):
+        return Disposition.TEMPORARY
+    return Disposition.REJECTED

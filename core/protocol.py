@@ -1,7 +1,7 @@
 """DockerComms v1 wire constants and the pure functions that name things.
 
 Everything here is exact strings from ``SPEC.md`` sections 1-4; no I/O. Manifest
-building and validation live in :mod:`dockercomms.core.manifest`.
+building and validation live in :mod:`dockercomms.core._internal.manifest`.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from dockercomms.core._internal.signing.keypair import PinnedKey, key_hint, load_public_key
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.names import check_name, name_problem
-from dockercomms.core.signing.keypair import PinnedKey, key_hint, load_public_key
 from dockercomms.core.untrusted import shown
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ class TrustPolicy:
         """Trust a Sigstore identity+issuer pair for ``name`` (both required).
 
         ``sigstore_trust`` is the instance whose trusted root verifies it, already
-        checked by the caller (``core.signing.keyless.check_trust_source``).
+        checked by the caller (``core._internal.signing.keyless.check_trust_source``).
         """
         if not identity or not issuer:
             raise ConfigError("a keyless trust entry needs both --identity and --issuer")

@@ -1,9 +1,14 @@
-"""One identity's world, wired once: paths, settings, registry client, signer, verifier.
+"""One identity's world, wired once: paths, settings, clients, signer, verifier, inbox, outbox.
 
 The CLI, the syncer and the mount all start here, so they cannot disagree on
 where the key lives or which trust root verifies keyless bundles. Nothing here is
 global: the Sigstore trust configuration is a parameter read from the settings
 (for signing) and from each trust entry (for verifying).
+
+The rest of dockercomms reaches the registry through :meth:`Workspace.inbox` and
+:meth:`Workspace.outbox` (over one :meth:`Workspace.clients` pool, one client per
+thread); ``client``, ``receiver`` and ``sender`` are the engine's own, for core
+and the tests.
 
 An identity written before ``core.names`` existed still loads and works; it is
 reported once per process with what to do about it.
@@ -16,24 +21,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dockercomms.core.config import Paths, Settings, load_settings, resolve_paths
+from dockercomms.core._internal.ledger import ReceivedLedger
+from dockercomms.core._internal.limits import DEFAULT_LIMITS, Limits
+from dockercomms.core._internal.receive import Receiver
+from dockercomms.core._internal.registry.auth import AuthSource, RegistryAuth
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.registry.credentials import (
+    PASSWORD_ENV,
+    USER_ENV,
+    Credentials,
+    CredentialSource,
+)
+from dockercomms.core._internal.registry.reference import RepositoryRef, parse_repository
+from dockercomms.core._internal.registry.retry import RetryPolicy
+from dockercomms.core._internal.send import DigestSigner, Sender
+from dockercomms.core._internal.signatures import DiscoveryMode
+from dockercomms.core._internal.signing.keypair import KeyPairSigner, load_private_key
+from dockercomms.core._internal.signing.verify import BundleVerifier
+from dockercomms.core.clients import ClientPool
+from dockercomms.core.config import Settings, load_settings
 from dockercomms.core.errors import DockerCommsError
-from dockercomms.core.ledger import ReceivedLedger
-from dockercomms.core.limits import DEFAULT_LIMITS, Limits
+from dockercomms.core.keys import signing_key
 from dockercomms.core.names import check_name, name_problem
-from dockercomms.core.receive import Receiver
-from dockercomms.core.registry.auth import Authenticator
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.registry.reference import RepositoryRef, parse_repository
-from dockercomms.core.send import DigestSigner, Sender
-from dockercomms.core.signatures import DiscoveryMode
-from dockercomms.core.signing.keypair import KeyPairSigner, load_private_key
-from dockercomms.core.signing.verify import BundleVerifier
+from dockercomms.core.paths import Paths, resolve_paths
 from dockercomms.core.trust import TrustPolicy
 from dockercomms.core.untrusted import shown
 
 if TYPE_CHECKING:
     from sigstore.models import ClientTrustConfig, TrustedRoot
+
+    from dockercomms.core.inbox import Inbox
+    from dockercomms.core.outbox import Outbox
+
+__all__ = ["SECRET_ENV", "RegistryOptions", "RetryPolicy", "Workspace", "require_identity"]
+
+#: Environment variables holding secrets (registry credentials, an OIDC token):
+#: never copied anywhere (a unit file, a log). ``SIGSTORE_ID_TOKEN`` is
+#: ``signing.keyless.TOKEN_ENV``, spelled out so sigstore is not imported for it.
+SECRET_ENV = (USER_ENV, PASSWORD_ENV, "SIGSTORE_ID_TOKEN")
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +74,47 @@ class RegistryOptions:
         repository: ``--repo``; empty for the settings' or the embedded default.
         insecure: plain HTTP to a non-loopback host.
         ca_file: extra CA bundle for HTTPS.
-        authenticator: credentials; None means anonymous.
+        authenticator: where clients get credentials; None means anonymous.
         storage_config: ``--storage-config`` (for ``storage:NAME``); empty: settings.
+        retry: timeouts and retries per request; None for the interactive default
+            (the syncer asks for short ones: its queue does the long waiting).
     """
 
     repository: str = ""
     insecure: bool = False
     ca_file: str | None = None
-    authenticator: Authenticator | None = None
+    authenticator: AuthSource | None = None
     storage_config: str = ""
+    retry: RetryPolicy | None = None
+
+    @classmethod
+    def from_flags(
+        cls,
+        *,
+        repository: str = "",
+        insecure: bool = False,
+        ca_file: str | None = None,
+        storage_config: str = "",
+        user: str | None = None,
+        password: str | None = None,
+        source: str = "",
+    ) -> RegistryOptions:
+        """Options from command-line flags; ``user``/``password`` beat the environment.
+
+        Without them, credentials come from ``DOCKERCOMMS_REGISTRY_USER`` and
+        ``DOCKERCOMMS_REGISTRY_PASSWORD``, then the docker config, per registry.
+        ``source`` names where ``user`` and ``password`` came from, for errors.
+        """
+        explicit = None
+        if user is not None and password is not None:
+            explicit = Credentials(user, password, source=source)
+        return cls(
+            repository=repository,
+            insecure=insecure,
+            ca_file=ca_file,
+            authenticator=RegistryAuth(CredentialSource(explicit=explicit)),
+            storage_config=storage_config,
+        )
 
 
 @dataclass
@@ -97,10 +154,39 @@ class Workspace:
         tls_verify: bool | str = options.ca_file or True
         return RegistryClient(
             self.repository(options),
+            policy=options.retry,
             authenticator=options.authenticator,
             tls_verify=tls_verify,
             limits=self.limits,
         )
+
+    def clients(self, options: RegistryOptions | None = None) -> ClientPool:
+        """A pool of clients for the chosen repository, one per thread."""
+        return ClientPool(lambda: self.client(options), lambda: self.repository(options))
+
+    def inbox(
+        self,
+        options: RegistryOptions | None = None,
+        *,
+        pool: ClientPool | None = None,
+        bundle_mode: DiscoveryMode = "auto",
+    ) -> Inbox:
+        """My inbox, over ``pool`` (shared) or a pool of its own (closed with it)."""
+        from dockercomms.core.inbox import Inbox
+
+        if pool is None:
+            return Inbox(self, self.clients(options), bundle_mode=bundle_mode, owns_pool=True)
+        return Inbox(self, pool, bundle_mode=bundle_mode)
+
+    def outbox(
+        self, options: RegistryOptions | None = None, *, pool: ClientPool | None = None
+    ) -> Outbox:
+        """Sending as me, over ``pool`` (shared) or a pool of its own (closed with it)."""
+        from dockercomms.core.outbox import Outbox
+
+        if pool is None:
+            return Outbox(self, self.clients(options), owns_pool=True)
+        return Outbox(self, pool)
 
     def trust_policy(self) -> TrustPolicy:
         """The trust file as it is now."""
@@ -109,6 +195,16 @@ class Workspace:
     def verifier(self) -> BundleVerifier:
         """A verifier over the trust policy; keyless roots load only when needed."""
         return BundleVerifier(self.trust_policy(), self.trusted_root)
+
+    def key_fingerprint(self) -> str:
+        """My key's fingerprint (the bundle hint), or empty for keyless or an unreadable key."""
+        if self.settings.signing != "key":
+            return ""
+        try:
+            return signing_key(self.paths.key_file).fingerprint
+        except (DockerCommsError, OSError) as exc:
+            log.warning("cannot read my key's fingerprint: %s", exc)
+            return ""
 
     def signer(self) -> DigestSigner:
         """Key-pair or keyless signer, per settings."""
@@ -137,7 +233,7 @@ class Workspace:
         refreshed whenever this identity signs.
         """
         if self._trust_config is None:
-            from dockercomms.core.signing.keyless import (
+            from dockercomms.core._internal.signing.keyless import (
                 cache_trusted_root,
                 instance_cache_dir,
                 load_trust_config,
@@ -157,14 +253,14 @@ class Workspace:
         Cached per instance under the cache dir, so verifying needs neither the
         network nor, once cached, the trust config file itself.
         """
-        from dockercomms.core.signing.keyless import trusted_root_for
+        from dockercomms.core._internal.signing.keyless import trusted_root_for
 
         source = instance or self.settings.sigstore_trust
         return trusted_root_for(source, self._roots, entry=bool(instance))
 
     @property
     def _roots(self) -> Path:
-        return self.paths.cache_dir / "sigstore"
+        return self.paths.sigstore_cache_dir
 
 
 class _KeylessSigner:
@@ -175,7 +271,10 @@ class _KeylessSigner:
         self._token: str | None = None
 
     def sign_digest(self, manifest_digest: str) -> bytes:
-        from dockercomms.core.signing.keyless import obtain_identity_token, sign_digest_keyless
+        from dockercomms.core._internal.signing.keyless import (
+            obtain_identity_token,
+            sign_digest_keyless,
+        )
 
         config = self._workspace.trust_config()
         if self._token is None:

@@ -40,7 +40,9 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
+
+from dockercomms.core.status import CacheStatistics, CacheUsage
 
 log = logging.getLogger(__name__)
 
@@ -85,31 +87,6 @@ class _Entry:
     size: int
     blocks: tuple[str, ...]
     pins: int = 0
-
-
-@dataclass(frozen=True)
-class CacheStatistics:
-    """The cache at a glance, for ``.status``."""
-
-    entries: int
-    bytes: int
-    cap_bytes: int
-    hits: int
-    misses: int
-    evictions: int
-    corruptions: int
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "entries": self.entries,
-            "bytes": self.bytes,
-            "cap_bytes": self.cap_bytes,
-            "hits": self.hits,
-            "misses": self.misses,
-            "evictions": self.evictions,
-            "corruptions": self.corruptions,
-        }
 
 
 def _blocks(offset: int, end: int) -> Iterator[tuple[int, slice]]:
@@ -420,3 +397,26 @@ class ChunkCache:
                 c.evictions,
                 c.corruptions,
             )
+
+
+def usage_on_disk(directory: Path) -> CacheUsage:
+    """Entries and bytes of a chunk cache, counted on disk (no mount running to ask).
+
+    Only names and sizes are read (no sidecar is parsed), so a damaged cache is
+    counted, never trusted.
+    """
+    entries = 0
+    size = 0
+    try:
+        listing = list(os.scandir(directory))
+    except OSError:
+        listing = []
+    for entry in listing:
+        try:
+            if entry.name.endswith(".json"):
+                entries += 1
+            elif entry.is_file(follow_symlinks=False):
+                size += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return CacheUsage(str(directory), entries, size, None)

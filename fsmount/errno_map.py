@@ -23,6 +23,7 @@ import errno
 from dockercomms.core.errors import (
     AuthError,
     DigestMismatchError,
+    Disposition,
     DockerCommsError,
     NotFoundError,
     OutputError,
@@ -61,14 +62,15 @@ def errno_for(error: BaseException) -> int:
     return errno.EIO
 
 
-def is_rejection(error: BaseException) -> bool:
+def is_rejection(error: DockerCommsError) -> bool:
     """True when ``error`` means "this message is bad" rather than "try again later".
 
+    The error class decides (``core.errors.Disposition``), as it does for ``recv``.
     Rejections are remembered on the file (``user.dockercomms.error``), listed in
-    ``inbox/.rejected/`` and answered with a ``rejected`` receipt; transient
-    registry trouble is none of those.
+    ``inbox/.rejected/`` and answered with a ``rejected`` receipt; registry trouble
+    and my own set-up are none of those.
     """
-    return isinstance(error, VerificationError | ProtocolError)
+    return error.disposition is Disposition.REJECTED
 
 
 def reason(error: BaseException) -> str:

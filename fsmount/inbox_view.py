@@ -16,7 +16,7 @@ Caveats first:
   stays listed so the reason can be read) and the message is added to
   ``.rejected/``. Corruption is sticky for the life of the mount; a policy
   failure is re-checked at the next open.
-* Receipts (``receipt_book``) answer only what verified: ``accepted`` after the
+* Receipts (``receipt_sender``) answer only what verified: ``accepted`` after the
   first read, ``rejected`` for a message whose signature verified as its claimed
   sender and whose own content then failed (a bad chunk, a date in the future).
   Unsigned, untrusted, mismatched and expired messages get none.
@@ -29,6 +29,10 @@ Caveats first:
   Conditions that repeat at every poll are logged once until they change.
 * When ``trust.json`` changes, rejected tags are verified again at the next
   poll, so trusting a sender makes their waiting messages appear.
+* Those rules (new, gone, expired, aliased, rejected, retried) are
+  ``core.inbox_state``'s pure functions; this view only applies the changes they
+  return to its inodes. Tags are checked through ``core``'s ``Inbox.check_tags``,
+  the same way ``ls`` checks them.
 * Names are given once and kept: the first message listed under a name keeps it;
   a later one with the same name in the same sender folder gets
   ``stem (YYYYMMDD-<digest8>).ext``.
@@ -39,9 +43,7 @@ Caveats first:
 from __future__ import annotations
 
 import errno
-import functools
 import logging
-import os
 import stat
 import time
 from collections.abc import Callable
@@ -51,27 +53,20 @@ from typing import Any
 
 import trio
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.errors import (
     ChunkError,
     DigestMismatchError,
     DockerCommsError,
     ExpiredError,
     LimitExceededError,
-    ProtocolError,
-    SenderMismatchError,
-    SignatureError,
-    UntrustedSignerError,
 )
-from dockercomms.core.listing import CheckedTag, batches, check_tag, listing_workers
+from dockercomms.core.inbox import CheckedTag, Inbox, Message, VerifiedSigner
+from dockercomms.core.inbox_state import InboxState, Listed, reconcile, tags_to_check
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.manifest import Message
-from dockercomms.core.receive import CLOCK_SKEW, Receiver, VerifiedMessage
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.signing.verify import VerifiedSigner
+from dockercomms.core.status import InboxStatistics, PollStatistics
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
-from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.errno_map import errno_for, is_rejection, reason
 from dockercomms.fsmount.inodes import (
     DYNAMIC_TIMEOUT,
@@ -83,9 +78,10 @@ from dockercomms.fsmount.inodes import (
     fuse_error,
 )
 from dockercomms.fsmount.names import folder_name, free_name
-from dockercomms.fsmount.receipt_book import ReceiptSender
+from dockercomms.fsmount.receipt_sender import ReceiptSender
 from dockercomms.fsmount.transfers import ChunkSource, HeldChunks
 from dockercomms.fsmount.virtual import GeneratedFile, fixed, wants_write
+from dockercomms.fsmount.worker_threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -95,36 +91,11 @@ REFRESH = ".refresh"
 REFRESH_WAIT_SECONDS = 120.0
 #: Longest ``ls inbox/`` waits for the first poll after mounting.
 FIRST_POLL_WAIT_SECONDS = 300.0
-#: New tags are checked in batches (core.listing), this many at once over HTTP;
-#: one engine thread stays free for reads and receipts.
+#: New tags are checked in batches (core.listing), this many at once over HTTP.
 SCAN_WORKERS = 3
-#: Listing failures that happen at or before the signature check: whoever made the
-#: message is not known to be its claimed sender, so nobody is answered.
-UNANSWERED = (
-    SignatureError,
-    UntrustedSignerError,
-    SenderMismatchError,
-    DigestMismatchError,
-    ExpiredError,
-)
 
 
 # --- what a poll finds ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PollResult:
-    """Every inbox tag now present, and what the new (or retried) ones are.
-
-    Attributes:
-        answerable: by tag, the verified signer of a rejected message whose
-            signature verified as its claimed sender (a ``rejected`` receipt may
-            answer it); other rejected tags are absent.
-    """
-
-    tags: frozenset[str]
-    fresh: list[CheckedTag]
-    answerable: dict[str, VerifiedSigner] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,18 +111,18 @@ class PollStatus:
     error: str | None = None
     transient: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "polls": self.polls,
-            "at": xattrs.timestamp(self.started_at),
-            "seconds": self.seconds,
-            "added": self.added,
-            "removed": self.removed,
-            "rejected": self.rejected,
-            "error": self.error,
-            "transient_errors": self.transient[-10:],
-        }
+    def statistics(self) -> PollStatistics:
+        """The last poll (``core.status``)."""
+        return PollStatistics(
+            self.polls,
+            self.started_at,
+            self.seconds,
+            self.added,
+            self.removed,
+            self.rejected,
+            self.error,
+            self.transient[-10:],
+        )
 
 
 @dataclass
@@ -223,7 +194,7 @@ class InboxFile(Node):
         return InboxHandle(self.view, self.item, message, held)
 
     async def xattrs(self) -> dict[str, bytes]:
-        return self.view.xattrs_of(self.item)
+        return await self.view.xattrs_of(self.item)
 
 
 class InboxHandle(Handle):
@@ -316,14 +287,16 @@ class InboxView:
     def __init__(
         self,
         table: InodeTable,
-        engine: Engine,
+        inbox: Inbox,
+        threads: WorkerThreads,
         chunks: ChunkSource,
         receipts: ReceiptSender,
         *,
         poll_seconds: float,
     ) -> None:
         self.table = table
-        self.engine = engine
+        self.inbox = inbox
+        self.threads = threads
         self.chunks = chunks
         self.receipts = receipts
         self.poll_seconds = poll_seconds
@@ -340,8 +313,6 @@ class InboxView:
         self.status = PollStatus()
         self.poller: InboxPoller | None = None
         self._folders: dict[str, InboxDir] = {}
-        self._by_digest: dict[str, InboxItem] = {}
-        self._by_message_id: dict[tuple[str, str], InboxItem] = {}  # (sender, id)
         self._ready = trio.Event()
         self._trust_stamp: tuple[int, int] | None = None
         # Per-tag conditions met at every poll, each logged once until it changes.
@@ -364,28 +335,17 @@ class InboxView:
             await self.poller.refresh(REFRESH_WAIT_SECONDS)
 
     async def poll_once(self) -> None:
-        """List the registry, verify new tags, and update the tree."""
+        """List the registry, verify new tags, and update the tree (``core.inbox_state``)."""
         started = datetime.now(UTC)
         clock = time.monotonic()
-        stamp = self._trust_file_stamp()
-        retry: frozenset[str] = frozenset()
-        if stamp != self._trust_stamp:
-            retry = frozenset(self.rejected) | {
-                tag for tag, item in self.items.items() if item.error is not None
-            }
-        known = (
-            frozenset(self.items)
-            | frozenset(self.rejected)
-            | frozenset(self.aliases)
-            | frozenset(self.expired)
-        )
-        prefix = p.inbox_prefix(self.engine.me)
+        stamp = self.inbox.trust_version()
         try:
-            listed = await self.engine.call(lambda client: client.list_tags(prefix))
-            # A registry may list anything; a name that is no tag is no message.
-            tags = [t for t in listed if p.TAG_PATTERN.fullmatch(t)]
-            fresh, answerable = await self._check_tags(
-                [t for t in tags if t not in known or t in retry]
+            tags = await self.threads.run(self.inbox.tags)
+            wanted = tags_to_check(self._state(), tags, trust_changed=stamp != self._trust_stamp)
+            fresh = (
+                await self.threads.run(self.inbox.check_tags, wanted, workers=SCAN_WORKERS)
+                if wanted
+                else []
             )
         except DockerCommsError as exc:
             self.status.error = reason(exc)
@@ -400,118 +360,66 @@ class InboxView:
         self.status.error = None
         if self._poll_failure.clear("poll"):
             log.info("inbox poll works again")
-        self._apply(PollResult(frozenset(tags), fresh, answerable))
+        self._apply(frozenset(tags), fresh)
 
-    def _trust_file_stamp(self) -> tuple[int, int] | None:
-        try:
-            st = os.stat(self.engine.workspace.paths.trust_file)
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size)
-
-    async def _check_tags(
-        self, tags: list[str]
-    ) -> tuple[list[CheckedTag], dict[str, VerifiedSigner]]:
-        """Fetch and verify ``tags``, ``SCAN_WORKERS`` batches at a time, in order."""
-        groups = batches(tags)
-        results: list[list[tuple[CheckedTag, VerifiedSigner | None]]] = [[] for _ in groups]
-        queue = iter(enumerate(groups))  # shared by the workers (one trio thread)
-        failures: list[DockerCommsError] = []  # a whole batch failed (e.g. trust policy)
-
-        async def worker() -> None:
-            for position, batch in queue:
-                try:
-                    results[position] = await self.engine.call(
-                        functools.partial(self._check_batch, batch=batch)
-                    )
-                except DockerCommsError as exc:
-                    failures.append(exc)
-                    return
-
-        async with trio.open_nursery() as nursery:
-            ref = self.engine.workspace.repository(self.engine.options)
-            for _ in range(min(listing_workers(ref, SCAN_WORKERS), len(groups))):
-                nursery.start_soon(worker)
-        if failures:
-            raise failures[0]
-        checked = [pair for batch in results for pair in batch]
-        answerable = {entry.tag: signer for entry, signer in checked if signer is not None}
-        return [entry for entry, _ in checked], answerable
-
-    def _check_batch(
-        self, client: RegistryClient, *, batch: list[str]
-    ) -> list[tuple[CheckedTag, VerifiedSigner | None]]:
-        """Worker thread: one receiver (one read of the trust policy) for a batch."""
-        receiver = self.engine.receiver(client)
-        return [self._check_one(receiver, tag) for tag in batch]
-
-    def _check_one(self, receiver: Receiver, tag: str) -> tuple[CheckedTag, VerifiedSigner | None]:
-        """Worker thread: one tag, and who may be answered if it is rejected.
-
-        A bug or a parser that chokes on this one input must not stop the poll
-        (every later message would stay hidden): it is logged with its
-        traceback, once, and the tag is listed as rejected.
-        """
-        try:
-            checked = check_tag(receiver, tag)
-            return checked, _answerable(receiver, checked)
-        except Exception as exc:
-            self._unexpected.log(
-                logging.ERROR,
-                tag,
-                "inbox tag %s failed unexpectedly (%s); listed in .rejected/",
-                tag,
-                type(exc).__name__,
-                exc_info=True,
+    def _state(self) -> InboxState:
+        """What is listed now, as ``core.inbox_state`` sees it."""
+        listed = {
+            tag: Listed(
+                item.message.digest,
+                item.message.sender,
+                item.message.message_id,
+                item.message.expires_at,
+                failing=item.error is not None,
+                corrupt=item.corrupt,
             )
-            error = ProtocolError(
-                f"checking it failed unexpectedly ({type(exc).__name__}); see the mount's log"
-            )
-            return CheckedTag(tag, None, None, error), None
+            for tag, item in self.items.items()
+        }
+        return InboxState(
+            listed, frozenset(self.rejected), dict(self.aliases), frozenset(self.expired)
+        )
 
-    def _apply(self, result: PollResult) -> None:
-        """Trio thread: add what is new, drop what is gone."""
+    def _apply(self, tags: frozenset[str], fresh: list[CheckedTag]) -> None:
+        """Trio thread: apply what ``reconcile`` says the poll changed to the tree."""
         for notes in (self._rejections, self._transient, self._unexpected):
-            notes.keep_only(result.tags)
-        removed = 0
-        for tag in [t for t in self.items if t not in result.tags]:
+            notes.keep_only(tags)
+        changes = reconcile(self._state(), tags, fresh, datetime.now(UTC))
+        for tag in changes.gone + changes.expired_now:
             self._remove_item(tag)
-            removed += 1
-        for tag in [t for t in self.rejected if t not in result.tags]:
+        for tag in changes.unrejected:
             self._remove_rejected(tag)
-        for tag in [t for t in self.aliases if t not in result.tags]:
-            del self.aliases[tag]
-        self.expired &= result.tags
-        removed += self._drop_expired(datetime.now(UTC))
-        good = [entry for entry in result.fresh if entry.error is None]
-        good.sort(key=lambda e: (e.message.created_at, e.message.digest) if e.message else ())
-        added = sum(1 for entry in good if self._guarded(entry.tag, self._add_verified, entry))
-        rejected = 0
-        for entry in result.fresh:
+        self.aliases = changes.aliases
+        self.expired = set(changes.expired)
+        for entry in changes.recovered:
+            # A retried tag verified this time (trust.json changed).
+            item = self.items[entry.tag]
+            assert entry.signer is not None
+            item.error, item.failure, item.signer = None, None, entry.signer
+        added = sum(1 for entry in changes.added if self._guarded(entry.tag, self._add_item, entry))
+        for entry in fresh:
             if entry.error is None or is_rejection(entry.error):
                 self._transient.clear(entry.tag)  # checked now: a later trouble is news
-            if entry.error is None:
-                continue
-            if isinstance(entry.error, ExpiredError):
-                self.expired.add(entry.tag)
-            elif is_rejection(entry.error):
-                rejected += 1
-                signer = result.answerable.get(entry.tag)
-                self._guarded(
-                    entry.tag, self._add_rejected, entry.tag, entry.message, entry.error, signer
-                )
-            else:
-                # Transient (registry trouble for this one tag): not known, so retried.
-                text = reason(entry.error)
-                self.status.transient = [*self.status.transient[-9:], text]
-                self._transient.log(
-                    logging.INFO,
-                    entry.tag,
-                    "inbox tag %s not checked this time: %s",
-                    entry.tag,
-                    text,
-                )
-        self.status.added, self.status.removed, self.status.rejected = added, removed, rejected
+        for entry in changes.rejected:
+            assert entry.error is not None
+            self._guarded(
+                entry.tag,
+                self._add_rejected,
+                entry.tag,
+                entry.message,
+                entry.error,
+                entry.answerable,
+            )
+        for entry in changes.transient:
+            # Registry trouble for this one tag: not known, so the next poll retries it.
+            assert entry.error is not None
+            text = reason(entry.error)
+            self.status.transient = [*self.status.transient[-9:], text]
+            self._transient.log(
+                logging.INFO, entry.tag, "inbox tag %s not checked this time: %s", entry.tag, text
+            )
+        removed = len(changes.gone) + len(changes.expired_now)
+        self.status.added, self.status.removed = added, removed
+        self.status.rejected = len(changes.rejected)
         if added or removed:
             log.info("inbox: %d new, %d gone, %d listed", added, removed, len(self.items))
 
@@ -530,34 +438,10 @@ class InboxView:
             )
             return False
 
-    def _drop_expired(self, now: datetime) -> int:
-        """Unlist messages whose time to live has passed (as receivers judge it)."""
-        gone = [
-            tag for tag, item in self.items.items() if item.message.expires_at + CLOCK_SKEW < now
-        ]
-        for tag in gone:
-            self._remove_item(tag)
-            self.expired.add(tag)
-        return len(gone)
-
-    def _add_verified(self, entry: CheckedTag) -> bool:
+    def _add_item(self, entry: CheckedTag) -> bool:
+        """List a new verified message under its sender's folder, by a name it keeps."""
         assert entry.message is not None and entry.signer is not None
         message = entry.message
-        existing = self.items.get(entry.tag)
-        if existing is not None:
-            # A retried tag verified this time (trust.json changed); corruption stays.
-            if existing.message.digest == message.digest and not existing.corrupt:
-                existing.error = None
-                existing.failure = None
-                existing.signer = entry.signer
-                self._remove_rejected(entry.tag)
-            return False
-        self._remove_rejected(entry.tag)
-        key = (message.sender, message.message_id)  # the verified sender: signer.name
-        twin = self._by_digest.get(message.digest) or self._by_message_id.get(key)
-        if twin is not None:
-            self.aliases[entry.tag] = twin.message.digest
-            return False
         item = InboxItem(entry.tag, message, entry.signer, datetime.now(UTC))
         folder = self._folder(message.sender)
         suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
@@ -566,8 +450,6 @@ class InboxView:
         item.folder = folder.name
         folder.attach(name, item.node)
         self.items[entry.tag] = item
-        self._by_digest[message.digest] = item
-        self._by_message_id[key] = item
         return True
 
     def _folder(self, sender: str) -> InboxDir:
@@ -581,8 +463,6 @@ class InboxView:
 
     def _remove_item(self, tag: str) -> None:
         item = self.items.pop(tag)
-        self._by_digest.pop(item.message.digest, None)
-        self._by_message_id.pop((item.message.sender, item.message.message_id), None)
         folder = self._folders.get(item.folder)
         if folder is None or item.node is None:
             return
@@ -634,14 +514,8 @@ class InboxView:
         """SPEC 5 again at ``open()``, then the first chunk (``--whole-file``: all of them)."""
         if item.corrupt and item.error is not None:
             raise fuse_error(errno_for(item.error))
-        digest = item.message.digest
-
-        def verify(client: RegistryClient) -> VerifiedMessage:
-            receiver = self.engine.receiver(client)
-            return receiver.verify_message(receiver.fetch_message(digest))
-
         try:
-            verified = await self.engine.call(verify)
+            verified = await self.threads.run(self.inbox.verify, item.message.digest)
         except DockerCommsError as exc:
             self._failed(item, exc, None)  # its signature or sender did not verify now
             raise
@@ -686,10 +560,10 @@ class InboxView:
 
     # --- attributes -----------------------------------------------------------------
 
-    def xattrs_of(self, item: InboxItem) -> dict[str, bytes]:
+    async def xattrs_of(self, item: InboxItem) -> dict[str, bytes]:
         """``user.dockercomms.*`` of an inbox file."""
         message = item.message
-        answer = self.receipts.book.get(message.digest)
+        answer = await self.threads.run(self.inbox.answered, message.digest)
         if item.error is not None:
             state = "rejected"
         elif item.read_ok or answer is not None:
@@ -712,38 +586,19 @@ class InboxView:
             }
         )
 
-    def status_json(self) -> dict[str, Any]:
+    def statistics(self) -> InboxStatistics:
         """The inbox part of ``.status``."""
-        return {
-            "messages": len(self.items),
-            "rejected": len(self.rejected),
-            "poll_seconds": self.poll_seconds,
-            "last_poll": self.status.to_json(),
-            "open_errors": {
+        return InboxStatistics(
+            len(self.items),
+            len(self.rejected),
+            self.poll_seconds,
+            self.status.statistics(),
+            {
                 f"{item.folder}/{item.message.filename}": item.failure
                 for item in self.items.values()
                 if item.failure is not None
             },
-        }
-
-
-def _answerable(receiver: Receiver, checked: CheckedTag) -> VerifiedSigner | None:
-    """Worker thread: the signer to answer about a rejected tag, if it may be answered.
-
-    Only a message whose signature verifies, by a signer trusted as exactly its
-    claimed sender, failed on its own content; that is checked here again (one
-    more signature check, and only for failures after that step), never inferred.
-    """
-    error, message = checked.error, checked.message
-    if error is None or message is None or isinstance(error, UNANSWERED):
-        return None
-    if not is_rejection(error):
-        return None
-    try:
-        signer = receiver.verify_signature(message.digest)
-    except DockerCommsError:
-        return None
-    return signer if signer.name == message.sender else None
+        )
 
 
 def _rejection_text(tag: str, message: Message | None, why: str) -> str:
@@ -754,7 +609,7 @@ def _rejection_text(tag: str, message: Message | None, why: str) -> str:
             f"digest: {message.digest}",
             f"claimed sender: {shown(message.sender)}",
             f"claimed filename: {shown(message.filename)}",
-            f"created_at: {p.format_timestamp(message.created_at)}",
+            f"created_at: {protocol.format_timestamp(message.created_at)}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -28,7 +28,7 @@ Caveats first:
 
 Teardown order (the reverse of set-up): cancel the background jobs, close and
 unmount FUSE, wait for the jobs to end, stop (drain) and close the syncer, close
-the receipt book, close the registry clients.
+the inbox (its receipt store) and the registry clients.
 """
 
 from __future__ import annotations
@@ -42,43 +42,34 @@ import os
 import selectors
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
-from dockercomms.core import errors
+from dockercomms.core import errors, protocol
 from dockercomms.core.errors import ConfigError, DockerCommsError
-from dockercomms.core.gc import GarbageCollector
-from dockercomms.core.signing.keypair import key_hint, load_private_key
+from dockercomms.core.garbage import GarbageCollector
+from dockercomms.core.status import MountStatus
 from dockercomms.core.workspace import RegistryOptions, Workspace
 from dockercomms.fsmount import xattrs
-from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES, ChunkCache
+from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
 from dockercomms.fsmount.desktop import DesktopNotifier, EventWatcher
-from dockercomms.fsmount.engine import Engine
-from dockercomms.fsmount.inbox_view import InboxPoller, InboxView
-from dockercomms.fsmount.inodes import ROOT_INODE, InodeTable
+from dockercomms.fsmount.drop_folder import assemble
+from dockercomms.fsmount.inbox_view import InboxPoller
 from dockercomms.fsmount.mount_record import MountRecord
-from dockercomms.fsmount.operations import DropFolderOperations
-from dockercomms.fsmount.outbox import OutboxView, refusal_events
-from dockercomms.fsmount.receipt_book import ReceiptBook, ReceiptSender
+from dockercomms.fsmount.outbox import refusal_events
 from dockercomms.fsmount.sdnotify import (
     LiveStatus,
     SystemdNotifier,
     serve_under_systemd,
     when_answering,
 )
-from dockercomms.fsmount.sent_view import SentView
-from dockercomms.fsmount.status import MountRoot, StatusReport
-from dockercomms.fsmount.transfers import ChunkSource
-from dockercomms.fsmount.virtual import GeneratedFile
-from dockercomms.syncer.service import Syncer
+from dockercomms.syncer.syncer import Syncer
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +116,7 @@ class MountConfig:
 
 def refuse_second_mount(workspace: Workspace) -> None:
     """One mount per identity: say where the running one is, before anything is created."""
-    record = MountRecord.live(workspace.paths.state_dir)
+    record = MountRecord.live(workspace.paths.mount_record)
     if record is not None:
         raise ConfigError(
             f"{workspace.identity} is already mounted at {record.mountpoint} "
@@ -173,16 +164,6 @@ def _clear_dead_mount(mountpoint: Path) -> None:
         raise ConfigError(f"cannot clear the dead mount on {mountpoint}: {why}") from exc
 
 
-def _signer_identity(workspace: Workspace) -> str:
-    if workspace.settings.signing != "key":
-        return ""
-    try:
-        return key_hint(load_private_key(workspace.paths.key_file).public_key())
-    except (DockerCommsError, OSError) as exc:
-        log.warning("cannot read my key's fingerprint: %s", exc)
-        return ""
-
-
 # --- the trio lifetime --------------------------------------------------------------
 
 
@@ -227,13 +208,13 @@ async def serve(
     config: MountConfig,
     workspace: Workspace,
     *,
-    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    on_ready: Callable[[MountStatus], None] | None = None,
     live_status: LiveStatus | None = None,
 ) -> None:
     """Mount, serve until unmounted or signalled, and tear everything down in order.
 
-    ``on_ready`` gets the first ``.status`` document once the mount answers
-    through the kernel. ``live_status`` gets the in-process status document (for
+    ``on_ready`` gets the first ``.status`` tree once the mount answers
+    through the kernel. ``live_status`` gets the in-process status tree (for
     systemd). A start that fails before that removes the mount point folder if it
     created it.
     """
@@ -255,21 +236,20 @@ async def _serve(
     workspace: Workspace,
     mountpoint: Path,
     answered: trio.Event,
-    on_ready: Callable[[dict[str, Any]], None] | None,
+    on_ready: Callable[[MountStatus], None] | None,
     live_status: LiveStatus | None,
 ) -> None:
     paths = workspace.paths
-    state = paths.state_dir
     async with contextlib.AsyncExitStack() as stack:
-        engine = Engine(workspace, config.registry)
-        stack.callback(engine.close)
-        book = ReceiptBook(state / "fsmount.db")
-        stack.callback(book.close)
+        pool = workspace.clients(config.registry)
+        stack.callback(pool.close)
+        inbox = workspace.inbox(pool=pool)
+        stack.callback(inbox.close)
 
         syncer = Syncer(
             workspace,
             config.registry,
-            spool_dir=state / "spool",
+            spool_dir=paths.spool_dir,
             inbox_dir=None,
             default_recipient=config.default_recipient,
             poll_seconds=config.poll_seconds,
@@ -279,81 +259,51 @@ async def _serve(
         await trio.to_thread.run_sync(syncer.start)
         stack.callback(syncer.stop, config.drain_seconds)
 
-        cache = ChunkCache(paths.cache_dir / "chunks", config.cache_bytes)
         nursery = await stack.enter_async_context(trio.open_nursery())
-
-        table = InodeTable()
-        chunks = ChunkSource(engine, cache, nursery, whole_file=config.whole_file)
-        receipts = ReceiptSender(
-            engine,
-            book,
-            nursery,
-            enabled=config.receipts,
-            ttl_seconds=workspace.settings.ttl_seconds,
-        )
-        inbox = InboxView(table, engine, chunks, receipts, poll_seconds=config.poll_seconds)
-        outbox = OutboxView(
-            table,
-            syncer.spool_dir,
-            state / "fsmount" / "staging",
-            syncer.queue,
-            config.default_recipient,
-            syncer.watcher.refusals,
-        )
-        sent = SentView(
-            table,
-            syncer.queue,
-            engine,
-            chunks,
-            signer_identity=_signer_identity(workspace),
-            ttl_seconds=workspace.settings.ttl_seconds,
-        )
-        report = StatusReport(
-            mountpoint,
-            engine,
+        folder = assemble(
+            workspace,
             inbox,
-            syncer,
-            chunks,
-            cache,
-            receipts,
-            datetime.now(UTC),
-            syncer.watcher.refusals,
+            syncer.queue,
+            nursery,
+            mountpoint=mountpoint,
+            repository=str(workspace.repository(config.registry)),
+            default_recipient=config.default_recipient,
+            poll_seconds=config.poll_seconds,
+            cache_bytes=config.cache_bytes,
+            receipts=config.receipts,
+            whole_file=config.whole_file,
+            syncer=syncer,
+            refusals=syncer.watcher.refusals,
         )
         if live_status is not None:
-            live_status.publish(report.build)
-        root = MountRoot(table, report, inbox)
-        table.add(root, inode=ROOT_INODE)
-        root.attach("outbox", outbox.root)
-        root.attach("inbox", inbox.root)
-        root.attach("sent", sent.root)
-        root.attach(".status", GeneratedFile(".status", report.json_bytes, changing=True))
-
+            live_status.publish(folder.report.statistics)
         options = set(pyfuse3.default_options)
         options |= {"fsname=dockercomms", "subtype=dockercomms"}
         if config.fuse_debug:
             options.add("debug")
-        operations = DropFolderOperations(table, syncer.spool_dir)
-        pyfuse3.init(operations, str(mountpoint), options)
+        pyfuse3.init(folder.operations, str(mountpoint), options)
         stack.callback(pyfuse3.close, unmount=True)
         # Registered last so it runs first: no job may touch FUSE after close().
         stack.callback(nursery.cancel_scope.cancel)
-        table.notify_kernel = True
+        folder.table.notify_kernel = True
 
-        poller = InboxPoller(inbox, config.poll_seconds)
+        poller = InboxPoller(folder.inbox, config.poll_seconds)
         nursery.start_soon(poller.run)
         shutdown = ShutdownOnSignal(syncer, config.drain_seconds)
         nursery.start_soon(shutdown.run)
         events = EventWatcher(
             DesktopNotifier.from_environment(),
-            inbox,
+            folder.inbox,
             syncer.queue,
             refusals=lambda: refusal_events(syncer.watcher.refusals),
         )
         nursery.start_soon(events.run)
         collector = GarbageCollector(workspace, config.registry)
         nursery.start_soon(collect_garbage_periodically, collector)
-        stack.callback(MountRecord.remove_mine, state, os.getpid())
-        nursery.start_soon(_announce_when_answering, mountpoint, state, answered, on_ready)
+        stack.callback(MountRecord.remove_mine, paths.mount_record, os.getpid())
+        nursery.start_soon(
+            _announce_when_answering, mountpoint, paths.mount_record, answered, on_ready
+        )
         log.info(
             "mounted %s for %s (outbox default recipient: %s)",
             mountpoint,
@@ -366,19 +316,20 @@ async def _serve(
 
 async def _announce_when_answering(
     mountpoint: Path,
-    state: Path,
+    record: Path,
     answered: trio.Event,
-    on_ready: Callable[[dict[str, Any]], None] | None,
+    on_ready: Callable[[MountStatus], None] | None,
 ) -> None:
     """Background job: once the mount answers, record it and tell whoever waits."""
-    document = await when_answering(mountpoint)
+    status = await when_answering(mountpoint)
+    started = protocol.format_timestamp(status.started_at) if status.started_at else ""
     try:
-        MountRecord(mountpoint, os.getpid(), str(document.get("started_at", ""))).write(state)
+        MountRecord(mountpoint, os.getpid(), started).write(record)
     except OSError as exc:  # status and a second mount then only know less
-        log.warning("cannot record the mount in %s: %s", state, exc)
+        log.warning("cannot record the mount in %s: %s", record, exc)
     answered.set()
     if on_ready is not None:
-        on_ready(document)
+        on_ready(status)
 
 
 GC_FIRST_SECONDS = 60.0
@@ -386,7 +337,7 @@ GC_EVERY_SECONDS = 3600.0
 
 
 async def collect_garbage_periodically(collector: GarbageCollector) -> None:
-    """Background job: delete my expired messages now and then (``core/gc.py``)."""
+    """Background job: delete my expired messages now and then (``core/garbage.py``)."""
     await trio.sleep(GC_FIRST_SECONDS)
     while True:
         try:
@@ -464,9 +415,9 @@ class StartReport:
         if fd is not None:
             os.set_inheritable(fd, False)  # fusermount3 and friends must not keep it open
 
-    def ready(self, document: dict[str, Any]) -> None:
+    def ready(self, status: MountStatus) -> None:
         """The mount answers."""
-        self._send({"ready": True, "pid": os.getpid(), "mountpoint": document.get("mountpoint")})
+        self._send({"ready": True, "pid": os.getpid(), "mountpoint": status.mountpoint})
 
     def failed(self, error: BaseException) -> None:
         """The start failed (nothing is sent once ``ready`` was)."""
@@ -634,26 +585,3 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return fields[0] != "Z"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m dockercomms.fsmount``: the mount commands without the full CLI."""
-    from dockercomms.cli.mount_cmd import standalone_parser
-
-    parser = standalone_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    try:
-        code: int = args.func(args)
-    except DockerCommsError as exc:
-        print(f"dockercomms: error: {exc.diagnostics()}", file=sys.stderr)
-        return exc.exit_code
-    return code

@@ -1,4 +1,4 @@
-"""Where an identity is mounted: ``state_dir/mount.json``, written by the running mount.
+"""Where an identity is mounted: ``Paths.mount_record``, written by the running mount.
 
 Caveats first:
 
@@ -29,7 +29,6 @@ from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.trust import write_atomic
 from dockercomms.core.untrusted import parse_json_object
 
-RECORD_NAME = "mount.json"
 _MAX_RECORD_BYTES = 64 * 1024
 
 
@@ -47,17 +46,12 @@ class MountRecord:
     pid: int
     started_at: str
 
-    @staticmethod
-    def path(state_dir: Path) -> Path:
-        """The record's file."""
-        return state_dir / RECORD_NAME
-
     @classmethod
-    def read(cls, state_dir: Path) -> MountRecord | None:
-        """The record, or None when there is none (or it is unreadable)."""
+    def read(cls, path: Path) -> MountRecord | None:
+        """The record in ``path`` (``Paths.mount_record``), or None (none, or unreadable)."""
         try:
-            raw = cls.path(state_dir).read_bytes()
-            doc = parse_json_object(raw, RECORD_NAME, max_bytes=_MAX_RECORD_BYTES)
+            raw = path.read_bytes()
+            doc = parse_json_object(raw, path.name, max_bytes=_MAX_RECORD_BYTES)
             pid = doc["pid"]
             if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
                 return None
@@ -66,9 +60,9 @@ class MountRecord:
             return None
 
     @classmethod
-    def live(cls, state_dir: Path) -> MountRecord | None:
+    def live(cls, path: Path) -> MountRecord | None:
         """The record, if its daemon still runs."""
-        record = cls.read(state_dir)
+        record = cls.read(path)
         return record if record is not None and record.running() else None
 
     def running(self) -> bool:
@@ -81,15 +75,15 @@ class MountRecord:
         ours = b"mount" in argv and any(b"dockercomms" in word for word in argv)
         return stat_fields[0] != "Z" and ours
 
-    def write(self, state_dir: Path) -> None:
-        """Replace the record atomically (0600)."""
+    def write(self, path: Path) -> None:
+        """Replace the record in ``path`` atomically (0600)."""
         doc = {"mountpoint": str(self.mountpoint), "pid": self.pid, "started_at": self.started_at}
-        write_atomic(self.path(state_dir), json.dumps(doc).encode() + b"\n", mode=0o600)
+        write_atomic(path, json.dumps(doc).encode() + b"\n", mode=0o600)
 
     @classmethod
-    def remove_mine(cls, state_dir: Path, pid: int) -> None:
+    def remove_mine(cls, path: Path, pid: int) -> None:
         """Remove the record if ``pid`` wrote it (a newer mount may have replaced it)."""
-        record = cls.read(state_dir)
+        record = cls.read(path)
         if record is not None and record.pid == pid:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(cls.path(state_dir))
+                os.unlink(path)

@@ -2,9 +2,11 @@
 
 Caveats first:
 
-* This is the only place where errors become ``FUSEError``: ``OSError`` keeps its
-  errno, ``DockerCommsError`` goes through :mod:`.errno_map`, and anything else is
-  a bug, logged with its traceback and answered with ``EIO`` (an escaping
+* Nothing but ``FUSEError`` leaves a handler (:func:`boundary`). Nodes raise
+  ``FUSEError`` themselves for what they refuse (``inodes.fuse_error``: ``EROFS``,
+  ``EPERM``...); everything else becomes one here: ``OSError`` keeps its errno,
+  ``DockerCommsError`` goes through :mod:`.errno_map`, and anything else is a
+  bug, logged with its traceback and answered with ``EIO`` (an escaping
   exception would stop pyfuse3's main loop and with it the mount).
 * Lookup counts are exact: ``lookup``, ``create``, ``mkdir`` and each entry
   ``readdir_reply`` accepts count one; ``forget`` gives them back

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
+from dockercomms.core.outbox import Route, is_temporary_name, route
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount.desktop import Event
 from dockercomms.fsmount.inodes import (
@@ -56,7 +57,7 @@ from dockercomms.fsmount.inodes import (
     Node,
     fuse_error,
 )
-from dockercomms.syncer.watcher import Refusals, is_temporary_name
+from dockercomms.syncer.watcher import Refusals
 
 if TYPE_CHECKING:
     from dockercomms.syncer.queue import PushQueue
@@ -119,16 +120,10 @@ class OutboxView:
         """The spool path of ``rel``."""
         return self.spool / rel
 
-    def route(self, rel: PurePosixPath) -> tuple[str, str] | None:
-        """(recipient, filename) the watcher will use for ``rel``; None if never sent."""
-        parts = rel.parts
-        if not parts or any(is_temporary_name(part) for part in parts):
-            return None
-        if len(parts) == 1:
-            if self.default_recipient is None:
-                return None
-            return self.default_recipient, parts[0]
-        return parts[0], parts[-1]
+    def route(self, rel: PurePosixPath) -> Route | None:
+        """Where the watcher will send ``rel``; None if never (``core.outbox.route``)."""
+        where = route(rel, self.default_recipient)
+        return where if where is not None and where.recipient is not None else None
 
     def check_file_name(self, parent: PurePosixPath, name: str) -> None:
         """Refuse a sendable file name directly in ``outbox/`` when nobody would get it."""
@@ -195,10 +190,10 @@ class OutboxView:
 
     async def send_snapshot(self, node: OutboxFile, fd: int) -> None:
         """Queue a copy of the open file now (``fsync`` of a sendable file)."""
-        route = self.route(node.rel)
-        if route is None or self.queue is None:
+        where = self.route(node.rel)
+        if where is None or where.recipient is None or self.queue is None:
             return
-        recipient, filename = route
+        recipient, filename = where.recipient, where.filename
         queue = self.queue
         target = self.staging / f"{uuid.uuid4().hex}.snapshot"
 

@@ -20,11 +20,11 @@ Caveats first:
   process means the watchdog is not ours and no pings are sent.
 * Sends never block: a notify socket whose queue is full (nobody reading)
   drops the message rather than stall the event loop that serves FUSE.
-* ``STATUS=`` is a one-line summary of the same ``.status`` document (queue
-  length, last inbox poll), built in process (:class:`LiveStatus`), not read
-  through the mount; it is refreshed with each ping, or every
-  :data:`STATUS_SECONDS` without a watchdog. A status that cannot be built in time
-  is skipped: the ping never waits for it.
+* ``STATUS=`` is a one-line summary of the same status tree as ``.status``
+  (``core.status.status_line``: queue length, last inbox poll), built in process
+  (:class:`LiveStatus`), not read through the mount; it is refreshed with each
+  ping, or every :data:`STATUS_SECONDS` without a watchdog. A status that cannot
+  be built in time is skipped: the ping never waits for it.
 * Under the journal (``$JOURNAL_STREAM`` naming our stderr) log lines carry no
   timestamp, since journald adds its own, and start with a ``<N>`` syslog priority,
   so ``journalctl -p warning`` works.
@@ -50,11 +50,12 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import trio
 
 from dockercomms.core.errors import DockerCommsError
+from dockercomms.core.status import MountStatus, from_json, status_line
 from dockercomms.core.untrusted import parse_json_object
 from dockercomms.fsmount.mount_table import is_dockercomms_mount
 
@@ -195,13 +196,14 @@ async def _call(source: StatusSource) -> str:
     return result
 
 
-async def read_mount_status(mountpoint: Path) -> dict[str, Any]:
-    """The mount's ``.status`` document, read through the kernel by a child process.
+async def read_mount_status(mountpoint: Path) -> MountStatus:
+    """The mount's ``.status`` tree, read through the kernel by a child process.
 
     Raises ``OSError`` while ``mountpoint`` is not a dockercomms mount yet (looked
     up in ``mountinfo``, which does not touch the mount), so a stray ``.status``
     file in the folder underneath never passes for an answer; ``ValueError`` for
-    a document that is not bounded JSON. See the module notes for why a child.
+    a document that is not bounded JSON of the status tree's shape. See the
+    module notes for why a child.
     """
     if not is_dockercomms_mount(mountpoint):
         raise FileNotFoundError(f"{mountpoint} is not mounted")
@@ -215,13 +217,14 @@ async def read_mount_status(mountpoint: Path) -> dict[str, Any]:
     if result.returncode != 0:
         raise OSError(f"reading {mountpoint / STATUS_FILE} failed: {result.stderr[:200]!r}")
     try:
-        return parse_json_object(result.stdout, ".status", max_bytes=MAX_STATUS_BYTES)
+        document = parse_json_object(result.stdout, ".status", max_bytes=MAX_STATUS_BYTES)
     except DockerCommsError as exc:
         raise ValueError(str(exc)) from exc
+    return from_json(MountStatus, document)  # StatusFormatError is a ValueError
 
 
-async def when_answering(mountpoint: Path) -> dict[str, Any]:
-    """The first ``.status`` document ``mountpoint`` answers with, read through the kernel.
+async def when_answering(mountpoint: Path) -> MountStatus:
+    """The first ``.status`` tree ``mountpoint`` answers with, read through the kernel.
 
     The proof that the mount is up: a request went through FUSE and came back.
     """
@@ -234,63 +237,30 @@ async def when_answering(mountpoint: Path) -> dict[str, Any]:
 
 async def ready_when_answering(notifier: SystemdNotifier, mountpoint: Path) -> None:
     """Send ``READY=1`` (with a first ``STATUS=``) once ``.status`` can be read."""
-    document = await when_answering(mountpoint)
-    notifier.ready(status_line(document))
+    status = await when_answering(mountpoint)
+    notifier.ready(status_line(status))
     log.info("mount answers; told systemd it is ready")
 
 
 class LiveStatus:
-    """The running mount's status document, as ``STATUS=`` text; built in process.
+    """The running mount's status tree, as ``STATUS=`` text; built in process.
 
-    The mount publishes how to build its document once it has one; until then
-    the line says ``starting``.
+    The mount publishes how to build its tree once it has one; until then the
+    line says ``starting``.
     """
 
     def __init__(self) -> None:
-        self._build: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        self._build: Callable[[], Awaitable[MountStatus]] | None = None
 
-    def publish(self, build: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        """From now on, ``build()`` makes the document."""
+    def publish(self, build: Callable[[], Awaitable[MountStatus]]) -> None:
+        """From now on, ``build()`` makes the tree."""
         self._build = build
 
     async def line(self) -> str:
-        """``STATUS=`` text for the document as it is now."""
+        """``STATUS=`` text for the tree as it is now."""
         if self._build is None:
             return "starting"
         return status_line(await self._build())
-
-
-def status_line(document: Mapping[str, Any]) -> str:
-    """One line from a ``.status`` document: queue length, upload, last poll, first error.
-
-    Example: ``2 to send, 14 sent; uploading report.pdf 41%; inbox 3, polled 09:00:05Z``.
-    """
-    parts: list[str] = []
-    outbox = document.get("outbox") or {}
-    counts = (outbox.get("queue") or {}).get("counts") or {}
-    if counts:
-        waiting = int(counts.get("queued", 0)) + int(counts.get("uploading", 0))
-        text = f"{waiting} to send, {counts.get('sent', 0)} sent"
-        if counts.get("failed"):
-            text += f", {counts['failed']} failed"
-        parts.append(text)
-    in_flight = outbox.get("in_flight")
-    if in_flight:
-        percent = float(in_flight.get("percent") or 0)
-        parts.append(f"uploading {in_flight.get('filename')} {percent:.0f}%")
-    inbox = document.get("inbox") or {}
-    last_poll = inbox.get("last_poll") or {}
-    if inbox:
-        text = f"inbox {inbox.get('messages', 0)}"
-        if inbox.get("rejected"):
-            text += f" ({inbox['rejected']} rejected)"
-        at = last_poll.get("at")
-        text += f", polled {at[11:] if isinstance(at, str) else 'not yet'}"
-        parts.append(text)
-    errors = document.get("errors") or []
-    if errors:
-        parts.append(f"error: {errors[0]}")
-    return "; ".join(parts) or "running"
 
 
 async def serve_under_systemd(

@@ -9,7 +9,8 @@ Caveats first:
   signature verifies and whose signer is the recipient.
 * Reading a file serves the queue's own copy while it has one (queued, uploading,
   failed). Once sent, the queue drops its copy and the file is read back from the
-  registry like an inbox file: verified at ``open()``, chunk by chunk.
+  registry like an inbox file (through ``core``'s ``Inbox``): verified at
+  ``open()``, chunk by chunk.
 * ``rm sent/<recipient>/FILE`` cancels a queued or failed item (its bytes are
   dropped); an item being uploaded is ``EBUSY`` and a sent one ``EPERM``: what is
   sent cannot be unsent. Everything else is read-only (``EROFS``).
@@ -36,12 +37,11 @@ from typing import Any
 
 import trio
 
+from dockercomms.core.inbox import Inbox, Message
 from dockercomms.core.log_once import LogOnce
-from dockercomms.core.manifest import Message
-from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.status import QueueStatistics, to_json
 from dockercomms.core.untrusted import shown
 from dockercomms.fsmount import xattrs
-from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inodes import (
     DYNAMIC_TIMEOUT,
     Attributes,
@@ -54,6 +54,7 @@ from dockercomms.fsmount.inodes import (
 from dockercomms.fsmount.names import folder_name, free_name
 from dockercomms.fsmount.transfers import ChunkSource
 from dockercomms.fsmount.virtual import GeneratedFile, wants_write
+from dockercomms.fsmount.worker_threads import WorkerThreads
 from dockercomms.syncer.queue import ItemState, PushQueue, QueueItem
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,8 @@ class SentView:
         self,
         table: InodeTable,
         queue: PushQueue,
-        engine: Engine,
+        inbox: Inbox,
+        threads: WorkerThreads,
         chunks: ChunkSource,
         *,
         signer_identity: str,
@@ -165,7 +167,8 @@ class SentView:
     ) -> None:
         self.table = table
         self.queue = queue
-        self.engine = engine
+        self.inbox = inbox
+        self.threads = threads
         self.chunks = chunks
         self.signer_identity = signer_identity
         self.ttl_seconds = ttl_seconds
@@ -270,14 +273,8 @@ class SentView:
                 raise fuse_error(errno.EIO) from None
         else:
             return LocalHandle(fd)
-        digest = item.digest
-
-        def verify(client: RegistryClient) -> Message:
-            receiver = self.engine.receiver(client)
-            message = receiver.fetch_message(digest, check_recipient=False)
-            return receiver.verify_message(message).message
-
-        message = await self.engine.call(verify)
+        verified = await self.threads.run(self.inbox.verify, item.digest, to_me=False)
+        message = verified.message
         if message.total_bytes:
             await self.chunks.warm(message, 0)
         return RemoteHandle(self.chunks, message)
@@ -286,7 +283,7 @@ class SentView:
         """``user.dockercomms.*`` of a sent file."""
         return xattrs.encode(
             {
-                "sender": self.engine.me,
+                "sender": self.inbox.me,
                 "recipient": item.recipient,
                 "digest": item.digest,
                 "verified": "true" if item.receipt else None,
@@ -302,12 +299,12 @@ class SentView:
     async def _status_bytes(self) -> bytes:
         await self.refresh()
         statistics = await trio.to_thread.run_sync(self.queue.statistics)
-        return (json.dumps(self.status_json(statistics.to_json()), indent=2) + "\n").encode()
+        return (json.dumps(self._status_document(statistics), indent=2) + "\n").encode()
 
-    def status_json(self, statistics: dict[str, Any]) -> dict[str, Any]:
+    def _status_document(self, statistics: QueueStatistics) -> dict[str, Any]:
         """``sent/.status.json``: every item with its path, plus queue statistics."""
         return {
-            "statistics": statistics,
+            "statistics": to_json(statistics),
             "items": [
                 _item_json(node.entry.item)
                 | {"path": f"sent/{node.entry.folder}/{node.entry.name}"}

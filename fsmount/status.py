@@ -1,13 +1,13 @@
-"""``.status`` and the root's control attributes: the mount answers "is it working?".
+"""``.status``: the mount answers "is it working?", from every part's typed statistics.
 
 Caveats first:
 
 * The same JSON document is the file ``.status`` and the root's
   ``user.dockercomms.status`` attribute (s3ql-style control through the mount:
-  ``dockercomms umount`` reads the daemon's PID from it, no socket needed).
-* ``setfattr -n user.dockercomms.refresh MOUNTPOINT`` polls the inbox now and
-  returns when that poll is done; any other attribute on the root is ``ENOTSUP``.
-* The outbox part is the syncer's own ``status()`` (queue, upload in flight with
+  ``dockercomms umount`` reads the daemon's PID from it, no socket needed), and
+  the sd_notify ``STATUS=`` line is made from the same tree
+  (``core.status.status_line``).
+* The outbox part is the syncer's own statistics (queue, upload in flight with
   progress, watcher, registry reachability); downloads in flight are ours.
 * ``refusals`` lists the latest drops into ``outbox/`` that were refused, and why
   (names escaped); ``state_dir`` says whose mount this is, so ``dockercomms
@@ -16,34 +16,38 @@ Caveats first:
 
 from __future__ import annotations
 
-import errno
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from dockercomms.core import protocol as p
-from dockercomms.fsmount import xattrs
+from dockercomms.core.status import MountStatus, SyncerStatistics, to_json
 from dockercomms.fsmount.chunk_cache import ChunkCache
-from dockercomms.fsmount.engine import Engine
 from dockercomms.fsmount.inbox_view import InboxView
-from dockercomms.fsmount.inodes import Directory, InodeTable, fuse_error
-from dockercomms.fsmount.receipt_book import ReceiptSender
+from dockercomms.fsmount.receipt_sender import ReceiptSender
 from dockercomms.fsmount.transfers import ChunkSource
-from dockercomms.syncer.service import Syncer
+from dockercomms.syncer.syncer import Syncer
 from dockercomms.syncer.watcher import Refusals
 
 
 @dataclass
 class StatusReport:
-    """Builds the status document from every part of the mount."""
+    """Builds the status tree from every part of the mount.
+
+    Attributes:
+        identity: whose mount it is.
+        state_dir: that identity's state folder (``status`` matches by it).
+        repository: the repository it serves, as text.
+    """
 
     mountpoint: Path
-    engine: Engine
+    identity: str
+    state_dir: Path
+    repository: str
     inbox: InboxView
     syncer: Syncer | None
     chunks: ChunkSource
@@ -52,61 +56,36 @@ class StatusReport:
     started_at: datetime
     refusals: Refusals | None = None
 
-    async def build(self) -> dict[str, Any]:
-        """The whole document."""
-        outbox: dict[str, Any] | None = None
+    async def statistics(self) -> MountStatus:
+        """The whole tree, as it is now."""
+        outbox: SyncerStatistics | None = None
         if self.syncer is not None:
-            outbox = await trio.to_thread.run_sync(self.syncer.status)
-        uploads = (
-            [outbox["in_flight"] | {"direction": "upload"}]
-            if outbox and outbox.get("in_flight")
-            else []
-        )
+            outbox = await trio.to_thread.run_sync(self.syncer.statistics)
+        uploads = [outbox.in_flight] if outbox is not None and outbox.in_flight else []
+        inbox = self.inbox.statistics()
         errors: list[str] = []
-        if self.inbox.status.error:
-            errors.append(f"inbox: {self.inbox.status.error}")
-        errors += [f"outbox: {e}" for e in (outbox or {}).get("errors", [])]
-        return {
-            "mountpoint": str(self.mountpoint),
-            "pid": os.getpid(),
-            "identity": self.engine.me,
-            "state_dir": str(self.engine.workspace.paths.state_dir.absolute()),
-            "repository": str(self.engine.workspace.repository(self.engine.options)),
-            "started_at": p.format_timestamp(self.started_at),
-            "now": p.format_timestamp(datetime.now(UTC)),
-            "inbox": self.inbox.status_json(),
-            "outbox": outbox,
-            "transfers": uploads + self.chunks.status(),
-            "cache": self.cache.statistics().to_json(),
-            "receipts": {
-                "enabled": self.receipts.enabled,
-                "answered": len(self.receipts.book),
-                "failed": self.receipts.failures,
-            },
-            "errors": errors,
-            "refusals": [
-                r.to_json() | {"path": f"outbox/{r.path}"}
-                for r in (self.refusals.recent() if self.refusals is not None else [])
-            ],
-        }
+        if inbox.last_poll.error:
+            errors.append(f"inbox: {inbox.last_poll.error}")
+        errors += [f"outbox: {e}" for e in (outbox.errors if outbox is not None else [])]
+        answered = await trio.to_thread.run_sync(self.receipts.inbox.answer_count)
+        refused = self.refusals.recent() if self.refusals is not None else []
+        return MountStatus(
+            mountpoint=str(self.mountpoint),
+            pid=os.getpid(),
+            identity=self.identity,
+            state_dir=str(self.state_dir.absolute()),
+            repository=self.repository,
+            started_at=self.started_at,
+            now=datetime.now(UTC),
+            inbox=inbox,
+            outbox=outbox,
+            transfers=[*uploads, *self.chunks.statistics()],
+            cache=self.cache.statistics(),
+            receipts=self.receipts.statistics(answered),
+            errors=errors,
+            refusals=[dataclasses.replace(r, path=f"outbox/{r.path}") for r in refused],
+        )
 
     async def json_bytes(self) -> bytes:
-        """The document as pretty JSON."""
-        return (json.dumps(await self.build(), indent=2) + "\n").encode()
-
-
-class MountRoot(Directory):
-    """The mount's root: ``outbox/``, ``inbox/``, ``sent/``, ``.status``; fixed entries."""
-
-    def __init__(self, table: InodeTable, report: StatusReport, inbox: InboxView) -> None:
-        super().__init__("", table, 0o755)
-        self.report = report
-        self.inbox = inbox
-
-    async def xattrs(self) -> dict[str, bytes]:
-        return {xattrs.STATUS: await self.report.json_bytes()}
-
-    async def setxattr(self, name: str, value: bytes) -> None:
-        if name != xattrs.REFRESH:
-            raise fuse_error(errno.ENOTSUP)
-        await self.inbox.refresh()
+        """The tree as pretty JSON (``.status``)."""
+        return (json.dumps(to_json(await self.statistics()), indent=2) + "\n").encode()

@@ -4,7 +4,7 @@ Caveats first:
 
 * A ``read()`` returns nothing until *every* chunk it touches is in the cache,
   i.e. was downloaded by its layer digest, hash-checked, and extracted by
-  ``Receiver.fetch_chunk``; then each block it serves is re-hashed by the cache.
+  ``Inbox.fetch_chunk``; then each block it serves is re-hashed by the cache.
   On any failure the read fails and returns zero bytes.
 * Chunks are fetched lazily, one at a time per chunk: concurrent reads of the
   same chunk wait for one download. After a read of chunk *i* the next two chunks
@@ -32,16 +32,14 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
 from dockercomms.core.errors import ChunkError, RegistryUnavailableError
-from dockercomms.core.manifest import Message
-from dockercomms.core.receive import BufferPool
-from dockercomms.core.registry.client import RegistryClient
+from dockercomms.core.inbox import Inbox, Message
+from dockercomms.core.status import Download
 from dockercomms.fsmount.chunk_cache import CacheCorruptError, ChunkCache, ChunkKey
-from dockercomms.fsmount.engine import Engine
+from dockercomms.fsmount.worker_threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +47,8 @@ BUFFER_IDLE_SECONDS = 5.0
 
 
 @dataclass
-class Download:
-    """A chunk being fetched, for ``.status``.
-
-    Attributes:
-        bytes_done: compressed bytes received so far (updated from the worker thread).
-        bytes_total: compressed size of the layer.
-    """
+class _Download:
+    """A chunk being fetched (``bytes_done`` is updated from the worker thread)."""
 
     filename: str
     digest: str
@@ -64,20 +57,19 @@ class Download:
     bytes_done: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
+    def statistics(self) -> Download:
+        """Where it is now."""
         # A download that broke off is retried from the start and counts again.
         done = min(self.bytes_done, self.bytes_total)
-        return {
-            "direction": "download",
-            "filename": self.filename,
-            "message": self.digest,
-            "chunk": self.chunk,
-            "bytes_done": done,
-            "bytes_total": self.bytes_total,
-            "percent": round(100 * done / self.bytes_total, 1) if self.bytes_total else 100.0,
-            "seconds": round(time.monotonic() - self.started, 1),
-        }
+        return Download(
+            self.filename,
+            self.digest,
+            self.chunk,
+            done,
+            self.bytes_total,
+            round(100 * done / self.bytes_total, 1) if self.bytes_total else 100.0,
+            round(time.monotonic() - self.started, 1),
+        )
 
 
 @dataclass
@@ -130,23 +122,24 @@ class ChunkSource:
 
     def __init__(
         self,
-        engine: Engine,
+        inbox: Inbox,
+        threads: WorkerThreads,
         cache: ChunkCache,
         nursery: trio.Nursery,
         *,
         prefetch: int = 2,
         whole_file: bool = False,
     ) -> None:
-        self.engine = engine
+        self.inbox = inbox
+        self.threads = threads
         self.cache = cache
         self.prefetch = prefetch
         self.whole_file = whole_file
-        self.downloads: dict[ChunkKey, Download] = {}
+        self.downloads: dict[ChunkKey, _Download] = {}
         self._nursery = nursery
         self._fetches: dict[ChunkKey, _Fetch] = {}
-        # Spool buffers reused while chunks stream in (fresh memory costs page
-        # faults); let go after BUFFER_IDLE_SECONDS without a fetch.
-        self._buffers = BufferPool(keep=prefetch)
+        # The inbox reuses spool buffers while chunks stream in (fresh memory costs
+        # page faults); they are let go after BUFFER_IDLE_SECONDS without a fetch.
         self._fetches_started = 0
 
     async def read(self, message: Message, offset: int, size: int) -> bytes:
@@ -272,30 +265,23 @@ class ChunkSource:
         self._fetches[key] = fetch
         self._fetches_started += 1
         layer = message.chunks[index]
-        download = Download(message.filename, message.digest, index, layer.size)
+        download = _Download(message.filename, message.digest, index, layer.size)
         self.downloads[key] = download
 
         def progress(n: int) -> None:
             download.bytes_done += n
 
-        def work(client: RegistryClient) -> None:
+        def work() -> None:
             writer = self.cache.writer()
             try:
-                receiver = self.engine.receiver(client)
-                receiver.fetch_chunk(
-                    message,
-                    index,
-                    writer,
-                    on_progress=progress,
-                    buffers=self._buffers,
-                )
+                self.inbox.fetch_chunk(message, index, writer, on_progress=progress)
                 self.cache.commit(key, writer, pin=pin)
             except BaseException:
                 writer.discard()
                 raise
 
         try:
-            await self.engine.call(work)
+            await self.threads.run(work)
         except trio.Cancelled:
             # Only at shutdown (the thread is abandoned and may still commit, and pin,
             # its chunk: that pin ends with the process). Waiters live in other
@@ -318,7 +304,7 @@ class ChunkSource:
         started = self._fetches_started
         await trio.sleep(BUFFER_IDLE_SECONDS)
         if not self._fetches and self._fetches_started == started:
-            self._buffers.clear()
+            self.inbox.release_buffers()
 
     def _start_prefetch(self, message: Message, index: int) -> None:
         if self.prefetch <= 0:
@@ -337,6 +323,6 @@ class ChunkSource:
         except Exception as exc:
             log.info("prefetch of chunk %d of %s failed: %s", index, message.filename, exc)
 
-    def status(self) -> list[dict[str, Any]]:
+    def statistics(self) -> list[Download]:
         """Downloads in flight."""
-        return [d.to_json() for d in self.downloads.values()]
+        return [d.statistics() for d in self.downloads.values()]

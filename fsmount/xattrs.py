@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 
 PREFIX = "user.dockercomms."
 
@@ -42,7 +42,7 @@ FILE_KEYS = (
 
 def timestamp(moment: datetime | None) -> str | None:
     """RFC 3339 UTC, as in the manifests."""
-    return p.format_timestamp(moment) if moment is not None else None
+    return protocol.format_timestamp(moment) if moment is not None else None
 
 
 def encode(values: dict[str, str | None]) -> dict[str, bytes]:

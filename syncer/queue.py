@@ -64,9 +64,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from dockercomms.core import protocol as p
+from dockercomms.core import protocol
 from dockercomms.core.config import DEFAULT_CHUNK_BYTES
-from dockercomms.core.manifest import Descriptor
+from dockercomms.core.outbox import Descriptor
+from dockercomms.core.paths import Paths
+from dockercomms.core.status import InterruptedUpload, QueueStatistics
 
 log = logging.getLogger(__name__)
 
@@ -195,36 +197,7 @@ class SendOptions:
 
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     compression: str = "zstd"
-    ttl_seconds: int = p.DEFAULT_TTL_SECONDS
-
-
-@dataclass(frozen=True)
-class QueueStatistics:
-    """A snapshot of the queue, as ``status`` shows it.
-
-    Attributes:
-        counts: items per state (every state present, zero included).
-        bytes_queued: bytes still to send (queued + uploading).
-        oldest_queued: enqueue time of the oldest item not yet sent.
-        last_error: the most recent error of an item that is not sent.
-        last_error_at: when that error was recorded.
-    """
-
-    counts: dict[ItemState, int]
-    bytes_queued: int
-    oldest_queued: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "counts": {str(k): v for k, v in self.counts.items()},
-            "bytes_queued": self.bytes_queued,
-            "oldest_queued": _rfc3339(self.oldest_queued),
-            "last_error": self.last_error,
-            "last_error_at": _rfc3339(self.last_error_at),
-        }
+    ttl_seconds: int = protocol.DEFAULT_TTL_SECONDS
 
 
 class RefusedFile(ValueError):
@@ -423,8 +396,8 @@ class PushQueue:
                     filename or path.name,
                     source.st_size,
                     _INTAKE,
-                    p.new_message_id(),
-                    p.new_message_id(),
+                    protocol.new_message_id(),
+                    protocol.new_message_id(),
                     _ts(now.replace(microsecond=0)),
                     _ts(now),
                     _ts(now),
@@ -742,11 +715,11 @@ class PushQueue:
     def statistics(self) -> QueueStatistics:
         """Counts per state, bytes left to send, oldest waiting item, last error."""
         with self._lock:
-            counts = dict.fromkeys(ItemState, 0)
+            counts = dict.fromkeys(map(str, ItemState), 0)
             for state, count in self._conn.execute(
                 "SELECT state, COUNT(*) FROM items WHERE state != ? GROUP BY state", (_INTAKE,)
             ):
-                counts[ItemState(state)] = count
+                counts[str(ItemState(state))] = count
             pending, oldest = self._conn.execute(
                 "SELECT COALESCE(SUM(size), 0), MIN(enqueued_at) FROM items WHERE state IN (?, ?)",
                 (ItemState.QUEUED, ItemState.UPLOADING),
@@ -915,4 +888,29 @@ def _parse(text: str) -> datetime:
 
 
 def _rfc3339(moment: datetime | None) -> str | None:
-    return p.format_timestamp(moment) if moment is not None else None
+    return protocol.format_timestamp(moment) if moment is not None else None
+
+
+def queue_at_rest(
+    paths: Paths, *, held: bool
+) -> tuple[QueueStatistics | None, list[InterruptedUpload]]:
+    """The queue as its files say, for ``status`` with no mount to ask; None if never used.
+
+    ``held``: a process holds the queue (its uploads are under way, not
+    interrupted). Opening the queue this way changes nothing in it.
+    """
+    if not paths.queue_db.exists():
+        return None, []
+    with PushQueue(paths.queue_db, paths.queue_dir) as queue:
+        statistics = queue.statistics()
+        uploads = [
+            InterruptedUpload(
+                item.filename,
+                item.recipient,
+                item.size,
+                len(queue.known_chunks(item.id)),
+                "uploading" if held else "interrupted (resumes at next start)",
+            )
+            for item in queue.items([ItemState.UPLOADING])
+        ]
+    return statistics, uploads

@@ -11,10 +11,11 @@ Caveats first:
 * Events only speed things up. A full scan at start picks up files left from
   before a crash, and a rescan every ``rescan_seconds`` catches anything an
   overflowing inotify queue dropped.
-* ``outbox/<recipient>/.../FILE`` goes to ``recipient`` under FILE's own name;
-  a file directly in the outbox goes to the default recipient. Without one it
-  stays where it is and is reported (``statistics().unroutable``), not sent.
-* Editor and download temp files (:func:`is_temporary_name`) and anything in a
+* Where a file goes is ``core.outbox.route``'s one rule (the mount's ``outbox/``
+  asks it too): ``outbox/<recipient>/.../FILE`` goes to ``recipient`` under FILE's
+  own name; a file directly in the outbox goes to the default recipient. Without
+  one it stays where it is and is reported (``statistics().unroutable``), not sent.
+* Editor and download temp files (``is_temporary_name``) and anything in a
   hidden folder are never sent; they are still there when the writer renames
   them to their final name, which is what gets queued.
 * A settled file is opened once, without following links, and everything after
@@ -33,7 +34,6 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import stat
 import threading
 import time
@@ -46,7 +46,8 @@ from typing import Any
 from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from dockercomms.core import protocol as p
+from dockercomms.core.outbox import is_temporary_name, route
+from dockercomms.core.status import Refusal, WatcherStatistics
 from dockercomms.core.untrusted import shown
 from dockercomms.syncer.queue import PushQueue, QueueItem, RefusedFile, SourceFile
 
@@ -67,57 +68,8 @@ class _StopRaceFilter(logging.Filter):
 
 logging.getLogger("watchdog.observers.inotify").addFilter(_StopRaceFilter())
 
-_TEMP_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp", ".swx")
-# Vim swap files run .swp, .swo, .swn ... down to .swa as earlier ones exist.
-_VIM_SWAP = re.compile(r"\.sw[a-p]$", re.IGNORECASE)
-
-
-def is_temporary_name(name: str) -> bool:
-    """True for names that are work in progress, never a file someone meant to send.
-
-    Dotfiles (``.x.swp``, ``.#lock``, ``.~lock.x#``), backups ending in ``~``,
-    Emacs ``#autosave#``, Office ``~$lock`` files, vim swap files and partial
-    downloads (``.part``, ``.crdownload``, ``.tmp``...).
-    """
-    if not name or name.startswith((".", "~$")) or name.endswith("~"):
-        return True
-    if name.startswith("#") and name.endswith("#"):
-        return True
-    lowered = name.lower()
-    return lowered.endswith(_TEMP_SUFFIXES) or bool(_VIM_SWAP.search(lowered))
-
-
 #: Refusals kept for ``status`` and notifications (older ones are only in the log).
 REFUSALS_KEPT = 20
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A file the outbox did not take, and why.
-
-    Attributes:
-        seq: its number in this process; the same file refused again for the same
-            reason keeps it (so it is announced once).
-        path: below the outbox (``bob/report.pdf``), escaped for showing.
-        reason: why, escaped for showing.
-        at: when it was last refused.
-        times: how often it was refused (a rescan finds a refused file again).
-    """
-
-    seq: int
-    path: str
-    reason: str
-    at: datetime
-    times: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "path": self.path,
-            "reason": self.reason,
-            "at": p.format_timestamp(self.at),
-            "times": self.times,
-        }
 
 
 class Refusals:
@@ -140,10 +92,10 @@ class Refusals:
         with self._lock:
             known = self._entries.pop(key, None)
             if known is not None:
-                self._entries[key] = Refusal(known.seq, *key, now, known.times + 1)
+                self._entries[key] = Refusal(*key, now, known.times + 1, known.seq)
                 return False
             self._seq += 1
-            self._entries[key] = Refusal(self._seq, *key, now)
+            self._entries[key] = Refusal(*key, now, seq=self._seq)
             while len(self._entries) > self.kept:
                 self._entries.popitem(last=False)
             return True
@@ -152,35 +104,6 @@ class Refusals:
         """Oldest first."""
         with self._lock:
             return list(self._entries.values())
-
-
-@dataclass(frozen=True)
-class WatcherStatistics:
-    """What the watcher is waiting on.
-
-    Attributes:
-        pending: files seen but not yet settled (being written, or just closed).
-        unroutable: files directly in the outbox with no default recipient, and why.
-        last_scan_at: when the last full scan finished.
-        last_error: the last intake failure (e.g. permission denied), if any.
-        refused: the latest refusals, oldest first.
-    """
-
-    pending: int
-    unroutable: dict[str, str]
-    last_scan_at: datetime | None
-    last_error: str | None
-    refused: list[Refusal]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "pending": self.pending,
-            "unroutable": dict(self.unroutable),
-            "last_scan_at": self.last_scan_at.isoformat() if self.last_scan_at else None,
-            "last_error": self.last_error,
-            "refused": [refusal.to_json() for refusal in self.refused],
-        }
 
 
 @dataclass
@@ -425,14 +348,11 @@ class OutboxWatcher:
     def _route(self, path: Path) -> tuple[str | None, str] | None:
         """(recipient, filename) for a file in the spool; None if it is not to be sent."""
         try:
-            parts = path.relative_to(self.spool_dir).parts
+            relative = path.relative_to(self.spool_dir)
         except ValueError:
             return None
-        if not parts or any(is_temporary_name(part) for part in parts):
-            return None
-        if len(parts) == 1:
-            return self.default_recipient, parts[0]
-        return parts[0], parts[-1]
+        where = route(relative, self.default_recipient)
+        return None if where is None else (where.recipient, where.filename)
 
     def _report_unroutable(self, path: Path) -> None:
         why = (

@@ -2,10 +2,11 @@
 
 Caveats first:
 
-* Which failures are worth waiting out is decided here, once: a temporary
-  registry error (``RegistryError.temporary``) or a local network ``OSError``
-  puts the item back with capped exponential backoff and full jitter; anything
-  else fails the item for good (it keeps its bytes until requeued).
+* Which failures are worth waiting out is the error's own disposition
+  (``core.errors.Disposition``): a temporary one (the registry unreachable, a
+  local network ``OSError``) puts the item back with capped exponential backoff
+  and full jitter; anything else fails the item for good (it keeps its bytes
+  until requeued).
 * The backoff is per registry, not per item: after a temporary failure the
   worker pauses all sending, because the next item would only fail the same way.
 * One item at a time. The sender already uploads two chunks in parallel, and a
@@ -18,17 +19,19 @@ Caveats first:
 from __future__ import annotations
 
 import logging
-import random
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-from dockercomms.core import protocol as p
-from dockercomms.core.errors import DockerCommsError, NotFoundError, RegistryError
-from dockercomms.core.manifest import Descriptor
-from dockercomms.core.send import Sender, SendRequest, SentMessage
+from dockercomms.core import protocol
+from dockercomms.core.errors import (
+    Disposition,
+    DockerCommsError,
+    disposition_of,
+)
+from dockercomms.core.outbox import Descriptor, Outbox, SendRequest, SentMessage
+from dockercomms.core.status import WorkerStatistics
+from dockercomms.core.workspace import RetryPolicy
 from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
 
 log = logging.getLogger(__name__)
@@ -59,58 +62,9 @@ class PushResult:
         return self.error is not None and is_temporary(self.error)
 
 
-@dataclass(frozen=True)
-class WorkerStatistics:
-    """What the worker is doing, for ``status``.
-
-    Attributes:
-        in_flight: id of the item being uploaded, if any.
-        in_flight_filename: its file name.
-        bytes_done: bytes of it uploaded (or skipped as already there) so far.
-        bytes_total: its size.
-        last_success_at: when the last item was sent.
-        last_failure_at: when the last attempt failed (temporarily or not).
-        registry_reachable: False from a temporary failure until the next success.
-        consecutive_failures: temporary failures in a row (drives the backoff).
-        paused_until: no attempt starts before this (registry backoff).
-        last_error: the last failure, as text.
-    """
-
-    in_flight: str | None
-    in_flight_filename: str | None
-    bytes_done: int
-    bytes_total: int
-    last_success_at: datetime | None
-    last_failure_at: datetime | None
-    registry_reachable: bool
-    consecutive_failures: int
-    paused_until: datetime | None
-    last_error: str | None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "in_flight": self.in_flight,
-            "in_flight_filename": self.in_flight_filename,
-            "bytes_done": self.bytes_done,
-            "bytes_total": self.bytes_total,
-            "last_success_at": _rfc3339(self.last_success_at),
-            "last_failure_at": _rfc3339(self.last_failure_at),
-            "registry_reachable": self.registry_reachable,
-            "consecutive_failures": self.consecutive_failures,
-            "paused_until": _rfc3339(self.paused_until),
-            "last_error": self.last_error,
-        }
-
-
 def is_temporary(error: BaseException) -> bool:
-    """Whether waiting and trying again may help (the one place that decides)."""
-    if isinstance(error, RegistryError):
-        return error.temporary
-    if isinstance(error, DockerCommsError):
-        return False
-    # requests' exceptions are OSErrors too: a network that comes back.
-    return isinstance(error, OSError)
+    """Whether waiting and trying again may help (the error's disposition says)."""
+    return disposition_of(error) is Disposition.TEMPORARY
 
 
 def describe(error: BaseException) -> str:
@@ -121,23 +75,23 @@ def describe(error: BaseException) -> str:
 
 
 class PushWorker:
-    """Pushes due queue items through a ``Sender``; a ``run()`` loop and a ``stop()``."""
+    """Pushes due queue items through an ``Outbox``; a ``run()`` loop and a ``stop()``."""
 
     def __init__(
         self,
         queue: PushQueue,
-        sender_factory: Callable[[], Sender],
+        outbox: Outbox,
         *,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         options: SendOptions | None = None,
     ) -> None:
         self.queue = queue
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        # The registry's backoff between sends: the same policy object every retry uses;
+        # the queue keeps trying for as long as it takes, so only its delays count.
+        self.backoff = RetryPolicy(base_delay=backoff_base, max_delay=backoff_max)
         self.options = options or SendOptions()
-        self._sender_factory = sender_factory
-        self._sender: Sender | None = None
+        self.outbox = outbox
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._aborting = threading.Event()
@@ -187,11 +141,8 @@ class PushWorker:
         self.stop()
 
     def close(self) -> None:
-        """Drop the sender and its registry connections."""
-        with self._lock:
-            sender, self._sender = self._sender, None
-        if sender is not None:
-            sender.client.close()
+        """Drop this thread's registry connections (the next push opens fresh ones)."""
+        self.outbox.renew()
 
     def run_once(self) -> QueueItem | None:
         """Push the next due item, if any; return it as it is afterwards."""
@@ -251,7 +202,7 @@ class PushWorker:
             if self._aborting.is_set():
                 raise _Aborted
 
-        return self._get_sender().send(request, on_progress=progress, on_chunk=chunk_done)
+        return self.outbox.send(request, on_progress=progress, on_chunk=chunk_done)
 
     def _restamped_if_stale(self, item: QueueItem, ttl_seconds: int) -> QueueItem:
         """``item`` with a new ``created_at`` if it waited out most of its TTL unseen."""
@@ -259,10 +210,10 @@ class PushWorker:
         left = item.created_at + timedelta(seconds=ttl_seconds) - now
         if left >= timedelta(seconds=ttl_seconds * RESTAMP_BELOW):
             return item
-        tag = p.message_tag(item.recipient, item.created_at, item.session_id, item.message_id)
-        try:
-            self._get_sender().client.fetch_manifest(tag)
-        except NotFoundError:
+        tag = protocol.message_tag(
+            item.recipient, item.created_at, item.session_id, item.message_id
+        )
+        if not self.outbox.is_tagged(tag):
             log.warning(
                 "%s waited in the queue since %s; sending it with today's date so it "
                 "does not arrive expired",
@@ -289,20 +240,10 @@ class PushWorker:
         with self._lock:
             self._failures += 1
             self._reachable = False
-            delay = self._backoff(self._failures)
+            delay = self.backoff.delay(self._failures)
             self._paused_until = now + timedelta(seconds=delay)
         log.warning("registry unavailable (%s); retrying %s in %.1fs", text, item.filename, delay)
         return PushResult(self.queue.mark_retry(item.id, text, delay), error)
-
-    def _backoff(self, failures: int) -> float:
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
-
-    def _get_sender(self) -> Sender:
-        with self._lock:
-            if self._sender is None:
-                self._sender = self._sender_factory()
-            return self._sender
 
     def _pause_left(self) -> float:
         with self._lock:
@@ -338,4 +279,4 @@ class PushWorker:
 
 
 def _rfc3339(moment: datetime | None) -> str | None:
-    return p.format_timestamp(moment) if moment is not None else None
+    return protocol.format_timestamp(moment) if moment is not None else None

@@ -1,4 +1,8 @@
-"""Shared fixtures: identities ("parties") on a real backend.
+"""Shared fixtures: identities ("parties") on a real backend; the test levels.
+
+The tests are in levels (``unit``, ``fs_api``, ``mount``, ``e2e``), one folder each;
+every test gets its level's marker, so ``pytest -m unit`` runs one level. Long
+tests are marked ``slow`` as well; ``python -m pytest`` runs everything.
 
 ``backend`` is parametrised over the embedded OCI-layout registry and a real
 distribution server (Debian's ``docker-registry``) started on 127.0.0.1 for the
@@ -19,9 +23,21 @@ import pytest
 
 from dockercomms.cli.main import main
 from dockercomms.core.workspace import Workspace
-from tests.registry_server import RegistryServer, running_registry
+from tests.servers.registry_server import RegistryServer, running_registry
 
-pytest_plugins = ["tests.sigstore_stack.fixtures"]
+pytest_plugins = ["tests.servers.sigstore_stack.fixtures"]
+
+#: The test levels, bottom up; each is a folder of ``tests/`` and a marker.
+LEVELS = ("unit", "fs_api", "mount", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its level (the folder it is in under ``tests/``)."""
+    root = Path(__file__).parent
+    for item in items:
+        level = item.path.relative_to(root).parts[0] if item.path.is_relative_to(root) else ""
+        if level in LEVELS:
+            item.add_marker(level)
 
 
 @dataclass

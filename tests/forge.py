@@ -19,12 +19,12 @@ from pathlib import Path
 
 import zstandard
 
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
-from dockercomms.core.chunking import ChunkSpan, layer_stream
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.send import DigestSigner
-from dockercomms.core.signatures import attach_bundle, attach_referrer, push_empty_config
+from dockercomms.core._internal import manifest as m
+from dockercomms.core._internal.chunking import ChunkSpan, layer_stream
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.send import DigestSigner
+from dockercomms.core._internal.signatures import attach_bundle, attach_referrer, push_empty_config
 
 
 def compress(data: bytes, compression: str) -> bytes:
@@ -251,8 +251,8 @@ def key_signed_statement(key_file: Path, statement: dict[str, object]) -> bytes:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from dockercomms.core.signing.keypair import key_hint, load_private_key
-    from dockercomms.core.signing.statement import pae
+    from dockercomms.core._internal.signing.keypair import key_hint, load_private_key
+    from dockercomms.core._internal.signing.statement import pae
 
     key = load_private_key(key_file)
     payload = json.dumps(statement, separators=(",", ":")).encode()

@@ -43,13 +43,14 @@ from typing import Any
 import filelock
 
 from dockercomms.cli.main import main as cli_main
-from dockercomms.core import manifest as m
 from dockercomms.core import protocol as p
-from dockercomms.core.chunking import ChunkSpan, layer_stream
-from dockercomms.core.config import load_settings, resolve_paths, save_settings
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.send import DigestSigner, SendRequest, SentMessage
-from dockercomms.core.signatures import attach_bundle, push_empty_config
+from dockercomms.core._internal import manifest as m
+from dockercomms.core._internal.chunking import ChunkSpan, layer_stream
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.send import DigestSigner, SendRequest, SentMessage
+from dockercomms.core._internal.signatures import attach_bundle, push_empty_config
+from dockercomms.core.config import load_settings, save_settings
+from dockercomms.core.paths import resolve_paths
 from dockercomms.core.workspace import Workspace
 
 FUSERMOUNT = "fusermount3"

@@ -21,8 +21,8 @@ from pathlib import Path
 import filelock
 
 from dockercomms.core import protocol as p
-from dockercomms.core.registry.client import RegistryClient
-from dockercomms.core.signatures import push_empty_config
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.signatures import push_empty_config
 
 #: Deeper than Python's recursion limit (1,000), shallower than Go's JSON limit.
 DEPTH = 5000

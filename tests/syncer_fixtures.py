@@ -26,9 +26,10 @@ import pytest
 
 from dockercomms.cli import main as cli_main
 from dockercomms.core import protocol as p
-from dockercomms.core.config import Paths, resolve_paths, save_settings
-from dockercomms.core.intake import Outcome, receive_new
-from dockercomms.core.signing.keypair import load_private_key, public_pem
+from dockercomms.core._internal.intake import Outcome, receive_new
+from dockercomms.core._internal.signing.keypair import load_private_key, public_pem
+from dockercomms.core.config import save_settings
+from dockercomms.core.paths import Paths, resolve_paths
 from dockercomms.core.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,477 @@
+"""Receiving: verify before expose, in the order of SPEC section 5.
+
+Caveats first:
+
+* ``verify_message`` covers steps 2-7 (manifest, bundle, signer, sender, TTL) and
+  touches no chunk. ``fetch_chunk`` covers step 8 for one chunk: it downloads the
+  compressed blob into a private spool (memory, or an unlinked temp file for big
+  chunks), checks its digest, and only then decompresses into the caller's file.
+  Nothing unverified reaches the caller.
+* ``materialise`` (step 9) writes into a hidden 0600 temp file in the output
+  folder, fsyncs, and links it to a free name (``os.link`` fails instead of
+  overwriting), then fsyncs the folder.
+* A bad message raises; the caller reports it and goes on with the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import BinaryIO
+
+from dockercomms.core import protocol
+from dockercomms.core._internal import manifest
+from dockercomms.core._internal.chunking import ByteSink, extract_layer
+from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.signatures import DiscoveryMode, bundle_candidates
+from dockercomms.core._internal.signing.verify import BundleVerifier, VerifiedSigner
+from dockercomms.core.collision_names import suffixed_names
+from dockercomms.core.errors import (
+    DockerCommsError,
+    ExpiredError,
+    ManifestError,
+    OutputError,
+    SenderMismatchError,
+    SignatureError,
+    VerificationError,
+)
+
+log = logging.getLogger(__name__)
+
+CLOCK_SKEW = timedelta(minutes=5)
+SPOOL_IN_MEMORY = 64 * 1024 * 1024
+WRITEBACK_STEP = 8 * 1024 * 1024
+#: Names tried in the output folder (the own name, then suffixed ones) before giving up.
+MAX_NAME_CANDIDATES = 1000
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class VerifiedMessage:
+    """A message whose manifest, signature and signer verified (chunks not yet)."""
+
+    message: manifest.Message
+    signer: VerifiedSigner
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    """One tag in my inbox: the parsed message, or why it could not be parsed.
+
+    ``digest`` is the manifest digest whenever the manifest could be fetched, even
+    if it did not parse, so a rejection can be remembered by it.
+    """
+
+    tag: str
+    message: manifest.Message | None
+    error: DockerCommsError | None
+    digest: str | None = None
+
+
+class SeenMessages:
+    """The de-duplication rule of an inbox: among *verified* messages only.
+
+    Two tags are the same message when they name the same manifest digest, or
+    when the same verified signer sent the same message id (a re-send under a
+    new date). Nothing unverified takes part: an unsigned decoy carrying someone's
+    (public) message id hides nothing, and one trusted sender reusing another's
+    message id is a different message.
+    """
+
+    def __init__(self) -> None:
+        self._ids: set[tuple[str, str]] = set()
+        self._digests: set[str] = set()
+
+    def first_time(self, message: manifest.Message, signer: VerifiedSigner) -> bool:
+        """True the first time this verified message (by digest, or sender and id) comes up."""
+        key = (signer.name, message.message_id)
+        if key in self._ids or message.digest in self._digests:
+            return False
+        self._ids.add(key)
+        self._digests.add(message.digest)
+        return True
+
+
+class Receiver:
+    """Reads and verifies messages addressed to ``me`` in one repository."""
+
+    def __init__(
+        self,
+        client: RegistryClient,
+        verifier: BundleVerifier,
+        me: str,
+        *,
+        clock: Clock = _utcnow,
+        bundle_mode: DiscoveryMode = "auto",
+    ) -> None:
+        self.client = client
+        self.verifier = verifier
+        self.me = me
+        self.clock = clock
+        self.bundle_mode = bundle_mode
+
+    # Step 1.
+    def inbox_tags(self) -> list[str]:
+        """Every message tag addressed to me (names that break the tag grammar left out)."""
+        tags = self.client.list_tags(protocol.inbox_prefix(self.me))
+        # A registry may list anything; a name that is no tag is no message.
+        return [tag for tag in tags if protocol.TAG_PATTERN.fullmatch(tag)]
+
+    def inbox_entry(self, tag: str) -> InboxEntry:
+        """One inbox tag's manifest, parsed, but neither verified nor de-duplicated.
+
+        De-duplication needs what other tags named (the same digest verifies the
+        same way) and, by message id, the verified sender (:class:`SeenMessages`).
+        """
+        try:
+            raw, digest = self.client.fetch_manifest(tag)
+        except DockerCommsError as exc:
+            return InboxEntry(tag, None, exc)
+        try:
+            message = self.parse_message(raw, digest, tag)
+        except DockerCommsError as exc:
+            return InboxEntry(tag, None, exc, digest)
+        return InboxEntry(tag, message, None, digest)
+
+    # Steps 2-3.
+    def fetch_message(self, reference: str, *, check_recipient: bool = True) -> manifest.Message:
+        """Fetch and validate a message manifest by tag or digest."""
+        raw, digest = self.client.fetch_manifest(reference)
+        tag = None if protocol.DIGEST_PATTERN.fullmatch(reference) else reference
+        return self.parse_message(raw, digest, tag, check_recipient=check_recipient)
+
+    def parse_message(
+        self, raw: bytes, digest: str, tag: str | None, *, check_recipient: bool = True
+    ) -> manifest.Message:
+        """Step 3 on manifest bytes already fetched."""
+        return manifest.parse_message(
+            raw,
+            digest,
+            tag=tag,
+            me=self.me if check_recipient else None,
+            limits=self.client.limits,
+        )
+
+    # Steps 4-7.
+    def verify_message(self, message: manifest.Message) -> VerifiedMessage:
+        """Verify signature, signer and freshness; touches no chunk."""
+        signer = self.verify_signer(message)
+        self.check_fresh(message)
+        return VerifiedMessage(message, signer)
+
+    def verify_signer(self, message: manifest.Message) -> VerifiedSigner:
+        """Steps 4-6: a trusted signature, by exactly the claimed sender."""
+        signer = self.verify_signature(message.digest)
+        # 6. The signer must be trusted as exactly the claimed sender.
+        if signer.name != message.sender:
+            raise SenderMismatchError(
+                f"message claims sender {message.sender!r} but is signed by {signer.identity} "
+                f"(trusted as {signer.name!r})"
+            )
+        return signer
+
+    def check_fresh(self, message: manifest.Message) -> None:
+        """Step 7: refuse expired messages and those from the future (clock skew allowed).
+
+        An expired message stays expired; one from the future may become valid.
+        """
+        now = self.clock()
+        if message.expires_at + CLOCK_SKEW < now:
+            raise ExpiredError(
+                f"message expired at {protocol.format_timestamp(message.expires_at)}"
+            )
+        if message.created_at - CLOCK_SKEW > now:
+            raise VerificationError(
+                "message claims to be created in the future "
+                f"({protocol.format_timestamp(message.created_at)})"
+            )
+
+    def verify_signature(self, subject_digest: str) -> VerifiedSigner:
+        """Steps 4-5: the first bundle that verifies for ``subject_digest`` wins."""
+        first_error: DockerCommsError | None = None
+        for candidate in bundle_candidates(self.client, subject_digest, self.bundle_mode):
+            if isinstance(candidate, DockerCommsError):
+                first_error = first_error or candidate
+                continue
+            try:
+                return self.verifier.verify(candidate, subject_digest)
+            except VerificationError as exc:
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
+        raise SignatureError(f"no signature found for {subject_digest}")
+
+    # Step 8, one chunk.
+    def fetch_chunk(
+        self,
+        message: manifest.Message,
+        index: int,
+        out: ByteSink,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        buffers: BufferPool | None = None,
+    ) -> None:
+        """Write chunk ``index``'s verified bytes to ``out`` (nothing on failure)."""
+        with self.download_chunk(message, index, on_progress=on_progress, buffers=buffers) as blob:
+            self.extract_chunk(message, index, blob, out)
+
+    def download_chunk(
+        self,
+        message: manifest.Message,
+        index: int,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        buffers: BufferPool | None = None,
+    ) -> BlobSpool:
+        """The chunk's compressed blob, digest-checked, in a private :class:`BlobSpool`."""
+        layer = message.chunks[index]
+
+        def attempt() -> BlobSpool:
+            spool = BlobSpool(layer.size, buffers)
+            try:
+                self.client.fetch_blob(
+                    layer.digest,
+                    spool,
+                    expected_size=layer.size,
+                    on_progress=on_progress or (lambda _: None),
+                )
+            except BaseException:
+                spool.close()
+                raise
+            return spool  # the caller owns and closes it
+
+        return self.client.retry_broken_body(f"chunk {index}", attempt)
+
+    def extract_chunk(
+        self, message: manifest.Message, index: int, blob: BlobSpool, out: ByteSink
+    ) -> None:
+        """Decompress a verified blob from :meth:`download_chunk` into ``out``."""
+        length = min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
+        extract_layer(
+            blob.contents(),
+            index=index,
+            expected_length=length,
+            compression=message.compression,
+            out=out,
+        )
+
+    # Steps 8-9 for the CLI.
+    def materialise(
+        self,
+        verified: VerifiedMessage,
+        out_dir: Path,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Path:
+        """Write the whole verified file into ``out_dir`` under a free name.
+
+        The next chunk downloads and hashes while the current one decompresses,
+        so the network, hashing and decompression overlap on two cores. The
+        space is reserved first: a full disk fails before any download.
+        """
+        message = verified.message
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=".dockercomms-", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                _reserve(out.fileno(), message.total_bytes)
+                self._write_chunks(message, EarlyWriteback(out), on_progress)
+                out.flush()
+                if out.tell() != message.total_bytes:
+                    raise ManifestError(
+                        f"received {out.tell()} bytes, manifest says {message.total_bytes}"
+                    )
+                os.fsync(out.fileno())
+            final = _link_to_free_name(tmp, out_dir, message)
+        except OSError as exc:
+            raise OutputError(f"cannot write into {out_dir}: {exc.strerror or exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(out_dir)
+        return final
+
+    def _write_chunks(
+        self, message: manifest.Message, out: ByteSink, on_progress: Callable[[int], None] | None
+    ) -> None:
+        if message.chunk_count == 0:
+            return
+        buffers = BufferPool()
+        download = functools.partial(
+            self.download_chunk, message, on_progress=on_progress, buffers=buffers
+        )
+        with ThreadPoolExecutor(1, thread_name_prefix="chunk-prefetch") as pool:
+            pending = pool.submit(download, 0)
+            for index in range(message.chunk_count):
+                blob = pending.result()
+                if index + 1 < message.chunk_count:
+                    pending = pool.submit(download, index + 1)
+                try:
+                    with blob:
+                        self.extract_chunk(message, index, blob, out)
+                except BaseException:
+                    _discard(pending)
+                    raise
+
+
+class BufferPool:
+    """A few chunk-sized buffers reused across the chunks of one message.
+
+    Fresh memory costs a page fault per 4 KiB on first touch (and far more on
+    some VMs); a 1 GiB receive would otherwise touch 1 GiB of new memory just to
+    spool its chunks. Scoped to one transfer (or cleared when idle) so a
+    long-lived process keeps nothing.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self._free: list[bytearray] = []
+        self._keep = keep
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes (its contents are stale)."""
+        with self._lock:
+            for position, buffer in enumerate(self._free):
+                if len(buffer) >= size:
+                    return self._free.pop(position)
+        return bytearray(size)
+
+    def give(self, buffer: bytearray) -> None:
+        """Hand a buffer back once nothing reads it any more."""
+        with self._lock:
+            if len(self._free) < self._keep:
+                self._free.append(buffer)
+
+    def clear(self) -> None:
+        """Let every free buffer go (a long-lived owner that has gone idle)."""
+        with self._lock:
+            self._free.clear()
+
+
+class BlobSpool:
+    """Private holder of one compressed chunk while its digest is checked, then read.
+
+    Blobs up to ``SPOOL_IN_MEMORY`` go into one preallocated buffer (no growing
+    copies, no disk write), from ``buffers`` when given; the decompressor later
+    reads that buffer in place. Larger blobs spill to an unlinked temp file.
+    """
+
+    def __init__(self, size: int, buffers: BufferPool | None = None) -> None:
+        self._memory: bytearray | None = None
+        self._file: BinaryIO | None = None
+        self._buffers = buffers
+        if size <= SPOOL_IN_MEMORY:
+            self._memory = buffers.take(size) if buffers else bytearray(size)
+        else:
+            self._file = tempfile.TemporaryFile(prefix=".dockercomms-blob-")  # noqa: SIM115
+        self._filled = 0
+
+    def write(self, piece: bytes | memoryview) -> int:
+        """Append ``piece`` (the caller never writes more than the size given)."""
+        if self._memory is None:
+            assert self._file is not None
+            return self._file.write(piece)
+        end = self._filled + len(piece)
+        if end > len(self._memory):
+            raise ValueError("blob is larger than its spool")
+        self._memory[self._filled : end] = piece
+        self._filled = end
+        return len(piece)
+
+    def contents(self) -> BinaryIO | memoryview:
+        """What was written: a view of the buffer, or the temp file from its start."""
+        if self._memory is not None:
+            return memoryview(self._memory)[: self._filled]
+        assert self._file is not None
+        self._file.seek(0)
+        return self._file
+
+    def close(self) -> None:
+        """Free (or hand back) the buffer, or delete the temp file."""
+        if self._memory is not None and self._buffers is not None:
+            self._buffers.give(self._memory)
+        self._memory = None
+        if self._file is not None:
+            self._file.close()
+
+    def __enter__(self) -> BlobSpool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EarlyWriteback:
+    """A write-only file wrapper that starts the disk on every ``step`` bytes written.
+
+    ``POSIX_FADV_DONTNEED`` on freshly written pages starts their writeback without
+    waiting for it, so the disk works while later chunks download and the fsync
+    before the rename (SPEC 5 step 9) finds little left to do.
+    """
+
+    def __init__(self, out: BinaryIO, step: int = WRITEBACK_STEP) -> None:
+        self._out = out
+        self._step = step
+        self._position = out.tell()
+        self._started = self._position
+
+    def write(self, data: bytes | memoryview) -> int:
+        """Write all of ``data``; every ``step`` bytes, start their writeback."""
+        written = self._out.write(data)
+        self._position += written
+        if self._position - self._started >= self._step:
+            self._out.flush()
+            length = self._position - self._started
+            os.posix_fadvise(self._out.fileno(), self._started, length, os.POSIX_FADV_DONTNEED)
+            self._started = self._position
+        return written
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the whole output up front.
+
+    A full disk fails here (ENOSPC) instead of after most of a download, and
+    ext4 no longer allocates blocks during the early writeback, which otherwise
+    stalls our own writes behind it (measured: 1 GiB written + fsynced in 1.25 s
+    instead of 1.71 s). Filesystems without ``fallocate`` get glibc's emulation.
+    """
+    if size > 0:
+        os.posix_fallocate(fd, 0, size)
+
+
+def _discard(pending: Future[BlobSpool]) -> None:
+    """Close a prefetched blob nobody will read (after a failure)."""
+    try:
+        pending.result().close()
+    except BaseException:  # its own failure no longer matters
+        return
+
+
+def _link_to_free_name(tmp: Path, out_dir: Path, message: manifest.Message) -> Path:
+    suffix = f"{message.created_at:%Y%m%d}-{message.digest.split(':')[1][:8]}"
+    for name in suffixed_names(message.filename, suffix, count=MAX_NAME_CANDIDATES):
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, out_dir / name)
+            return out_dir / name
+    raise OutputError(f"no free name for {message.filename!r} in {out_dir}")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
