@@ -47,7 +47,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     identity = require_identity(args.identity)
     existing = load_settings(paths) if paths.config_file.exists() else None
     base = existing or Settings(identity=identity)
-    asked: dict[str, str | int] = {}
+    asked: dict[str, str | int | bool] = {}
     if args.repo is not None:
         asked["repository"] = setting_value("repository", args.repo, base)
     if args.signing is not None:

@@ -38,6 +38,8 @@ SETTABLE: Final = {
     "chunk_bytes": "a positive number of bytes",
     "compression": " or ".join(protocol.COMPRESSIONS),
     "ttl_seconds": "a positive number of seconds",
+    "send_plaintext": "true or false",
+    "require_sealed": "true or false",
 }
 
 
@@ -58,6 +60,10 @@ class Settings:
         ttl_seconds: default message lifetime.
         storage_config: distribution ``config.yml`` for a ``storage:NAME`` repository
             (its ``storage:`` section; an absolute path is best).
+        send_plaintext: send unsealed to a recipient whose age recipient is unknown
+            instead of refusing (SPEC 9); ``send --plaintext`` asks for it once.
+        require_sealed: reject a plaintext message from anyone (SPEC 9); a trust
+            entry can require it from one sender (``Contact.require_sealed``).
     """
 
     identity: str
@@ -68,6 +74,8 @@ class Settings:
     compression: str = "zstd"
     ttl_seconds: int = protocol.DEFAULT_TTL_SECONDS
     storage_config: str = ""
+    send_plaintext: bool = False
+    require_sealed: bool = False
 
     def validate(self) -> Settings:
         """Raise ``ConfigError`` on values no command could use."""
@@ -79,6 +87,9 @@ class Settings:
             raise ConfigError(f"compression must be one of {', '.join(protocol.COMPRESSIONS)}")
         if self.chunk_bytes <= 0 or self.ttl_seconds <= 0:
             raise ConfigError("chunk_bytes and ttl_seconds must be positive")
+        for flag in (self.send_plaintext, self.require_sealed):
+            if not isinstance(flag, bool):
+                raise ConfigError("send_plaintext and require_sealed must be true or false")
         return self
 
 
@@ -102,7 +113,7 @@ def load_settings(paths: Paths) -> Settings:
         raise ConfigError(f"{paths.config_file}: {exc}") from exc
 
 
-def setting_value(key: str, text: str, settings: Settings) -> str | int:
+def setting_value(key: str, text: str, settings: Settings) -> str | int | bool:
     """``text`` checked and normalised as the new value of setting ``key``.
 
     ``settings`` are the others (whether a trust file must be able to sign depends
@@ -125,6 +136,10 @@ def setting_value(key: str, text: str, settings: Settings) -> str | int:
         if number <= 0:
             raise ConfigError(wanted)
         return number
+    if key in ("send_plaintext", "require_sealed"):
+        if text not in ("true", "false"):
+            raise ConfigError(wanted)
+        return text == "true"
     if key == "compression" and text not in protocol.COMPRESSIONS:
         raise ConfigError(wanted)
     if key == "signing":

@@ -13,6 +13,12 @@ Caveats first:
 * New names follow ``core.names``. A file written before that rule, or before
   the one-signer rule, still loads and still verifies; :meth:`TrustPolicy.problems`
   says what is wrong, and :meth:`TrustPolicy.load` logs it once per process.
+* Sealing facts are per *name*, not per signing entry (SPEC 9): a name's age
+  recipient, where it came from, the ``created-at`` of the newest card accepted
+  for it (a card older than that is a rollback and refused), and whether that
+  name must send sealed. They live in :class:`Contact`; groups (``outbox/team/``)
+  are names of names in ``groups``. A file without those sections loads as
+  "no age key known, nothing required, no groups".
 * A keyless entry may name its Sigstore instance (``sigstore_trust``), so senders
   on the public instance and on a private one can both be trusted; without one
   (and in entries written before the field) it is the receiver's own instance.
@@ -95,11 +101,36 @@ class TrustEntry:
         return f"{self.identity} via {self.issuer}"
 
 
+@dataclass(frozen=True)
+class Contact:
+    """What I know about sealing to, and receiving from, one trusted name (SPEC 9).
+
+    Attributes:
+        name: the trusted name (the key of ``contacts`` in the trust file).
+        age_recipient: the ``age1…`` recipient to seal to; empty when unknown.
+        source: where that recipient came from: ``card`` (a card file given to
+            ``trust add --card``), ``manual`` (``--age``) or ``repository`` (a
+            signed card verified in the repository, SPEC 9.1); empty when unknown.
+        card_created_at: the ``created-at`` (ISO 8601, UTC) of the newest card
+            accepted for this name, from a file or the repository; empty when
+            none. A card older than this is refused as a rollback.
+        require_sealed: a plaintext message from this name is rejected.
+    """
+
+    name: str
+    age_recipient: str = ""
+    source: str = ""
+    card_created_at: str = ""
+    require_sealed: bool = False
+
+
 @dataclass
 class TrustPolicy:
-    """All trust entries, loaded from and saved to one file."""
+    """All trust entries, contacts and groups, loaded from and saved to one file."""
 
     entries: list[TrustEntry] = field(default_factory=list)
+    contacts: dict[str, Contact] = field(default_factory=dict)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> TrustPolicy:
@@ -113,8 +144,15 @@ class TrustPolicy:
         if not isinstance(doc, dict) or doc.get("version") != TRUST_FILE_VERSION:
             raise ConfigError(f"{path} is not a version {TRUST_FILE_VERSION} trust file")
         try:
-            policy = cls([TrustEntry(**entry) for entry in doc.get("entries", [])])
-        except TypeError as exc:
+            policy = cls(
+                [TrustEntry(**entry) for entry in doc.get("entries", [])],
+                {
+                    name: Contact(name=name, **facts)
+                    for name, facts in doc.get("contacts", {}).items()
+                },
+                {name: tuple(members) for name, members in doc.get("groups", {}).items()},
+            )
+        except (TypeError, AttributeError) as exc:
             raise ConfigError(f"{path}: malformed entry: {exc}") from exc
         for problem in policy.problems():
             if (str(path), problem) not in _reported:
@@ -124,7 +162,17 @@ class TrustPolicy:
 
     def save(self, path: Path) -> None:
         """Atomically replace the trust file."""
-        doc = {"version": TRUST_FILE_VERSION, "entries": [asdict(e) for e in self.entries]}
+        doc: dict[str, object] = {
+            "version": TRUST_FILE_VERSION,
+            "entries": [asdict(e) for e in self.entries],
+        }
+        if self.contacts:
+            doc["contacts"] = {
+                name: {k: v for k, v in asdict(contact).items() if k != "name"}
+                for name, contact in sorted(self.contacts.items())
+            }
+        if self.groups:
+            doc["groups"] = {name: list(members) for name, members in sorted(self.groups.items())}
         write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
 
     def add_key(self, name: str, pem: bytes) -> TrustEntry:
@@ -204,6 +252,19 @@ class TrustPolicy:
         ]
         self.entries = [e for e in self.entries if e not in gone]
         return gone
+
+    def contact(self, name: str) -> Contact:
+        """The sealing facts for ``name`` (all empty when none were ever recorded)."""
+        return self.contacts.get(name, Contact(name=name))
+
+    def set_contact(self, contact: Contact) -> None:
+        """Record ``contact`` (replacing what was known for its name)."""
+        check_name(contact.name, "trust name")
+        self.contacts[contact.name] = contact
+
+    def is_trusted(self, name: str) -> bool:
+        """Whether some entry lets ``name`` send (what a contact or group member needs)."""
+        return any(entry.name == name for entry in self.entries)
 
     def pinned_keys(self) -> list[PinnedKey]:
         """Every key entry as a verifier-ready key."""
