@@ -62,6 +62,11 @@ class Paths:
         """Our ECDSA P-256 signing key (0600)."""
         return self.config_dir / "keys" / "signing.key"
 
+    @property
+    def age_identity_file(self) -> Path:
+        """My age X25519 identities (0600), newest last (``core.age_keys``, SPEC 9)."""
+        return self.key_file.parent / "age.key"
+
     # --- state ----------------------------------------------------------------------
 
     @property
