@@ -38,6 +38,8 @@ SETTABLE: Final = {
     "chunk_bytes": "a positive number of bytes",
     "compression": " or ".join(protocol.COMPRESSIONS),
     "ttl_seconds": "a positive number of seconds",
+    "storage_config": "the path of a distribution config.yml (its storage: section), "
+    "or '' for none",
     "send_plaintext": "true or false",
     "require_sealed": "true or false",
 }
@@ -154,6 +156,11 @@ def setting_value(key: str, text: str, settings: Settings) -> str | int | bool:
                 ) from exc
     if key == "sigstore_trust":
         return check_sigstore_trust(text, signing=settings.signing == "keyless")
+    if key == "storage_config" and text:
+        config = Path(text).expanduser()
+        if not config.is_file():
+            raise ConfigError(f"{wanted}: there is no such file")
+        return os.path.abspath(config)
     if key == "repository" and text:
         parse_repository(text)
         if text.startswith(LAYOUT_PREFIX):

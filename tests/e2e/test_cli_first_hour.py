@@ -249,6 +249,28 @@ def test_repository_is_stored_absolute(tmp_path: Path, monkeypatch: pytest.Monke
     assert settings_of(party)["repository"] == f"oci-layout:{tmp_path / 'here'}"
 
 
+def test_config_set_takes_the_sealing_switches_and_an_absolute_storage_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    party = newcomer(tmp_path)
+    party.ok("init", "--identity", "dana")
+    (tmp_path / "config.yml").write_text("storage:\n  filesystem:\n    rootdirectory: /srv\n")
+    party.ok("config", "set", "storage_config", "config.yml")
+    party.ok("config", "set", "require-sealed", "true")
+    party.ok("config", "set", "send_plaintext", "false")
+    settings = settings_of(party)
+    assert settings["storage_config"] == str(tmp_path / "config.yml")
+    assert settings["require_sealed"] is True and settings["send_plaintext"] is False
+    for key, value, why in [
+        ("storage_config", "missing.yml", "no such file"),
+        ("require_sealed", "yes", "true or false"),
+    ]:
+        result = party.cli("config", "set", key, value)
+        assert result.code == 1 and why in result.err, (key, result.err)
+    assert settings_of(party) == settings
+
+
 # --- issuers (#16.14) ----------------------------------------------------------------
 
 
