@@ -20,12 +20,18 @@ Caveats first:
 * The watcher reads the inbox view on the trio thread (it is only changed there)
   and the push queue's SQLite database in a worker thread.
 * Every text is escaped (:func:`~dockercomms.core.untrusted.shown`): a rejection
-  reason or a registry's error quotes what a stranger wrote. A look that fails
+  reason or a registry's error quotes what a stranger wrote. A notification
+  server that renders markup in bodies (capability ``body-markup``: ``<b>``,
+  ``<a href>``, ``<img src>``) gets ``&``, ``<`` and ``>`` as entities too, so a
+  stranger's ``<img src=…>`` is shown as text and never fetched; one that does
+  not render markup gets the text as it is (it would show ``&lt;`` literally).
+  The capability is asked once per notifier. A look that fails
   unexpectedly is logged once, with its traceback, and the next one runs on time.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -78,6 +84,14 @@ def notify_call(
     )
 
 
+def capabilities_call() -> Message:
+    """The ``GetCapabilities`` method call: does the server render body markup?"""
+    from jeepney import DBusAddress, new_method_call
+
+    address = DBusAddress(NOTIFICATIONS_PATH, bus_name=NOTIFICATIONS, interface=NOTIFICATIONS)
+    return new_method_call(address, "GetCapabilities")
+
+
 class DesktopNotifier:
     """Shows notifications on the user's desktop, when there is one.
 
@@ -90,6 +104,7 @@ class DesktopNotifier:
         self.address = address or None
         self.app_name = app_name
         self.sent = 0
+        self._renders_markup: bool | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> DesktopNotifier:
@@ -109,8 +124,15 @@ class DesktopNotifier:
         try:
             from jeepney.io.blocking import open_dbus_connection
 
-            message = notify_call(summary, body, app_name=self.app_name, icon=icon)
             with open_dbus_connection(bus=self.address) as connection:
+                if self._renders_markup is None:
+                    reply = connection.send_and_get_reply(
+                        capabilities_call(), timeout=CALL_TIMEOUT_SECONDS
+                    )
+                    self._renders_markup = "body-markup" in reply.body[0]
+                if self._renders_markup:
+                    body = html.escape(body, quote=False)
+                message = notify_call(summary, body, app_name=self.app_name, icon=icon)
                 connection.send_and_get_reply(message, timeout=CALL_TIMEOUT_SECONDS)
         except Exception as exc:  # a courtesy: no D-Bus failure may reach the mount
             log.debug("desktop notification %r not shown: %s: %s", summary, type(exc).__name__, exc)

@@ -572,6 +572,8 @@ class NotificationServer:
 
     address: str
     received: list[tuple[Any, ...]]
+    #: What ``GetCapabilities`` answers (a server that renders body markup by default).
+    capabilities: list[str]
 
 
 @pytest.fixture
@@ -597,6 +599,7 @@ def session_bus(tmp_path: Path) -> Iterator[NotificationServer]:
     stop_serving = threading.Event()
     listening = threading.Event()
     received: list[tuple[Any, ...]] = []
+    capabilities = ["body", "body-markup"]
     try:
         assert bus.stdout is not None
         address = bus.stdout.readline().strip()
@@ -613,18 +616,19 @@ def session_bus(tmp_path: Path) -> Iterator[NotificationServer]:
                     except TimeoutError:
                         continue
                     fields = message.header.fields
-                    if (
-                        message.header.message_type == MessageType.method_call
-                        and fields.get(HeaderFields.member) == "Notify"
-                    ):
+                    if message.header.message_type != MessageType.method_call:
+                        continue
+                    if fields.get(HeaderFields.member) == "Notify":
                         received.append(message.body)
                         connection.send(new_method_return(message, "u", (len(received),)))
+                    elif fields.get(HeaderFields.member) == "GetCapabilities":
+                        connection.send(new_method_return(message, "as", (list(capabilities),)))
 
         server = threading.Thread(target=serve, name="notification-server")
         server.start()
         try:
             assert listening.wait(10), "the stand-in notification server did not start"
-            yield NotificationServer(address, received)
+            yield NotificationServer(address, received, capabilities)
         finally:
             stop_serving.set()
             server.join(10)
@@ -668,6 +672,24 @@ def test_desktop_notifications_reach_the_session_bus(
     assert [e.text for e in fresh] == [f"new.bin to {BOB}: recipient unknown"]
     assert session_bus.received[-1][3:5] == ("Send failed", f"new.bin to {BOB}: recipient unknown")
     assert len(session_bus.received) == 2
+
+
+@pytest.mark.parametrize("markup", [True, False])
+def test_a_strangers_markup_is_shown_as_text(session_bus: NotificationServer, markup: bool) -> None:
+    if not markup:
+        session_bus.capabilities.remove("body-markup")
+    notifier = DesktopNotifier.from_environment({"DBUS_SESSION_BUS_ADDRESS": session_bus.address})
+    reason = 'inbox-x: <img src="http://127.0.0.1:9/track"> & <b>urgent</b>'
+    assert notifier.notify("Message rejected", reason)
+    assert notifier.notify("Message rejected", "<i>again</i>")
+    bodies = [m[4] for m in session_bus.received]
+    if markup:
+        assert bodies == [
+            'inbox-x: &lt;img src="http://127.0.0.1:9/track"&gt; &amp; &lt;b&gt;urgent&lt;/b&gt;',
+            "&lt;i&gt;again&lt;/i&gt;",
+        ]
+    else:
+        assert bodies == [reason, "<i>again</i>"]
 
 
 def test_a_refused_drop_reaches_the_desktop_even_right_after_the_start(
