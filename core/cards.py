@@ -21,7 +21,7 @@ Caveats first:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from dockercomms.core import protocol
@@ -107,7 +107,13 @@ def age_identity(workspace: Workspace) -> tuple[AgeKeys, bool]:
 
 def rotate_age_identity(workspace: Workspace) -> AgeKeys:
     """A new current age identity, the old ones kept to open what was sealed to them."""
-    return rotate_identity_file(workspace.paths.age_identity_file)
+    path = workspace.paths.age_identity_file
+    now = datetime.now(UTC).replace(microsecond=0)
+    try:  # the new key's card must be newer than the old one's, even within one second
+        now = max(now, _created_at(load_identity_file(path)) + timedelta(seconds=1))
+    except ConfigError:
+        pass  # rotating reports the file's problem
+    return rotate_identity_file(path, now=now)
 
 
 def my_card(workspace: Workspace, keys: AgeKeys | None = None) -> ContactCard:

@@ -299,8 +299,10 @@ class TrustPolicy:
         """Record the age recipient of a card for ``name``, unless it is no newer than the last.
 
         Returns whether it was recorded. A card older than the newest accepted
-        for ``name`` is a rollback and raises :class:`ConfigError` saying so; one
-        of the same date changes nothing. ``require_sealed`` is kept.
+        for ``name`` is a rollback and raises :class:`ConfigError` saying so, and
+        so does one of the same date naming another key (which of the two is
+        newer cannot be told); the same card again changes nothing.
+        ``require_sealed`` is kept.
         """
         known = self.contact(name)
         if known.card_created_at:
@@ -312,8 +314,14 @@ class TrustPolicy:
                     f"before the newest one accepted ({known.card_created_at}): refused as a "
                     "rollback"
                 )
-            if created_at == newest and age_recipient == known.age_recipient:
-                return False
+            if created_at == newest:
+                if age_recipient == known.age_recipient:
+                    return False
+                raise ConfigError(
+                    f"another card for '{shown(name)}' has the date of the one accepted "
+                    f"({known.card_created_at}) but names another age key: refused, the "
+                    "accepted one is kept"
+                )
         self.set_contact(
             replace(
                 known,
