@@ -20,6 +20,7 @@ Caveats first:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -109,10 +110,10 @@ def rotate_age_identity(workspace: Workspace) -> AgeKeys:
     """A new current age identity, the old ones kept to open what was sealed to them."""
     path = workspace.paths.age_identity_file
     now = datetime.now(UTC).replace(microsecond=0)
-    try:  # the new key's card must be newer than the old one's, even within one second
+    # The new key's card must be newer than the old one's, even within one second;
+    # an unreadable file is reported by the rotation itself.
+    with contextlib.suppress(ConfigError):
         now = max(now, _created_at(load_identity_file(path)) + timedelta(seconds=1))
-    except ConfigError:
-        pass  # rotating reports the file's problem
     return rotate_identity_file(path, now=now)
 
 
