@@ -92,7 +92,8 @@ def add_parsers(sub: Subcommands, common: CommandParser) -> None:
         "list",
         parents=[common],
         help="list groups",
-        description="Every group and its members.",
+        description="Every group and its members, as 'group add' made them (the members\n"
+        "are trusted names; 'trust list' shows whether each can receive sealed).",
         examples=["dockercomms group list --json"],
     )
     g.set_defaults(func=cmd_group_list)

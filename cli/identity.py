@@ -414,17 +414,19 @@ def _instance(args: argparse.Namespace) -> str:
 
 def _trust_card(policy: TrustPolicy, name: str, card: ContactCard) -> TrustEntry:
     """Trust ``card``'s signer as ``name`` and take its age recipient (newer cards only)."""
-    if card.name != name:
-        raise ConfigError(
-            f"the card is for '{card.name}', not '{name}': its messages carry the sender "
-            f"name '{card.name}', so trust it as that ('dockercomms trust add {card.name} ...')"
-        )
     if card.signing_key:
         entry = policy.add_key(name, card.signing_key.encode("ascii"))
     else:
         entry = policy.add_identity(
             name, card.keyless_identity, card.keyless_issuer, sigstore_trust=card.sigstore
         )
+    # After the signer: a signer trusted under another name is the clearer refusal.
+    if card.name != name:
+        raise ConfigError(
+            f"the card is for '{card.name}', not '{name}': its messages carry the sender "
+            f"name '{card.name}', so trust it as that ('dockercomms trust add {card.name} ...')"
+        )
+    if entry.kind == "keyless":
         _warn_about_issuer(entry.issuer)
     policy.accept_card(name, card.age_recipient, card.created_at, "card")
     return entry
