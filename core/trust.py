@@ -117,7 +117,8 @@ class Contact:
             ``trust add --card``), ``manual`` (``--age``) or ``repository`` (a
             signed card verified in the repository, SPEC 9.1); empty when unknown.
         card_created_at: the ``created-at`` (ISO 8601, UTC) of the newest card
-            accepted for this name, from a file or the repository; empty when
+            accepted for this name, from a file or the repository; for a
+            recipient given by hand (``manual``), when it was given; empty when
             none. A card older than this is refused as a rollback.
         require_sealed: a plaintext message from this name is rejected.
     """
