@@ -9,6 +9,7 @@ builds this parser, so the engine is imported only when the command runs.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dockercomms.cli.output import emit
 from dockercomms.cli.parsing import CommandParser, Subcommands
@@ -22,6 +23,8 @@ def cmd_card_publish(args: argparse.Namespace) -> int:
     from dockercomms.core.workspace import Workspace
 
     workspace = Workspace.load()
+    workspace.identity_token = args.identity_token
+    workspace.interactive = sys.stdin.isatty()
     published = publish_my_card(workspace, registry_options(args))
     result = {
         "tag": published.tag,
@@ -57,5 +60,11 @@ def add_parsers(sub: Subcommands, common: CommandParser, registry: CommandParser
         "another repository. 'dockercomms status' says whether it is published and\n"
         "current.",
         examples=["dockercomms card publish", "dockercomms card publish --repo HOST/NAME"],
+    )
+    c.add_argument(
+        "--identity-token",
+        metavar="JWT",
+        help="OIDC token for keyless signing (default: $SIGSTORE_ID_TOKEN, then the CI's "
+        "ambient token, then a browser login on a terminal)",
     )
     c.set_defaults(func=cmd_card_publish)

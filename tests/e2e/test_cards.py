@@ -30,6 +30,8 @@ from dockercomms.core._internal.signing.keypair import KeyPairSigner, generate_k
 from dockercomms.core.cards import card_directory
 from dockercomms.core.contact_card import CardClaim, card_tag_prefix
 from tests.conftest import Party, make_party
+from tests.e2e.test_keyless_e2e import ALICE_EMAIL, key_party, keyless_party
+from tests.servers.sigstore_stack import LocalSigstore
 
 STRANGER = str(x25519.Identity.generate().to_public())
 
@@ -255,6 +257,17 @@ def test_ten_thousand_junk_card_tags_are_a_bounded_look(
     # Per card read: its manifest, and where the registry has no referrers API
     # (distribution 2.8) its fallback index.
     assert fetched <= 2 * MAX_CARD_CANDIDATES
+    # One directory does not read a refused tag again: each look gets further.
+    workspace = alice.workspace()
+    with workspace.clients() as pool:
+        cards = card_directory(workspace, pool, interval_seconds=0)
+        cards.refresh("bob")
+        first = cards.reasons("bob")
+        cards.refresh("bob")
+        second = cards.reasons("bob")
+    refused_first = {r.split(":")[0] for r in first if ": refused:" in r}
+    refused_second = {r.split(":")[0] for r in second if ": refused:" in r}
+    assert refused_first and refused_second and not refused_first & refused_second
 
 
 def plant_tags(
@@ -326,3 +339,26 @@ def test_sending_to_a_name_with_only_junk_cards_fails_fast_and_names_the_fix(
     result = alice.cli("send", str(note), "-r", "bob")
     assert result.code != 0
     assert "trust add bob --card" in result.err
+
+
+# --- keyless -----------------------------------------------------------------------
+
+
+def test_a_keyless_identitys_card_verifies_by_identity_and_issuer(
+    tmp_path: Path, sigstore_stack: LocalSigstore
+) -> None:
+    repo = f"oci-layout:{tmp_path / 'layout'}"
+    trust_config = sigstore_stack.write_trust_config(tmp_path / "trust-config.json")
+    alice = keyless_party(tmp_path, "alice", repo, trust_config, sigstore_stack.issuer_url)
+    bob = key_party(tmp_path, "bob", repo, trust_config)
+    card = alice.ok("key", "export")
+    assert f"keyless-identity: {ALICE_EMAIL}" in card
+    token = sigstore_stack.token(email=ALICE_EMAIL)
+    alice.ok("card", "publish", "--identity-token", token)
+    bob.ok(
+        "trust", "add", "alice", "--identity", ALICE_EMAIL, "--issuer", sigstore_stack.issuer_url
+    )
+    reasons, _ = directory(bob)("alice")
+    facts = contact(bob, "alice")
+    assert facts.get("source") == "repository", reasons
+    assert f"age-recipient: {facts['age_recipient']}" in card
