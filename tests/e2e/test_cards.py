@@ -362,3 +362,14 @@ def test_a_keyless_identitys_card_verifies_by_identity_and_issuer(
     facts = contact(bob, "alice")
     assert facts.get("source") == "repository", reasons
     assert f"age-recipient: {facts['age_recipient']}" in card
+
+
+def test_an_unreachable_registry_is_a_reason_not_an_error(tmp_path: Path) -> None:
+    alice = make_party(tmp_path, "alice", f"oci-layout:{tmp_path / 'layout'}")
+    bob = make_party(tmp_path, "bob", alice.repo)
+    alice.ok("trust", "add", "bob", "--key", str(bob.public_key()))
+    before = (alice.home / "trust.json").read_bytes()
+    alice.ok("config", "set", "repository", "127.0.0.1:9/nowhere")  # discard: nothing listens
+    reasons, _ = directory(alice)("bob")
+    assert (alice.home / "trust.json").read_bytes() == before
+    assert any("not looked up" in r for r in reasons), reasons
