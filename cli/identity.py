@@ -289,6 +289,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
     if not args.age:
         raise ConfigError("key rotate needs --age (the signing key does not rotate here)")
     workspace = _workspace()
+    workspace.identity_token = args.identity_token
     keys = rotate_age_identity(workspace)
     result: dict[str, object] = {
         "age_recipient": keys.recipient,
@@ -569,6 +570,12 @@ def add_parsers(sub: Subcommands, common: CommandParser) -> None:
         examples=["dockercomms key rotate --age"],
     )
     k.add_argument("--age", action="store_true", help="rotate my age key (required)")
+    k.add_argument(
+        "--identity-token",
+        metavar="JWT",
+        help="keyless: OIDC token to sign the new card (default: $SIGSTORE_ID_TOKEN, then "
+        "the CI's ambient token)",
+    )
     k.set_defaults(func=cmd_key_rotate)
     k = key.add_parser(
         "fingerprint",

@@ -142,7 +142,15 @@ def my_card(workspace: Workspace, keys: AgeKeys | None = None) -> ContactCard:
 def publish_my_card(
     workspace: Workspace, options: RegistryOptions | None = None, keys: AgeKeys | None = None
 ) -> Published:
-    """Sign and push my card to the repository (SPEC 9.1)."""
+    """Sign and push my card to the repository (SPEC 9.1).
+
+    Without ``options``: the settings' repository, with credentials from the
+    environment or the docker config, as a command without registry flags has.
+    """
+    if options is None:
+        from dockercomms.core.workspace import RegistryOptions
+
+        options = RegistryOptions.from_flags()
     card = my_card(workspace, keys)
     with workspace.client(options) as client:
         done = publish_card(client, workspace.signer(), card.claim)
