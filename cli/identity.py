@@ -465,7 +465,9 @@ def _key_file(where: str) -> tuple[ContactCard | None, bytes | None]:
     try:
         check_public_key(data)
     except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc}") from None
+        raise ConfigError(
+            f"{what}: {exc}; nor a contact card ('dockercomms key export' writes one)"
+        ) from None
     return None, data
 
 
