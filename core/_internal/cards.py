@@ -228,7 +228,7 @@ def find_card(
         try:
             claim, used = _verified_claim(client, verifier, name, raw, digest, bundle_mode)
             downloaded += used
-            if claim.created_at - CLOCK_SKEW > now:
+            if claim.created_at > now + CLOCK_SKEW:  # (not created_at - skew: year 1)
                 raise VerificationError(
                     f"card is dated {protocol.format_timestamp(claim.created_at)}, in the future"
                 )
@@ -334,6 +334,9 @@ class CardDirectory:
             reasons = self._refresh(name)
         except DockerCommsError as exc:
             reasons = [f"cards of '{shown(name)}' not looked up: {exc.diagnostics()}"]
+        except Exception as exc:  # a hostile card must not stop a send; say it once
+            log.warning("looking up the cards of %s failed", shown(name), exc_info=True)
+            reasons = [f"cards of '{shown(name)}' not looked up: {type(exc).__name__}"]
         for reason in reasons:
             log.info("card of %s: %s", shown(name), reason)
         with self._lock:

@@ -20,12 +20,14 @@ import pytest
 from pyrage import x25519
 
 from dockercomms.core import protocol as p
+from dockercomms.core._internal import manifest as m
 from dockercomms.core._internal.cards import (
     MAX_CARD_CANDIDATES,
     build_card_manifest,
     publish_card,
 )
 from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.signatures import attach_bundle
 from dockercomms.core._internal.signing.keypair import KeyPairSigner, generate_key
 from dockercomms.core.cards import card_directory
 from dockercomms.core.contact_card import CardClaim, card_tag_prefix
@@ -373,3 +375,24 @@ def test_an_unreachable_registry_is_a_reason_not_an_error(tmp_path: Path) -> Non
     reasons, _ = directory(alice)("bob")
     assert (alice.home / "trust.json").read_bytes() == before
     assert any("not looked up" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("created_at", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z"])
+def test_a_card_signed_by_its_owner_with_an_absurd_date_is_refused(
+    pair: tuple[Party, Party], created_at: str
+) -> None:
+    """Bob's own signature on a card of year 1 or 9999: refused with a reason, nothing raises."""
+    alice, bob = pair
+    drop_cards(bob, "bob")
+    document = json.loads(build_card_manifest(CardClaim("bob", STRANGER, datetime.now(UTC))))
+    document["annotations"][p.A_CREATED_AT] = created_at
+    raw = json.dumps(document).encode()
+    workspace = bob.workspace()
+    with workspace.client() as client:
+        digest = client.push_manifest(raw).digest
+        subject = m.Descriptor(p.OCI_MANIFEST, digest, len(raw))
+        attach_bundle(client, subject, workspace.signer().sign_digest(digest))
+        unix = int(datetime.now(UTC).timestamp())
+        client.push_manifest(raw, f"{card_tag_prefix('bob')}{unix}-0a0a0a")
+    why = unchanged(alice, lambda: directory(alice)("bob"))
+    assert "refused" in why, why
