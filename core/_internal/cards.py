@@ -7,10 +7,12 @@ Caveats first:
   verified signer is trusted as exactly the name the card claims (the same
   rule as a message's sender, SPEC 5 step 6). Nothing else about a card is
   believed, and a refused card never changes the trust store.
-* Everything read is bounded: per lookup at most :data:`MAX_CARD_CANDIDATES`
-  card manifests fetched and :data:`MAX_CARD_DOWNLOAD_BYTES` downloaded (one
-  fetch may overshoot by its own cap, the client's manifest limit), each
-  candidate's bundles bounded by ``signatures.bundle_candidates``. Tags are
+* Everything read is bounded: per look at most :data:`MAX_CARD_CANDIDATES`
+  card manifests fetched and :data:`MAX_CARD_DOWNLOAD_BYTES` of card manifests
+  and bundle blobs downloaded (one fetch may overshoot by its own cap: the
+  client's manifest limit, a bundle's), each card's bundle search bounded as
+  well by ``signatures.bundle_candidates``. The tag list is read whole, as for
+  the inbox (the registry's pages are bounded by the client). Tags are
   tried newest first by the ``<unix>`` in their name, which only orders the work:
   what decides is the verified ``created_at``. So a pusher can crowd out a
   genuine card with junk tags of plausible dates for a while; that is the same
@@ -210,11 +212,12 @@ def find_card(
     if future:
         reasons.append(f"{future} card tags are dated in the future: not read")
     dated.sort(reverse=True)
-    fetched = downloaded = 0
+    fetched = 0
+    spent = _Budget()
     for _unix, tag in dated:
-        if fetched >= MAX_CARD_CANDIDATES or downloaded >= MAX_CARD_DOWNLOAD_BYTES:
+        if fetched >= MAX_CARD_CANDIDATES or spent.exhausted:
             reasons.append(
-                f"stopped after {fetched} card manifests and {downloaded} bytes "
+                f"stopped after {fetched} card manifests and {spent.bytes} bytes "
                 f"({len(dated) - fetched} more tags not read)"
             )
             break
@@ -224,10 +227,9 @@ def find_card(
         except DockerCommsError as exc:
             reasons.append(f"{tag}: cannot be read: {exc.diagnostics()}")
             continue
-        downloaded += len(raw)
+        spent.bytes += len(raw)
         try:
-            claim, used = _verified_claim(client, verifier, name, raw, digest, bundle_mode)
-            downloaded += used
+            claim = _verified_claim(client, verifier, name, raw, digest, bundle_mode, spent)
             if claim.created_at > now + CLOCK_SKEW:  # (not created_at - skew: year 1)
                 raise VerificationError(
                     f"card is dated {protocol.format_timestamp(claim.created_at)}, in the future"
@@ -246,6 +248,17 @@ def find_card(
     return CardLookup(None, "", reasons)
 
 
+@dataclass
+class _Budget:
+    """Bytes of card manifests and bundle blobs one look downloaded."""
+
+    bytes: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bytes >= MAX_CARD_DOWNLOAD_BYTES
+
+
 def _verified_claim(
     client: RegistryClient,
     verifier: BundleVerifier,
@@ -253,18 +266,23 @@ def _verified_claim(
     raw: bytes,
     digest: str,
     bundle_mode: DiscoveryMode,
-) -> tuple[CardClaim, int]:
-    """The claim of card manifest ``raw`` once it verified as ``name``; and bytes spent."""
+    spent: _Budget,
+) -> CardClaim:
+    """The claim of card manifest ``raw`` once it verified as ``name`` (bundles on ``spent``)."""
     claim = parse_card_manifest(raw)
     if claim.identity != name:
         raise ManifestError(f"card is for '{shown(claim.identity)}', listed under '{shown(name)}'")
-    used = 0
     first_error: DockerCommsError | None = None
     for candidate in bundle_candidates(client, digest, bundle_mode):
         if isinstance(candidate, DockerCommsError):
             first_error = first_error or candidate
             continue
-        used += len(candidate)
+        spent.bytes += len(candidate)
+        if spent.exhausted:
+            raise LimitExceededError(
+                f"stopped reading the signatures of card {digest[:19]}: over the "
+                f"{MAX_CARD_DOWNLOAD_BYTES}-byte budget of one look"
+            )
         try:
             signer = verifier.verify(candidate, digest)
         except VerificationError as exc:
@@ -276,7 +294,7 @@ def _verified_claim(
                 f"trusted as '{shown(signer.name)}'"
             )
             continue
-        return claim, used
+        return claim
     if isinstance(first_error, LimitExceededError):
         raise first_error
     raise first_error or SignatureError(f"card {digest[:19]} has no signature")
