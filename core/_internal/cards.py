@@ -79,7 +79,7 @@ MAX_CARD_CANDIDATES = 8
 #: Bytes of card manifests and their bundles downloaded in one lookup, at most.
 MAX_CARD_DOWNLOAD_BYTES = 1024 * 1024
 #: Refused tags remembered per directory (so junk is fetched once, not at every refresh).
-MAX_REMEMBERED_REFUSALS = 100_000
+MAX_REMEMBERED_REFUSALS = 20_000
 #: How far in the future a card may be dated (as for messages, SPEC 5 step 7).
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -327,6 +327,7 @@ class CardDirectory:
         self._clock = clock
         self._bundle_mode = bundle_mode
         self._lock = threading.Lock()
+        self._name_locks: dict[str, threading.Lock] = {}
         self._last_look: dict[str, float] = {}
         self._reasons: dict[str, list[str]] = {}
         self._refused_tags: set[tuple[str, str]] = set()
@@ -343,11 +344,19 @@ class CardDirectory:
         unreachable registry (logs why and keeps the reason).
         """
         with self._lock:
-            now = self._monotonic()
-            last = self._last_look.get(name)
-            if last is not None and now - last < self._interval:
-                return
-            self._last_look[name] = now
+            one_name = self._name_locks.setdefault(name, threading.Lock())
+        # A second send to the same name waits for the look in progress, then
+        # reads what it found, rather than the trust store from before it.
+        with one_name:
+            with self._lock:
+                now = self._monotonic()
+                last = self._last_look.get(name)
+                if last is not None and now - last < self._interval:
+                    return
+                self._last_look[name] = now
+            self._look(name)
+
+    def _look(self, name: str) -> None:
         try:
             reasons = self._refresh(name)
         except DockerCommsError as exc:
