@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING
 
 from dockercomms.cli.output import emit, warn
 from dockercomms.cli.parsing import CommandParser, Subcommands
-from dockercomms.core.errors import ConfigError
+from dockercomms.core.errors import ConfigError, DockerCommsError
 
 if TYPE_CHECKING:
     from dockercomms.core.config import Settings
+    from dockercomms.core.contact_card import ContactCard
     from dockercomms.core.paths import Paths
-    from dockercomms.core.trust import TrustPolicy
+    from dockercomms.core.trust import Contact, TrustEntry, TrustPolicy
     from dockercomms.core.workspace import Workspace
 
 
@@ -63,12 +64,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     if existing is not None and not args.force:
         _refuse_changes(paths.config_file, existing, identity, asked, args)
-        emit(args, {"identity": identity, "config": str(paths.config_file)}, _already)
+        result: dict[str, object] = {"identity": identity, "config": str(paths.config_file)}
+        result |= _age_key_and_card(args, publish_existing=False)
+        emit(args, result, _already)
         return 0
 
     settings = replace(base, identity=identity, **asked).validate()  # type: ignore[arg-type]
     policy = TrustPolicy.load(paths.trust_file)
-    result: dict[str, object] = {"identity": identity, "config": str(paths.config_file)}
+    result = {"identity": identity, "config": str(paths.config_file)}
     old_name = existing.identity if existing is not None else None
     if settings.signing == "key":
         result |= _trust_my_key(paths, policy, identity, old_name)
@@ -80,8 +83,40 @@ def cmd_init(args: argparse.Namespace) -> int:
     if settings.signing == "keyless" or settings.sigstore_trust != "public-good":
         result["sigstore_trust"] = settings.sigstore_trust
     result["repository"] = settings.repository or paths.default_repository
+    result |= _age_key_and_card(args, publish_existing=True)
     emit(args, result, lambda r: "\n".join(f"{k}: {v}" for k, v in r.items()))
     return 0
+
+
+def _age_key_and_card(args: argparse.Namespace, *, publish_existing: bool) -> dict[str, object]:
+    """Make my age identity if I have none; publish my card if asked or the key is new.
+
+    A card that cannot be published (no registry yet, no credentials, no
+    Sigstore token) is not a failed ``init``: it says how to publish it later.
+    """
+    from dockercomms.core.cards import age_identity, publish_my_card, quick
+
+    workspace = _workspace()
+    keys, made = age_identity(workspace)
+    result: dict[str, object] = {
+        "age_key": str(workspace.paths.age_identity_file),
+        "age_recipient": keys.recipient,
+    }
+    if made and not publish_existing and not args.json:
+        warn(f"dockercomms: made an age key to open sealed messages: {keys.recipient}")
+    if args.no_publish or not (made or publish_existing):
+        return result
+    try:
+        published = publish_my_card(workspace, quick(None), keys)
+    except DockerCommsError as exc:
+        warn(
+            f"dockercomms: warning: my card is not published ({exc.diagnostics()}); "
+            "publish it with 'dockercomms card publish'"
+        )
+        result["card"] = None
+    else:
+        result["card"] = published.tag
+    return result
 
 
 def _refuse_changes(
@@ -171,8 +206,11 @@ def _warn_about_issuer(issuer: str) -> None:
         warn(f"dockercomms: warning: {problem}")
 
 
-def _already(result: dict[str, str]) -> str:
-    return f"already set up as {result['identity']} ({result['config']})"
+def _already(result: dict[str, object]) -> str:
+    lines = [f"already set up as {result['identity']} ({result['config']})"]
+    if "card" in result:
+        lines.append(f"card: {result['card'] or 'not published'}")
+    return "\n".join(lines)
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
@@ -224,11 +262,56 @@ def _changed(result: dict[str, object]) -> str:
 
 
 def cmd_key_export(args: argparse.Namespace) -> int:
-    """Print my public key (PEM) for others to ``trust add``."""
+    """Print my contact card (or, with ``--pem``, only my public key) for others to trust."""
+    from dockercomms.core.cards import my_card
     from dockercomms.core.keys import signing_key
 
     workspace = _workspace()
-    sys.stdout.write(signing_key(workspace.paths.key_file).public_pem.decode())
+    if args.pem:
+        if workspace.settings.signing != "key":
+            raise ConfigError("a keyless identity has no public key; 'key export' writes its card")
+        sys.stdout.write(signing_key(workspace.paths.key_file).public_pem.decode())
+        return 0
+    if not workspace.paths.age_identity_file.exists():
+        raise ConfigError(
+            f"no age key yet at {workspace.paths.age_identity_file}, so no card: "
+            f"'dockercomms init --identity {workspace.identity}' adds one "
+            "('key export --pem' prints only the signing key)"
+        )
+    sys.stdout.write(my_card(workspace).text())
+    return 0
+
+
+def cmd_key_rotate(args: argparse.Namespace) -> int:
+    """A new age key (the old ones kept), then my card with it published."""
+    from dockercomms.core.cards import publish_my_card, rotate_age_identity
+
+    if not args.age:
+        raise ConfigError("key rotate needs --age (the signing key does not rotate here)")
+    workspace = _workspace()
+    workspace.identity_token = args.identity_token
+    keys = rotate_age_identity(workspace)
+    result: dict[str, object] = {
+        "age_recipient": keys.recipient,
+        "kept": len(keys.keys) - 1,
+        "card": None,
+    }
+    try:
+        result["card"] = publish_my_card(workspace, None, keys).tag
+    except DockerCommsError as exc:
+        warn(
+            f"dockercomms: warning: my new card is not published ({exc.diagnostics()}); "
+            "publish it with 'dockercomms card publish', and until then give peers "
+            "'dockercomms key export'"
+        )
+    emit(
+        args,
+        result,
+        lambda r: (
+            f"age key: {r['age_recipient']} (kept {r['kept']} older to open older "
+            f"messages)\ncard: {r['card'] or 'not published'}"
+        ),
+    )
     return 0
 
 
@@ -242,73 +325,215 @@ def cmd_key_fingerprint(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_add(args: argparse.Namespace) -> int:
-    """Trust a key or a keyless identity for a sender name."""
+    """Trust a card, a key or a keyless identity for a sender name; and its sealing facts.
+
+    ``--key FILE`` takes a card too (``key export`` writes one). A card names
+    its sender, which must be NAME: a message from it carries that name. With
+    neither a card, a key nor an identity, NAME must be trusted already and
+    only ``--age`` and ``--require-sealed`` change.
+    """
     from dockercomms.core.names import check_name
+    from dockercomms.core.trust import TrustPolicy
 
     name = check_name(args.name, "trust name")
     workspace = _workspace()
-    policy = workspace.trust_policy()
+    keyless = args.identity or args.issuer or args.sigstore_trust
+    if args.card and (args.key or keyless):
+        raise ConfigError("--card does not go with --key, --identity, --issuer or --sigstore-trust")
+    if args.key and keyless:
+        raise ConfigError("--key does not go with --identity, --issuer or --sigstore-trust")
+    card = _card_file(args.card) if args.card else None
+    pem = None
     if args.key:
-        if args.identity or args.issuer or args.sigstore_trust:
-            raise ConfigError("--key does not go with --identity, --issuer or --sigstore-trust")
-        entry = policy.add_key(name, _public_key_file(args.key))
-    elif args.identity or args.issuer:
-        from dockercomms.core.config import check_sigstore_trust
+        card, pem = _key_file(args.key)
+    if card is not None and args.age:
+        raise ConfigError("a card names its age key; --age goes with --key PEM or alone")
+    age = _age_recipient(args.age) if args.age else None
+    with TrustPolicy.editing(workspace.paths.trust_file) as policy:
+        if card is not None:
+            entry = _trust_card(policy, name, card)
+        elif pem is not None:
+            entry = policy.add_key(name, pem)
+        elif args.identity or args.issuer:
+            entry = policy.add_identity(
+                name, args.identity or "", args.issuer or "", sigstore_trust=_instance(args)
+            )
+            _warn_about_issuer(entry.issuer)
+        elif age is None and args.require_sealed is None:
+            raise ConfigError(
+                "trust add needs --card FILE, --key FILE, or --identity and --issuer "
+                "(or, for a trusted name, --age or --require-sealed)"
+            )
+        elif not policy.is_trusted(name):
+            raise ConfigError(
+                f"'{name}' is not trusted yet: give its card (--card FILE) or its signing "
+                "key (--key FILE) first"
+            )
+        else:
+            entry = None
+        if age is not None:
+            from datetime import UTC, datetime
 
-        # Empty: my own instance, whatever my settings name now or later.
-        instance = ""
-        if args.sigstore_trust:
-            instance = check_sigstore_trust(args.sigstore_trust, signing=False)
-        entry = policy.add_identity(
-            name, args.identity or "", args.issuer or "", sigstore_trust=instance
-        )
-        _warn_about_issuer(entry.issuer)
-    else:
-        raise ConfigError("trust add needs --key FILE, or --identity and --issuer")
-    policy.save(workspace.paths.trust_file)
-    emit(args, asdict(entry), lambda e: f"trusted {entry.describe()}")
+            # A recipient typed by hand beats repository cards made before now.
+            policy.accept_card(name, age, datetime.now(UTC).replace(microsecond=0), "manual")
+        if args.require_sealed is not None:
+            policy.set_require_sealed(name, args.require_sealed)
+        contact = policy.contact(name)
+    result = (asdict(entry) if entry is not None else {"name": name}) | {"contact": asdict(contact)}
+    emit(args, result, lambda _: _trusted_text(entry, contact))
     return 0
 
 
-def _public_key_file(where: str) -> bytes:
-    """The PEM in ``where`` ('-' for stdin), checked: one plain sentence if it is not one."""
-    from dockercomms.core.keys import check_public_key
+def _trusted_text(entry: TrustEntry | None, contact: Contact) -> str:
+    lines = [f"trusted {entry.describe()}"] if entry is not None else []
+    lines.append(f"{contact.name}: {_sealing(contact)}")
+    return "\n".join(lines)
 
+
+def _sealing(contact: Contact) -> str:
+    """What ``trust list`` says of a name's sealing facts."""
+    if contact.age_recipient:
+        text = f"sealed to {contact.age_recipient} ({contact.source}"
+        if contact.card_created_at:
+            text += f", {contact.card_created_at}"
+        text += ")"
+    else:
+        text = "no age key: cannot receive sealed messages"
+    if contact.require_sealed:
+        text += "; requires sealed messages"
+    return text
+
+
+def _instance(args: argparse.Namespace) -> str:
+    """The Sigstore instance of a keyless entry; empty for my own, whatever it becomes."""
+    if not args.sigstore_trust:
+        return ""
+    from dockercomms.core.config import check_sigstore_trust
+
+    return check_sigstore_trust(args.sigstore_trust, signing=False)
+
+
+def _trust_card(policy: TrustPolicy, name: str, card: ContactCard) -> TrustEntry:
+    """Trust ``card``'s signer as ``name`` and take its age recipient (newer cards only)."""
+    if card.signing_key:
+        entry = policy.add_key(name, card.signing_key.encode("ascii"))
+    else:
+        entry = policy.add_identity(
+            name, card.keyless_identity, card.keyless_issuer, sigstore_trust=card.sigstore
+        )
+    # After the signer: a signer trusted under another name is the clearer refusal.
+    if card.name != name:
+        raise ConfigError(
+            f"the card is for '{card.name}', not '{name}': its messages carry the sender "
+            f"name '{card.name}', so trust it as that ('dockercomms trust add {card.name} ...')"
+        )
+    if entry.kind == "keyless":
+        _warn_about_issuer(entry.issuer)
+    policy.accept_card(name, card.age_recipient, card.created_at, "card")
+    return entry
+
+
+def _read(where: str) -> bytes:
     try:
-        pem = sys.stdin.buffer.read() if where == "-" else Path(where).read_bytes()
+        return sys.stdin.buffer.read() if where == "-" else Path(where).read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {where}: {exc.strerror}") from None
+
+
+def _card_file(where: str) -> ContactCard:
+    from dockercomms.core.contact_card import MAX_CARD_BYTES, parse_card
+
+    data = _read(where)[: MAX_CARD_BYTES + 1]
     try:
-        check_public_key(pem)
+        return parse_card(data)
     except ConfigError as exc:
         raise ConfigError(f"{'standard input' if where == '-' else where}: {exc}") from None
-    return pem
+
+
+def _key_file(where: str) -> tuple[ContactCard | None, bytes | None]:
+    """The card or the PEM in ``where`` ('-' for stdin): one plain sentence if it is neither."""
+    from dockercomms.core.contact_card import K_VERSION, MAX_CARD_BYTES, parse_card
+    from dockercomms.core.keys import check_public_key
+
+    data = _read(where)
+    what = "standard input" if where == "-" else where
+    if f"{K_VERSION}:".encode() in data[: MAX_CARD_BYTES + 1]:
+        try:
+            return parse_card(data[: MAX_CARD_BYTES + 1]), None
+        except ConfigError as exc:
+            raise ConfigError(f"{what}: {exc}") from None
+    try:
+        check_public_key(data)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{what}: {exc}; nor a contact card ('dockercomms key export' writes one)"
+        ) from None
+    return None, data
+
+
+def _age_recipient(text: str) -> str:
+    from dockercomms.core.age_keys import recipient_problem
+
+    problem = recipient_problem(text)
+    if problem is not None:
+        raise ConfigError(f"--age: {problem}")
+    return text
 
 
 def cmd_trust_list(args: argparse.Namespace) -> int:
-    """List trust entries."""
-    policy = _workspace().trust_policy()
-    emit(
-        args,
-        [asdict(e) | {"public_key": None} for e in policy.entries],
-        lambda _: "\n".join(e.describe() for e in policy.entries) or "(no trusted signers)",
-    )
+    """List trust entries, with each name's sealing facts (who can receive sealed)."""
+    workspace = _workspace()
+    policy = workspace.trust_policy()
+    contacts = {e.name: policy.contact(e.name) for e in policy.entries}
+    mine = _my_contact(workspace)
+    if mine is not None:
+        contacts[mine.name] = mine
+    rows = [
+        asdict(e)
+        | {"public_key": None}
+        | {k: v for k, v in asdict(contacts[e.name]).items() if k != "name"}
+        for e in policy.entries
+    ]
+
+    def text(_: object) -> str:
+        lines = []
+        for entry in policy.entries:
+            lines.append(f"{entry.describe()}\t{_sealing(contacts[entry.name])}")
+        for group, members in sorted(policy.groups.items()):
+            lines.append(f"{group}\tgroup\t{' '.join(members)}")
+        return "\n".join(lines) or "(no trusted signers)"
+
+    emit(args, rows, text)
     return 0
+
+
+def _my_contact(workspace: Workspace) -> Contact | None:
+    """Me as ``trust list`` shows me: sealed to my own current age key (source ``mine``)."""
+    from dockercomms.core.age_keys import load_identity_file
+
+    try:
+        keys = load_identity_file(workspace.paths.age_identity_file)
+    except ConfigError:
+        return None
+    known = workspace.trust_policy().contact(workspace.identity)
+    return replace(known, age_recipient=keys.recipient, source="mine", card_created_at="")
 
 
 def cmd_trust_remove(args: argparse.Namespace) -> int:
     """Remove a sender's entries (or one of them with --match)."""
+    from dockercomms.core.trust import TrustPolicy
+
     workspace = _workspace()
-    policy = workspace.trust_policy()
-    gone = policy.remove(args.name, match=args.match)
-    if not gone:
-        raise ConfigError(f"no trust entry for {args.name!r}")
-    policy.save(workspace.paths.trust_file)
-    emit(
-        args,
-        [asdict(e) for e in gone],
-        lambda _: "\n".join(f"removed {e.describe()}" for e in gone),
-    )
+    left: list[str] = []
+    with TrustPolicy.editing(workspace.paths.trust_file) as policy:
+        gone = policy.remove(args.name, match=args.match)
+        if not gone:
+            raise ConfigError(f"no trust entry for {args.name!r}")
+        if not policy.is_trusted(args.name):
+            left = policy.forget(args.name)  # its age key and groups go with its last entry
+    lines = [f"removed {e.describe()}" for e in gone]
+    lines += [f"left group {group}" for group in left]
+    emit(args, [asdict(e) for e in gone], lambda _: "\n".join(lines))
     return 0
 
 
@@ -319,18 +544,41 @@ def add_parsers(sub: Subcommands, common: CommandParser) -> None:
 
     key = sub.add_parser(
         "key",
-        help="my signing key",
-        description="Show the public half of my key-pair signing key, for peers to trust.",
+        help="my keys and contact card",
+        description="My contact card (name, signing key or keyless identity, age key) for\n"
+        "peers to trust, and a new age key.",
     ).add_subparsers(dest="key_cmd", required=True, metavar="ACTION")
     k = key.add_parser(
         "export",
         parents=[common],
-        help="print my public key (PEM)",
-        description="Print my public key as PEM on standard output. Give the file to the\n"
-        "people you send to: they trust it with 'dockercomms trust add YOU --key FILE'.",
-        examples=["dockercomms key export > alice.pub"],
+        help="print my contact card",
+        description="Print my contact card on standard output: my name, my signing key (or\n"
+        "keyless identity and issuer) and my age key, one small text file. Give it to the\n"
+        "people you send to: 'dockercomms trust add YOU --card FILE' (or --key FILE)\n"
+        "trusts it, and they can seal to you at once. --pem prints only the signing key.",
+        examples=["dockercomms key export > alice.card", "dockercomms key export --pem"],
+    )
+    k.add_argument(
+        "--pem", action="store_true", help="only my public signing key, as PEM (key pairs)"
     )
     k.set_defaults(func=cmd_key_export)
+    k = key.add_parser(
+        "rotate",
+        parents=[common],
+        help="make a new age key and publish my card with it",
+        description="Make a new age key, keeping the old ones in the same file to open\n"
+        "messages sealed to them, and publish my card with the new key to the repository:\n"
+        "peers who trust me take it from there before their next sealed message.",
+        examples=["dockercomms key rotate --age"],
+    )
+    k.add_argument("--age", action="store_true", help="rotate my age key (required)")
+    k.add_argument(
+        "--identity-token",
+        metavar="JWT",
+        help="keyless: OIDC token to sign the new card (default: $SIGSTORE_ID_TOKEN, then "
+        "the CI's ambient token)",
+    )
+    k.set_defaults(func=cmd_key_rotate)
     k = key.add_parser(
         "fingerprint",
         parents=[common],
@@ -353,16 +601,48 @@ def add_parsers(sub: Subcommands, common: CommandParser) -> None:
         description="Accept messages from NAME when they are signed by this key, or by this\n"
         "Sigstore identity AND issuer on this Sigstore instance. One signer speaks for\n"
         "one name: a signer already trusted under another name is refused (remove it\n"
-        "there first). A name may have several signers (key rotation).",
+        "there first). A name may have several signers (key rotation). A card also\n"
+        "gives NAME's age key, so messages to NAME are sealed; without one, NAME's card\n"
+        "in the repository gives it, once it verifies as NAME.",
         examples=[
-            "dockercomms trust add bob@example.com --key bob.pub",
+            "dockercomms trust add bob@example.com --card bob.card",
+            "dockercomms trust add bob@example.com --key bob.pub --age age1...",
+            "dockercomms trust add bob@example.com --require-sealed",
             "dockercomms trust add ci --identity "
             "https://github.com/ORG/REPO/.github/workflows/send.yml@refs/heads/main "
             "--issuer https://token.actions.githubusercontent.com",
         ],
     )
     t.add_argument("name", help="the sender name this signer may send as (the peer's --identity)")
-    t.add_argument("--key", metavar="FILE", help="PEM public key file, '-' for standard input")
+    t.add_argument(
+        "--card",
+        metavar="FILE",
+        help="a contact card ('dockercomms key export' writes one), '-' for standard input",
+    )
+    t.add_argument(
+        "--key",
+        metavar="FILE",
+        help="PEM public key file, or a contact card; '-' for standard input",
+    )
+    t.add_argument(
+        "--age",
+        metavar="AGE1...",
+        help="the age recipient to seal to (with --key PEM, or alone for a trusted name)",
+    )
+    sealed = t.add_mutually_exclusive_group()
+    sealed.add_argument(
+        "--require-sealed",
+        dest="require_sealed",
+        action="store_true",
+        default=None,
+        help="reject plaintext messages from NAME (exit 2)",
+    )
+    sealed.add_argument(
+        "--no-require-sealed",
+        dest="require_sealed",
+        action="store_false",
+        help="accept plaintext messages from NAME again",
+    )
     t.add_argument(
         "--identity",
         "--cert-identity",
@@ -388,8 +668,11 @@ def add_parsers(sub: Subcommands, common: CommandParser) -> None:
         parents=[common],
         help="list trusted signers",
         description="List every trust entry: name, kind, and the key fingerprint or the\n"
-        "identity, issuer and Sigstore instance. Problems with entries written by older\n"
-        "versions (invalid names, one signer under two names) are reported on stderr.",
+        "identity, issuer and Sigstore instance; then whether NAME can receive sealed\n"
+        "messages: its age key, where it came from (card, manual, repository) and the\n"
+        "card's date; and whether NAME must send sealed. Then the groups. Problems with\n"
+        "entries written by older versions (invalid names, one signer under two names)\n"
+        "are reported on stderr.",
         examples=["dockercomms trust list --json"],
     )
     t.set_defaults(func=cmd_trust_list)
@@ -417,10 +700,12 @@ def _add_init(sub: Subcommands, common: CommandParser) -> None:
         parents=[common],
         help="create my identity, config and key",
         description="Set up this identity: config.toml, and a signing key (key pair, the\n"
-        "default) or keyless Sigstore signing, and trust in my own signer. NAME is how\n"
-        "others address me and trust me: letters, digits and . _ - + @, such as an\n"
-        "e-mail address. Run again, init changes nothing (use 'config set'); with\n"
-        "--force it rewrites what this command line gives and keeps everything else.",
+        "default) or keyless Sigstore signing, trust in my own signer, an age key to open\n"
+        "sealed messages, and my signed card in the repository (so peers who trust me\n"
+        "can seal to me). NAME is how others address me and trust me: letters, digits\n"
+        "and . _ - + @, such as an e-mail address. Run again, init changes no setting\n"
+        "(use 'config set') but adds an age key if there is none and publishes its card;\n"
+        "with --force it rewrites what this command line gives and keeps everything else.",
         examples=[
             "dockercomms init --identity alice@example.com",
             "dockercomms init --identity alice@example.com --signing keyless "
@@ -466,6 +751,12 @@ def _add_init(sub: Subcommands, common: CommandParser) -> None:
         "--force",
         action="store_true",
         help="rewrite the settings given here, even for another NAME (default: refuse)",
+    )
+    p.add_argument(
+        "--no-publish",
+        action="store_true",
+        help="do not publish my card to the repository now ('dockercomms card publish' "
+        "does it later)",
     )
     p.set_defaults(func=cmd_init)
 

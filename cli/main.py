@@ -17,9 +17,11 @@ import signal
 import sys
 
 from dockercomms.cli import (
+    card_cmd,
     demo,
     doctor_cmd,
     gc_cmd,
+    group_cmd,
     identity,
     messaging,
     mount_cmd,
@@ -58,7 +60,9 @@ def build_parser() -> CommandParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     identity.add_parsers(sub, common)
+    group_cmd.add_parsers(sub, common)
     registry = registry_parser()
+    card_cmd.add_parsers(sub, common, registry)
     messaging.add_parsers(sub, common, registry)
     sync_cmd.add_parsers(sub, common, registry)
     mount_cmd.add_parsers(sub, common, registry)

@@ -31,7 +31,7 @@ from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.core.errors import DockerCommsError
 
 if TYPE_CHECKING:
-    from dockercomms.core.status import MountStatus, StatusSummary
+    from dockercomms.core.status import CardStatus, MountStatus, StatusSummary
     from dockercomms.core.workspace import Workspace
 
 STATUS_TIMEOUT_SECONDS = 5.0
@@ -67,7 +67,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         summary = summary_of_mount(found, str(workspace.paths.chunk_cache_dir))
     else:
         summary = _from_disk(workspace)
-    summary = dataclasses.replace(summary, notes=notes + summary.notes)
+    summary = dataclasses.replace(summary, notes=notes + summary.notes, card=_card(workspace))
     emit(args, to_json(summary), lambda _: status_text(summary, DEFAULT_CAP_BYTES))
     return 0
 
@@ -125,6 +125,15 @@ def _serves(status: MountStatus, workspace: Workspace) -> bool:
         return True
 
 
+def _card(workspace: Workspace) -> CardStatus:
+    """Whether my card is in the repository and names my current age key (asked briefly)."""
+    from dockercomms.core.cards import card_state, quick
+    from dockercomms.core.status import CardStatus
+
+    state = card_state(workspace, quick(None))
+    return CardStatus(state.state, state.tag or None, state.created_at, state.detail)
+
+
 def _from_disk(workspace: Workspace) -> StatusSummary:
     """What the files at rest say: the queue, who holds it, the chunk cache."""
     from dockercomms.core.status import Daemon, StatusSummary
@@ -163,10 +172,11 @@ def add_parsers(sub: Subcommands, common: CommandParser) -> None:
     st = sub.add_parser(
         "status",
         parents=[common],
-        help="queue, transfers, last poll, errors and cache, from the mount or from disk",
+        help="queue, transfers, last poll, errors, cache and my card",
         description="What this identity is doing: files queued, sending and failed, the\n"
         "upload in flight, the last inbox poll, recent errors and the chunk cache. It\n"
-        "asks the running mount, or reads the queue database when none runs.",
+        "asks the running mount, or reads the queue database when none runs. Last, it\n"
+        "asks the repository whether my card is published and names my current age key.",
         examples=["dockercomms status", "dockercomms status --json"],
     )
     st.add_argument(

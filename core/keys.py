@@ -48,5 +48,5 @@ def signing_key(key_file: Path, *, create: bool = False) -> SigningKey:
 
 
 def check_public_key(pem: bytes) -> None:
-    """Raise ``ConfigError`` unless ``pem`` is a P-256 public key, as ``key export`` prints."""
+    """Raise ``ConfigError`` unless ``pem`` is a P-256 public key (``key export --pem``)."""
     load_public_key(pem)

@@ -354,6 +354,24 @@ class CacheUsage:
 
 
 @dataclass(frozen=True)
+class CardStatus:
+    """My card in the repository (SPEC 9.1): what ``status`` says of it.
+
+    Attributes:
+        state: ``current``, ``outdated`` (names an older age key), ``missing``
+            or ``unknown`` (the repository could not be read).
+        tag: the newest card that verified as me.
+        created_at: its date.
+        detail: what to do, or why the state is unknown.
+    """
+
+    state: str = "unknown"
+    tag: str | None = field(default=None, metadata=OMITTED_IF_NONE)
+    created_at: datetime | None = field(default=None, metadata=OMITTED_IF_NONE)
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class StatusSummary:
     """``dockercomms status``: from the running mount, or from the files at rest.
 
@@ -375,6 +393,7 @@ class StatusSummary:
     cache: CacheUsage = field(default_factory=CacheUsage)
     mount: MountStatus | None = field(default=None, metadata=OMITTED_IF_NONE)
     notes: list[str] = field(default_factory=list)
+    card: CardStatus | None = field(default=None, metadata=OMITTED_IF_NONE)
 
 
 def summary_of_mount(status: MountStatus, cache_path: str) -> StatusSummary:
@@ -544,12 +563,23 @@ def status_text(summary: StatusSummary, default_cache_cap: int) -> str:
     cache = summary.cache
     cap = _size(cache.cap_bytes or default_cache_cap)
     lines.append(f"cache: {cache.entries} chunks, {_size(cache.bytes)} of {cap}")
+    if summary.card is not None:
+        lines.append(_card_line(summary.card))
     lines += [f"error: {shown(error)}" for error in summary.errors]
     for refusal in summary.refusals:
         at = protocol.format_timestamp(refusal.at) if refusal.at else "?"
         lines.append(f"refused: {shown(refusal.path)} ({at}): {shown(refusal.reason)}")
     lines += [f"note: {note}" for note in summary.notes]
     return "\n".join(lines)
+
+
+def _card_line(card: CardStatus) -> str:
+    line = f"card: {card.state}"
+    if card.created_at is not None:
+        line += f" ({protocol.format_timestamp(card.created_at)}, {shown(card.tag or '')})"
+    if card.detail:
+        line += f"; {shown(card.detail)}"
+    return line
 
 
 def _queue_line(queue: QueueStatistics | None) -> str:

@@ -26,16 +26,21 @@ Caveats first:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shlex
 import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from dockercomms.core import protocol
 from dockercomms.core._internal.signing.keypair import PinnedKey, key_hint, load_public_key
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.names import check_name, name_problem
@@ -112,7 +117,8 @@ class Contact:
             ``trust add --card``), ``manual`` (``--age``) or ``repository`` (a
             signed card verified in the repository, SPEC 9.1); empty when unknown.
         card_created_at: the ``created-at`` (ISO 8601, UTC) of the newest card
-            accepted for this name, from a file or the repository; empty when
+            accepted for this name, from a file or the repository; for a
+            recipient given by hand (``manual``), when it was given; empty when
             none. A card older than this is refused as a rollback.
         require_sealed: a plaintext message from this name is rejected.
     """
@@ -175,6 +181,25 @@ class TrustPolicy:
             doc["groups"] = {name: list(members) for name, members in sorted(self.groups.items())}
         write_atomic(path, json.dumps(doc, indent=2).encode() + b"\n", mode=0o644)
 
+    @classmethod
+    @contextmanager
+    def editing(cls, path: Path) -> Iterator[TrustPolicy]:
+        """Load, let the caller change, and save the trust file, under a lock.
+
+        The mount refreshes contacts from cards while ``trust add`` may run in a
+        shell: an ``flock`` on the trust file's folder keeps one from losing the
+        other's change. Nothing is saved when the block raises.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            policy = cls.load(path)
+            yield policy
+            policy.save(path)
+        finally:
+            os.close(fd)  # releases the lock
+
     def add_key(self, name: str, pem: bytes) -> TrustEntry:
         """Trust a P-256 public key for ``name`` (idempotent; one name per key)."""
         key = load_public_key(pem)
@@ -204,6 +229,11 @@ class TrustPolicy:
 
     def _add(self, entry: TrustEntry) -> TrustEntry:
         check_name(entry.name, "trust name")
+        if entry.name in self.groups:
+            raise ConfigError(
+                f"'{shown(entry.name)}' is a group; remove it first "
+                f"('dockercomms group remove {_quoted(entry.name)}') or trust another name"
+            )
         for other in self.entries:
             if other.signer == entry.signer and other.name != entry.name:
                 raise ConfigError(
@@ -265,6 +295,90 @@ class TrustPolicy:
     def is_trusted(self, name: str) -> bool:
         """Whether some entry lets ``name`` send (what a contact or group member needs)."""
         return any(entry.name == name for entry in self.entries)
+
+    def accept_card(self, name: str, age_recipient: str, created_at: datetime, source: str) -> bool:
+        """Record the age recipient of a card for ``name``, unless it is no newer than the last.
+
+        Returns whether it was recorded. A card older than the newest accepted
+        for ``name`` is a rollback and raises :class:`ConfigError` saying so, and
+        so does one of the same date naming another key (which of the two is
+        newer cannot be told); the same card again changes nothing.
+        ``require_sealed`` is kept.
+        """
+        known = self.contact(name)
+        if known.card_created_at:
+            newest = protocol.parse_timestamp(known.card_created_at)
+            if created_at < newest:
+                raise ConfigError(
+                    f"the card for '{shown(name)}' was made "
+                    f"{protocol.format_timestamp(created_at)}, "
+                    f"before the newest one accepted ({known.card_created_at}): refused as a "
+                    "rollback"
+                )
+            if created_at == newest:
+                if age_recipient == known.age_recipient:
+                    return False
+                raise ConfigError(
+                    f"another card for '{shown(name)}' has the date of the one accepted "
+                    f"({known.card_created_at}) but names another age key: refused, the "
+                    "accepted one is kept"
+                )
+        self.set_contact(
+            replace(
+                known,
+                age_recipient=age_recipient,
+                source=source,
+                card_created_at=protocol.format_timestamp(created_at),
+            )
+        )
+        return True
+
+    def set_require_sealed(self, name: str, required: bool) -> None:
+        """Reject (or accept again) plaintext messages from ``name``."""
+        self.set_contact(replace(self.contact(name), require_sealed=required))
+
+    def forget(self, name: str) -> list[str]:
+        """Drop ``name``'s contact and group memberships (its last entry is gone).
+
+        Returns the groups it was taken out of; a group left empty is removed.
+        """
+        self.contacts.pop(name, None)
+        left: list[str] = []
+        for group, members in list(self.groups.items()):
+            if name in members:
+                left.append(group)
+                rest = tuple(m for m in members if m != name)
+                if rest:
+                    self.groups[group] = rest
+                else:
+                    del self.groups[group]
+        return left
+
+    def set_group(self, group: str, members: list[str]) -> tuple[str, ...]:
+        """Make ``group`` the names ``members`` (each trusted, in order, once each).
+
+        A group name may not be a trusted name (``outbox/NAME/`` would mean two
+        things), nor may a member be a group (one level: no cycles to follow).
+        """
+        check_name(group, "group name")
+        if self.is_trusted(group):
+            raise ConfigError(
+                f"'{shown(group)}' is a trusted name; a group needs a name of its own"
+            )
+        if not members:
+            raise ConfigError("a group needs at least one member")
+        unique = tuple(dict.fromkeys(members))
+        for member in unique:
+            check_name(member, "group member")
+            if member in self.groups:
+                raise ConfigError(f"'{shown(member)}' is a group; a group's members are names")
+            if not self.is_trusted(member):
+                raise ConfigError(
+                    f"'{shown(member)}' is not a trusted name; trust it first "
+                    f"('dockercomms trust add {_quoted(member)} --card FILE')"
+                )
+        self.groups[group] = unique
+        return unique
 
     def pinned_keys(self) -> list[PinnedKey]:
         """Every key entry as a verifier-ready key."""

@@ -38,8 +38,11 @@ def settings_of(party: Party) -> dict[str, object]:
 
 
 def tags_in(party: Party) -> list[str]:
+    """Every tag but those of the card ``init`` published (and its signature)."""
     with party.workspace().client() as client:
-        return client.list_tags()
+        tags = client.list_tags()
+        cards = [client.fetch_manifest(t)[1] for t in tags if t.startswith("card-")]
+    return [t for t in tags if not t.startswith(("card-", *(f"bundle-{d[7:19]}" for d in cards)))]
 
 
 # --- names (#16.6, #13.17) ---------------------------------------------------------

@@ -148,6 +148,7 @@ def test_basic_auth_flags_and_env_are_sent_preemptively(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     alice, bob, _ = _pair(tmp_path, basic_proxy.host)
+    basic_proxy.clear()  # init's attempt to publish each card, without credentials
     source = _file(tmp_path)
     assert basic_registry.username is not None and basic_registry.password is not None
 
@@ -212,6 +213,8 @@ def test_token_auth_requests_scopes_per_command(
     tokens = token_registry.token_server
     assert tokens is not None
     alice, bob, name = _pair(tmp_path, token_proxy.host)
+    tokens.clear()  # init's attempt to publish each card, without credentials
+    token_proxy.clear()
     source = _file(tmp_path)
 
     alice.extra_env.update(_env_credentials(token_registry))
@@ -329,6 +332,7 @@ def test_docker_config_dir_is_honoured(
     assert basic_registry.username is not None and basic_registry.password is not None
     host = basic_proxy.host
     alice, bob, _ = _pair(tmp_path, host)
+    basic_proxy.clear()  # init's attempt to publish each card, without credentials
     # A decoy ~/.docker/config.json with a wrong password: DOCKER_CONFIG must win.
     home = tmp_path / "home"
     decoy = base64.b64encode(b"tester:wrong-password").decode()
