@@ -193,9 +193,13 @@ def test_crash_between_two_recipients_tags_finishes_the_same_message(
                 created_at=item.created_at,
                 plan=plan,
             )
+
+            def sealed(value: str) -> None:
+                queue.pin_sealed(item.id, value)
+
             journal = SendJournal(
                 chunk=lambda i, d, sha: queue.record_chunk(item.id, i, d, sha),
-                sealed=lambda value: None if queue.pin_sealed(item.id, value) else None,
+                sealed=sealed,
                 delivered=delivered,
             )
             with pytest.raises(Died):
