@@ -7,6 +7,10 @@ Caveats first:
   local network ``OSError``) puts the item back with capped exponential backoff
   and full jitter; anything else fails the item for good (it keeps its bytes
   until requeued).
+* One exception: a recipient whose age key is not known yet
+  (``NoAgeRecipientError``, SPEC 9) keeps the item queued and looks again every
+  :data:`KEY_WAIT_SECONDS` (a card may be published, or ``trust add --card``
+  run), without holding up the other items; nothing of it was pushed.
 * The backoff is per registry, not per item: after a temporary failure the
   worker pauses all sending, because the next item would only fail the same way.
 * One item at a time. The sender already uploads two chunks in parallel, and a
@@ -27,6 +31,7 @@ from dockercomms.core import protocol
 from dockercomms.core.errors import (
     Disposition,
     DockerCommsError,
+    NoAgeRecipientError,
     disposition_of,
 )
 from dockercomms.core.outbox import (
@@ -50,6 +55,8 @@ IDLE_POLL_SECONDS = 1.0
 #: with a new date (if the registry does not have it yet): after a long outage it
 #: would otherwise arrive expired, or nearly, and be refused.
 RESTAMP_BELOW = 0.25
+#: How often an item waiting for a recipient's age key tries again.
+KEY_WAIT_SECONDS = 30.0
 
 
 class _Aborted(Exception):
@@ -257,6 +264,9 @@ class PushWorker:
         with self._lock:
             self._last_failure_at = now
             self._last_error = text
+        if isinstance(error, NoAgeRecipientError):
+            log.warning("%s waits for an age key: %s", item.filename, text)
+            return PushResult(self.queue.mark_retry(item.id, text, KEY_WAIT_SECONDS), error)
         if not is_temporary(error):
             if not isinstance(error, DockerCommsError | OSError):
                 log.exception("unexpected error sending %s", item.filename)

@@ -175,5 +175,8 @@ def _fixes(missing: list[str], no_key_of_mine: bool) -> str:
     ]
     if no_key_of_mine:
         fixes.append("'dockercomms init' to add my age key")
-    fixes.append("or 'send --plaintext' to send it unsealed anyway")
+    fixes.append(
+        "or, to send it unsealed anyway, 'send --plaintext' "
+        "('config set send_plaintext true' for the sync and the mount)"
+    )
     return "; nothing was sent. Run " + "; ".join(fixes)

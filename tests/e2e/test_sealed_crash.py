@@ -17,15 +17,18 @@ import os
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dockercomms.core import protocol as p
 from dockercomms.core._internal.limits import MIB
 from dockercomms.core.age_keys import create_identity_file, load_identity_file
+from dockercomms.core.errors import NoAgeRecipientError
 from dockercomms.core.outbox import Delivery, SendJournal, SendRequest
 from dockercomms.core.trust import Contact, TrustPolicy
 from dockercomms.syncer.queue import ItemState, PushQueue
+from dockercomms.syncer.syncer import Syncer
 from tests import age_cli
 from tests.syncer_fixtures import (
     Identity,
@@ -214,3 +217,45 @@ def test_crash_between_two_recipients_tags_finishes_the_same_message(
         assert done.state == ItemState.SENT
         assert sorted(queue.deliveries(done.id)) == sorted(MEMBERS)
     check_one_sealed_message(team, expected)
+
+
+def test_a_file_for_a_recipient_without_an_age_key_waits_then_goes_sealed(
+    team: dict[str, Identity], tmp_path: Path
+) -> None:
+    alice, erin = (
+        team["alice"],
+        make_identity(tmp_path / "ids", "erin", tmp_path / "ids" / "xdg-data"),
+    )
+    trust(alice, erin, tmp_path)
+    outbox = tmp_path / "outbox"
+    (outbox / "erin").mkdir(parents=True)
+    (outbox / "erin" / "notes.txt").write_text("for erin's eyes")
+    syncer = Syncer(
+        alice.workspace(), None, spool_dir=outbox, inbox_dir=None, default_recipient=None
+    )
+    try:
+        summary = syncer.run_once()
+        [waiting] = summary.waiting
+        assert waiting.state == ItemState.QUEUED and waiting.next_attempt_at is not None
+        assert "trust add erin --card FILE" in str(waiting.last_error)
+        assert [str(e) for e in summary.errors if isinstance(e, NoAgeRecipientError)]
+        with alice.workspace().client() as client:
+            assert client.list_tags("inbox-") == []
+        policy = TrustPolicy.load(alice.paths.trust_file)
+        policy.set_contact(Contact("erin", age_recipient=age_key(erin), source="manual"))
+        policy.save(alice.paths.trust_file)
+        sent = syncer.worker.push(waiting)  # no need to wait out KEY_WAIT_SECONDS
+    finally:
+        syncer.close()
+    assert sent.error is None and sent.item.state == ItemState.SENT
+    raw = manifest_of_tag(alice, str(sent.item.tag))
+    sealed = base64.b64decode(raw["annotations"]["dockercomms.sealed"])
+    facts = json.loads(age_cli.decrypt(sealed, erin.paths.age_identity_file))
+    assert facts["filename"] == "notes.txt"
+
+
+def manifest_of_tag(identity: Identity, tag: str) -> dict[str, Any]:
+    with identity.workspace().client() as client:
+        raw, _ = client.fetch_manifest(tag)
+    doc: dict[str, Any] = json.loads(raw)
+    return doc
