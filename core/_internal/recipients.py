@@ -132,16 +132,17 @@ def plan_recipients(
     for name in names:
         refresh.refresh(name)
     policy = load_policy()
+    mine = my_age_recipient()
     keys: dict[str, str] = {}
     missing: list[str] = []
     for name in names:
-        recipient = policy.contact(name).age_recipient
+        # A note to myself is sealed to my own key, whatever the trust file says.
+        recipient = mine if name == me and mine else policy.contact(name).age_recipient
         if recipient:
             parse_recipient(recipient, f"the age recipient trusted for '{shown(name)}'")
             keys[name] = recipient
         else:
             missing.append(name)
-    mine = my_age_recipient()
     if not missing and mine is not None:
         parse_recipient(mine, "my age recipient")
         return RecipientPlan(names, tuple(sorted({*keys.values(), mine})))

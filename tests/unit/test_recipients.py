@@ -79,3 +79,8 @@ def test_a_bad_age_recipient_in_the_trust_file_fails_the_send() -> None:
         plan_recipients(
             ["bob"], lambda: policy(bob="age1typo"), me="me", my_age_recipient=lambda: MINE
         )
+
+
+def test_a_note_to_myself_is_sealed_to_my_own_key() -> None:
+    plan = plan_recipients(["me"], lambda: policy(), me="me", my_age_recipient=lambda: MINE)
+    assert plan.names == ("me",) and plan.seal_to == (MINE,)
