@@ -54,11 +54,11 @@ def _freeze_startup_objects() -> None:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    """Send one file to one recipient."""
+    """Send one file to one or more recipients (names or groups), sealed when it can be."""
     from dockercomms.cli.progress import TransferProgress
     from dockercomms.core.outbox import SendRequest
 
-    recipient = check_name(args.recipient, "recipient")
+    targets = tuple(check_name(name, "recipient") for name in args.recipient)
     workspace = _workspace(args)
     _freeze_startup_objects()
     path = Path(args.file)
@@ -66,23 +66,31 @@ def cmd_send(args: argparse.Namespace) -> int:
         raise ConfigError(_unsendable(path))
     request = SendRequest(
         path=path,
-        recipient=recipient,
+        recipients=targets,
         chunk_bytes=args.chunk_bytes or workspace.settings.chunk_bytes,
         compression=args.compress or workspace.settings.compression,
         ttl_seconds=args.ttl_seconds or workspace.settings.ttl_seconds,
         session_id=args.session,
+        plaintext=args.plaintext,
     )
-    with (
-        workspace.outbox(registry_options(args)) as outbox,
-        TransferProgress(f"send {path.name}", path.stat().st_size) as progress,
-    ):
-        sent = outbox.send(request, on_progress=progress)
-    emit(
-        args,
-        asdict(sent),
-        lambda s: f"message id: {s['message_id']}\ndigest: {s['digest']}\ntag: {s['tag']}",
-    )
+    with workspace.outbox(registry_options(args)) as outbox:
+        # Resolved before the progress bar: a recipient that cannot be sealed to
+        # fails here, with nothing pushed.
+        request.plan = outbox.plan(targets, plaintext=args.plaintext)
+        with TransferProgress(f"send {path.name}", path.stat().st_size) as progress:
+            sent = outbox.send(request, on_progress=progress)
+    emit(args, asdict(sent), _sent_text)
     return 0
+
+
+def _sent_text(sent: dict[str, Any]) -> str:
+    lines = [f"message id: {sent['message_id']}", f"sealed: {'yes' if sent['sealed'] else 'no'}"]
+    deliveries = sent["deliveries"]
+    if len(deliveries) == 1:
+        lines += [f"digest: {sent['digest']}", f"tag: {sent['tag']}"]
+    else:
+        lines += [f"{d['recipient']}: tag {d['tag']} digest {d['digest']}" for d in deliveries]
+    return "\n".join(lines)
 
 
 def _unsendable(path: Path) -> str:
@@ -275,13 +283,17 @@ def add_parsers(
     s = sub.add_parser(
         "send",
         parents=parents,
-        help="send a file, signed",
-        description="Send one file to one recipient: cut into compressed chunks, pushed,\n"
-        "signed (key pair or keyless, per 'config show'), and only then tagged into\n"
-        "the recipient's inbox, so an unsigned message is never visible. Prints the\n"
-        "message id, digest and tag.",
+        help="send a file, signed and sealed",
+        description="Send one file to one or more recipients: cut into compressed chunks,\n"
+        "sealed with age to every recipient and me (when every recipient's age key is\n"
+        "known; see 'trust list'), pushed once, then per recipient a manifest signed\n"
+        "(key pair or keyless, per 'config show') and only then tagged into that\n"
+        "recipient's inbox, so an unsigned message is never visible. A group name\n"
+        "('group list') sends to every member. Prints the message id, digests and tags.",
         examples=[
             "dockercomms send report.pdf --recipient bob@example.com",
+            "dockercomms send plan.pdf -r bob@example.com -r carol@example.com",
+            "dockercomms send notes.txt -r team",
             "dockercomms send big.iso -r bob@example.com --ttl-seconds 86400 --json",
         ],
     )
@@ -290,8 +302,16 @@ def add_parsers(
         "--recipient",
         "-r",
         required=True,
+        action="append",
         metavar="NAME",
-        help="who may receive it: their identity, e.g. bob@example.com",
+        help="who may receive it: their identity, e.g. bob@example.com, or a group; "
+        "repeat for several (the file is uploaded once)",
+    )
+    s.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="send it unsealed (anyone with pull rights can read it); without this a "
+        "recipient whose age key is unknown is an error, unless send_plaintext is set",
     )
     s.add_argument(
         "--chunk-bytes",

@@ -4,6 +4,7 @@ The hierarchy (catch at the level you care about)::
 
     DockerCommsError                 exit 1  deferred   generic failure
     ├── ConfigError                  exit 1  deferred   missing/invalid configuration or keys
+    │   └── NoAgeRecipientError                         cannot seal: a recipient's age key unknown
     ├── VerificationError            exit 2  rejected   the artifact is not what it claims
     │   ├── SignatureError                              no bundle verifies / signature invalid
     │   ├── UntrustedSignerError                        valid signature by someone not trusted
@@ -73,6 +74,10 @@ class DockerCommsError(Exception):
 
 class ConfigError(DockerCommsError):
     """Configuration, identity, key or trust file is missing or invalid."""
+
+
+class NoAgeRecipientError(ConfigError):
+    """A sealed send needs an age recipient (SPEC 9) that is not known: nothing was pushed."""
 
 
 class OutputError(DockerCommsError):

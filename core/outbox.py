@@ -9,7 +9,13 @@ Caveats first:
   ``outbox/<recipient>/.../FILE`` to that recipient under FILE's own name,
   ``outbox/FILE`` to the default recipient, and a work-in-progress name
   (:func:`is_temporary_name`) anywhere on the path never. The syncer's watcher
-  and the mount's ``outbox/`` both ask it.
+  and the mount's ``outbox/`` both ask it. ``<recipient>`` may be a group
+  (``outbox/team/``): it is expanded to its members when the file is sent
+  (:meth:`Outbox.plan`), and a queued file keeps the members of its first try.
+* :meth:`Outbox.send` seals (SPEC 9) whenever every recipient's age recipient is
+  known, else fails with :class:`~.errors.NoAgeRecipientError` before anything
+  is pushed, unless plaintext was asked for (``SendRequest.plaintext``) or
+  allowed (``Settings.send_plaintext``).
 * :class:`Outbox` is thread-safe: each call runs on the calling thread's client
   (:class:`~dockercomms.core.clients.ClientPool`).
 * A receipt for what I sent counts only if it verifies as the recipient's
@@ -27,13 +33,22 @@ from typing import TYPE_CHECKING
 
 from dockercomms.core._internal.manifest import Descriptor
 from dockercomms.core._internal.receipts import Skipped, latest_verified_receipt
+from dockercomms.core._internal.recipients import (
+    ContactRefresher,
+    NoRefresh,
+    RecipientPlan,
+    plan_recipients,
+)
 from dockercomms.core._internal.send import (
     ChunkDone,
+    Delivery,
     DigestSigner,
     Sender,
+    SendJournal,
     SendRequest,
     SentMessage,
 )
+from dockercomms.core.age_keys import load_identity_file
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.errors import NotFoundError
 
@@ -42,9 +57,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ChunkDone",
+    "ContactRefresher",
+    "Delivery",
     "Descriptor",
     "Outbox",
+    "RecipientPlan",
     "Route",
+    "SendJournal",
     "SendRequest",
     "SentMessage",
     "is_temporary_name",
@@ -98,10 +117,18 @@ def route(relative: PurePath, default_recipient: str | None) -> Route | None:
 class Outbox:
     """Sending as me to one repository, and what became of what I sent."""
 
-    def __init__(self, workspace: Workspace, pool: ClientPool, *, owns_pool: bool = False) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        pool: ClientPool,
+        *,
+        owns_pool: bool = False,
+        refresher: ContactRefresher | None = None,
+    ) -> None:
         self.workspace = workspace
         self._pool = pool
         self._owns_pool = owns_pool
+        self.refresher: ContactRefresher = refresher or NoRefresh()
         self._lock = threading.Lock()
         self._signer: DigestSigner | None = None
 
@@ -120,9 +147,37 @@ class Outbox:
         *,
         on_progress: Callable[[int], None] | None = None,
         on_chunk: ChunkDone | None = None,
+        journal: SendJournal | None = None,
     ) -> SentMessage:
-        """Send ``request.path``: chunks, manifest, signature, and only then the inbox tag."""
-        return self._sender().send(request, on_progress=on_progress, on_chunk=on_chunk)
+        """Send ``request.path``: chunks, manifests, signatures, and only then the inbox tags.
+
+        A request without a pinned ``plan`` is resolved first (:meth:`plan`), so
+        nothing is pushed when a recipient cannot be sealed to.
+        """
+        if request.plan is None:
+            request.plan = self.plan(request.targets, plaintext=request.plaintext)
+        return self._sender().send(
+            request, on_progress=on_progress, on_chunk=on_chunk, journal=journal
+        )
+
+    def plan(self, targets: tuple[str, ...], *, plaintext: bool = False) -> RecipientPlan:
+        """Whom ``targets`` (names and groups) reach, and whether it is sealed."""
+        workspace = self.workspace
+        return plan_recipients(
+            targets,
+            workspace.trust_policy,
+            me=workspace.identity,
+            my_age_recipient=self._my_age_recipient,
+            plaintext=plaintext,
+            plaintext_fallback=workspace.settings.send_plaintext,
+            refresher=self.refresher,
+        )
+
+    def _my_age_recipient(self) -> str | None:
+        path = self.workspace.paths.age_identity_file
+        if not path.exists():
+            return None
+        return load_identity_file(path).recipient
 
     def is_tagged(self, tag: str) -> bool:
         """The registry has ``tag`` (a send that got as far as tagging before a crash)."""

@@ -10,7 +10,8 @@ Caveats first:
   temporary name. Queuing *moves* the file out of the spool, so it disappears
   from ``outbox/`` and appears in ``sent/``.
 * ``outbox/FILE`` goes to the default recipient (``--to``); ``outbox/<recipient>/
-  FILE`` to that recipient (``mkdir outbox/bob@example.com``). Without ``--to``,
+  FILE`` to that recipient (``mkdir outbox/bob@example.com``), or to every member
+  of a group (``outbox/team/``, expanded when it is sent). Without ``--to``,
   creating or renaming a non-temporary file directly in ``outbox/`` fails with
   ``EDESTADDRREQ`` instead of leaving a file that would never be sent.
 * ``fsync`` of a file with a sendable name sends a snapshot of it right away (a

@@ -18,6 +18,14 @@ Caveats first:
 * ``message_id``, ``session_id`` and ``created_at`` are fixed at enqueue and the
   send options are pinned at the first upload, so every retry builds the same
   manifest and tag: a retry after a crash is the same message, never a second one.
+* Sealing (SPEC 9) is random, so a sealed send keeps more: the recipient plan
+  (names after group expansion, and the age recipients) is pinned at the first
+  upload, each uploaded chunk is recorded with its plaintext sha256, the
+  ``sealed`` annotation value is stored before the first manifest is pushed, and
+  each recipient's tag once pushed (``deliveries``). A retry reuses all of them,
+  so it rebuilds byte for byte the manifests of the first try: every recipient
+  gets the message exactly once. Chunks are only ever reused under the plan that
+  sealed them (the plan never changes once pinned).
 * ``created_at`` is the enqueue time. An item that waited out most of its TTL
   (a long registry outage) gets a new one from the worker, but only once the
   registry confirms its old inbox tag is not there (:meth:`PushQueue.restamp`),
@@ -51,6 +59,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import sqlite3
@@ -66,7 +75,7 @@ from typing import Any
 
 from dockercomms.core import protocol
 from dockercomms.core.config import DEFAULT_CHUNK_BYTES
-from dockercomms.core.outbox import Descriptor
+from dockercomms.core.outbox import Delivery, Descriptor, RecipientPlan
 from dockercomms.core.paths import Paths
 from dockercomms.core.status import InterruptedUpload, QueueStatistics
 
@@ -75,7 +84,7 @@ log = logging.getLogger(__name__)
 _INTAKE = "intake"
 _DATA_SUFFIX = ".data"
 _TMP_SUFFIX = ".data.tmp"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -101,7 +110,10 @@ CREATE TABLE IF NOT EXISTS items (
     source_key TEXT,
     chunk_bytes INTEGER,
     compression TEXT,
-    ttl_seconds INTEGER
+    ttl_seconds INTEGER,
+    recipients TEXT,
+    seal_to TEXT,
+    sealed TEXT
 );
 CREATE INDEX IF NOT EXISTS items_due ON items (state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -110,9 +122,26 @@ CREATE TABLE IF NOT EXISTS chunks (
     media_type TEXT NOT NULL,
     digest TEXT NOT NULL,
     size INTEGER NOT NULL,
+    plain_sha256 TEXT,
     PRIMARY KEY (item_id, idx)
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    item_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    tag TEXT NOT NULL,
+    bundle_digest TEXT NOT NULL,
+    PRIMARY KEY (item_id, recipient)
+);
 """
+
+#: Version 1 -> 2: what a sealed send pins (see the module caveats).
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE items ADD COLUMN recipients TEXT",
+    "ALTER TABLE items ADD COLUMN seal_to TEXT",
+    "ALTER TABLE items ADD COLUMN sealed TEXT",
+    "ALTER TABLE chunks ADD COLUMN plain_sha256 TEXT",
+)
 
 _COLUMNS = (
     "id, recipient, filename, size, state, message_id, session_id, created_at, attempts, "
@@ -338,6 +367,9 @@ class PushQueue:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version > _SCHEMA_VERSION:
                 raise RuntimeError(f"{db_path} is from a newer dockercomms (v{version})")
+            if version == 1:
+                for statement in _MIGRATE_1_TO_2:
+                    self._conn.execute(statement)
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self._conn.execute(statement)
@@ -599,13 +631,109 @@ class PushQueue:
             raise KeyError(item_id)
         return SendOptions(*row)
 
-    def record_chunk(self, item_id: str, index: int, descriptor: Descriptor) -> None:
-        """Remember an uploaded chunk so a retry skips it (after a HEAD)."""
+    def record_chunk(
+        self, item_id: str, index: int, descriptor: Descriptor, plain_sha256: str = ""
+    ) -> None:
+        """Remember an uploaded chunk so a retry skips it (after a HEAD).
+
+        ``plain_sha256``: a sealed chunk's plaintext digest, which a retry needs
+        for the ``sealed`` annotation without reading the chunk again.
+        """
         with self._lock, self._transaction():
             self._conn.execute(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)",
-                (item_id, index, descriptor.media_type, descriptor.digest, descriptor.size),
+                "INSERT OR REPLACE INTO chunks (item_id, idx, media_type, digest, size, "
+                "plain_sha256) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    item_id,
+                    index,
+                    descriptor.media_type,
+                    descriptor.digest,
+                    descriptor.size,
+                    plain_sha256 or None,
+                ),
             )
+
+    def known_sha256(self, item_id: str) -> dict[int, str]:
+        """Plaintext digests of the sealed chunks recorded for ``item_id``."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT idx, plain_sha256 FROM chunks WHERE item_id = ? "
+                "AND plain_sha256 IS NOT NULL",
+                (item_id,),
+            ).fetchall()
+        return dict(rows)
+
+    def pin_recipient_plan(self, item_id: str, plan: RecipientPlan) -> RecipientPlan:
+        """The item's recipient plan: ``plan`` on first use, then the pinned one.
+
+        Chunks recorded before a plan was pinned (an older version's plaintext
+        try) are dropped when a sealed plan is pinned: they cannot be reused.
+        """
+        with self._lock, self._transaction():
+            changed = self._conn.execute(
+                "UPDATE items SET recipients = ?, seal_to = ? WHERE id = ? AND recipients IS NULL",
+                (json.dumps(list(plan.names)), json.dumps(list(plan.seal_to)), item_id),
+            ).rowcount
+            if changed and plan.sealed:
+                self._conn.execute("DELETE FROM chunks WHERE item_id = ?", (item_id,))
+            pinned = self._recipient_plan(item_id)
+        if pinned is None:
+            raise KeyError(item_id)
+        return pinned
+
+    def recipient_plan(self, item_id: str) -> RecipientPlan | None:
+        """The recipient plan pinned for ``item_id``; None before its first upload."""
+        with self._lock:
+            return self._recipient_plan(item_id)
+
+    def _recipient_plan(self, item_id: str) -> RecipientPlan | None:
+        row = self._conn.execute(
+            "SELECT recipients, seal_to FROM items WHERE id = ?", (item_id,)
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return RecipientPlan(tuple(json.loads(row[0])), tuple(json.loads(row[1] or "[]")))
+
+    def pin_sealed(self, item_id: str, value: str) -> str:
+        """The ``sealed`` annotation value: ``value`` the first time, then the stored one."""
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "UPDATE items SET sealed = ? WHERE id = ? AND sealed IS NULL", (value, item_id)
+            )
+            row = self._conn.execute("SELECT sealed FROM items WHERE id = ?", (item_id,)).fetchone()
+        if row is None:
+            raise KeyError(item_id)
+        stored: str = row[0]
+        return stored
+
+    def sealed_value(self, item_id: str) -> str | None:
+        """The ``sealed`` value an earlier try stored, if any."""
+        with self._lock:
+            row = self._conn.execute("SELECT sealed FROM items WHERE id = ?", (item_id,)).fetchone()
+        return row[0] if row else None
+
+    def record_delivery(self, item_id: str, delivery: Delivery) -> None:
+        """One recipient's manifest is tagged: a retry does not push it again."""
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?, ?, ?)",
+                (
+                    item_id,
+                    delivery.recipient,
+                    delivery.digest,
+                    delivery.tag,
+                    delivery.bundle_digest,
+                ),
+            )
+
+    def deliveries(self, item_id: str) -> dict[str, Delivery]:
+        """Recipients already tagged for ``item_id``, by name."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT recipient, digest, tag, bundle_digest FROM deliveries WHERE item_id = ?",
+                (item_id,),
+            ).fetchall()
+        return {row[0]: Delivery(*row) for row in rows}
 
     def known_chunks(self, item_id: str) -> dict[int, Descriptor]:
         """Chunks recorded for ``item_id`` by earlier attempts."""
@@ -691,6 +819,7 @@ class PushQueue:
                 if not deleted:
                     raise KeyError(f"{item_id} is not a queued or failed item")
                 self._conn.execute("DELETE FROM chunks WHERE item_id = ?", (item_id,))
+                self._conn.execute("DELETE FROM deliveries WHERE item_id = ?", (item_id,))
             self._data_path(item_id).unlink(missing_ok=True)
 
     # --- reading --------------------------------------------------------------------

@@ -13,7 +13,8 @@ Caveats first:
   overflowing inotify queue dropped.
 * Where a file goes is ``core.outbox.route``'s one rule (the mount's ``outbox/``
   asks it too): ``outbox/<recipient>/.../FILE`` goes to ``recipient`` under FILE's
-  own name; a file directly in the outbox goes to the default recipient. Without
+  own name (``recipient`` may be a group: the worker expands it, and seals to
+  every member once); a file directly in the outbox goes to the default recipient. Without
   one it stays where it is and is reported (``statistics().unroutable``), not sent.
 * Editor and download temp files (``is_temporary_name``) and anything in a
   hidden folder are never sent; they are still there when the writer renames

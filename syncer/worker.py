@@ -7,6 +7,10 @@ Caveats first:
   local network ``OSError``) puts the item back with capped exponential backoff
   and full jitter; anything else fails the item for good (it keeps its bytes
   until requeued).
+* One exception: a recipient whose age key is not known yet
+  (``NoAgeRecipientError``, SPEC 9) keeps the item queued and looks again every
+  :data:`KEY_WAIT_SECONDS` (a card may be published, or ``trust add --card``
+  run), without holding up the other items; nothing of it was pushed.
 * The backoff is per registry, not per item: after a temporary failure the
   worker pauses all sending, because the next item would only fail the same way.
 * One item at a time. The sender already uploads two chunks in parallel, and a
@@ -27,9 +31,17 @@ from dockercomms.core import protocol
 from dockercomms.core.errors import (
     Disposition,
     DockerCommsError,
+    NoAgeRecipientError,
     disposition_of,
 )
-from dockercomms.core.outbox import Descriptor, Outbox, SendRequest, SentMessage
+from dockercomms.core.outbox import (
+    Delivery,
+    Descriptor,
+    Outbox,
+    SendJournal,
+    SendRequest,
+    SentMessage,
+)
 from dockercomms.core.status import WorkerStatistics
 from dockercomms.core.workspace import RetryPolicy
 from dockercomms.syncer.queue import PushQueue, QueueItem, SendOptions
@@ -43,6 +55,8 @@ IDLE_POLL_SECONDS = 1.0
 #: with a new date (if the registry does not have it yet): after a long outage it
 #: would otherwise arrive expired, or nearly, and be refused.
 RESTAMP_BELOW = 0.25
+#: How often an item waiting for a recipient's age key tries again.
+KEY_WAIT_SECONDS = 30.0
 
 
 class _Aborted(Exception):
@@ -178,7 +192,13 @@ class PushWorker:
 
     def _send(self, item: QueueItem) -> SentMessage:
         options = self.queue.pin_send_options(item.id, self.options)
-        item = self._restamped_if_stale(item, options.ttl_seconds)
+        # Whom it reaches and whether sealed, fixed at the first try that gets this
+        # far: chunks and the ``sealed`` value are only reusable under that plan.
+        # A recipient without an age key fails here, before anything is pushed.
+        plan = self.queue.recipient_plan(item.id)
+        if plan is None:
+            plan = self.queue.pin_recipient_plan(item.id, self.outbox.plan((item.recipient,)))
+        item = self._restamped_if_stale(item, options.ttl_seconds, plan.names)
         request = SendRequest(
             path=item.data_path,
             recipient=item.recipient,
@@ -190,30 +210,44 @@ class PushWorker:
             message_id=item.message_id,
             created_at=item.created_at,
             known_chunks=self.queue.known_chunks(item.id),
+            plan=plan,
+            sealed=self.queue.sealed_value(item.id),
+            known_sha256=self.queue.known_sha256(item.id),
+            delivered=self.queue.deliveries(item.id),
         )
 
         def progress(n: int) -> None:
             with self._lock:
                 self._bytes_done += n
 
-        def chunk_done(index: int, descriptor: Descriptor) -> None:
-            self.queue.record_chunk(item.id, index, descriptor)
+        def chunk_done(index: int, descriptor: Descriptor, plain_sha256: str) -> None:
+            self.queue.record_chunk(item.id, index, descriptor, plain_sha256)
             # Checked only once the chunk is recorded, so an abort wastes no upload.
             if self._aborting.is_set():
                 raise _Aborted
 
-        return self.outbox.send(request, on_progress=progress, on_chunk=chunk_done)
+        def sealed(value: str) -> None:
+            self.queue.pin_sealed(item.id, value)
 
-    def _restamped_if_stale(self, item: QueueItem, ttl_seconds: int) -> QueueItem:
+        def delivered(delivery: Delivery) -> None:
+            self.queue.record_delivery(item.id, delivery)
+
+        journal = SendJournal(chunk=chunk_done, sealed=sealed, delivered=delivered)
+        return self.outbox.send(request, on_progress=progress, journal=journal)
+
+    def _restamped_if_stale(
+        self, item: QueueItem, ttl_seconds: int, names: tuple[str, ...]
+    ) -> QueueItem:
         """``item`` with a new ``created_at`` if it waited out most of its TTL unseen."""
         now = datetime.now(UTC)
         left = item.created_at + timedelta(seconds=ttl_seconds) - now
         if left >= timedelta(seconds=ttl_seconds * RESTAMP_BELOW):
             return item
-        tag = protocol.message_tag(
-            item.recipient, item.created_at, item.session_id, item.message_id
-        )
-        if not self.outbox.is_tagged(tag):
+        tags = [
+            protocol.message_tag(name, item.created_at, item.session_id, item.message_id)
+            for name in names
+        ]
+        if not any(self.outbox.is_tagged(tag) for tag in tags):
             log.warning(
                 "%s waited in the queue since %s; sending it with today's date so it "
                 "does not arrive expired",
@@ -230,6 +264,9 @@ class PushWorker:
         with self._lock:
             self._last_failure_at = now
             self._last_error = text
+        if isinstance(error, NoAgeRecipientError):
+            log.warning("%s waits for an age key: %s", item.filename, text)
+            return PushResult(self.queue.mark_retry(item.id, text, KEY_WAIT_SECONDS), error)
         if not is_temporary(error):
             if not isinstance(error, DockerCommsError | OSError):
                 log.exception("unexpected error sending %s", item.filename)

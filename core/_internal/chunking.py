@@ -78,6 +78,12 @@ class ByteSink(Protocol):
     def write(self, data: bytes | memoryview, /) -> int: ...
 
 
+class _Hash(Protocol):
+    """A hashlib object (``hashlib.sha256()``)."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
 class _Readable(Protocol):
     def read(self, size: int = -1, /) -> bytes | memoryview: ...
 
@@ -116,11 +122,15 @@ def _tar_header(index: int, length: int) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
 
 
-def layer_stream(fd: int, span: ChunkSpan, compression: str) -> Iterator[bytes]:
+def layer_stream(
+    fd: int, span: ChunkSpan, compression: str, *, plain_digest: _Hash | None = None
+) -> Iterator[bytes]:
     """Yield the compressed tar layer for ``span`` of the open file ``fd``.
 
     Reads with ``os.pread`` so several chunks of one file can be produced by
-    several threads at once without sharing a file position.
+    several threads at once without sharing a file position. ``plain_digest``
+    (a fresh hash object) is fed the chunk's own bytes as they are read: a
+    sealed send's ``chunk_sha256`` (SPEC 9) without a second read of the file.
     """
     sample = os.pread(fd, min(SAMPLE_BYTES, span.length), span.offset)
     compressor = _compressor(compression, sample)
@@ -133,6 +143,8 @@ def layer_stream(fd: int, span: ChunkSpan, compression: str) -> Iterator[bytes]:
         if not piece:
             raise ChunkError(f"file shrank while sending (chunk {span.index})")
         done += len(piece)
+        if plain_digest is not None:
+            plain_digest.update(piece)
         out = compressor.compress(piece)
         if out:
             yield out
