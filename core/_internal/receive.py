@@ -11,12 +11,26 @@ Caveats first:
   folder, fsyncs, and links it to a free name (``os.link`` fails instead of
   overwriting), then fsyncs the folder.
 * A bad message raises; the caller reports it and goes on with the others.
+* Sealed messages (SPEC 9): :meth:`Receiver.open_message` runs only after steps
+  4-7 passed (``verify_message`` calls it last) and is the only place that
+  decrypts the ``sealed`` annotation; it also refuses plaintext where the
+  sender's trust entry or the config requires sealed messages. A sealed chunk is
+  opened only for a message it returned (``Message.sealed`` set), after the
+  ciphertext's digest was checked, into the caller's private ``out``: the CLI's
+  hidden temp file or a cache entry not yet committed, both dropped on failure.
+  Decryption runs where decompression did, so the download of the next chunk on
+  the prefetch thread overlaps it as before.
+* My age identities (current and rotated-out ones) are read from the identity
+  file at the first sealed message a receiver meets, not before: a plaintext-only
+  user needs no age key, and a rotation applies from the next receiver on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import hashlib
 import logging
 import os
 import tempfile
@@ -32,6 +46,8 @@ from dockercomms.core import protocol
 from dockercomms.core._internal import manifest
 from dockercomms.core._internal.chunking import ByteSink, extract_layer
 from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.sealed_message import A_SEALED, open_annotation, open_chunk
+from dockercomms.core._internal.sealing import AgeIdentity
 from dockercomms.core._internal.signatures import DiscoveryMode, bundle_candidates
 from dockercomms.core._internal.signing.verify import BundleVerifier, VerifiedSigner
 from dockercomms.core.collision_names import suffixed_names
@@ -39,11 +55,14 @@ from dockercomms.core.errors import (
     DockerCommsError,
     ExpiredError,
     ManifestError,
+    NotARecipientError,
+    NotSealedError,
     OutputError,
     SenderMismatchError,
     SignatureError,
     VerificationError,
 )
+from dockercomms.core.trust import TrustPolicy
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +124,67 @@ class SeenMessages:
         return True
 
 
+class Opening:
+    """What opening sealed messages needs (SPEC 9): my age identities, who must seal.
+
+    Caveats first: ``identity_file`` is read at the first :meth:`identities` call
+    and kept for the life of this object (one receiver, one call or one listing
+    batch). A missing file means I have no age identity: a sealed message is then
+    one I cannot open (:class:`~.errors.NotARecipientError`, naming the fix); an
+    unreadable or loosely permitted one is my set-up (a ``ConfigError``, tried again).
+    """
+
+    def __init__(
+        self,
+        identity_file: Path | None = None,
+        *,
+        policy: TrustPolicy | None = None,
+        require_all: bool = False,
+    ) -> None:
+        self._identity_file = identity_file
+        self._require_all = require_all
+        self._required = frozenset(
+            name
+            for name, contact in (policy.contacts if policy else {}).items()
+            if contact.require_sealed
+        )
+        self._identities: list[AgeIdentity] | None = None
+        self._lock = threading.Lock()
+
+    def requires_sealed(self, sender: str) -> bool:
+        """Whether a plaintext message from ``sender`` is refused."""
+        return self._require_all or sender in self._required
+
+    @property
+    def fingerprint(self) -> str:
+        """What :meth:`requires_sealed` decides by; empty when nothing is required."""
+        if not self._require_all and not self._required:
+            return ""
+        return "require_sealed:" + ("*" if self._require_all else ",".join(sorted(self._required)))
+
+    def identities(self) -> list[AgeIdentity]:
+        """Every age identity of mine, current first (what opens a sealed piece)."""
+        from dockercomms.core.age_keys import load_identity_file
+
+        with self._lock:
+            if self._identities is None:
+                path = self._identity_file
+                if path is None or not path.exists():
+                    raise NotARecipientError(
+                        "the message is sealed, and I have no age identity to open it with "
+                        f"({path or 'none configured'}); run 'dockercomms init' to make one "
+                        "and give senders my new card"
+                    )
+                self._identities = load_identity_file(path).identities
+            return self._identities
+
+
 class Receiver:
-    """Reads and verifies messages addressed to ``me`` in one repository."""
+    """Reads and verifies messages addressed to ``me`` in one repository.
+
+    ``opening`` holds my age identities and who must send sealed (SPEC 9); the
+    default has neither, so a sealed message cannot be opened.
+    """
 
     def __init__(
         self,
@@ -116,12 +194,29 @@ class Receiver:
         *,
         clock: Clock = _utcnow,
         bundle_mode: DiscoveryMode = "auto",
+        opening: Opening | None = None,
     ) -> None:
         self.client = client
         self.verifier = verifier
         self.me = me
         self.clock = clock
         self.bundle_mode = bundle_mode
+        self.opening = opening or Opening()
+
+    @property
+    def policy_fingerprint(self) -> str:
+        """The trust policy's fingerprint, with who must seal when anyone must.
+
+        A rejection that trust decided (signature, signer, a refused plaintext, a
+        message sealed to none of my keys) is remembered under this, so it is
+        retried when either changes. Without sealing requirements it is the
+        verifier's own, so rejections remembered before sealing still count.
+        """
+        base = self.verifier.policy_fingerprint
+        extra = self.opening.fingerprint
+        if not extra:
+            return base
+        return hashlib.sha256(f"{base}\n{extra}".encode()).hexdigest()
 
     # Step 1.
     def inbox_tags(self) -> list[str]:
@@ -165,12 +260,39 @@ class Receiver:
             limits=self.client.limits,
         )
 
-    # Steps 4-7.
+    # Steps 4-7, then SPEC 9's opening.
     def verify_message(self, message: manifest.Message) -> VerifiedMessage:
-        """Verify signature, signer and freshness; touches no chunk."""
+        """Verify signature, signer and freshness, then open it if sealed; touches no chunk."""
         signer = self.verify_signer(message)
         self.check_fresh(message)
-        return VerifiedMessage(message, signer)
+        return VerifiedMessage(self.open_message(message, signer), signer)
+
+    def open_message(self, message: manifest.Message, signer: VerifiedSigner) -> manifest.Message:
+        """SPEC 9 after steps 4-7: the message with its ``sealed`` facts and real name.
+
+        ``signer`` is the verified signer (steps 4-6 passed; the caller checked
+        step 7). A plaintext message comes back as it is unless ``signer``'s name
+        or the config requires sealed ones (:class:`~.errors.NotSealedError`).
+        """
+        if signer.name != message.sender:
+            raise SenderMismatchError("a message is opened only for its verified sender")
+        if not message.encrypted:
+            if self.opening.requires_sealed(signer.name):
+                raise NotSealedError(
+                    f"plaintext message from {message.sender!r}, who must send sealed "
+                    "(its trust entry or the config require_sealed)"
+                )
+            return message
+        if message.sealed is not None:
+            return message
+        facts = open_annotation(
+            message.annotations[A_SEALED],
+            self.opening.identities(),
+            total_bytes=message.total_bytes,
+            chunk_count=message.chunk_count,
+            limits=self.client.limits,
+        )
+        return dataclasses.replace(message, filename=facts.filename, sealed=facts)
 
     def verify_signer(self, message: manifest.Message) -> VerifiedSigner:
         """Steps 4-6: a trusted signature, by exactly the claimed sender."""
@@ -258,8 +380,28 @@ class Receiver:
     def extract_chunk(
         self, message: manifest.Message, index: int, blob: BlobSpool, out: ByteSink
     ) -> None:
-        """Decompress a verified blob from :meth:`download_chunk` into ``out``."""
+        """Decompress a verified blob from :meth:`download_chunk` into ``out``.
+
+        A sealed chunk is decrypted in place first and its bytes checked against
+        ``chunk_sha256`` (:func:`.sealed_message.open_chunk`); only a message
+        :meth:`open_message` returned has those facts, so an unverified one is refused.
+        """
         length = min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
+        if message.encrypted:
+            if message.sealed is None:
+                raise VerificationError(
+                    f"chunk {index} of a sealed message asked for before the message verified"
+                )
+            open_chunk(
+                blob.contents(),
+                self.opening.identities(),
+                index=index,
+                expected_length=length,
+                compression=message.compression,
+                chunk_sha256=message.sealed.chunk_sha256[index],
+                out=out,
+            )
+            return
         extract_layer(
             blob.contents(),
             index=index,

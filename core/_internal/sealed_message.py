@@ -45,7 +45,7 @@ from dockercomms.core._internal.sealing import (
     seal_bytes,
     sealed_length,
 )
-from dockercomms.core.errors import ChunkError, DigestMismatchError, ManifestError
+from dockercomms.core.errors import ChunkError, ManifestError, PlaintextMismatchError
 from dockercomms.core.untrusted import parse_json_object
 
 A_ENCRYPTION: Final = "dockercomms.encryption"
@@ -209,10 +209,10 @@ class DigestingSink:
         return self._out.write(data)
 
     def check(self, expected_hex: str, what: str) -> None:
-        """Raise :class:`~.errors.DigestMismatchError` unless the bytes hash to ``expected_hex``."""
+        """Raise :class:`~.errors.PlaintextMismatchError` unless the bytes hash to that."""
         got = self._hash.hexdigest()
         if not hmac.compare_digest(got, expected_hex):
-            raise DigestMismatchError(
+            raise PlaintextMismatchError(
                 f"{what} hashes to {got}, the sealed annotation says {expected_hex}"
             )
 
