@@ -21,6 +21,9 @@ from pyrage import x25519
 from dockercomms.core import protocol as p
 from dockercomms.core._internal import manifest as m
 from dockercomms.core._internal import sealed_message as sm
+from dockercomms.core.age_keys import AgeKeys, create_identity_file, load_identity_file
+from tests import age_cli
+from tests.conftest import Party
 from tests.forge import Forge, honest_layer
 
 #: Encrypts bytes to ``age1…`` recipients: pyrage (our library) or the stock ``age`` tool.
@@ -148,3 +151,16 @@ class SealedForge:
         for recipient in recipients:
             self.push(built, recipient, chunk_bytes=chunk_bytes)
         return built
+
+
+def age_keys(party: Party) -> AgeKeys:
+    """The party's age identities, made if ``init`` did not make them."""
+    path = party.workspace().paths.age_identity_file
+    return load_identity_file(path) if path.exists() else create_identity_file(path)
+
+
+def sealer(party: Party, *, stock_age: bool = False) -> SealedForge:
+    """A sealed forge sending as ``party`` (sealing with pyrage, or the stock ``age``)."""
+    workspace = party.workspace()
+    forge = Forge(workspace.client(), workspace.signer(), workspace.identity)
+    return SealedForge(forge, age_cli.encrypt) if stock_age else SealedForge(forge)

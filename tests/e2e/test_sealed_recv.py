@@ -22,30 +22,16 @@ from dockercomms.core import protocol as p
 from dockercomms.core._internal import manifest as m
 from dockercomms.core._internal import sealed_message as sm
 from dockercomms.core._internal.sealing import VERSION_LINE
-from dockercomms.core.age_keys import AgeKeys, create_identity_file, load_identity_file
 from dockercomms.core.trust import Contact, TrustPolicy
 from tests import age_cli
 from tests.conftest import Party, introduce, make_party
-from tests.forge import Forge
-from tests.sealed_forge import SealedForge
+from tests.sealed_forge import age_keys, sealer
 
 VERIFICATION = 2
 PROTOCOL = 4
 #: Three chunks of 64 KiB and a short one.
 DATA = os.urandom(3 * 65536 + 1000)
 CHUNK = 65536
-
-
-def age_keys(party: Party) -> AgeKeys:
-    """The party's age identities, made if ``init`` did not make them."""
-    path = party.workspace().paths.age_identity_file
-    return load_identity_file(path) if path.exists() else create_identity_file(path)
-
-
-def sealer(party: Party, *, stock_age: bool = False) -> SealedForge:
-    workspace = party.workspace()
-    forge = Forge(workspace.client(), workspace.signer(), workspace.identity)
-    return SealedForge(forge, age_cli.encrypt) if stock_age else SealedForge(forge)
 
 
 def recv(party: Party, out: Path, expected_code: int = 0) -> list[dict[str, object]]:

@@ -22,8 +22,8 @@ import trio
 from dockercomms.core import protocol as p
 from dockercomms.core._internal import sealed_message as sm
 from tests.conftest import Party, make_party
-from tests.e2e.test_sealed_recv import age_keys, sealer
 from tests.fs_api.kernel import CTX, collect_readdir, drop_folder, fails_with, listdir, lookup
+from tests.sealed_forge import age_keys, sealer
 
 CHUNK = 65536
 DATA = os.urandom(4 * CHUNK + 123)
