@@ -220,7 +220,10 @@ class Workspace:
         """A receiver for me over ``client``, opening sealed messages with my age keys."""
         policy = self.trust_policy()
         opening = Opening(
-            self.paths.age_identity_file, policy=policy, require_all=self.settings.require_sealed
+            self.paths.age_identity_file,
+            policy=policy,
+            require_all=self.settings.require_sealed,
+            private_dir=self.paths.chunk_cache_dir,
         )
         verifier = BundleVerifier(policy, self.trusted_root)
         return Receiver(client, verifier, self.identity, bundle_mode=bundle_mode, opening=opening)

@@ -146,8 +146,10 @@ class Opening:
         *,
         policy: TrustPolicy | None = None,
         require_all: bool = False,
+        private_dir: Path | None = None,
     ) -> None:
         self._identity_file = identity_file
+        self._private_dir = private_dir
         self._require_all = require_all
         self._required = frozenset(
             name
@@ -167,6 +169,18 @@ class Opening:
         if not self._require_all and not self._required:
             return ""
         return "require_sealed:" + ("*" if self._require_all else ",".join(sorted(self._required)))
+
+    def private_dir(self) -> Path:
+        """My private (0700) folder for a sealed chunk too large for memory.
+
+        The chunk cache's folder: decrypted bytes live there anyway (SEMANTICS.md).
+        """
+        if self._private_dir is None:
+            raise OutputError("no private folder to open a sealed chunk larger than memory in")
+        self._private_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._private_dir.stat().st_mode & 0o077:
+            self._private_dir.chmod(0o700)
+        return self._private_dir
 
     def identities(self) -> list[AgeIdentity]:
         """Every age identity of mine, current first (what opens a sealed piece)."""
@@ -353,7 +367,9 @@ class Receiver:
         buffers: BufferPool | None = None,
     ) -> None:
         """Write chunk ``index``'s verified bytes to ``out`` (nothing on failure)."""
-        with self.download_chunk(message, index, on_progress=on_progress, buffers=buffers) as blob:
+        with self.download_and_open(
+            message, index, on_progress=on_progress, buffers=buffers
+        ) as blob:
             self.extract_chunk(message, index, blob, out)
 
     def download_chunk(
@@ -363,12 +379,17 @@ class Receiver:
         *,
         on_progress: Callable[[int], None] | None = None,
         buffers: BufferPool | None = None,
+        spill_dir: Path | None = None,
     ) -> BlobSpool:
-        """The chunk's compressed blob, digest-checked, in a private :class:`BlobSpool`."""
+        """The chunk's compressed blob, digest-checked, in a private :class:`BlobSpool`.
+
+        A blob too large for memory spills to an unnamed file in ``spill_dir``
+        (default: the system's temp folder).
+        """
         layer = message.chunks[index]
 
         def attempt() -> BlobSpool:
-            spool = BlobSpool(layer.size, buffers)
+            spool = BlobSpool(layer.size, buffers, spill_dir)
             try:
                 self.client.fetch_blob(
                     layer.digest,
@@ -429,16 +450,24 @@ class Receiver:
         *,
         on_progress: Callable[[int], None] | None = None,
         buffers: BufferPool | None = None,
+        spill_dir: Path | None = None,
     ) -> BlobSpool:
         """:meth:`download_chunk`, then for a sealed message its decryption, in place.
 
         Run on the prefetch thread, so decrypting chunk *i+1* overlaps writing
         chunk *i* (pyrage holds the GIL, but hashing, decompressing and writing
-        the other chunk mostly do not).
+        the other chunk mostly do not). A sealed blob too large for memory is
+        decrypted in an unnamed file in ``spill_dir`` (the output folder), else
+        in my private folder (``Opening.private_dir``), never in the system's
+        temp folder: nothing decrypted lands outside those two.
         """
         if message.encrypted:
             self._sealed_facts(message, index)  # before a byte is fetched
-        blob = self.download_chunk(message, index, on_progress=on_progress, buffers=buffers)
+            if spill_dir is None and message.chunks[index].size > SPOOL_IN_MEMORY:
+                spill_dir = self.opening.private_dir()
+        blob = self.download_chunk(
+            message, index, on_progress=on_progress, buffers=buffers, spill_dir=spill_dir
+        )
         if message.encrypted:
             try:
                 blob.open_sealed(self.opening.identities(), what=f"chunk {index}")
@@ -468,7 +497,7 @@ class Receiver:
         try:
             with os.fdopen(fd, "wb") as out:
                 _reserve(out.fileno(), message.total_bytes)
-                self._write_chunks(message, EarlyWriteback(out), on_progress)
+                self._write_chunks(message, EarlyWriteback(out), on_progress, out_dir)
                 out.flush()
                 if out.tell() != message.total_bytes:
                     raise ManifestError(
@@ -484,13 +513,21 @@ class Receiver:
         return final
 
     def _write_chunks(
-        self, message: manifest.Message, out: ByteSink, on_progress: Callable[[int], None] | None
+        self,
+        message: manifest.Message,
+        out: ByteSink,
+        on_progress: Callable[[int], None] | None,
+        out_dir: Path,
     ) -> None:
         if message.chunk_count == 0:
             return
         buffers = BufferPool()
         download = functools.partial(
-            self.download_and_open, message, on_progress=on_progress, buffers=buffers
+            self.download_and_open,
+            message,
+            on_progress=on_progress,
+            buffers=buffers,
+            spill_dir=out_dir,
         )
         with ThreadPoolExecutor(1, thread_name_prefix="chunk-prefetch") as pool:
             pending = pool.submit(download, 0)
@@ -552,14 +589,18 @@ class BlobSpool:
     reads that buffer in place. Larger blobs spill to an unlinked temp file.
     """
 
-    def __init__(self, size: int, buffers: BufferPool | None = None) -> None:
+    def __init__(
+        self, size: int, buffers: BufferPool | None = None, directory: Path | None = None
+    ) -> None:
         self._memory: bytearray | None = None
         self._file: BinaryIO | None = None
         self._buffers = buffers
         if size <= SPOOL_IN_MEMORY:
             self._memory = buffers.take(size) if buffers else bytearray(size)
         else:
-            self._file = tempfile.TemporaryFile(prefix=".dockercomms-blob-")  # noqa: SIM115
+            self._file = tempfile.TemporaryFile(  # noqa: SIM115
+                prefix=".dockercomms-blob-", dir=directory
+            )
         self._filled = 0
         #: The age file it held was decrypted over itself (SPEC 9).
         self.opened = False

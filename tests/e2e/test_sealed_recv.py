@@ -380,3 +380,35 @@ def test_require_sealed_for_one_sender_is_remembered_until_the_policy_changes(
     policy.save(trust_file)
     (outcome,) = recv(bob, out)
     assert outcome["status"] == "received"
+
+
+# --- where decrypted bytes go -------------------------------------------------------
+
+
+def test_a_sealed_chunk_too_big_for_memory_is_opened_only_in_private_places(
+    sealed_pair: tuple[Party, Party, str], out: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spilled chunks are decrypted in place: in the output folder or my private cache only."""
+    import tempfile
+
+    from dockercomms.core._internal import receive
+
+    alice, bob, bob_age = sealed_pair
+    built = sealer(alice).send(DATA, [bob.name], [bob_age], chunk_bytes=CHUNK)
+    spilled: list[str | None] = []
+    real = tempfile.TemporaryFile
+
+    def recording(*args: object, **kwargs: object) -> object:
+        spilled.append(str(kwargs.get("dir")))
+        return real(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(receive, "SPOOL_IN_MEMORY", 1024)
+    monkeypatch.setattr(receive.tempfile, "TemporaryFile", recording)
+    recv(bob, out)
+    assert (out / "report.pdf").read_bytes() == DATA
+    assert spilled and set(spilled) == {str(out)}
+    spilled.clear()
+    bob.ok("verify", "--digest", built.digests[bob.name], "--chunks")
+    cache = bob.workspace().paths.chunk_cache_dir
+    assert spilled and set(spilled) == {str(cache)}
+    assert cache.stat().st_mode & 0o777 == 0o700
