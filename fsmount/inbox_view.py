@@ -64,6 +64,7 @@ from dockercomms.core.errors import (
     DockerCommsError,
     ExpiredError,
     LimitExceededError,
+    SealedDataError,
 )
 from dockercomms.core.inbox import CheckedTag, Inbox, Message, VerifiedSigner
 from dockercomms.core.inbox_state import InboxState, Listed, reconcile, tags_to_check
@@ -558,7 +559,9 @@ class InboxView:
         if not is_rejection(error):
             return
         item.error = error
-        if isinstance(error, DigestMismatchError | ChunkError | LimitExceededError):
+        if isinstance(
+            error, DigestMismatchError | ChunkError | LimitExceededError | SealedDataError
+        ):
             item.corrupt = True
         self._add_rejected(item.tag, item.message, error, answerable)
 

@@ -297,7 +297,8 @@ class Receiver:
         if signer.name != message.sender:
             raise SenderMismatchError("a message is opened only for its verified sender")
         if not message.encrypted:
-            if self.opening.requires_sealed(signer.name):
+            # My own messages (sent/, notes to myself) are not "received from" anyone.
+            if self.opening.requires_sealed(signer.name) and message.sender != self.me:
                 raise NotSealedError(
                     f"plaintext message from {message.sender!r}, who must send sealed "
                     "(its trust entry or the config require_sealed)"

@@ -412,3 +412,18 @@ def test_a_sealed_chunk_too_big_for_memory_is_opened_only_in_private_places(
     cache = bob.workspace().paths.chunk_cache_dir
     assert spilled and set(spilled) == {str(cache)}
     assert cache.stat().st_mode & 0o777 == 0o700
+
+
+def test_require_sealed_does_not_refuse_my_own_plaintext(
+    sealed_pair: tuple[Party, Party, str], tmp_path: Path, out: Path
+) -> None:
+    """``sent/`` reads my messages back from the registry; a note to myself is mine too."""
+    _, bob, _ = sealed_pair
+    bob.ok("trust", "add", bob.name, "--key", str(bob.public_key()))
+    bob.ok("config", "set", "require_sealed", "true")
+    note = tmp_path / "to-self.txt"
+    note.write_bytes(b"mine\n")
+    digest = json.loads(bob.ok("send", str(note), "-r", bob.name, "--json"))["digest"]
+    assert json.loads(bob.ok("verify", "--digest", digest, "--json"))["sealed"] is False
+    (outcome,) = recv(bob, out)
+    assert outcome["status"] == "received"

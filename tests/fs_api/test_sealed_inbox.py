@@ -116,3 +116,30 @@ def test_sealed_inbox_files_are_listed_by_name_read_lazily_and_checked(
             assert b"carol.txt" not in text
 
     trio.run(body)
+
+
+def test_a_sealed_chunk_that_does_not_open_is_sticky_corruption(
+    embedded_pair: tuple[Party, Party],
+) -> None:
+    alice, bob = embedded_pair
+    forge = sealer(alice)
+    built = forge.build(DATA, [age_keys(bob).recipient], chunk_bytes=CHUNK)
+    cut = forge.layer(built.layer_blobs[1][:-100], 1)
+    forge.push(built, bob.name, chunk_bytes=CHUNK, layers=[built.layers[0], cut, *built.layers[2:]])
+
+    async def body() -> None:
+        async with drop_folder(bob.workspace()) as folder:
+            ops = folder.operations
+            await folder.inbox.poll_once()
+            report = await lookup(ops, f"inbox/{alice.name}/report.pdf")
+            info = await ops.open(report.st_ino, os.O_RDONLY, CTX)
+            try:
+                await fails_with(errno.EIO, lambda: ops.read(info.fh, CHUNK, 100))
+            finally:
+                await ops.release(info.fh)
+            error = await ops.getxattr(report.st_ino, b"user.dockercomms.error", CTX)
+            assert error.startswith(b"SealedTruncatedError")
+            # The sender made it so (its ciphertext digest was signed): every later open fails.
+            await fails_with(errno.EIO, lambda: ops.open(report.st_ino, os.O_RDONLY, CTX))
+
+    trio.run(body)
