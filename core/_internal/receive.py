@@ -18,8 +18,10 @@ Caveats first:
   opened only for a message it returned (``Message.sealed`` set), after the
   ciphertext's digest was checked, into the caller's private ``out``: the CLI's
   hidden temp file or a cache entry not yet committed, both dropped on failure.
-  Decryption runs where decompression did, so the download of the next chunk on
-  the prefetch thread overlaps it as before.
+  ``recv`` decrypts each chunk on the prefetch thread right after its download,
+  so it overlaps the decompression, hashing and writing of the chunk before.
+  A chunk too large for memory is decrypted in an unnamed file in the output
+  folder or my private chunk-cache folder, never in the system's temp folder.
 * My age identities (current and rotated-out ones) are read from the identity
   file at the first sealed message a receiver meets, not before: a plaintext-only
   user needs no age key, and a rotation applies from the next receiver on.
