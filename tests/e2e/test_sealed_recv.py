@@ -427,3 +427,17 @@ def test_require_sealed_does_not_refuse_my_own_plaintext(
     assert json.loads(bob.ok("verify", "--digest", digest, "--json"))["sealed"] is False
     (outcome,) = recv(bob, out)
     assert outcome["status"] == "received"
+
+
+def test_an_identity_without_an_age_key_is_told_how_to_get_one(
+    embedded_pair: tuple[Party, Party], tmp_path: Path, out: Path
+) -> None:
+    alice, bob = embedded_pair
+    key = bob.workspace().paths.age_identity_file
+    key.unlink(missing_ok=True)  # an identity made before sealing existed
+    carol = make_party(tmp_path, "carol", alice.repo)
+    sealer(alice).send(DATA, [bob.name], [age_keys(carol).recipient], chunk_bytes=CHUNK)
+    rejection = refused(bob, out, VERIFICATION, "NotARecipientError")
+    assert "no age identity" in str(rejection["error"]) and "dockercomms init" in str(
+        rejection["error"]
+    )
