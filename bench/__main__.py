@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m bench [--suite engine|registry|mount|storage|sealed|all] [--size-mib 1024] [--runs 3]
+    python -m bench [--suite engine|registry|mount|storage|sealed|sealed-recv|all]
+                    [--size-mib 1024] [--runs 3]
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import engine, mount, registry, sealed, storage
+from bench import engine, mount, registry, sealed, sealed_recv, storage
 from bench.measure import MIB
 
 SUITES = {
@@ -23,6 +24,7 @@ SUITES = {
     "mount": mount.run,
     "storage": storage.run,
     "sealed": sealed.run,
+    "sealed-recv": sealed_recv.run,
 }
 
 

@@ -184,8 +184,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
             "chunks_verified": verified.chunks_verified,
             "signer": asdict(verified.signer),
         }
-    emit(args, result, lambda r: f"OK: {r['kind']} {digest} signed by {r['signer']['identity']}")
+    emit(args, result, _verify_text)
     return 0
+
+
+def _verify_text(result: dict[str, Any]) -> str:
+    """``OK: message sha256:… signed by …``, and for a message whether sealed and chunks."""
+    text = f"OK: {result['kind']} {result['digest']} signed by {result['signer']['identity']}"
+    if result["kind"] == "message":
+        text += " (sealed" if result["sealed"] else " (plain"
+        text += ", every chunk checked)" if result["chunks_verified"] else ")"
+    return text
 
 
 def cmd_ack(args: argparse.Namespace) -> int:
@@ -253,7 +262,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def _ls_text(rows: list[dict[str, Any]]) -> str:
-    """One line per message; everything a message claims is escaped (one line, no ESC)."""
+    """One line per message; everything a message claims is escaped (one line, no ESC).
+
+    ``sealed`` or ``plain`` says how it came (SPEC 9); a sealed message shows its
+    real name once opened, its neutral ``<mid8>.sealed`` when it could not be.
+    """
     from dockercomms.core.untrusted import shown
 
     lines = []
@@ -263,9 +276,12 @@ def _ls_text(rows: list[dict[str, Any]]) -> str:
             continue
         state = "verified" if r["verified"] else "REJECTED"
         size = f"{r['total_bytes']:>12}"
+        sealing = "sealed" if r["sealed"] else "plain"
         why = "" if r["verified"] else f"  ({shown(r['error'], 1000)})"
         who = f"{shown(r['sender']):<24}"
-        lines.append(f"{state:<9} {r['created_at']}  {size}  {who} {shown(r['filename'])}{why}")
+        lines.append(
+            f"{state:<9} {r['created_at']}  {size}  {sealing:<6} {who} {shown(r['filename'])}{why}"
+        )
     return "\n".join(lines) or "inbox is empty"
 
 

@@ -10,8 +10,10 @@ The hierarchy (catch at the level you care about)::
     │   ├── UntrustedSignerError                        valid signature by someone not trusted
     │   ├── SenderMismatchError                         trusted signer, but not as this sender
     │   ├── DigestMismatchError                         bytes do not hash to the signed digest
+    │   │   └── PlaintextMismatchError                  opened chunk != its sealed chunk_sha256
     │   ├── ExpiredError                                created_at + ttl is in the past
-    │   └── NotARecipientError                          sealed (age) to none of my identities
+    │   ├── NotARecipientError                          sealed (age) to none of my identities
+    │   └── NotSealedError                              plaintext where sealed is required
     ├── RegistryError                exit 1  deferred   the registry failed us
     │   ├── RegistryUnavailableError         temporary  connection refused/reset, 5xx, timeouts
     │   ├── AuthError                exit 3  deferred   401/403, bad credentials
@@ -107,6 +109,14 @@ class DigestMismatchError(VerificationError):
     """Downloaded bytes do not hash to the digest that was signed or referenced."""
 
 
+class PlaintextMismatchError(DigestMismatchError):
+    """A sealed chunk opened to bytes that do not hash to its signed ``chunk_sha256``.
+
+    The ciphertext matched the signed digest, so the sender made it so: unlike a
+    plain digest mismatch (the registry served other bytes) it never gets better.
+    """
+
+
 class ExpiredError(VerificationError):
     """The message's time to live has passed."""
 
@@ -116,6 +126,10 @@ class NotARecipientError(VerificationError):
 
     Sealed to someone else, or to an identity of mine I no longer have.
     """
+
+
+class NotSealedError(VerificationError):
+    """A plaintext message where sealed ones are required (the sender's trust entry, or config)."""
 
 
 class RegistryError(DockerCommsError):

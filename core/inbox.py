@@ -12,6 +12,12 @@ Caveats first:
 * Nothing unverified leaves: :meth:`Inbox.check_tags` reports a bad message as a
   result, :meth:`Inbox.verify` and :meth:`Inbox.fetch_chunk` raise, and a chunk's
   bytes reach ``out`` only once their digest matched.
+* Sealed messages (SPEC 9) come out of :meth:`Inbox.verify`, :meth:`Inbox.check_tags`
+  and :meth:`Inbox.verify_artifact` opened (real file name, ``Message.sealed``)
+  once their signature, signer and date verified; :meth:`Inbox.fetch_chunk` opens
+  a chunk only of a message that came out so, and writes its plaintext to ``out``
+  before comparing its sha256 (``out`` must be private and dropped on failure, as
+  the chunk cache's writer and the CLI's temp file are).
 * Receipts go out once per message and status, whoever sends them (``recv``, a
   poller, a mount, ``ack``): :meth:`Inbox.answer` asks the one receipt store first
   and records what the registry took. Only a message whose signature verified as
@@ -229,12 +235,14 @@ class Inbox:
                 )
             return Verified("receipt", signer, receipt=receipt)
         if kind == protocol.MESSAGE_ARTIFACT_TYPE:
-            message = receiver.fetch_message(digest, check_recipient=False)
-            verified = receiver.verify_message(message)
+            verified = receiver.verify_message(
+                receiver.fetch_message(digest, check_recipient=False)
+            )
+            message = verified.message  # opened if sealed: its chunks are checked opened
             if chunks:
                 sink = _NullSink()
                 for index in range(message.chunk_count):
-                    receiver.fetch_chunk(message, index, sink)
+                    receiver.fetch_chunk(message, index, sink, buffers=self._buffers)
             return Verified("message", verified.signer, message=message, chunks_verified=chunks)
         raise ManifestError(f"{digest} is neither a message nor a receipt ({kind!r})")
 

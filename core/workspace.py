@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from dockercomms.core._internal.ledger import ReceivedLedger
 from dockercomms.core._internal.limits import DEFAULT_LIMITS, Limits
-from dockercomms.core._internal.receive import Receiver
+from dockercomms.core._internal.receive import Opening, Receiver
 from dockercomms.core._internal.registry.auth import AuthSource, RegistryAuth
 from dockercomms.core._internal.registry.client import RegistryClient
 from dockercomms.core._internal.registry.credentials import (
@@ -217,8 +217,16 @@ class Workspace:
         return Sender(client, self.signer(), self.identity, limits=self.limits)
 
     def receiver(self, client: RegistryClient, bundle_mode: DiscoveryMode = "auto") -> Receiver:
-        """A receiver for me over ``client``."""
-        return Receiver(client, self.verifier(), self.identity, bundle_mode=bundle_mode)
+        """A receiver for me over ``client``, opening sealed messages with my age keys."""
+        policy = self.trust_policy()
+        opening = Opening(
+            self.paths.age_identity_file,
+            policy=policy,
+            require_all=self.settings.require_sealed,
+            private_dir=self.paths.chunk_cache_dir,
+        )
+        verifier = BundleVerifier(policy, self.trusted_root)
+        return Receiver(client, verifier, self.identity, bundle_mode=bundle_mode, opening=opening)
 
     def ledger(self) -> ReceivedLedger:
         """What I already received."""

@@ -173,6 +173,9 @@ class ChunkCache:
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # It holds opened sealed plaintext too: private even if it was made otherwise.
+        if self.root.stat().st_mode & 0o077:
+            self.root.chmod(0o700)
         self._load()
 
     # --- index ----------------------------------------------------------------------

@@ -20,6 +20,10 @@ Caveats first:
   first read, ``rejected`` for a message whose signature verified as its claimed
   sender and whose own content then failed (a bad chunk, a date in the future).
   Unsigned, untrusted, mismatched and expired messages get none.
+* A sealed message (SPEC 9) is listed under its real name once its signature
+  verified and its ``sealed`` annotation opened (``Inbox.check_tags``);
+  ``user.dockercomms.sealed`` says ``true`` or ``false``. One sealed to none of my
+  age keys, or a plaintext one from a sender who must seal, is in ``.rejected/``.
 * Whatever a message or the registry claims is escaped before it is shown
   (``.rejected/`` contents and attributes, logs, ``.status``); tags that break
   the OCI tag grammar are not listed at all.
@@ -60,6 +64,7 @@ from dockercomms.core.errors import (
     DockerCommsError,
     ExpiredError,
     LimitExceededError,
+    SealedDataError,
 )
 from dockercomms.core.inbox import CheckedTag, Inbox, Message, VerifiedSigner
 from dockercomms.core.inbox_state import InboxState, Listed, reconcile, tags_to_check
@@ -554,7 +559,9 @@ class InboxView:
         if not is_rejection(error):
             return
         item.error = error
-        if isinstance(error, DigestMismatchError | ChunkError | LimitExceededError):
+        if isinstance(
+            error, DigestMismatchError | ChunkError | LimitExceededError | SealedDataError
+        ):
             item.corrupt = True
         self._add_rejected(item.tag, item.message, error, answerable)
 
@@ -581,6 +588,7 @@ class InboxView:
                 "created_at": xattrs.timestamp(message.created_at),
                 "expires_at": xattrs.timestamp(message.expires_at),
                 "receipt": answer.describe() if answer else None,
+                "sealed": "true" if message.encrypted else "false",
                 "state": state,
                 "error": item.failure,
             }

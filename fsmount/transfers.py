@@ -16,6 +16,11 @@ Caveats first:
   per read; a second failure is an error.
 * A prefetch that fails is only logged; the read that needs the chunk fetches it
   again and reports the error to the reader.
+* Sealed messages (SPEC 9) read the same way: ``Inbox.fetch_chunk`` decrypts a
+  chunk into the cache's private writer and checks it against ``chunk_sha256``
+  before the commit. Their cache key binds the ciphertext digest to that
+  ``chunk_sha256`` (:func:`chunk_key`), so a chunk verified for one message is
+  never served for another message claiming other bytes for the same blob.
 * ``--whole-file`` (:meth:`ChunkSource.open_chunks`): ``open()`` returns only
   once *every* chunk was fetched and checked (two at a time), and the open handle
   keeps them all pinned in the cache until it is closed, so a file opens complete
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -83,6 +89,15 @@ class _Fetch:
 def chunk_length(message: Message, index: int) -> int:
     """Plaintext bytes of chunk ``index`` (the last one may be short)."""
     return min(message.chunk_bytes, message.total_bytes - index * message.chunk_bytes)
+
+
+def chunk_key(message: Message, index: int) -> ChunkKey:
+    """The cache key of chunk ``index``: its layer digest, bound to ``chunk_sha256`` if sealed."""
+    digest = message.chunks[index].digest
+    if message.sealed is not None:
+        bound = f"{digest}\n{message.sealed.chunk_sha256[index]}".encode()
+        digest = "sha256:" + hashlib.sha256(bound).hexdigest()
+    return ChunkKey(digest, index)
 
 
 def _spans(
@@ -240,7 +255,7 @@ class ChunkSource:
         A chunk this call fetches itself is committed pinned, so a cache cap
         smaller than the chunks being read cannot evict it before it is read.
         """
-        key = ChunkKey(message.chunks[index].digest, index)
+        key = chunk_key(message, index)
         while not self.cache.pin(key):
             fetch = self._fetches.get(key)
             if fetch is None:
@@ -310,7 +325,7 @@ class ChunkSource:
         if self.prefetch <= 0:
             return
         for ahead in range(index, min(index + self.prefetch, message.chunk_count)):
-            key = ChunkKey(message.chunks[ahead].digest, ahead)
+            key = chunk_key(message, ahead)
             if key in self._fetches or self.cache.size_of(key) is not None:
                 continue
             self._nursery.start_soon(self._prefetch, message, ahead, key)

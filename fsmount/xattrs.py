@@ -33,6 +33,7 @@ FILE_KEYS = (
     "created_at",
     "expires_at",
     "receipt",
+    "sealed",
     "state",
     "error",
     "claimed_sender",

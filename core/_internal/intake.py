@@ -21,6 +21,14 @@ Caveats first:
   manifest, a bug) is logged once with its traceback and makes that message a
   rejection for this run, never remembered; the loop goes on. ``recv``, the
   syncer and anything else that receives get this from the loop itself.
+* Sealed messages (SPEC 9) are opened after the signer and freshness steps; a
+  plaintext message from a sender who must seal (``NotSealedError``) and one
+  sealed to none of my age keys (``NotARecipientError``) are remembered under
+  the trust policy's fingerprint, which then includes who must seal
+  (``Receiver.policy_fingerprint``), so changing either retries them. A sealed
+  chunk that opens to other bytes than its signed ``chunk_sha256``
+  (``PlaintextMismatchError``) is the sender's doing and is remembered for ever;
+  a plain digest mismatch is the registry's and is not.
 * Whether a failure is a rejection or a deferral is the error's own
   :class:`~dockercomms.core.errors.Disposition`.
 * A received message is answered ``accepted`` once: the receipt store
@@ -51,6 +59,9 @@ from dockercomms.core.errors import (
     Disposition,
     DockerCommsError,
     ExpiredError,
+    NotARecipientError,
+    NotSealedError,
+    PlaintextMismatchError,
     ProtocolError,
     disposition_of,
 )
@@ -61,7 +72,7 @@ log = logging.getLogger(__name__)
 
 ProgressFactory = Callable[[Message], Any]
 #: The step that rejected a message, which decides whether and how it is remembered.
-Step = Literal["manifest", "signer", "freshness", "chunks"]
+Step = Literal["manifest", "signer", "freshness", "sealed", "chunks"]
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ def summary(message: Message) -> dict[str, Any]:
         "message_id": message.message_id,
         "sender": message.sender,
         "filename": message.filename,
+        "sealed": message.encrypted,
         "total_bytes": message.total_bytes,
         "created_at": protocol.format_timestamp(message.created_at),
         "expires_at": protocol.format_timestamp(message.expires_at),
@@ -194,7 +206,7 @@ class _Intake:
         self.out_dir = out_dir
         self.receipt_signer = receipt_signer
         self.progress = progress
-        self.policy = receiver.verifier.policy_fingerprint
+        self.policy = receiver.policy_fingerprint
         self.outcomes: list[Outcome] = []
         self.seen = SeenMessages()
         self.listed: set[str] = set()
@@ -254,6 +266,8 @@ class _Intake:
             if self.ledger.get(message.digest, sender=signer.name, message_id=message.message_id):
                 self.outcomes.append(Outcome(tag, "already-received", message))
                 return False
+            step = "sealed"
+            message = receiver.open_message(message, signer)
             step = "chunks"
             verified = VerifiedMessage(message, signer)
             if self.progress is None:
@@ -301,10 +315,14 @@ def _remembered_under(error: DockerCommsError, step: Step, policy: str) -> str |
     """The policy a rejection is remembered under (``""``: any), or None to try again."""
     if disposition_of(error) is not Disposition.REJECTED:
         return None  # the registry, the configuration: not a verdict on the message
+    if isinstance(error, PlaintextMismatchError):
+        return ""  # the signed ciphertext opened to other bytes: the sender's doing
     if isinstance(error, DigestMismatchError):
         return None  # the registry served other bytes than the signed ones
     if step == "signer":
         return policy  # trust decided: a new trust entry may change the verdict
+    if step == "sealed" and isinstance(error, NotSealedError | NotARecipientError):
+        return policy  # like trust: retried when the policy (or who must seal) changes
     if step == "freshness":
         return "" if isinstance(error, ExpiredError) else None  # the future comes
     return ""  # the manifest or a chunk blob, both content-addressed

@@ -93,7 +93,7 @@ def check_tag(receiver: Receiver, tag: str, unexpected: LogOnce) -> CheckedTag:
             verified = receiver.verify_message(message)
         except DockerCommsError as exc:
             return CheckedTag(tag, message, None, exc, _answerable(receiver, message, exc))
-        return CheckedTag(tag, message, verified.signer, None)
+        return CheckedTag(tag, verified.message, verified.signer, None)  # opened if sealed
     except Exception as exc:
         unexpected.log(
             logging.ERROR,

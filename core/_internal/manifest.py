@@ -10,6 +10,13 @@ range-checked before any arithmetic: ``created_at`` lies in
 [``EARLIEST_CREATED_AT``, ``LATEST_CREATED_AT``) and ``ttl_seconds`` is at most
 ``MAX_TTL_SECONDS``, so ``created_at + ttl`` (and a clock skew either side) can
 never overflow a ``datetime``.
+
+A sealed message (SPEC 9) is told apart here, at step 3, by
+``dockercomms.encryption`` = ``age`` alone: only then are the ``+age`` layer media
+types accepted, and the file name must be the neutral ``<mid8>.sealed`` and the
+``sealed`` annotation present and no longer than its chunk count allows. Nothing
+is decrypted here; :class:`Message` carries ``sealed`` facts only once
+``receive`` opened them after steps 4-7.
 """
 
 from __future__ import annotations
@@ -22,6 +29,16 @@ from typing import Any
 
 from dockercomms.core import protocol, untrusted
 from dockercomms.core._internal.limits import DEFAULT_LIMITS, Limits, check_filename
+from dockercomms.core._internal.sealed_message import (
+    A_ENCRYPTION,
+    A_SEALED,
+    ENCRYPTION_AGE,
+    SEALED_CHUNK_MEDIA_TYPES,
+    SealedFacts,
+    max_annotation_chars,
+    neutral_filename,
+)
+from dockercomms.core._internal.sealing import MAX_HEADER_BYTES, sealed_length
 from dockercomms.core.errors import LimitExceededError, ManifestError
 
 _UINT = re.compile(r"^(0|[1-9][0-9]{0,19})$")
@@ -66,6 +83,10 @@ class Message:
         size: length of the manifest bytes.
         tag: the ``inbox-`` tag it was listed under, if any.
         chunks: layer descriptors ordered by chunk index.
+        encrypted: sealed with age (SPEC 9): the layers are age files and
+            ``filename`` is the neutral name until the ``sealed`` annotation is opened.
+        sealed: the opened ``sealed`` annotation (set only after SPEC 5 steps 1-7,
+            by ``receive``); then ``filename`` is the real name it holds.
     """
 
     digest: str
@@ -83,6 +104,8 @@ class Message:
     compression: str
     chunks: tuple[Descriptor, ...]
     annotations: dict[str, str]
+    encrypted: bool = False
+    sealed: SealedFacts | None = None
 
     @property
     def expires_at(self) -> datetime:
@@ -348,6 +371,7 @@ def parse_message(
     total = _uint(ann, protocol.A_TOTAL_BYTES)
     chunk_bytes = _uint(ann, protocol.A_CHUNK_BYTES)
     count = _uint(ann, protocol.A_CHUNK_COUNT)
+    encrypted = _encryption(ann, message_id, count, limits)
     ttl = _ttl(ann)
     created_at = _timestamp(ann, protocol.A_CREATED_AT)
     if total > limits.max_total_bytes:
@@ -355,7 +379,7 @@ def parse_message(
     if count > limits.max_chunks:
         raise LimitExceededError(f"chunk_count {count} exceeds {limits.max_chunks}")
     _check_chunk_geometry(total, chunk_bytes, count)
-    chunks = _ordered_chunks(doc.get("layers"), count, chunk_bytes, compression)
+    chunks = _ordered_chunks(doc.get("layers"), count, chunk_bytes, compression, encrypted)
     return Message(
         digest=digest,
         size=len(raw),
@@ -372,7 +396,38 @@ def parse_message(
         compression=compression,
         chunks=chunks,
         annotations=ann,
+        encrypted=encrypted,
     )
+
+
+def _encryption(ann: dict[str, str], message_id: str, count: int, limits: Limits) -> bool:
+    """Whether the message is sealed (SPEC 9), after checking what sealing requires.
+
+    ``count`` is not yet checked against the limits: the annotation's bound uses
+    at most ``limits.max_chunks``.
+    """
+    encryption = ann.get(A_ENCRYPTION)
+    if encryption is None:
+        if A_SEALED in ann:
+            raise ManifestError(f"a plaintext message carries a {A_SEALED} annotation")
+        return False
+    if encryption != ENCRYPTION_AGE:
+        raise ManifestError(f"unknown encryption {encryption[:40]!r}")
+    sealed = ann.get(A_SEALED)
+    if sealed is None:
+        raise ManifestError(f"a sealed message has no {A_SEALED} annotation")
+    longest = max_annotation_chars(min(count, limits.max_chunks), limits)
+    if len(sealed) > longest:
+        raise LimitExceededError(
+            f"annotation {A_SEALED} is {len(sealed)} characters, more than {longest}"
+        )
+    neutral = neutral_filename(message_id)
+    if ann[protocol.A_FILENAME] != neutral:
+        raise ManifestError(
+            f"a sealed message must carry the neutral file name {neutral!r}, "
+            f"not {ann[protocol.A_FILENAME][:40]!r}"
+        )
+    return True
 
 
 def _check_chunk_geometry(total: int, chunk_bytes: int, count: int) -> None:
@@ -390,7 +445,7 @@ def _check_chunk_geometry(total: int, chunk_bytes: int, count: int) -> None:
 
 
 def _ordered_chunks(
-    layers: object, count: int, chunk_bytes: int, compression: str
+    layers: object, count: int, chunk_bytes: int, compression: str, encrypted: bool
 ) -> tuple[Descriptor, ...]:
     if layers is None:
         layers = []
@@ -398,7 +453,13 @@ def _ordered_chunks(
         raise ManifestError("layers must be a list")
     if len(layers) != count:
         raise ManifestError(f"manifest has {len(layers)} layers, chunk_count says {count}")
-    media_type = protocol.CHUNK_MEDIA_TYPES[compression]
+    if encrypted:
+        media_type = SEALED_CHUNK_MEDIA_TYPES[compression]
+        # age adds a header, a nonce and a tag per 64 KiB block to the compressed tar.
+        largest = sealed_length(_largest_layer(chunk_bytes), MAX_HEADER_BYTES)
+    else:
+        media_type = protocol.CHUNK_MEDIA_TYPES[compression]
+        largest = _largest_layer(chunk_bytes)
     by_index: dict[int, Descriptor] = {}
     for position, value in enumerate(layers):
         layer = parse_descriptor(value, f"layer {position}")
@@ -412,10 +473,15 @@ def _ordered_chunks(
         index = int(index_text)
         if index >= count or index in by_index:
             raise ManifestError(f"layer {position}: chunk index {index} repeated or out of range")
-        if layer.size > chunk_bytes + chunk_bytes // 64 + _LAYER_OVERHEAD:
+        if layer.size > largest:
             raise LimitExceededError(f"layer {position} is {layer.size} bytes, too large")
         by_index[index] = layer
     return tuple(by_index[i] for i in range(count))
+
+
+def _largest_layer(chunk_bytes: int) -> int:
+    """Largest compressed tar a chunk of ``chunk_bytes`` may be."""
+    return chunk_bytes + chunk_bytes // 64 + _LAYER_OVERHEAD
 
 
 _RECEIPT_KEYS = (

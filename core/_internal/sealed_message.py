@@ -45,7 +45,7 @@ from dockercomms.core._internal.sealing import (
     seal_bytes,
     sealed_length,
 )
-from dockercomms.core.errors import ChunkError, DigestMismatchError, ManifestError
+from dockercomms.core.errors import ChunkError, ManifestError, PlaintextMismatchError
 from dockercomms.core.untrusted import parse_json_object
 
 A_ENCRYPTION: Final = "dockercomms.encryption"
@@ -209,10 +209,10 @@ class DigestingSink:
         return self._out.write(data)
 
     def check(self, expected_hex: str, what: str) -> None:
-        """Raise :class:`~.errors.DigestMismatchError` unless the bytes hash to ``expected_hex``."""
+        """Raise :class:`~.errors.PlaintextMismatchError` unless the bytes hash to that."""
         got = self._hash.hexdigest()
         if not hmac.compare_digest(got, expected_hex):
-            raise DigestMismatchError(
+            raise PlaintextMismatchError(
                 f"{what} hashes to {got}, the sealed annotation says {expected_hex}"
             )
 
@@ -233,8 +233,32 @@ def open_chunk(
     place (garbage afterwards). Writes the chunk's bytes to ``out`` and raises
     unless they hash to ``chunk_sha256``; see the caveats about ``out``.
     """
+    plain = open_in_place(ciphertext, identities, what=f"chunk {index}")
+    check_chunk(
+        plain,
+        index=index,
+        expected_length=expected_length,
+        compression=compression,
+        chunk_sha256=chunk_sha256,
+        out=out,
+    )
+
+
+def check_chunk(
+    plain: memoryview | BinaryIO,
+    *,
+    index: int,
+    expected_length: int,
+    compression: str,
+    chunk_sha256: str,
+    out: ByteSink,
+) -> None:
+    """The second half of :func:`open_chunk`, on a chunk already decrypted in place.
+
+    Split so the decryption can run on the thread that downloaded the chunk while
+    the previous chunk is decompressed, hashed and written (``receive``).
+    """
     what = f"chunk {index}"
-    plain = open_in_place(ciphertext, identities, what=what)
     sink = DigestingSink(out)
     extract_layer(
         plain, index=index, expected_length=expected_length, compression=compression, out=sink
