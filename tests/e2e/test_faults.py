@@ -275,7 +275,7 @@ DEAD_REGISTRY_COMMANDS = {
     "recv": ("recv", "--out", "{tmp}/out"),
     "verify": ("verify", "--digest", "sha256:" + "0" * 64),
     "gc": ("gc",),
-    "send": ("send", "{tmp}/small.txt", "--recipient", "bob"),
+    "send": ("send", "{tmp}/small.txt", "--recipient", "bob", "--plaintext"),
 }
 
 
