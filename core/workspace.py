@@ -179,14 +179,26 @@ class Workspace:
         return Inbox(self, pool, bundle_mode=bundle_mode)
 
     def outbox(
-        self, options: RegistryOptions | None = None, *, pool: ClientPool | None = None
+        self,
+        options: RegistryOptions | None = None,
+        *,
+        pool: ClientPool | None = None,
+        card_interval_seconds: float = 0.0,
     ) -> Outbox:
-        """Sending as me, over ``pool`` (shared) or a pool of its own (closed with it)."""
+        """Sending as me, over ``pool`` (shared) or a pool of its own (closed with it).
+
+        Before each send, every recipient's card in the repository is looked at
+        (SPEC 9.1, :func:`dockercomms.core.cards.card_directory`), at most once per
+        ``card_interval_seconds`` per name: a daemon passes its poll interval, a
+        one-shot command looks once.
+        """
+        from dockercomms.core.cards import card_directory
         from dockercomms.core.outbox import Outbox
 
-        if pool is None:
-            return Outbox(self, self.clients(options), owns_pool=True)
-        return Outbox(self, pool)
+        owns_pool = pool is None
+        clients = self.clients(options) if pool is None else pool
+        cards = card_directory(self, clients, interval_seconds=card_interval_seconds)
+        return Outbox(self, clients, owns_pool=owns_pool, refresher=cards)
 
     def trust_policy(self) -> TrustPolicy:
         """The trust file as it is now."""

@@ -128,7 +128,7 @@ class Syncer:
         # Short retries (the queue waits), one client per thread for push and poll.
         self._pool = workspace.clients(replace(self.registry_options, retry=SYNC_RETRY_POLICY))
         self.inbox = workspace.inbox(pool=self._pool)
-        self.outbox = workspace.outbox(pool=self._pool)
+        self.outbox = workspace.outbox(pool=self._pool, card_interval_seconds=poll_seconds)
         paths = workspace.paths
         self.queue = PushQueue(paths.queue_db, paths.queue_dir)
         self.watcher = OutboxWatcher(
