@@ -23,12 +23,14 @@ from dockercomms.core import protocol as p
 from dockercomms.core._internal import manifest as m
 from dockercomms.core._internal.cards import (
     MAX_CARD_CANDIDATES,
+    CardDirectory,
     build_card_manifest,
     publish_card,
 )
 from dockercomms.core._internal.registry.client import RegistryClient
 from dockercomms.core._internal.signatures import attach_bundle
 from dockercomms.core._internal.signing.keypair import KeyPairSigner, generate_key
+from dockercomms.core._internal.signing.verify import BundleVerifier
 from dockercomms.core.cards import card_directory
 from dockercomms.core.contact_card import CardClaim, card_tag_prefix
 from tests.conftest import Party, make_party
@@ -135,6 +137,24 @@ def test_refresh_is_rate_limited_per_name(pair: tuple[Party, Party]) -> None:
         assert looked >= 1
         cards.refresh("bob")
         assert counted.manifests == looked  # once per interval per name
+    clock = [0.0]
+    with workspace.clients() as pool:
+        counted = Counting(pool.client)
+        cards = CardDirectory(
+            counted.client,
+            workspace.paths.trust_file,
+            lambda policy: BundleVerifier(policy),
+            interval_seconds=30,
+            monotonic=lambda: clock[0],
+        )
+        cards.refresh("bob")
+        looked = counted.manifests
+        clock[0] = 29.0
+        cards.refresh("bob")
+        assert counted.manifests == looked
+        clock[0] = 30.0  # the next poll interval: a new look
+        cards.refresh("bob")
+        assert counted.manifests > looked
 
 
 def test_status_says_whether_my_card_is_current(pair: tuple[Party, Party]) -> None:
