@@ -11,6 +11,7 @@ expected to fail until it is merged.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,12 +24,14 @@ from dockercomms.core import protocol as p
 from dockercomms.core._internal import manifest as m
 from dockercomms.core._internal.cards import (
     MAX_CARD_CANDIDATES,
+    CardDirectory,
     build_card_manifest,
     publish_card,
 )
 from dockercomms.core._internal.registry.client import RegistryClient
 from dockercomms.core._internal.signatures import attach_bundle
 from dockercomms.core._internal.signing.keypair import KeyPairSigner, generate_key
+from dockercomms.core._internal.signing.verify import BundleVerifier
 from dockercomms.core.cards import card_directory
 from dockercomms.core.contact_card import CardClaim, card_tag_prefix
 from tests.conftest import Party, make_party
@@ -135,6 +138,24 @@ def test_refresh_is_rate_limited_per_name(pair: tuple[Party, Party]) -> None:
         assert looked >= 1
         cards.refresh("bob")
         assert counted.manifests == looked  # once per interval per name
+    clock = [0.0]
+    with workspace.clients() as pool:
+        counted = Counting(pool.client)
+        cards = CardDirectory(
+            counted.client,
+            workspace.paths.trust_file,
+            lambda policy: BundleVerifier(policy),
+            interval_seconds=30,
+            monotonic=lambda: clock[0],
+        )
+        cards.refresh("bob")
+        looked = counted.manifests
+        clock[0] = 29.0
+        cards.refresh("bob")
+        assert counted.manifests == looked
+        clock[0] = 30.0  # the next poll interval: a new look
+        cards.refresh("bob")
+        assert counted.manifests > looked
 
 
 def test_status_says_whether_my_card_is_current(pair: tuple[Party, Party]) -> None:
@@ -396,3 +417,43 @@ def test_a_card_signed_by_its_owner_with_an_absurd_date_is_refused(
         client.push_manifest(raw, f"{card_tag_prefix('bob')}{unix}-0a0a0a")
     why = unchanged(alice, lambda: directory(alice)("bob"))
     assert "refused" in why, why
+
+
+def test_a_second_refresh_of_a_name_waits_for_the_look_in_progress(
+    pair: tuple[Party, Party],
+) -> None:
+    """Two sends to bob at once: the second reads what the first look found.
+
+    The new code passes whatever the timing; the one-second wait only gives the
+    old code (which returned at once) the chance to show it.
+    """
+    alice, _bob = pair
+    workspace = alice.workspace()
+    entered, go = threading.Event(), threading.Event()
+    second_saw_the_look_done: list[bool] = []
+    with workspace.clients() as pool:
+        cards = card_directory(workspace, pool, interval_seconds=3600)
+        look = cards._refresh
+
+        def slow(name: str) -> list[str]:
+            entered.set()
+            go.wait()
+            return look(name)
+
+        cards._refresh = slow  # type: ignore[method-assign]
+        first = threading.Thread(target=cards.refresh, args=("bob",))
+        first.start()
+        entered.wait()
+
+        def second() -> None:
+            cards.refresh("bob")
+            taken = bool(contact(alice, "bob").get("age_recipient"))
+            second_saw_the_look_done.append(go.is_set() and taken)
+
+        other = threading.Thread(target=second)
+        other.start()
+        other.join(timeout=1.0)
+        go.set()
+        first.join()
+        other.join()
+    assert second_saw_the_look_done == [True]
