@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 
 def _identity(root: Path, name: str, data_home: Path) -> Workspace:
+    from dockercomms.core.cards import age_identity
     from dockercomms.core.config import Settings, save_settings
     from dockercomms.core.keys import signing_key
     from dockercomms.core.paths import resolve_paths
@@ -30,14 +31,19 @@ def _identity(root: Path, name: str, data_home: Path) -> Workspace:
     settings = Settings(identity=name)
     save_settings(paths, settings)
     signing_key(paths.key_file, create=True)
-    return Workspace(paths, settings)
+    workspace = Workspace(paths, settings)
+    age_identity(workspace)
+    return workspace
 
 
 def _trust(truster: Workspace, other: Workspace) -> None:
-    from dockercomms.core.keys import signing_key
+    """What ``trust add NAME --card FILE`` does with the other's contact card."""
+    from dockercomms.core.cards import my_card
 
+    card = my_card(other)
     policy = truster.trust_policy()
-    policy.add_key(other.identity, signing_key(other.paths.key_file).public_pem)
+    policy.add_key(other.identity, card.signing_key.encode())
+    policy.accept_card(other.identity, card.age_recipient, card.created_at, "card")
     policy.save(truster.paths.trust_file)
 
 
@@ -54,20 +60,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bob = _identity(root, "bob@example.com", data_home)
         for truster, other in ((alice, bob), (bob, alice)):
             _trust(truster, other)
-        steps.append(f"created alice and bob, each trusting the other's key, in {root}")
+        steps.append(
+            f"created alice and bob, each trusting the other's contact card (signing key "
+            f"and age key), in {root}"
+        )
         note = root / "hello.txt"
         note.write_text("Hello Bob, this file was signed by Alice and verified by you.\n")
         with alice.outbox() as outbox:
             sent = outbox.send(SendRequest(path=note, recipient=bob.identity))
-        steps.append(f"alice sent {sent.filename} as {sent.tag} ({sent.digest[:19]}...)")
+        if not sent.sealed:
+            raise SystemExit("demo failed: the message was not sealed")
+        steps.append(
+            f"alice sealed {sent.filename} to bob and herself and sent it as {sent.tag} "
+            f"({sent.digest[:19]}...)"
+        )
         with bob.inbox() as inbox:
             outcomes = inbox.receive_new(root / "bob-inbox")
         for outcome in outcomes:
             if outcome.path is None:
                 raise SystemExit(f"demo failed: {outcome.error}")
             steps.append(
-                f"bob verified the signature ({outcome.signer_identity}) and every chunk, "
-                f"then wrote {outcome.path.name}: {outcome.path.read_text().strip()!r}"
+                f"bob verified the signature ({outcome.signer_identity}), opened the sealed "
+                f"message, checked every chunk, then wrote {outcome.path.name}: "
+                f"{outcome.path.read_text().strip()!r}"
             )
             steps.append(f"bob sent a signed receipt {outcome.receipt}")
         policy = TrustPolicy.load(bob.paths.trust_file)
@@ -84,7 +99,8 @@ def add_parsers(sub: Subcommands, common: CommandParser) -> None:
         parents=[common],
         help="watch two identities exchange a file",
         description="Create two throw-away identities in a temporary folder, alice and bob,\n"
-        "each trusting the other's key, and let alice send bob a signed file through\n"
+        "each trusting the other's contact card, and let alice send bob a signed, sealed\n"
+        "file through\n"
         "the embedded registry: signing, listing, verifying, receiving and the signed\n"
         "receipt, the same engine real use runs. Nothing of yours is touched.",
         examples=["dockercomms demo"],

@@ -327,3 +327,10 @@ def test_exit_codes_are_in_the_help(capsys: pytest.CaptureFixture[str]) -> None:
     text = capsys.readouterr().out
     for code, meaning in [(2, "verification"), (3, "auth"), (4, "protocol"), (5, "not found")]:
         assert f"{code} " in text and meaning in text
+
+
+def test_the_demo_seals_verifies_and_receives(tmp_path: Path) -> None:
+    party = newcomer(tmp_path)
+    steps = json.loads(party.ok("demo", "--json"))
+    assert any(step.startswith("alice sealed hello.txt to bob") for step in steps), steps
+    assert any("opened the sealed message" in step for step in steps), steps
