@@ -87,10 +87,15 @@ def test_gc_deletes_my_expired_messages_and_nothing_else(
     alice_bob: tuple[Party, Party], tmp_path: Path
 ) -> None:
     alice, bob = alice_bob
-    expiring = send(alice, tmp_path, "short.txt", b"same bytes\n", bob.name, "--ttl-seconds", "1")
-    same_bytes = send(alice, tmp_path, "long.txt", b"same bytes\n", bob.name)
+    # Plaintext, so the two share a chunk (sealing is random: sealed chunks never do).
+    expiring = send(
+        alice, tmp_path, "short.txt", b"same bytes\n", bob.name, "--ttl-seconds", "1", "--plaintext"
+    )
+    same_bytes = send(alice, tmp_path, "long.txt", b"same bytes\n", bob.name, "--plaintext")
     other = send(alice, tmp_path, "other.txt", b"other bytes\n", bob.name)
-    bobs = send(bob, tmp_path, "from-bob.txt", b"bob's\n", alice.name, "--ttl-seconds", "1")
+    bobs = send(
+        bob, tmp_path, "from-bob.txt", b"bob's\n", alice.name, "--ttl-seconds", "1", "--plaintext"
+    )
     inbox = tmp_path / "bob-inbox"
     inbox.mkdir()
     assert bob.cli("recv", "--out", str(inbox)).code == 0  # receipts for alice's three

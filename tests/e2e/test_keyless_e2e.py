@@ -53,6 +53,9 @@ def keyless_party(
         "--issuer",
         issuer,
     )
+    # These tests are about keyless signatures: to a peer whose age key it does not
+    # know, this party sends plaintext rather than refusing (give_card makes it seal).
+    party.ok("config", "set", "send_plaintext", "true")
     return party
 
 
@@ -76,7 +79,15 @@ def keyless_pair(
     bob.ok(
         "trust", "add", "alice", "--identity", ALICE_EMAIL, "--issuer", sigstore_stack.issuer_url
     )
+    give_card(bob, alice)
     return alice, bob
+
+
+def give_card(owner: Party, to: Party) -> None:
+    """``to`` trusts ``owner``'s contact card (signing key and age key: sends are sealed)."""
+    card = owner.home / "card.txt"
+    card.write_text(owner.ok("key", "export"))
+    to.ok("trust", "add", owner.name, "--card", str(card))
 
 
 def send_keyless(
@@ -310,6 +321,7 @@ def embedded_pair(
     alice = keyless_party(tmp_path, "alice", repo, alice_config, stack.issuer_url)
     bob = key_party(tmp_path, "bob", repo, bob_config)
     bob.ok("trust", "add", "alice", "--identity", ALICE_EMAIL, "--issuer", stack.issuer_url)
+    give_card(bob, alice)
     return alice, bob
 
 
