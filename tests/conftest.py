@@ -137,10 +137,10 @@ def backend_storage(request: pytest.FixtureRequest, backend: str) -> Path:
     return server.root
 
 
-def make_party(tmp_path: Path, name: str, repo: str) -> Party:
-    """Create an identity with ``init`` on ``repo``."""
+def make_party(tmp_path: Path, name: str, repo: str, *init_args: str) -> Party:
+    """Create an identity with ``init`` on ``repo`` (and ``init_args``, e.g. ``--no-publish``)."""
     party = Party(name, tmp_path / f"home-{name}", repo, tmp_path / "xdg-data")
-    party.ok("init", "--identity", name, "--repo", repo)
+    party.ok("init", "--identity", name, "--repo", repo, *init_args)
     return party
 
 

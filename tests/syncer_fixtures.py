@@ -77,13 +77,13 @@ class Identity:
             return client.list_tags(p.inbox_prefix(self.name))
 
 
-def make_identity(root: Path, name: str, data_home: Path) -> Identity:
-    """``dockercomms init --identity NAME`` in its own home under ``root``."""
+def make_identity(root: Path, name: str, data_home: Path, *init_args: str) -> Identity:
+    """``dockercomms init --identity NAME`` (and ``init_args``) in its own home under ``root``."""
     home = root / name
     identity = Identity(
         name, home, {"DOCKERCOMMS_HOME": str(home), "XDG_DATA_HOME": str(data_home)}
     )
-    assert identity.cli("init", "--identity", name) == 0
+    assert identity.cli("init", "--identity", name, *init_args) == 0
     return identity
 
 

@@ -224,7 +224,8 @@ def test_a_file_for_a_recipient_without_an_age_key_waits_then_goes_sealed(
 ) -> None:
     alice, erin = (
         team["alice"],
-        make_identity(tmp_path / "ids", "erin", tmp_path / "ids" / "xdg-data"),
+        # erin publishes no card: nothing tells alice her age key.
+        make_identity(tmp_path / "ids", "erin", tmp_path / "ids" / "xdg-data", "--no-publish"),
     )
     trust(alice, erin, tmp_path)
     outbox = tmp_path / "outbox"

@@ -168,7 +168,7 @@ def test_plaintext_still_arrives_and_says_so(
     alice, bob, _ = sealed_pair
     note = tmp_path / "note.txt"
     note.write_bytes(b"plain\n")
-    alice.ok("send", str(note), "-r", bob.name)
+    alice.ok("send", str(note), "-r", bob.name, "--plaintext")
     (row,) = json.loads(bob.ok("ls", "--json"))
     assert row["sealed"] is False and row["verified"] is True
     assert "plain" in bob.ok("ls")
@@ -348,7 +348,7 @@ def test_require_sealed_from_everyone_by_config(
     alice, bob, bob_age = sealed_pair
     note = tmp_path / "note.txt"
     note.write_bytes(b"plain\n")
-    alice.ok("send", str(note), "-r", bob.name)
+    alice.ok("send", str(note), "-r", bob.name, "--plaintext")
     sealer(alice).send(DATA, [bob.name], [bob_age], chunk_bytes=CHUNK)
     bob.ok("config", "set", "require_sealed", "true")
     outcomes = recv(bob, out, VERIFICATION)
@@ -373,7 +373,7 @@ def test_require_sealed_for_one_sender_is_remembered_until_the_policy_changes(
     policy.save(trust_file)
     note = tmp_path / "note.txt"
     note.write_bytes(b"plain\n")
-    alice.ok("send", str(note), "-r", bob.name)
+    alice.ok("send", str(note), "-r", bob.name, "--plaintext")
     refused(bob, out, VERIFICATION, "NotSealedError")
     assert recv(bob, out)[0]["status"] == "rejected-before"
     policy.set_contact(Contact(alice.name, require_sealed=False))
@@ -423,7 +423,9 @@ def test_require_sealed_does_not_refuse_my_own_plaintext(
     bob.ok("config", "set", "require_sealed", "true")
     note = tmp_path / "to-self.txt"
     note.write_bytes(b"mine\n")
-    digest = json.loads(bob.ok("send", str(note), "-r", bob.name, "--json"))["digest"]
+    digest = json.loads(bob.ok("send", str(note), "-r", bob.name, "--json", "--plaintext"))[
+        "digest"
+    ]
     assert json.loads(bob.ok("verify", "--digest", digest, "--json"))["sealed"] is False
     (outcome,) = recv(bob, out)
     assert outcome["status"] == "received"
