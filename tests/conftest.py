@@ -106,9 +106,9 @@ class Party:
             return Workspace.load()
 
     def public_key(self) -> Path:
-        """Export this identity's public signing key (PEM, no age key) to a file."""
+        """Export this identity's public key to a file."""
         path = self.home / "public.pem"
-        path.write_text(self.ok("key", "export", "--pem"))
+        path.write_text(self.ok("key", "export"))
         return path
 
 
