@@ -27,7 +27,7 @@ import pytest
 from dockercomms.cli import main as cli_main
 from dockercomms.core import protocol as p
 from dockercomms.core._internal.intake import Outcome, receive_new
-from dockercomms.core._internal.signing.keypair import load_private_key, public_pem
+from dockercomms.core.cards import my_card
 from dockercomms.core.config import save_settings
 from dockercomms.core.paths import Paths, resolve_paths
 from dockercomms.core.workspace import Workspace
@@ -88,11 +88,10 @@ def make_identity(root: Path, name: str, data_home: Path, *init_args: str) -> Id
 
 
 def trust(truster: Identity, trusted: Identity, scratch: Path) -> None:
-    """``key export`` from one, ``trust add`` at the other."""
-    pem = public_pem(load_private_key(trusted.paths.key_file).public_key())
-    key_file = scratch / f"{trusted.name}.pem"
-    key_file.write_bytes(pem)
-    assert truster.cli("trust", "add", trusted.name, "--key", str(key_file)) == 0
+    """``key export`` from one, ``trust add`` at the other (a card: sends are sealed)."""
+    card_file = scratch / f"{trusted.name}.card"
+    card_file.write_text(my_card(trusted.workspace()).text())
+    assert truster.cli("trust", "add", trusted.name, "--key", str(card_file)) == 0
 
 
 def make_pair(root: Path) -> tuple[Identity, Identity]:

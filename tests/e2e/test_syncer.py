@@ -24,6 +24,7 @@ import pytest
 
 from dockercomms.core._internal.limits import MIB
 from dockercomms.core._internal.send import SendRequest, SentMessage
+from dockercomms.core._internal.signing.keypair import load_private_key, public_pem
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.status import to_json
 from dockercomms.core.workspace import RegistryOptions, Workspace
@@ -32,6 +33,7 @@ from dockercomms.syncer.syncer import Syncer, SyncSummary
 from dockercomms.syncer.watcher import is_temporary_name
 from tests.syncer_fixtures import (
     Identity,
+    make_identity,
     make_pair,
     run_sync,
     sha256_file,
@@ -46,6 +48,25 @@ def pair(tmp_path: Path) -> tuple[Identity, Identity]:
 
 
 @pytest.fixture
+def plain_pair(tmp_path: Path) -> tuple[Identity, Identity]:
+    """alice and bob as before sealing: no cards, trusted by signing key, alice sends plaintext.
+
+    For the tests that play the worker's crash windows by hand with a plaintext send
+    (a sealed send's crash windows are in tests/e2e/test_sealed_crash.py).
+    """
+    root = tmp_path / "ids"
+    alice, bob = (
+        make_identity(root, name, root / "xdg-data", "--no-publish") for name in ("alice", "bob")
+    )
+    for truster, trusted in ((alice, bob), (bob, alice)):
+        pem = root / f"{trusted.name}.pem"
+        pem.write_bytes(public_pem(load_private_key(trusted.paths.key_file).public_key()))
+        assert truster.cli("trust", "add", trusted.name, "--key", str(pem)) == 0
+    assert alice.cli("config", "set", "send_plaintext", "true") == 0
+    return alice, bob
+
+
+@pytest.fixture
 def outbox(tmp_path: Path) -> Path:
     folder = tmp_path / "outbox"
     (folder / "bob").mkdir(parents=True)
@@ -55,6 +76,9 @@ def outbox(tmp_path: Path) -> Path:
 @pytest.fixture
 def alice_syncer(pair: tuple[Identity, Identity], outbox: Path) -> Iterator[Syncer]:
     alice, _ = pair
+    # To a name whose age key it cannot know (dave, an untrusted folder), alice sends
+    # plaintext rather than waiting for a key, as these tests expect.
+    assert alice.cli("config", "set", "send_plaintext", "true") == 0
     syncer = Syncer(
         alice.workspace(),
         None,
@@ -444,10 +468,10 @@ def test_stop_interrupts_a_long_upload_which_resumes_as_the_same_message(
 
 
 def test_crash_after_tag_before_mark_sent_is_the_same_message(
-    pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
+    plain_pair: tuple[Identity, Identity], outbox: Path, tmp_path: Path
 ) -> None:
     """The worst moment: the inbox tag is pushed but the queue never heard of it."""
-    alice, bob = pair
+    alice, bob = plain_pair
     workspace = alice.workspace()
     state = workspace.paths.state_dir
     (outbox / "bob" / "late.txt").write_text("sent twice, received once")
@@ -518,10 +542,10 @@ def test_an_item_that_waited_out_its_ttl_is_sent_with_a_new_date(
 
 
 def test_a_stale_item_already_tagged_before_a_crash_keeps_its_date(
-    pair: tuple[Identity, Identity], outbox: Path
+    plain_pair: tuple[Identity, Identity], outbox: Path
 ) -> None:
     """Its recipients may have seen it: a new date would make it a second message."""
-    alice, bob = pair
+    alice, bob = plain_pair
     queue, item = _stale_item(alice, outbox, "tagged, then the crash")
     workspace = alice.workspace()
     with queue:
