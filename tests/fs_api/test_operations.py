@@ -37,11 +37,12 @@ def readdir_without_a_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pyfuse3, "readdir_reply", collect_readdir)
 
 
-def send(sender: Party, recipient: Party, tmp_path: Path, data: bytes = NOTE) -> str:
-    """``dockercomms send`` a file named note.txt; its digest."""
+def send(sender: Party, recipient: Party, tmp_path: Path, data: bytes = NOTE, *extra: str) -> str:
+    """``dockercomms send`` a file named note.txt (with ``extra`` options); its digest."""
     note = tmp_path / "note.txt"
     note.write_bytes(data)
-    return str(json.loads(sender.ok("send", str(note), "-r", recipient.name, "--json"))["digest"])
+    sent = sender.ok("send", str(note), "-r", recipient.name, "--json", *extra)
+    return str(json.loads(sent)["digest"])
 
 
 def test_an_inbox_file_is_listed_read_and_described_after_a_poll(
@@ -132,7 +133,7 @@ def test_refusals_and_failures_reach_the_caller_as_the_promised_errno(
     carol = make_party(tmp_path, "carol", alice.repo)  # bob does not trust carol
     (tmp_path / "from-alice").mkdir()
     send(alice, bob, tmp_path / "from-alice")
-    send(carol, bob, tmp_path)
+    send(carol, bob, tmp_path, NOTE, "--plaintext")  # carol knows no age key of bob's
 
     async def body() -> None:
         async with drop_folder(bob.workspace()) as folder:

@@ -55,7 +55,7 @@ def test_sealed_inbox_files_are_listed_by_name_read_lazily_and_checked(
     forge.push(elsewhere, bob.name)
     note = tmp_path / "note.txt"
     note.write_bytes(b"plain\n")
-    alice.ok("send", str(note), "-r", bob.name)
+    alice.ok("send", str(note), "-r", bob.name, "--plaintext")
 
     async def body() -> None:
         async with drop_folder(bob.workspace()) as folder:
