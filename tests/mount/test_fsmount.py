@@ -608,6 +608,7 @@ def test_lifecycle_stale_mount_sigterm_and_umount(world: World) -> None:
     frank = make_identities(world.root, ["frank@example.com"], data_home=world.root / "xdg-data")[
         "frank@example.com"
     ]
+    trust(frank, world.people[BOB])  # his card: frank's drop for bob goes sealed
     mountpoint = world.root / "mnt-frank"
     with mounted(frank, mountpoint) as mount:
         # No --to: a sendable name directly in outbox/ would never be sent.

@@ -840,6 +840,7 @@ def people() -> Iterator[tuple[Path, dict[str, Identity]]]:
     try:
         identities = make_identities(root, [ALICE, BOB], data_home=root / "xdg-data")
         trust(identities[BOB], identities[ALICE])
+        trust(identities[ALICE], identities[BOB])  # his card: alice's drops for bob go sealed
         yield root, identities
     finally:
         shutil.rmtree(root, ignore_errors=True)
