@@ -537,7 +537,13 @@ def test_delete_disabled_and_read_only_storage_refuse_like_distribution(
         )
     )
     result = alice.cli(
-        "send", str(tmp_path / "a.bin"), "-r", "x", "--storage-config", str(read_only)
+        "send",
+        str(tmp_path / "a.bin"),
+        "-r",
+        "x",
+        "--plaintext",
+        "--storage-config",
+        str(read_only),
     )
     assert result.code == 1 and "read-only" in result.err
     assert alice.cli("ls", "--storage-config", str(read_only)).code == 0, "reads still work"
