@@ -65,7 +65,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 from urllib.parse import unquote, urlsplit
 
 import filelock
@@ -106,6 +106,9 @@ from dockercomms.core._internal.registry.distribution_api import (
 )
 from dockercomms.core.errors import DockerCommsError
 from dockercomms.core.untrusted import parse_json
+
+if TYPE_CHECKING:
+    from dockercomms.core._internal.registry.embedded_watch import IndexWatch
 
 __all__ = [
     "DURABLE_BLOBS_ENV",
@@ -418,6 +421,36 @@ class EmbeddedRegistryAdapter(ApiServer, BaseAdapter):
     def close(self) -> None:
         """Cancel open upload sessions and delete their staged files."""
         self._uploads.end_all()
+
+    def tag_digests(self, prefix: str) -> dict[str, str] | None:
+        """Every tag starting with ``prefix``, with the manifest digest it names.
+
+        One read of ``index.json`` (cached until the file is replaced), where the
+        tags API plus a manifest request per tag would cost a round trip through
+        ``requests`` each: listing an inbox of 10,000 messages asks this once per
+        poll. The digest is what a ``GET`` of the tag would serve.
+        """
+        try:
+            self._layout.ensure()
+            lookup = self._index_lookup()
+        except (OSError, ApiError):
+            return None  # damage: the ordinary requests report it as a registry would
+        return {
+            tag: digest
+            for tag, entry in lookup.by_tag.items()
+            if tag.startswith(prefix) and DIGEST_RE.fullmatch(digest := str(entry.get("digest")))
+        }
+
+    def watch(self, on_change: Callable[[], None]) -> IndexWatch:
+        """Call ``on_change`` (on a watcher thread) after ``index.json`` is replaced.
+
+        Every push, tag and delete replaces ``index.json`` (see the module notes),
+        so this sees each change to what is listed; ``stop()`` the watch when done.
+        """
+        from dockercomms.core._internal.registry.embedded_watch import IndexWatch
+
+        self._layout.ensure()
+        return IndexWatch(self.layout_dir, on_change)
 
     def _dispatch(self, method: str, request: requests.PreparedRequest) -> Reply:
         reply = self._route(self._table, method, request)
