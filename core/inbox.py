@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from dockercomms.core import protocol
 from dockercomms.core._internal.chunking import ByteSink
@@ -56,7 +56,6 @@ from dockercomms.core.log_once import LogOnce
 from dockercomms.core.untrusted import shown
 
 if TYPE_CHECKING:
-    from dockercomms.core._internal.registry.embedded_watch import IndexWatch
     from dockercomms.core.workspace import Workspace
 
 __all__ = [
@@ -66,6 +65,7 @@ __all__ = [
     "Inbox",
     "Message",
     "Outcome",
+    "StoreWatch",
     "Verified",
     "VerifiedMessage",
     "VerifiedSigner",
@@ -78,6 +78,13 @@ _T = TypeVar("_T")
 
 #: An earlier receipt dated at most this far ahead is waited out, so the new one is later.
 ACK_WAIT_SECONDS = 2.0
+
+
+class StoreWatch(Protocol):
+    """A running watch on the store (:meth:`Inbox.watch`)."""
+
+    def stop(self) -> None:
+        """Stop watching (waits for the watcher thread)."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,7 @@ class Inbox:
         keep = list(digests)
         self._with_ledger(lambda ledger: ledger.keep_verified(keep, policy))
 
-    def watch(self, on_change: Callable[[], None]) -> IndexWatch | None:
+    def watch(self, on_change: Callable[[], None]) -> StoreWatch | None:
         """Call ``on_change`` (on another thread) when the store's tags change; None over HTTP.
 
         Only the embedded store can be watched (inotify on its index); elsewhere the

@@ -42,6 +42,7 @@ Caveats first:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import stat
@@ -61,7 +62,7 @@ from dockercomms.core.errors import (
     ExpiredError,
     LimitExceededError,
 )
-from dockercomms.core.inbox import CheckedTag, Inbox, Message, VerifiedSigner
+from dockercomms.core.inbox import CheckedTag, Inbox, Message, StoreWatch, VerifiedSigner
 from dockercomms.core.inbox_state import InboxState, Listed, reconcile, tags_to_check
 from dockercomms.core.log_once import LogOnce
 from dockercomms.core.status import InboxStatistics, PollStatistics
@@ -312,6 +313,9 @@ class InboxView:
         self.expired: set[str] = set()
         self.status = PollStatus()
         self.poller: InboxPoller | None = None
+        #: New messages are seen by watching the store (the embedded layout's index),
+        #: not only by polling every ``poll_seconds``.
+        self.watching = False
         self._folders: dict[str, InboxDir] = {}
         self._ready = trio.Event()
         self._trust_stamp: tuple[int, int] | None = None
@@ -598,6 +602,7 @@ class InboxView:
                 for item in self.items.values()
                 if item.failure is not None
             },
+            watching=self.watching,
         )
 
 
@@ -646,30 +651,64 @@ class InboxPoller:
         view.poller = self
 
     async def run(self) -> None:
-        """Poll until stopped."""
+        """Poll until stopped; on the embedded store, also whenever its index changes."""
         with trio.CancelScope() as self._scope:
-            while True:
-                self._started += 1
-                try:
-                    await self.view.poll_once()
-                except Exception as exc:
-                    # A bug met at every poll is logged once, with its traceback.
-                    self._crashes.log(
-                        logging.ERROR,
-                        "poll",
-                        "inbox poll failed unexpectedly (%s); polling goes on",
-                        type(exc).__name__,
-                        exc_info=True,
-                    )
-                else:
-                    self._crashes.clear("poll")
-                finally:
-                    self._finished = self._started
-                    self._progress.set()
-                    self._progress = trio.Event()
-                with trio.move_on_after(self.interval):
-                    await self._wakeup.wait()
-                self._wakeup = trio.Event()
+            watch = await self._watch()
+            try:
+                await self._loop()
+            finally:
+                if watch is not None:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(watch.stop)
+
+    async def _watch(self) -> StoreWatch | None:
+        """Start watching the store (None: it cannot be watched, or the watch failed).
+
+        The watcher thread only wakes the poller through the trio token; the poll
+        itself runs as every other poll does, so what a change shows is decided by
+        the same rules, and a burst of changes costs one or two polls.
+        """
+        token = trio.lowlevel.current_trio_token()
+
+        def changed() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._wakeup_now)
+
+        try:
+            watch = await self.view.threads.run(self.view.inbox.watch, changed)
+        except OSError as exc:  # no inotify instance left (fs.inotify.max_user_instances)
+            log.warning("inbox: cannot watch the store (%s); polling only", shown(str(exc)))
+            return None
+        self.view.watching = watch is not None
+        return watch
+
+    def _wakeup_now(self) -> None:
+        self._wakeup.set()
+
+    async def _loop(self) -> None:
+        """Poll, then wait for the interval, a refresh or a change in the store."""
+        while True:
+            self._started += 1
+            try:
+                await self.view.poll_once()
+            except Exception as exc:
+                # A bug met at every poll is logged once, with its traceback.
+                self._crashes.log(
+                    logging.ERROR,
+                    "poll",
+                    "inbox poll failed unexpectedly (%s); polling goes on",
+                    type(exc).__name__,
+                    exc_info=True,
+                )
+            else:
+                self._crashes.clear("poll")
+            finally:
+                self._finished = self._started
+                self._progress.set()
+                self._progress = trio.Event()
+            with trio.move_on_after(self.interval):
+                await self._wakeup.wait()
+            self._wakeup = trio.Event()
 
     def stop(self) -> None:
         """Stop polling (the poll in progress is abandoned)."""

@@ -30,7 +30,7 @@ Caveats first:
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,14 +253,15 @@ class ReceivedLedger:
         """Cached verifications under trust policy ``policy`` (of ``digests``, else all)."""
         query = f"SELECT {_VERIFIED_COLUMNS} FROM verified WHERE policy = ?"
         if digests is None:
-            return {row[0]: VerifiedRecord(*row) for row in self._conn.execute(query, (policy,))}
+            return _records(self._conn.execute(query, (policy,)))
         wanted = sorted(set(digests))
         found: dict[str, VerifiedRecord] = {}
         for start in range(0, len(wanted), _IN_BATCH):
             batch = wanted[start : start + _IN_BATCH]
             marks = ", ".join("?" * len(batch))
-            rows = self._conn.execute(f"{query} AND digest IN ({marks})", (policy, *batch))
-            found.update((row[0], VerifiedRecord(*row)) for row in rows)
+            found |= _records(
+                self._conn.execute(f"{query} AND digest IN ({marks})", (policy, *batch))
+            )
         return found
 
     def remember_verified(self, records: Iterable[VerifiedRecord]) -> None:
@@ -300,7 +301,7 @@ class ReceivedLedger:
             self._transaction("DELETE FROM verified WHERE digest = ? AND policy = ?", gone)
         return len(gone)
 
-    def _transaction(self, statement: str, rows: list[tuple[object, ...]]) -> None:
+    def _transaction(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.executemany(statement, rows)
@@ -308,6 +309,18 @@ class ReceivedLedger:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+
+
+def _records(rows: Iterable[tuple[object, ...]]) -> dict[str, VerifiedRecord]:
+    """Rows of ``verified`` by digest; a row of the wrong shape (a damaged or edited
+    database: SQLite stores any type in any column) is left out, never trusted."""
+    found: dict[str, VerifiedRecord] = {}
+    for row in rows:
+        if isinstance(row[2], bytes) and all(
+            isinstance(v, str) for i, v in enumerate(row) if i != 2
+        ):
+            found[str(row[0])] = VerifiedRecord(*row)  # type: ignore[arg-type]
+    return found
 
 
 def _now() -> str:

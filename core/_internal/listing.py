@@ -38,11 +38,9 @@ Caveats first:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-
-import hashlib
 import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from dockercomms.core import protocol
@@ -299,9 +297,7 @@ def check_tags(
         receiver = receiver_for(pool.client())
         policy = receiver.verifier.policy_fingerprint
         return [
-            check_tag(
-                receiver, tag, unexpected, cache=cache, digest=named.get(tag), policy=policy
-            )
+            check_tag(receiver, tag, unexpected, cache=cache, digest=named.get(tag), policy=policy)
             for tag in batch
         ]
 
