@@ -151,6 +151,28 @@ class InboxItem:
     failure: str | None = None
     corrupt: bool = False
     read_ok: bool = False
+    _listed: Listed | None = None
+
+    def listed(self) -> Listed:
+        """This item as ``core.inbox_state`` sees it; made again only when it changed.
+
+        Every poll asks this of every item: with 10,000 listed, making them anew
+        each time was most of an idle poll's CPU.
+        """
+        failing = self.error is not None
+        known = self._listed
+        if known is None or known.failing != failing or known.corrupt != self.corrupt:
+            message = self.message
+            known = Listed(
+                message.digest,
+                message.sender,
+                message.message_id,
+                message.expires_at,
+                failing=failing,
+                corrupt=self.corrupt,
+            )
+            self._listed = known
+        return known
 
 
 # --- nodes ----------------------------------------------------------------------------
@@ -368,17 +390,7 @@ class InboxView:
 
     def _state(self) -> InboxState:
         """What is listed now, as ``core.inbox_state`` sees it."""
-        listed = {
-            tag: Listed(
-                item.message.digest,
-                item.message.sender,
-                item.message.message_id,
-                item.message.expires_at,
-                failing=item.error is not None,
-                corrupt=item.corrupt,
-            )
-            for tag, item in self.items.items()
-        }
+        listed = {tag: item.listed() for tag, item in self.items.items()}
         return InboxState(
             listed, frozenset(self.rejected), dict(self.aliases), frozenset(self.expired)
         )

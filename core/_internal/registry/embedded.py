@@ -192,12 +192,30 @@ class _IndexLookup:
         self._facts_of = facts_of
         self.by_digest: dict[str, _Descriptor] = {}
         self.by_tag: dict[str, _Descriptor] = {}
+        self._under: dict[str, dict[str, str]] = {}
         for entry in descriptors:
             digest = entry.get("digest")
             if isinstance(digest, str):
                 self.by_digest[digest] = entry
                 if (tag := _ref_name(entry)) is not None:
                     self.by_tag[tag] = entry
+
+    def tags_under(self, prefix: str) -> dict[str, str]:
+        """Tags starting with ``prefix`` -> the digest each names (kept for this index).
+
+        Asked by every inbox poll; for an unchanged index the answer is the one
+        already made (callers must not mutate it).
+        """
+        found = self._under.get(prefix)
+        if found is None:
+            found = {
+                tag: digest
+                for tag, entry in self.by_tag.items()
+                if tag.startswith(prefix)
+                and DIGEST_RE.fullmatch(digest := str(entry.get("digest")))
+            }
+            self._under[prefix] = found
+        return found
 
     @functools.cached_property
     def referrers(self) -> dict[str, list[tuple[_Descriptor, _ManifestFacts]]]:
@@ -435,11 +453,7 @@ class EmbeddedRegistryAdapter(ApiServer, BaseAdapter):
             lookup = self._index_lookup()
         except (OSError, ApiError):
             return None  # damage: the ordinary requests report it as a registry would
-        return {
-            tag: digest
-            for tag, entry in lookup.by_tag.items()
-            if tag.startswith(prefix) and DIGEST_RE.fullmatch(digest := str(entry.get("digest")))
-        }
+        return lookup.tags_under(prefix)
 
     def watch(self, on_change: Callable[[], None]) -> IndexWatch:
         """Call ``on_change`` (on a watcher thread) after ``index.json`` is replaced.
