@@ -258,6 +258,35 @@ def test_inbox_poller_and_second_syncer_refused(
         second.close()
 
 
+def test_the_inbox_poller_receives_without_waiting_for_its_interval(
+    pair: tuple[Identity, Identity], tmp_path: Path
+) -> None:
+    """On the embedded store the poller watches the layout's index (issue #15, item 4)."""
+    alice, bob = pair
+    inbox = tmp_path / "bob-inbox"
+    bob_syncer = Syncer(
+        bob.workspace(),
+        None,
+        spool_dir=tmp_path / "bob-outbox",
+        inbox_dir=inbox,
+        default_recipient=None,
+        poll_seconds=3600,
+    )
+    with bob_syncer:
+        wait_until(
+            lambda: to_json(bob_syncer.statistics())["inbox"]["last_poll_at"] is not None,
+            60,
+            "bob's first poll",
+        )
+        note = tmp_path / "watched.txt"
+        note.write_text("no poll needed")
+        assert alice.cli("send", str(note), "-r", "bob") == 0
+        wait_until(
+            lambda: (inbox / "watched.txt").exists(), 60, "the message, the next poll an hour away"
+        )
+        assert to_json(bob_syncer.statistics())["inbox"]["watching"] is True
+
+
 def test_kill_9_mid_upload_then_restart_sends_exactly_once(
     pair: tuple[Identity, Identity], tmp_path: Path
 ) -> None:
