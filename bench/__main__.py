@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench [--suite engine|registry|mount|storage|all] [--size-mib 1024] [--runs 3]
+    python -m bench [--suite engine|registry|mount|storage|inbox|all] [--size-mib 1024] [--runs 3]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import engine, mount, registry, storage
+from bench import engine, inbox, mount, registry, storage
 from bench.measure import MIB
 
 SUITES = {
@@ -22,6 +22,7 @@ SUITES = {
     "registry": registry.run,
     "mount": mount.run,
     "storage": storage.run,
+    "inbox": inbox.run,
 }
 
 

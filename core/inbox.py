@@ -233,6 +233,17 @@ class Inbox:
         store = self._pool.client().embedded_store()
         return None if store is None else store.watch(on_change)
 
+    def read_ahead(self) -> None:
+        """Prepare what checking the next new message needs, so it is seen sooner.
+
+        On the embedded store that is its referrers table (every stored manifest
+        read once: seconds for a big inbox); elsewhere nothing. A watcher calls it
+        once, after its first listing.
+        """
+        store = self._pool.client().embedded_store()
+        if store is not None:
+            store.read_ahead()
+
     def _with_ledger(self, use: Callable[[ReceivedLedger], _T]) -> _T | None:
         """``use(ledger)``, or None (logged once) when the state database cannot be used.
 

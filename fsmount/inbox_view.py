@@ -667,7 +667,8 @@ class InboxPoller:
         with trio.CancelScope() as self._scope:
             watch = await self._watch()
             try:
-                await self._loop()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._loop, nursery if watch is not None else None)
             finally:
                 if watch is not None:
                     with trio.CancelScope(shield=True):
@@ -697,8 +698,19 @@ class InboxPoller:
     def _wakeup_now(self) -> None:
         self._wakeup.set()
 
-    async def _loop(self) -> None:
-        """Poll, then wait for the interval, a refresh or a change in the store."""
+    async def _read_ahead(self) -> None:
+        """Once, after the first poll: what the next new message's check will need."""
+        try:
+            await self.view.threads.run(self.view.inbox.read_ahead)
+        except Exception as exc:  # only a head start: a failure costs the next poll time
+            log.info("inbox: reading the store ahead failed (%s)", type(exc).__name__)
+
+    async def _loop(self, helpers: trio.Nursery | None) -> None:
+        """Poll, then wait for the interval, a refresh or a change in the store.
+
+        ``helpers`` (when the store is watched) runs the read-ahead after the first
+        poll, beside the polls.
+        """
         while True:
             self._started += 1
             try:
@@ -718,6 +730,9 @@ class InboxPoller:
                 self._finished = self._started
                 self._progress.set()
                 self._progress = trio.Event()
+            if helpers is not None:
+                helpers.start_soon(self._read_ahead)
+                helpers = None
             with trio.move_on_after(self.interval):
                 await self._wakeup.wait()
             self._wakeup = trio.Event()
