@@ -36,8 +36,19 @@ Caveats first:
 * Names are given once and kept: the first message listed under a name keeps it;
   a later one with the same name in the same sender folder gets
   ``stem (YYYYMMDD-<digest8>).ext``.
-* The first listing of a large inbox verifies every message (about 10 ms each on
-  the embedded registry); ``ls inbox/...`` waits for that first poll.
+* ``ls inbox/...`` waits for the first poll. A signature verified once is kept
+  (``core.inbox``: the state database, by manifest digest and trust policy), so
+  only the first listing ever of a big inbox verifies every message (about 1.5 ms
+  each on the embedded registry); after a restart, 10,000 messages list in about
+  a second (parsed again, expiry by the clock), and ``open()`` still verifies.
+* On the embedded store :class:`InboxPoller` also polls when the layout's index
+  changes (inotify, ``Inbox.watch``), so a new message shows within about half a
+  second whatever ``--poll`` says; over HTTP only the interval polls. After the
+  first poll the store is read ahead (``Inbox.read_ahead``), so the first new
+  message is not kept waiting for the referrers table.
+* A poll that finds nothing new costs about 12 ms of CPU with 10,000 listed
+  (measured in process): each item keeps its ``Listed`` view, and the embedded
+  store answers the tag list from the index it already parsed.
 """
 
 from __future__ import annotations
@@ -387,6 +398,10 @@ class InboxView:
         if self._poll_failure.clear("poll"):
             log.info("inbox poll works again")
         self._apply(frozenset(tags), fresh)
+        if self.status.removed:
+            # Kept verification results of messages no longer listed go (core.inbox).
+            listed = [item.message.digest for item in self.items.values()]
+            await self.threads.run(self.inbox.keep_verified, listed)
 
     def _state(self) -> InboxState:
         """What is listed now, as ``core.inbox_state`` sees it."""
