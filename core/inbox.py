@@ -51,7 +51,12 @@ from dockercomms.core._internal.send import DigestSigner
 from dockercomms.core._internal.signatures import DiscoveryMode
 from dockercomms.core._internal.signing.verify import VerifiedSigner
 from dockercomms.core.clients import ClientPool
-from dockercomms.core.errors import DockerCommsError, ManifestError, SenderMismatchError
+from dockercomms.core.errors import (
+    Disposition,
+    DockerCommsError,
+    ManifestError,
+    SenderMismatchError,
+)
 from dockercomms.core.log_once import LogOnce
 from dockercomms.core.untrusted import shown
 
@@ -212,7 +217,11 @@ class Inbox:
     def listing(self) -> list[CheckedTag]:
         """Every tag checked, each verified message once (``ls``)."""
         checked = self.check_tags(self.tags())
-        self.keep_verified(e.message.digest for e in checked if e.message is not None)
+        complete = all(
+            e.error is None or e.error.disposition is Disposition.REJECTED for e in checked
+        )
+        if complete:  # a tag not checked this time (registry trouble) keeps its result
+            self.keep_verified(e.message.digest for e in checked if e.message is not None)
         return first_of_each_message(checked)
 
     def keep_verified(self, digests: Iterable[str]) -> None:
