@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench [--suite engine|registry|mount|storage|sealed|sealed-recv|all]
+    python -m bench [--suite engine|registry|mount|storage|sealed|sealed-recv|inbox|all]
                     [--size-mib 1024] [--runs 3]
 """
 
@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench import engine, mount, registry, sealed, sealed_recv, storage
+from bench import engine, inbox, mount, registry, sealed, sealed_recv, storage
 from bench.measure import MIB
 
 SUITES = {
@@ -25,6 +25,7 @@ SUITES = {
     "storage": storage.run,
     "sealed": sealed.run,
     "sealed-recv": sealed_recv.run,
+    "inbox": inbox.run,
 }
 
 

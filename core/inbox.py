@@ -28,21 +28,25 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from dockercomms.core import protocol
 from dockercomms.core._internal.chunking import ByteSink
 from dockercomms.core._internal.intake import Outcome, ProgressFactory, receive_new, summary
+from dockercomms.core._internal.ledger import ReceivedLedger
 from dockercomms.core._internal.listing import (
     CheckedTag,
+    VerifiedCache,
     check_tags,
     first_of_each_message,
+    inbox_digests,
     listing_workers,
 )
 from dockercomms.core._internal.manifest import Message, Receipt, parse_json, parse_receipt
@@ -53,7 +57,12 @@ from dockercomms.core._internal.send import DigestSigner
 from dockercomms.core._internal.signatures import DiscoveryMode
 from dockercomms.core._internal.signing.verify import VerifiedSigner
 from dockercomms.core.clients import ClientPool
-from dockercomms.core.errors import DockerCommsError, ManifestError, SenderMismatchError
+from dockercomms.core.errors import (
+    Disposition,
+    DockerCommsError,
+    ManifestError,
+    SenderMismatchError,
+)
 from dockercomms.core.log_once import LogOnce
 from dockercomms.core.untrusted import shown
 
@@ -67,6 +76,7 @@ __all__ = [
     "Inbox",
     "Message",
     "Outcome",
+    "StoreWatch",
     "Verified",
     "VerifiedMessage",
     "VerifiedSigner",
@@ -75,8 +85,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
 #: An earlier receipt dated at most this far ahead is waited out, so the new one is later.
 ACK_WAIT_SECONDS = 2.0
+
+
+class StoreWatch(Protocol):
+    """A running watch on the store (:meth:`Inbox.watch`)."""
+
+    def stop(self) -> None:
+        """Stop watching (waits for the watcher thread)."""
 
 
 @dataclass(frozen=True)
@@ -162,7 +181,13 @@ class Inbox:
         return (st.st_mtime_ns, st.st_size)
 
     def tags(self) -> list[str]:
-        """Every message tag addressed to me (names that break the tag grammar left out)."""
+        """Every message tag addressed to me (names that break the tag grammar left out).
+
+        On the embedded store, from one read of the layout's index (no request).
+        """
+        indexed = inbox_digests(self._pool.client(), self.me)
+        if indexed is not None:
+            return sorted(indexed)
         return self._receiver().inbox_tags()
 
     def check_tags(self, tags: list[str], *, workers: int | None = None) -> list[CheckedTag]:
@@ -170,11 +195,17 @@ class Inbox:
 
         ``workers`` caps the threads (default: what the backend profits from,
         ``core._internal.listing``). A tag that fails is a result; only a listing that fails
-        as a whole (a trust policy that cannot be read) raises.
+        as a whole (a trust policy that cannot be read) raises. A manifest whose
+        signature verified before, under the same trust policy, is not verified
+        again (the ledger's ``verified`` table; ``core._internal.listing``).
         """
         ref = self._pool.repository
         limit = listing_workers(ref) if workers is None else listing_workers(ref, workers)
-        return check_tags(
+        digests = inbox_digests(self._pool.client(), self.me)
+        policy = self.workspace.verifier().policy_fingerprint
+        wanted = None if digests is None else [digests[tag] for tag in tags if tag in digests]
+        cache = self._with_ledger(lambda ledger: VerifiedCache.load(ledger, policy, wanted))
+        checked = check_tags(
             tags,
             pool=self._pool,
             receiver_for=lambda client: self.workspace.receiver(
@@ -182,11 +213,67 @@ class Inbox:
             ),
             workers=limit,
             unexpected=self._unexpected,
+            cache=cache,
+            digests=digests,
         )
+        if cache is not None:
+            self._with_ledger(cache.save)
+        return checked
 
     def listing(self) -> list[CheckedTag]:
         """Every tag checked, each verified message once (``ls``)."""
-        return first_of_each_message(self.check_tags(self.tags()))
+        checked = self.check_tags(self.tags())
+        complete = all(
+            e.error is None or e.error.disposition is Disposition.REJECTED for e in checked
+        )
+        if complete:  # a tag not checked this time (registry trouble) keeps its result
+            self.keep_verified(e.message.digest for e in checked if e.message is not None)
+        return first_of_each_message(checked)
+
+    def keep_verified(self, digests: Iterable[str]) -> None:
+        """Forget kept verification results of every digest but these (a complete listing's).
+
+        Results under another trust policy go too; nothing else is touched.
+        """
+        policy = self.workspace.verifier().policy_fingerprint
+        keep = list(digests)
+        self._with_ledger(lambda ledger: ledger.keep_verified(keep, policy))
+
+    def watch(self, on_change: Callable[[], None]) -> StoreWatch | None:
+        """Call ``on_change`` (on another thread) when the store's tags change; None over HTTP.
+
+        Only the embedded store can be watched (inotify on its index); elsewhere the
+        caller polls. Stop the watch with its ``stop()``.
+        """
+        store = self._pool.client().embedded_store()
+        return None if store is None else store.watch(on_change)
+
+    def read_ahead(self) -> None:
+        """Prepare what checking the next new message needs, so it is seen sooner.
+
+        On the embedded store that is its referrers table (every stored manifest
+        read once: seconds for a big inbox); elsewhere nothing. A watcher calls it
+        once, after its first listing.
+        """
+        store = self._pool.client().embedded_store()
+        if store is not None:
+            store.read_ahead()
+
+    def _with_ledger(self, use: Callable[[ReceivedLedger], _T]) -> _T | None:
+        """``use(ledger)``, or None (logged once) when the state database cannot be used.
+
+        The kept verification results only save work: a listing goes on without them.
+        """
+        try:
+            with self.workspace.ledger() as ledger:
+                result = use(ledger)
+        except (sqlite3.Error, OSError) as exc:
+            self._unexpected.log(
+                logging.WARNING, "ledger", "verification results not kept: %s", shown(exc)
+            )
+            return None
+        self._unexpected.clear("ledger")
+        return result
 
     # --- one message ----------------------------------------------------------------
 

@@ -136,10 +136,14 @@ def reconcile(
     # 3. Verified: retried, aliased or new.
     recovered: list[CheckedTag] = []
     added: list[CheckedTag] = []
-    by_digest = {item.digest: tag for tag, item in remaining.items()}
-    by_id = {(item.sender, item.message_id): tag for tag, item in remaining.items()}
+    verified = sorted((e for e in checked if e.error is None), key=_oldest_first)
+    # Made only when something verified: an idle poll of 10,000 listed needs neither.
+    by_digest = {item.digest: tag for tag, item in remaining.items()} if verified else {}
+    by_id = (
+        {(item.sender, item.message_id): tag for tag, item in remaining.items()} if verified else {}
+    )
     rejected_now = state.rejected & tags
-    for entry in sorted((e for e in checked if e.error is None), key=_oldest_first):
+    for entry in verified:
         assert entry.message is not None
         message = entry.message
         existing = remaining.get(entry.tag)

@@ -161,6 +161,7 @@ class PollerStatistics:
     Attributes:
         inbox: the folder it receives into (None: it only looks for receipts).
         recent_rejections: the last few messages rejected, why (escaped).
+        watching: it also polls when the store changes (embedded store only).
     """
 
     inbox: str | None = None
@@ -168,6 +169,7 @@ class PollerStatistics:
     last_error: str | None = None
     received: int = 0
     recent_rejections: list[str] = field(default_factory=list)
+    watching: bool = False
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,8 @@ class InboxStatistics:
 
     Attributes:
         open_errors: ``folder/file`` -> why its latest ``open()``/``read()`` failed.
+        watching: new messages are seen by watching the store (the embedded
+            layout's index); otherwise only every ``poll_seconds``.
     """
 
     messages: int = 0
@@ -262,6 +266,7 @@ class InboxStatistics:
     poll_seconds: float = 0.0
     last_poll: PollStatistics = field(default_factory=PollStatistics)
     open_errors: dict[str, str] = field(default_factory=dict)
+    watching: bool = False
 
 
 @dataclass(frozen=True)

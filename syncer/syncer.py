@@ -38,7 +38,7 @@ from typing import Any
 
 from dockercomms.core import protocol
 from dockercomms.core.errors import ConfigError, DockerCommsError
-from dockercomms.core.inbox import Outcome
+from dockercomms.core.inbox import Outcome, StoreWatch
 from dockercomms.core.log_once import LogOnce
 from dockercomms.core.status import PollerStatistics, SyncerStatistics, Upload
 from dockercomms.core.untrusted import shown
@@ -148,6 +148,9 @@ class Syncer:
         )
         self._owner = QueueLock(paths.queue_lock)
         self._stop = threading.Event()
+        #: Set by ``stop()`` and by a change in the store: the poller looks at once.
+        self._poke = threading.Event()
+        self._watching = False
         self._threads: list[threading.Thread] = []
         self._running = False
         # start/stop may come from different threads (a mount drains from a worker
@@ -204,6 +207,7 @@ class Syncer:
     def _stop_running(self, drain_timeout: float) -> None:
         deadline = time.monotonic() + drain_timeout
         self._stop.set()
+        self._poke.set()
         self.worker.stop()
         pusher, poller = self._threads
         pusher.join(max(deadline - time.monotonic(), 0.0))
@@ -257,7 +261,27 @@ class Syncer:
             self._fatal = f"push worker stopped: {describe(exc)}"
 
     def _poll_loop(self) -> None:
+        watch = self._watch()
+        try:
+            self._poll_until_stopped()
+        finally:
+            if watch is not None:
+                watch.stop()
+
+    def _watch(self) -> StoreWatch | None:
+        """Wake the poller when the store changes (embedded store only; None elsewhere)."""
+        try:
+            watch = self.inbox.watch(self._poke.set)
+        except OSError as exc:  # no inotify instance left (fs.inotify.max_user_instances)
+            log.warning("cannot watch the store (%s); polling only", describe(exc))
+            return None
+        self._watching = watch is not None
+        return watch
+
+    def _poll_until_stopped(self) -> None:
+        """Poll, then wait for the interval, a change in the store, or ``stop()``."""
         while not self._stop.is_set():
+            self._poke.clear()
             try:
                 outcomes = self.poll()
             except Exception as exc:
@@ -276,7 +300,7 @@ class Syncer:
             else:
                 self._crashes.clear("poll")
                 _log_rejections(outcomes)
-            self._stop.wait(self.poll_seconds)
+            self._poke.wait(self.poll_seconds)
 
     # --- one round ------------------------------------------------------------------
 
@@ -448,6 +472,7 @@ class Syncer:
                 shown(self._poll_error) if self._poll_error else None,
                 self._received,
                 list(self._rejected),
+                watching=self._watching,
             )
             poll_reachable = self._poll_reachable
         reachable = worker.registry_reachable and poll_reachable

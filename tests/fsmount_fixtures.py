@@ -404,7 +404,8 @@ def seed_inbox(sender: Identity, recipient: str, count: int) -> list[Seeded]:
     """
     workspace = sender.workspace()
     signer = workspace.signer()
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    # One second apart, the last an hour ago: all in the past however many there are.
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1, seconds=count)
     with workspace.client() as client:
         layers = {size: _chunk_layer(client, size) for size in range(1, 51)}
 

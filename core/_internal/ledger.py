@@ -18,12 +18,19 @@ Caveats first:
   message alone (malformed, expired, bad chunks) and count for ever.
 * Rows for digests no longer in the inbox are dropped by :meth:`keep_rejections`,
   so junk pushed and deleted does not grow the ledger without bound.
+* ``verified`` is a cache of listing results: a message manifest (its exact
+  bytes) whose signature verified, by whom, under which trust-policy
+  fingerprint. Only a signature by a trusted signer puts a row there, so junk
+  cannot grow it; :meth:`keep_verified` drops rows for digests no longer listed
+  and for other policies. A row never stands for the checks of ``open()`` or
+  ``recv`` (they verify again), and expiry is the reader's to check by the
+  clock: the row says who signed, not that the message is still valid.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,8 +57,27 @@ CREATE TABLE IF NOT EXISTS rejected (
     PRIMARY KEY (digest, policy)
 )
 """
+VERIFIED = """
+CREATE TABLE IF NOT EXISTS verified (
+    digest TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    manifest BLOB NOT NULL,
+    signer_name TEXT NOT NULL,
+    signer_kind TEXT NOT NULL,
+    signer_identity TEXT NOT NULL,
+    signer_issuer TEXT NOT NULL,
+    verified_at TEXT NOT NULL,
+    PRIMARY KEY (digest, policy)
+)
+"""
 _RECEIVED_COLUMNS = "digest, message_id, sender, filename, path, received_at, receipt_digest"
 _REJECTED_COLUMNS = "digest, policy, error_type, reason, rejected_at"
+_VERIFIED_COLUMNS = (
+    "digest, policy, manifest, signer_name, signer_kind, signer_identity, signer_issuer, "
+    "verified_at"
+)
+#: Digests per ``IN (...)`` query (SQLite's default cap on parameters is 999 or more).
+_IN_BATCH = 500
 #: Longest reason kept for a rejection (it is shown again, never parsed).
 MAX_REASON_CHARS = 1000
 
@@ -96,8 +122,29 @@ class RejectedRecord:
     rejected_at: str
 
 
+@dataclass(frozen=True)
+class VerifiedRecord:
+    """One cached listing result: this manifest's signature verified as ``signer_*``.
+
+    Attributes:
+        manifest: the manifest's exact bytes (their sha256 is ``digest``), parsed
+            again by whoever uses the row, so a row is never trusted for more than
+            the signature.
+        signer_kind: ``key`` or ``keyless``.
+    """
+
+    digest: str
+    policy: str
+    manifest: bytes
+    signer_name: str
+    signer_kind: str
+    signer_identity: str
+    signer_issuer: str
+    verified_at: str
+
+
 class ReceivedLedger:
-    """The ``received`` and ``rejected`` tables."""
+    """The ``received``, ``rejected`` and ``verified`` tables."""
 
     def __init__(self, db_path: Path) -> None:
         self.path = db_path
@@ -118,6 +165,7 @@ class ReceivedLedger:
                 self._conn.execute("DROP TABLE received_before_sender_key")
             self._conn.execute(RECEIVED)
             self._conn.execute(REJECTED)
+            self._conn.execute(VERIFIED)
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
@@ -194,14 +242,85 @@ class ReceivedLedger:
         rows = self._conn.execute("SELECT digest, policy FROM rejected").fetchall()
         gone = [(d, pol) for d, pol in rows if d not in keep or pol not in ("", policy)]
         if gone:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany("DELETE FROM rejected WHERE digest = ? AND policy = ?", gone)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+            self._transaction("DELETE FROM rejected WHERE digest = ? AND policy = ?", gone)
         return len(gone)
+
+    # --- verified -----------------------------------------------------------------------
+
+    def verified(
+        self, policy: str, digests: Iterable[str] | None = None
+    ) -> dict[str, VerifiedRecord]:
+        """Cached verifications under trust policy ``policy`` (of ``digests``, else all)."""
+        query = f"SELECT {_VERIFIED_COLUMNS} FROM verified WHERE policy = ?"
+        if digests is None:
+            return _records(self._conn.execute(query, (policy,)))
+        wanted = sorted(set(digests))
+        found: dict[str, VerifiedRecord] = {}
+        for start in range(0, len(wanted), _IN_BATCH):
+            batch = wanted[start : start + _IN_BATCH]
+            marks = ", ".join("?" * len(batch))
+            found |= _records(
+                self._conn.execute(f"{query} AND digest IN ({marks})", (policy, *batch))
+            )
+        return found
+
+    def remember_verified(self, records: Iterable[VerifiedRecord]) -> None:
+        """Cache these verifications (one transaction: a first listing writes thousands)."""
+        rows = [
+            (
+                r.digest,
+                r.policy,
+                r.manifest,
+                r.signer_name,
+                r.signer_kind,
+                r.signer_identity,
+                r.signer_issuer,
+                r.verified_at,
+            )
+            for r in records
+        ]
+        if not rows:
+            return
+        self._transaction(
+            f"INSERT OR REPLACE INTO verified ({_VERIFIED_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    def keep_verified(self, digests: Iterable[str], policy: str) -> int:
+        """Forget cached verifications of every other digest, and under other policies.
+
+        Called with every digest a complete inbox listing named (so a deleted tag's
+        row goes, and a hostile registry cannot grow the cache by churning); returns
+        how many rows went.
+        """
+        keep = set(digests)
+        rows = self._conn.execute("SELECT digest, policy FROM verified").fetchall()
+        gone = [(d, pol) for d, pol in rows if d not in keep or pol != policy]
+        if gone:
+            self._transaction("DELETE FROM verified WHERE digest = ? AND policy = ?", gone)
+        return len(gone)
+
+    def _transaction(self, statement: str, rows: Sequence[tuple[object, ...]]) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany(statement, rows)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+
+
+def _records(rows: Iterable[tuple[object, ...]]) -> dict[str, VerifiedRecord]:
+    """Rows of ``verified`` by digest; a row of the wrong shape (a damaged or edited
+    database: SQLite stores any type in any column) is left out, never trusted."""
+    found: dict[str, VerifiedRecord] = {}
+    for row in rows:
+        if isinstance(row[2], bytes) and all(
+            isinstance(v, str) for i, v in enumerate(row) if i != 2
+        ):
+            found[str(row[0])] = VerifiedRecord(*row)  # type: ignore[arg-type]
+    return found
 
 
 def _now() -> str:

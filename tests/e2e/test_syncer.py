@@ -160,8 +160,11 @@ def test_dropped_file_is_received_once_and_temp_files_stay(
 
     assert sorted(p.name for p in (outbox / "bob").iterdir()) == sorted(TEMPORARY)
     assert len(alice_syncer.queue.items()) == 1
-    [updated] = alice_syncer.refresh_receipts()
-    assert updated.receipt == "accepted"
+    # Alice's poller may record the receipt first: it polls as soon as the store changes.
+    alice_syncer.refresh_receipts()
+    wait_until(
+        lambda: alice_syncer.queue.items()[0].receipt == "accepted", 20, "the receipt recorded"
+    )
     status = to_json(alice_syncer.statistics())
     assert status["state"] == "idle" and status["registry_reachable"] is True
     assert status["queue"]["counts"]["sent"] == 1
@@ -280,6 +283,35 @@ def test_inbox_poller_and_second_syncer_refused(
         with pytest.raises(ConfigError, match="another dockercomms sync"):
             second.start()
         second.close()
+
+
+def test_the_inbox_poller_receives_without_waiting_for_its_interval(
+    pair: tuple[Identity, Identity], tmp_path: Path
+) -> None:
+    """On the embedded store the poller watches the layout's index (issue #15, item 4)."""
+    alice, bob = pair
+    inbox = tmp_path / "bob-inbox"
+    bob_syncer = Syncer(
+        bob.workspace(),
+        None,
+        spool_dir=tmp_path / "bob-outbox",
+        inbox_dir=inbox,
+        default_recipient=None,
+        poll_seconds=3600,
+    )
+    with bob_syncer:
+        wait_until(
+            lambda: to_json(bob_syncer.statistics())["inbox"]["last_poll_at"] is not None,
+            60,
+            "bob's first poll",
+        )
+        note = tmp_path / "watched.txt"
+        note.write_text("no poll needed")
+        assert alice.cli("send", str(note), "-r", "bob") == 0
+        wait_until(
+            lambda: (inbox / "watched.txt").exists(), 60, "the message, the next poll an hour away"
+        )
+        assert to_json(bob_syncer.statistics())["inbox"]["watching"] is True
 
 
 def test_kill_9_mid_upload_then_restart_sends_exactly_once(

@@ -819,3 +819,31 @@ def test_a_store_open_to_others_warns_once_and_still_works(
     assert len(warnings) == 1, warnings
     assert f"chmod -R go-rwx {shared}" in warnings[0]
     assert str(private) not in warnings[0]
+
+
+def test_tag_digests_and_a_watch_on_the_index(layout: Path) -> None:
+    """What a big inbox's poll asks the layout: every tag's digest at once, and changes."""
+    changes = threading.Semaphore(0)
+    adapter = EmbeddedRegistryAdapter(layout)
+    with requests.Session() as session:
+        session.mount(BASE + "/", adapter)
+        body = image_manifest(session, b"one")
+        assert put_manifest(session, "inbox-a-1", body).status_code == 201
+        assert put_manifest(session, "other-1", body).status_code == 201
+        assert adapter.tag_digests("inbox-a-") == {"inbox-a-1": digest_of(body)}
+
+        watch = adapter.watch(changes.release)
+        try:
+            second = image_manifest(session, b"two")
+            assert put_manifest(session, "inbox-a-2", second).status_code == 201
+            assert changes.acquire(timeout=30), "no change seen after a tag was pushed"
+            # Another adapter of the same layout (another thread's client) agrees.
+            assert EmbeddedRegistryAdapter(layout).tag_digests("inbox-a-") == {
+                "inbox-a-1": digest_of(body),
+                "inbox-a-2": digest_of(second),
+            }
+        finally:
+            watch.stop()
+
+        (layout / "index.json").write_text("{not json")
+        assert adapter.tag_digests("inbox-a-") is None  # damage: the requests report it

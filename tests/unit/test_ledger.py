@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from dockercomms.core._internal.ledger import ReceivedLedger
+from dockercomms.core._internal.ledger import ReceivedLedger, VerifiedRecord
 
 OLD_SCHEMA = """
 CREATE TABLE received (
@@ -53,3 +53,24 @@ def test_rejections_by_digest_and_by_trust_policy(tmp_path: Path) -> None:
         assert ledger.rejection(B, "policy-1") is not None
         assert ledger.rejection(B, "policy-2") is None  # trust changed: try again
         assert ledger.rejection(C, "policy-1") is None
+
+
+def _verified(digest: str, policy: str, manifest: bytes = b"{}") -> VerifiedRecord:
+    return VerifiedRecord(digest, policy, manifest, "alice", "key", "ab12", "", "2026-01-01")
+
+
+def test_verification_results_by_digest_and_policy_and_forgotten_when_unlisted(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "state.db"
+    with ReceivedLedger(db) as ledger:
+        ledger.remember_verified([_verified(A, "p1"), _verified(B, "p1"), _verified(A, "p2")])
+    with ReceivedLedger(db) as ledger:  # kept across runs
+        assert set(ledger.verified("p1")) == {A, B}
+        assert set(ledger.verified("p1", [B, C])) == {B}
+        assert set(ledger.verified("p2")) == {A}
+        assert ledger.verified("p3") == {}  # another trust policy: nothing holds
+        # A complete listing under p1 names only B: A's rows (and p2's) go.
+        assert ledger.keep_verified([B], "p1") == 2
+        assert set(ledger.verified("p1")) == {B}
+        assert ledger.verified("p2") == {}

@@ -73,6 +73,7 @@ from dockercomms.core.untrusted import parse_json, parse_json_object, shown
 
 if TYPE_CHECKING:
     from dockercomms.core._internal.chunking import ByteSink
+    from dockercomms.core._internal.registry.embedded import EmbeddedRegistryAdapter
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,22 @@ class RegistryClient(oras.provider.Registry):  # type: ignore[misc]
     def close(self) -> None:
         """Close pooled connections (and the embedded adapter's files)."""
         self.session.close()
+
+    def embedded_store(self) -> EmbeddedRegistryAdapter | None:
+        """The embedded layout this client reads, or None over HTTP and other storage.
+
+        For what only a local layout can do: every tag's digest from one read of its
+        index, and a watch on that index (``core._internal.registry.embedded``).
+        """
+        if self.ref.layout_dir is None:
+            return None
+        from dockercomms.core._internal.registry.embedded import (
+            EMBEDDED_BASE_URL,
+            EmbeddedRegistryAdapter,
+        )
+
+        adapter = self.session.get_adapter(EMBEDDED_BASE_URL + "/")
+        return adapter if isinstance(adapter, EmbeddedRegistryAdapter) else None
 
     def __enter__(self) -> RegistryClient:
         return self
