@@ -160,3 +160,26 @@ def test_over_http_a_listing_verifies_each_message_once(
     assert checked >= 3
     bob.ok("ls")
     assert len(signatures) == checked
+
+
+def test_a_kept_sealed_message_is_listed_by_its_real_name_and_nothing_opened_is_kept(
+    people: dict[str, Identity], signatures: list[str], tmp_path: Path
+) -> None:
+    dave, erin = people[DAVE], people[ERIN]
+    trust(dave, erin)  # erin's card: dave's send is sealed
+    secret = tmp_path / "quarterly-secret-plan.txt"
+    secret.write_text("sealed\n")
+    assert "sealed: yes" in dave.cli("send", str(secret), "-r", ERIN)
+
+    def sealed_rows() -> list[CheckedTag]:
+        return [e for e in listing(erin) if e.message is not None and e.message.encrypted]
+
+    [first] = sealed_rows()
+    checked = len(signatures)
+    [again] = sealed_rows()  # a restart: from the kept result, opened again
+    assert len(signatures) == checked  # no signature checked again
+    assert first.message is not None and again.message is not None
+    assert again.message.filename == first.message.filename == secret.name
+    assert again.signer == first.signer
+    state_db = erin.workspace().paths.state_db
+    assert secret.name.encode() not in state_db.read_bytes()
