@@ -25,6 +25,7 @@ from dockercomms.core import protocol as p
 from dockercomms.core._internal.limits import MIB
 from dockercomms.core.age_keys import create_identity_file, load_identity_file
 from dockercomms.core.errors import NoAgeRecipientError
+from dockercomms.core.keys import signing_key
 from dockercomms.core.outbox import Delivery, SendJournal, SendRequest
 from dockercomms.core.trust import Contact, TrustPolicy
 from dockercomms.syncer.queue import ItemState, PushQueue
@@ -227,7 +228,9 @@ def test_a_file_for_a_recipient_without_an_age_key_waits_then_goes_sealed(
         # erin publishes no card: nothing tells alice her age key.
         make_identity(tmp_path / "ids", "erin", tmp_path / "ids" / "xdg-data", "--no-publish"),
     )
-    trust(alice, erin, tmp_path)
+    pem = tmp_path / "erin.pem"  # her signing key only: no age key known to alice
+    pem.write_bytes(signing_key(erin.paths.key_file).public_pem)
+    assert alice.cli("trust", "add", "erin", "--key", str(pem)) == 0
     outbox = tmp_path / "outbox"
     (outbox / "erin").mkdir(parents=True)
     (outbox / "erin" / "notes.txt").write_text("for erin's eyes")

@@ -60,9 +60,13 @@ def set_group(party: Party, name: str, *members: str) -> None:
 def world(tmp_path: Path, backend: str) -> dict[str, Party]:
     """alice, bob, carol (age keys known to alice) and dave (trusted, no age key known)."""
     parties = {name: make_party(tmp_path, name, backend) for name in ("alice", "bob", "carol")}
-    # dave publishes no card: nothing tells alice his age key.
-    parties["dave"] = make_party(tmp_path, "dave", backend, "--no-publish")
     introduce(*parties.values())
+    # dave publishes no card and alice trusts his signing key only (key export --pem):
+    # nothing tells alice his age key.
+    dave = parties["dave"] = make_party(tmp_path, "dave", backend, "--no-publish")
+    pem = tmp_path / "dave.pem"
+    pem.write_text(dave.ok("key", "export", "--pem"))
+    parties["alice"].ok("trust", "add", "dave", "--key", str(pem))
     age_key(parties["alice"])
     seal_to(parties["alice"], parties["bob"], parties["carol"])
     return parties
