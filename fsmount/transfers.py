@@ -30,6 +30,7 @@ import contextlib
 import errno
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -38,12 +39,18 @@ import trio
 from dockercomms.core.errors import ChunkError, RegistryUnavailableError
 from dockercomms.core.inbox import Inbox, Message
 from dockercomms.core.status import Download
-from dockercomms.fsmount.chunk_cache import CacheCorruptError, ChunkCache, ChunkKey
+from dockercomms.fsmount.chunk_cache import BLOCK_BYTES, CacheCorruptError, ChunkCache, ChunkKey
 from dockercomms.fsmount.worker_threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 
 BUFFER_IDLE_SECONDS = 5.0
+#: Blocks a sequential reader finds checked in memory ahead of it (see the caveats).
+READ_AHEAD_BLOCKS = 8
+#: Threads re-hashing cached blocks, apart from the registry's worker threads.
+CHECK_THREADS = 2
+#: Readers whose last position is remembered to tell sequential reads from random ones.
+_READERS_REMEMBERED = 64
 
 
 @dataclass
@@ -73,11 +80,24 @@ class _Download:
 
 
 @dataclass
-class _Fetch:
-    """One download that several readers may be waiting for."""
+class _Pending:
+    """One download or block check that several readers may be waiting for."""
 
     done: trio.Event = field(default_factory=trio.Event)
     error: BaseException | None = None
+
+
+@dataclass
+class _Position:
+    """A reader's place in a message.
+
+    Attributes:
+        end: where its last read ended.
+        horizon: how far ahead blocks were checked for it.
+    """
+
+    end: int
+    horizon: int
 
 
 def chunk_length(message: Message, index: int) -> int:
@@ -127,7 +147,7 @@ class ChunkSource:
         cache: ChunkCache,
         nursery: trio.Nursery,
         *,
-        prefetch: int = 2,
+        prefetch: int = 1,
         whole_file: bool = False,
     ) -> None:
         self.inbox = inbox
@@ -137,40 +157,90 @@ class ChunkSource:
         self.whole_file = whole_file
         self.downloads: dict[ChunkKey, _Download] = {}
         self._nursery = nursery
-        self._fetches: dict[ChunkKey, _Fetch] = {}
+        self._fetches: dict[ChunkKey, _Pending] = {}
+        # Each download holds a chunk-sized spool buffer: at most ``prefetch`` at once
+        # (a reader's own fetch included) keeps the daemon's memory bounded.
+        self._fetch_slots = trio.CapacityLimiter(max(prefetch, 1))
+        self._checks: dict[tuple[ChunkKey, int], _Pending] = {}
+        self._check_threads = trio.CapacityLimiter(CHECK_THREADS)
+        self._read_ahead = READ_AHEAD_BLOCKS
+        # Where each message's last read ended (by digest): a read that starts
+        # there is sequential and gets the next blocks checked ahead of it.
+        self._positions: OrderedDict[str, _Position] = OrderedDict()
         # The inbox reuses spool buffers while chunks stream in (fresh memory costs
         # page faults); they are let go after BUFFER_IDLE_SECONDS without a fetch.
         self._fetches_started = 0
 
     async def read(self, message: Message, offset: int, size: int) -> bytes:
-        """``size`` bytes at ``offset`` (fewer at end of file), all verified."""
+        """``size`` bytes at ``offset`` (fewer at end of file), all verified.
+
+        The common case, a read inside one chunk whose blocks were checked ahead,
+        is answered on the spot from memory: no pin, no thread, no await.
+        """
         end = min(offset + size, message.total_bytes)
         if offset >= end or size <= 0:
             return b""
         first = offset // message.chunk_bytes
         last = (end - 1) // message.chunk_bytes
+        data = None
+        if first == last:
+            key = ChunkKey(message.chunks[first].digest, first)
+            start = first * message.chunk_bytes
+            data = self.cache.read_from_memory(key, offset - start, end - offset)
+        if data is None:
+            data = await self._read_checked(message, first, last, offset, end)
+        self._look_ahead(message, offset, end)
+        return data
+
+    async def _read_checked(
+        self, message: Message, first: int, last: int, offset: int, end: int
+    ) -> bytes:
+        """Bytes ``offset:end`` of chunks ``first..last``: fetched if needed, blocks re-hashed.
+
+        A cached chunk that fails its re-hash is dropped and fetched again, once.
+        """
         for attempt in (1, 2):
             keys: list[ChunkKey] = []
             try:
                 for index in range(first, last + 1):
                     keys.append(await self._pinned(message, index))
+                await self._checked(message, keys, first, offset, end)
                 data = self._read_from_memory(message, keys, first, offset, end)
-                if data is None:
+                if data is None:  # evicted meanwhile by other readers' blocks
                     data = await trio.to_thread.run_sync(
                         self._read_pinned, message, keys, first, offset, end
                     )
+                return data
             except CacheCorruptError as exc:
                 if attempt == 2:
                     # Local disk trouble, not the message's fault: EIO, not a rejection.
                     raise OSError(errno.EIO, f"chunk cache keeps failing: {exc}") from exc
                 log.warning("re-fetching corrupt cached chunk of %s", message.filename)
-                continue
             finally:
                 for key in keys:
                     self.cache.unpin(key)
-            self._start_prefetch(message, last + 1)
-            return data
         raise AssertionError("unreachable")
+
+    def _look_ahead(self, message: Message, offset: int, end: int) -> None:
+        """After a read: check the next blocks and fetch the next chunks, when it is time.
+
+        Blocks ahead are checked for a sequential reader only, once less than half
+        the window ahead of it is covered; chunks ahead are fetched for any reader,
+        once it enters a new block or jumps.
+        """
+        position = self._positions.pop(message.digest, None)
+        sequential = position is not None and abs(offset - position.end) <= BLOCK_BYTES
+        moved = position is None or (position.end - 1) // BLOCK_BYTES != (end - 1) // BLOCK_BYTES
+        if position is None or not sequential:
+            position = _Position(end, end)
+        position.end = end
+        self._positions[message.digest] = position
+        if len(self._positions) > _READERS_REMEMBERED:
+            self._positions.popitem(last=False)
+        if sequential and 2 * (position.horizon - end) < self._read_ahead * BLOCK_BYTES:
+            position.horizon = self._start_read_ahead(message, end)
+        if moved or not sequential:
+            self._start_prefetch(message, (end - 1) // message.chunk_bytes + 1)
 
     async def warm(self, message: Message, index: int) -> None:
         """Make sure chunk ``index`` is fetched and checked (``open()`` does chunk 0)."""
@@ -234,6 +304,95 @@ class ChunkSource:
             parts.append(part)
         return b"".join(parts)
 
+    async def _checked(
+        self, message: Message, keys: list[ChunkKey], first: int, offset: int, end: int
+    ) -> None:
+        """Every block the bytes ``offset:end`` touch, re-hashed into memory (in a thread).
+
+        Blocks already being checked (read ahead) are waited for, not checked twice.
+        """
+        blocks = [
+            (key, block)
+            for key, lo, size in _spans(message, keys, first, offset, end)
+            for block in self.cache.unverified_blocks(key, lo, size)
+        ]
+        for pending in self._check(blocks):
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+
+    def _check(self, blocks: list[tuple[ChunkKey, int]]) -> list[_Pending]:
+        """The checks of these cached blocks; those not already under way start as one job.
+
+        One thread call per job, not per block: every hand-over between the FUSE
+        loop and a thread costs the loop the GIL for a while (see the caveats).
+        """
+        pendings, new = [], []
+        for block in blocks:
+            pending = self._checks.get(block)
+            if pending is None:
+                pending = self._checks[block] = _Pending()
+                new.append((block, pending))
+            pendings.append(pending)
+        if new:
+            self._nursery.start_soon(self._run_checks, new)
+        return pendings
+
+    async def _run_checks(self, jobs: list[tuple[tuple[ChunkKey, int], _Pending]]) -> None:
+        keys = [key for key in dict.fromkeys(key for (key, _), _ in jobs) if self.cache.pin(key)]
+        errors: dict[tuple[ChunkKey, int], Exception] = {}
+        try:
+            errors = await trio.to_thread.run_sync(
+                self._verify_blocks, [block for block, _ in jobs], limiter=self._check_threads
+            )
+        except Exception as exc:  # the waiting readers report it
+            errors = {block: exc for block, _ in jobs}
+        finally:
+            for key in keys:
+                self.cache.unpin(key)
+            for block, pending in jobs:
+                pending.error = errors.get(block)
+                del self._checks[block]
+                pending.done.set()
+
+    def _verify_blocks(
+        self, blocks: list[tuple[ChunkKey, int]]
+    ) -> dict[tuple[ChunkKey, int], Exception]:
+        """Re-hash blocks into memory (a thread); what failed, and why (corrupt: dropped)."""
+        errors: dict[tuple[ChunkKey, int], Exception] = {}
+        for key, block in blocks:
+            try:
+                self.cache.verify_block(key, block)
+            except CacheCorruptError as exc:
+                errors[key, block] = exc
+        return errors
+
+    def _start_read_ahead(self, message: Message, end: int) -> int:
+        """Check the blocks of the window after ``end`` (in cached chunks) as one job.
+
+        Returns where the blocks covered end: the window, or the start of the
+        first chunk not cached yet (its blocks are checked once it is).
+        """
+        stop = min(end + self._read_ahead * BLOCK_BYTES, message.total_bytes)
+        wanted: list[tuple[ChunkKey, int]] = []
+        covered = end
+        while covered < stop:
+            index = covered // message.chunk_bytes
+            key = ChunkKey(message.chunks[index].digest, index)
+            if self.cache.size_of(key) is None:
+                break
+            start = index * message.chunk_bytes
+            upto = min(stop, start + message.chunk_bytes)
+            wanted += [
+                (key, block)
+                for block in self.cache.unverified_blocks(key, covered - start, upto - covered)
+                if (key, block) not in self._checks
+            ]
+            covered = upto
+        if wanted:
+            self._check(wanted)
+        return covered
+
     async def _pinned(self, message: Message, index: int) -> ChunkKey:
         """Chunk ``index`` in the cache and pinned, fetching it if needed.
 
@@ -261,7 +420,7 @@ class ChunkSource:
         self, message: Message, index: int, key: ChunkKey, *, pin: bool = False
     ) -> None:
         """Download one chunk into the cache (``pin``: for the caller); waiters share it."""
-        fetch = _Fetch()
+        fetch = _Pending()
         self._fetches[key] = fetch
         self._fetches_started += 1
         layer = message.chunks[index]
@@ -281,7 +440,8 @@ class ChunkSource:
                 raise
 
         try:
-            await self.threads.run(work)
+            async with self._fetch_slots:
+                await self.threads.run(work)
         except trio.Cancelled:
             # Only at shutdown (the thread is abandoned and may still commit, and pin,
             # its chunk: that pin ends with the process). Waiters live in other
@@ -322,6 +482,11 @@ class ChunkSource:
             await self._fetch(message, index, key)
         except Exception as exc:
             log.info("prefetch of chunk %d of %s failed: %s", index, message.filename, exc)
+
+    @property
+    def checks_in_flight(self) -> int:
+        """Cached blocks being re-hashed right now (ahead of readers, or for them)."""
+        return len(self._checks)
 
     def statistics(self) -> list[Download]:
         """Downloads in flight."""
