@@ -4,24 +4,73 @@ Caveats first:
 
 * A ``read()`` returns nothing until *every* chunk it touches is in the cache,
   i.e. was downloaded by its layer digest, hash-checked, and extracted by
-  ``Inbox.fetch_chunk``; then each block it serves is re-hashed by the cache.
-  On any failure the read fails and returns zero bytes.
-* Chunks are fetched lazily, one at a time per chunk: concurrent reads of the
-  same chunk wait for one download. After a read of chunk *i* the next two chunks
-  are prefetched in the background (two fetches use both cores), so ``cat`` of a
-  large file streams at download speed instead of stalling at every chunk boundary.
-* Most reads are served on the FUSE loop itself from verified blocks in memory;
-  only a read that needs the disk (and a re-hash) goes to a worker thread.
-* A chunk whose cached copy fails its re-hash is dropped and fetched again, once
-  per read; a second failure is an error.
+  ``Inbox.fetch_chunk`` (the one place a chunk is extracted); then each block it
+  serves is re-hashed by the cache when it is read from disk. On any failure the
+  read fails and returns zero bytes.
+* Chunks are fetched lazily: concurrent reads of the same chunk wait for one
+  download. When a reader enters a new block, the next chunk is fetched in the
+  background, so ``cat`` of a large file streams instead of stalling at every
+  chunk boundary. One download runs at a time (``prefetch``): each holds a
+  chunk-sized spool buffer (32 MiB by default), and two at once took the reading
+  daemon to 147-158 MiB peak RSS against 115-125 MiB with one, for no speed
+  that could be told apart on two shared cores (the download, the re-hash and
+  the FUSE loop already keep both busy).
+* Blocks are checked ahead: once a sequential reader (one whose read starts
+  where its last one ended) has less than half of ``READ_AHEAD_BLOCKS`` MiB
+  checked ahead of it, the next blocks of cached chunks are re-hashed into the
+  cache's memory as one job in a thread (``CHECK_THREADS`` such jobs at most).
+  Reads are then answered on the FUSE loop from verified memory, with no pin,
+  thread or await. One job per block cost the loop the GIL at every hand-over
+  (py-spy: 0.47 s per GiB in ``start_thread_soon`` alone). Two readers of the
+  same file in turn look random to each other and get no read-ahead; a random
+  reader gets none either (its blocks are checked when read, in a thread).
+* A chunk whose cached copy fails its re-hash (when read, or when checked
+  ahead) is dropped and fetched again, once per read; a second failure is an error.
 * A prefetch that fails is only logged; the read that needs the chunk fetches it
   again and reports the error to the reader.
 * ``--whole-file`` (:meth:`ChunkSource.open_chunks`): ``open()`` returns only
-  once *every* chunk was fetched and checked (two at a time), and the open handle
-  keeps them all pinned in the cache until it is closed, so a file opens complete
-  or not at all and no later read can meet a bad chunk from the registry. The
-  price: the first byte waits for the last chunk, and an open file occupies the
-  cache in full, above ``--cache-bytes`` if it must (and that much disk).
+  once *every* chunk was fetched and checked (``prefetch`` at a time), and the
+  open handle keeps them all pinned in the cache until it is closed, so a file
+  opens complete or not at all and no later read can meet a bad chunk from the
+  registry. The price: the first byte waits for the last chunk, and an open file
+  occupies the cache in full, above ``--cache-bytes`` if it must (and that much disk).
+
+What the kernel lets an unprivileged daemon do about request sizes (measured on
+this machine's 6.18 kernel with libfuse 3.14 and pyfuse3 3.5; the toy figures
+are a pyfuse3 handler that answers from memory and does nothing else, so they
+are the ceiling of the FUSE path itself, and they swing 3x with the load of the
+shared machine):
+
+* Page-cache reads come in requests of the read-ahead window: 128 KiB for
+  ``dd bs=1M``, 256 KiB for ``cat`` (it asks for sequential read-ahead). Toy:
+  1,450-2,200 MiB/s for ``dd``, 2,150-3,050 MiB/s for ``cat``.
+* ``max_readahead`` in the init reply can only lower the kernel's 128 KiB (the
+  kernel takes the smaller); raising the mount's ``read_ahead_kb`` in sysfs needs
+  root: at 1 MiB, ``dd`` sent 1 MiB requests and the toy ran at 3,360-3,700 MiB/s.
+  A user who is root may do it for the mount's ``/sys/class/bdi/0:N``.
+* ``max_pages``: libfuse negotiates it by itself from the kernel's limit (256
+  pages, 1 MiB requests, seen with ``direct_io``). ``-o max_read=`` cannot be
+  used: pyfuse3's ``init`` handler does not set ``conn->max_read`` and libfuse
+  then refuses to start ("init() and fuse_session_new() requested different
+  maximum read size"); it could only lower the size anyway.
+* ``direct_io`` passes each ``read()`` through whole (1 MiB requests for
+  ``dd bs=1M``; toy 3,360-5,270 MiB/s) but loses the kernel cache (a second read
+  at 4-6 GiB/s), turns every small read into a request, and makes a shared
+  ``mmap`` fail with ENODEV (libfuse 3.14 cannot ask for
+  ``FUSE_DIRECT_IO_ALLOW_MMAP``): not taken; inbox files keep ``keep_cache``.
+* ``splice``: pyfuse3 answers reads with ``fuse_reply_buf`` (it has no
+  ``fuse_reply_data``), so the bytes are copied once into the request; not
+  available without changing pyfuse3.
+* Several requests in flight: pyfuse3 runs a task per waiting request and the
+  kernel sends read-ahead asynchronously; with blocks checked ahead the handler
+  rarely waits, so one task mostly serves them in turn.
+
+Daemon CPU per GiB, same run, before and after the read-ahead (main vs this
+code, alternating, load 2-3 on two cores): re-read from the chunk cache
+1.95-2.32 s against 1.58-1.77 s; first read 4.30-4.50 s against 3.65-3.95 s.
+About 0.6 s of each is the FUSE loop inside pyfuse3 and trio, 0.6 s the sha256
+of the re-hash, and for a first read 2 s the download, digest, decompression and
+block hashes of ``fetch_chunk`` and the cache writer.
 """
 
 from __future__ import annotations
