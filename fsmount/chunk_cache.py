@@ -302,14 +302,17 @@ class ChunkCache:
             parts = [self._block(entry, fd, b)[part] for b, part in _blocks(offset, end)]
         return b"".join(parts)
 
-    def read_from_memory(self, key: ChunkKey, offset: int, size: int) -> bytes | None:
+    def read_from_memory(
+        self, key: ChunkKey, offset: int, size: int, *, length: int | None = None
+    ) -> bytes | None:
         """Like :meth:`read`, from verified blocks in memory only; None if one is missing.
 
         No disk and no hashing, so the FUSE loop can call it without a thread.
+        ``length``: None too unless the cached chunk has that many bytes.
         """
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
+            if entry is None or (length is not None and entry.size != length):
                 return None
             parts = []
             for block, part in _blocks(offset, min(offset + size, entry.size)):

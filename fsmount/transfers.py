@@ -235,7 +235,9 @@ class ChunkSource:
         if first == last:
             key = ChunkKey(message.chunks[first].digest, first)
             start = first * message.chunk_bytes
-            data = self.cache.read_from_memory(key, offset - start, end - offset)
+            # A cached chunk of another length than this manifest says is _pinned's to refuse.
+            length = chunk_length(message, first)
+            data = self.cache.read_from_memory(key, offset - start, end - offset, length=length)
         if data is None:
             data = await self._read_checked(message, first, last, offset, end)
         self._look_ahead(message, offset, end)

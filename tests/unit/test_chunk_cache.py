@@ -159,6 +159,9 @@ def test_a_block_checked_ahead_is_served_from_memory_and_damage_is_found_ahead(
     cache.verify_block(KEY, 1)
     assert cache.unverified_blocks(KEY, 0, len(data)) == [0, 2]
     assert cache.read_from_memory(KEY, BLOCK_BYTES + 5, 100) == data[BLOCK_BYTES + 5 :][:100]
+    # A manifest that says the chunk has another length gets nothing from memory.
+    assert cache.read_from_memory(KEY, BLOCK_BYTES, 100, length=len(data) + 1) is None
+    assert cache.read_from_memory(KEY, BLOCK_BYTES, 100, length=len(data)) is not None
 
     with (tmp_path / f"{KEY.name}.bin").open("r+b") as handle:
         handle.seek(2 * BLOCK_BYTES)
