@@ -11,7 +11,7 @@ Caveats first:
 * Reading re-hashes: every block read from disk (``os.pread``) is checked against
   its sha256 in the sidecar (and the file's size at start-up). A mismatch drops
   the entry (:class:`CacheCorruptError`); the caller fetches the chunk from the
-  registry again. An in-memory LRU of verified blocks (16 MiB) keeps sequential
+  registry again. An in-memory LRU of verified blocks (12 MiB) keeps sequential
   128 KiB reads from re-hashing a block eight times, and serves them without
   touching the disk (:meth:`ChunkCache.read_from_memory`);
   :meth:`ChunkCache.verify_block` fills it ahead of a reader from a thread.
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 BLOCK_BYTES = 1024 * 1024
 DEFAULT_CAP_BYTES = 2 * 1024**3
-DEFAULT_MEMORY_BYTES = 16 * 1024 * 1024  # verified blocks: a read-ahead window and more
+DEFAULT_MEMORY_BYTES = 12 * 1024 * 1024  # verified blocks: a read-ahead window and more
 _SIDECAR_VERSION = 2
 
 
