@@ -12,9 +12,9 @@ Caveats first:
   background, so ``cat`` of a large file streams instead of stalling at every
   chunk boundary. One download runs at a time (``prefetch``): each holds a
   chunk-sized spool buffer (32 MiB by default), and two at once took the reading
-  daemon to 147-158 MiB peak RSS against 115-125 MiB with one, for no speed
-  that could be told apart on two shared cores (the download, the re-hash and
-  the FUSE loop already keep both busy).
+  daemon to 145-158 MiB peak RSS against 114-125 MiB with one, for a first read
+  of 1 GiB in 2.89-2.90 s against 3.00 s (machine quiet, load 1): the download,
+  the re-hash and the FUSE loop already keep both cores busy.
 * Blocks are checked ahead: once a sequential reader (one whose read starts
   where its last one ended) has less than half of ``READ_AHEAD_BLOCKS`` MiB
   checked ahead of it, the next blocks of cached chunks are re-hashed into the
@@ -71,6 +71,21 @@ code, alternating, load 2-3 on two cores): re-read from the chunk cache
 About 0.6 s of each is the FUSE loop inside pyfuse3 and trio, 0.6 s the sha256
 of the re-hash, and for a first read 2 s the download, digest, decompression and
 block hashes of ``fetch_chunk`` and the cache writer.
+
+``python -m bench --suite mount`` (1 GiB, 3 runs, medians, load 1-2 at the end
+of this change): recv 1.20 s; first read 3.37 s, 0.36x recv (target 0.7x:
+missed; against the 433 MiB/s recv of the issue's run it would be 0.70x); first
+byte 0.10 s (target 0.5 s: met); chunk-cache re-read 2.46 s against ``dd`` 0.38 s
+(0.15x, target 0.5x: missed; the cache's files had left the page cache by then,
+warm they re-read in 1.6-1.8 s); peak RSS 139 MiB (target 150: met). What stands
+between: the FUSE loop is one Python thread that pyfuse3 keeps holding the GIL
+across its ``/dev/fuse`` read and reply (even a do-nothing toy stays at
+1,450-2,200 MiB/s in 128 KiB requests), and every byte is hashed twice more than
+in ``recv`` (block hashes at write, and again at read). A download spool that is
+not needed for a local blob, a streaming digest while decompressing (no spool:
+room for two downloads under 150 MiB) and answering reads with a memoryview
+(no copy of each 128 KiB) are the next steps; they touch core's receive path and
+the handle types shared by every view.
 """
 
 from __future__ import annotations
