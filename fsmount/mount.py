@@ -277,6 +277,9 @@ async def _serve(
         )
         if live_status is not None:
             live_status.publish(folder.report.statistics)
+        # No max_read (pyfuse3 cannot match it in its init handler, and libfuse then
+        # refuses to start) and nothing for max_pages or read-ahead: libfuse
+        # negotiates the largest requests by itself; see fsmount.transfers.
         options = set(pyfuse3.default_options)
         options |= {"fsname=dockercomms", "subtype=dockercomms"}
         if config.fuse_debug:

@@ -147,3 +147,27 @@ def test_a_drop_never_removes_the_files_of_the_copy_fetched_again(tmp_path: Path
         logger.removeHandler(again)
     assert cache.read(KEY, 0, len(data)) == data
     assert cache.statistics().corruptions == 1
+
+
+def test_a_block_checked_ahead_is_served_from_memory_and_damage_is_found_ahead(
+    tmp_path: Path,
+) -> None:
+    """``verify_block`` is how the reader's read-ahead checks blocks in a thread."""
+    data = os.urandom(3 * BLOCK_BYTES)
+    cache = cached(tmp_path, data)
+    assert cache.unverified_blocks(KEY, 0, len(data)) == [0, 1, 2]
+    cache.verify_block(KEY, 1)
+    assert cache.unverified_blocks(KEY, 0, len(data)) == [0, 2]
+    assert cache.read_from_memory(KEY, BLOCK_BYTES + 5, 100) == data[BLOCK_BYTES + 5 :][:100]
+    # A manifest that says the chunk has another length gets nothing from memory.
+    assert cache.read_from_memory(KEY, BLOCK_BYTES, 100, length=len(data) + 1) is None
+    assert cache.read_from_memory(KEY, BLOCK_BYTES, 100, length=len(data)) is not None
+
+    with (tmp_path / f"{KEY.name}.bin").open("r+b") as handle:
+        handle.seek(2 * BLOCK_BYTES)
+        handle.write(b"\x00" if data[2 * BLOCK_BYTES] else b"\x01")
+    with pytest.raises(CacheCorruptError, match="block 2"):
+        cache.verify_block(KEY, 2)
+    assert cache.size_of(KEY) is None and cache.statistics().corruptions == 1
+    assert cache.unverified_blocks(KEY, 0, len(data)) == []  # nothing cached to check
+    cache.verify_block(KEY, 0)  # a chunk no longer cached: nothing to do
