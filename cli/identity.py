@@ -51,6 +51,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     asked: dict[str, str | int | bool] = {}
     if args.repo is not None:
         asked["repository"] = setting_value("repository", args.repo, base)
+    if args.storage_config is not None:
+        asked["storage_config"] = setting_value("storage_config", args.storage_config, base)
     if args.signing is not None:
         asked["signing"] = args.signing
     signing = str(asked.get("signing", base.signing))
@@ -720,8 +722,14 @@ def _add_init(sub: Subcommands, common: CommandParser) -> None:
     )
     p.add_argument(
         "--repo",
-        help="default repository: host[:port]/name, https://host/name or oci-layout:DIR "
-        "(default: the embedded registry)",
+        help="default repository: host[:port]/name, https://host/name, oci-layout:DIR or "
+        "storage:NAME (default: the embedded registry)",
+    )
+    p.add_argument(
+        "--storage-config",
+        metavar="FILE",
+        help="for a storage:NAME repository: a distribution config.yml whose storage: "
+        "section says where (stored as an absolute path)",
     )
     p.add_argument(
         "--signing",

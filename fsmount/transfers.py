@@ -263,7 +263,7 @@ class ChunkSource:
         last = (end - 1) // message.chunk_bytes
         data = None
         if first == last:
-            key = ChunkKey(message.chunks[first].digest, first)
+            key = chunk_key(message, first)
             start = first * message.chunk_bytes
             # A cached chunk of another length than this manifest says is _pinned's to refuse.
             length = chunk_length(message, first)
@@ -459,7 +459,7 @@ class ChunkSource:
         covered = end
         while covered < stop:
             index = covered // message.chunk_bytes
-            key = ChunkKey(message.chunks[index].digest, index)
+            key = chunk_key(message, index)
             if self.cache.size_of(key) is None:
                 break
             start = index * message.chunk_bytes

@@ -324,12 +324,9 @@ def plant_tags(
         (index / "link").write_text(digest)
 
 
-# --- sealing to a card's key (needs the sealing half, #11 item 2) -------------------
-
-NEEDS_SEALED_SEND = pytest.mark.xfail(strict=False, reason="needs sealed send (sealsend branch)")
+# --- sealing to a card's key --------------------------------------------------------
 
 
-@NEEDS_SEALED_SEND
 def test_alice_seals_to_bob_from_his_card_and_bob_opens_before_and_after_rotation(
     pair: tuple[Party, Party], tmp_path: Path
 ) -> None:
@@ -351,7 +348,6 @@ def test_alice_seals_to_bob_from_his_card_and_bob_opens_before_and_after_rotatio
     assert all(entry.get("sealed") for entry in listing), (sent, listing)
 
 
-@NEEDS_SEALED_SEND
 def test_sending_to_a_name_with_only_junk_cards_fails_fast_and_names_the_fix(
     pair: tuple[Party, Party], tmp_path: Path
 ) -> None:

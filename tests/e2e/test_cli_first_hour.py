@@ -334,3 +334,24 @@ def test_the_demo_seals_verifies_and_receives(tmp_path: Path) -> None:
     steps = json.loads(party.ok("demo", "--json"))
     assert any(step.startswith("alice sealed hello.txt to bob") for step in steps), steps
     assert any("opened the sealed message" in step for step in steps), steps
+
+
+def test_init_takes_a_storage_config_and_publishes_its_card_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "storage-root"
+    (tmp_path / "config.yml").write_text(f"storage:\n  filesystem:\n    rootdirectory: {root}\n")
+    party = newcomer(tmp_path)
+    party.ok(
+        "init",
+        "--identity",
+        "dana",
+        "--repo",
+        "storage:team/comms",
+        "--storage-config",
+        "config.yml",
+    )
+    assert settings_of(party)["storage_config"] == str(tmp_path / "config.yml")
+    tags = root / "docker/registry/v2/repositories/team/comms/_manifests/tags"
+    assert [t.name for t in tags.iterdir() if t.name.startswith("card-")]

@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import trio
 
 from dockercomms.fsmount.chunk_cache import BLOCK_BYTES, ChunkKey
@@ -23,10 +24,10 @@ from tests.fs_api.kernel import CTX, drop_folder, lookup
 PIECE = 128 * 1024  # what the kernel asks for at a time
 
 
-def send(sender: Party, recipient: Party, tmp_path: Path, data: bytes) -> None:
+def send(sender: Party, recipient: Party, tmp_path: Path, data: bytes, *extra: str) -> None:
     path = tmp_path / "big.bin"
     path.write_bytes(data)
-    json.loads(sender.ok("send", str(path), "-r", recipient.name, "--json"))
+    json.loads(sender.ok("send", str(path), "-r", recipient.name, "--json", *extra))
 
 
 async def checks_done(folder: DropFolder) -> None:
@@ -43,12 +44,15 @@ def the_one_chunk(folder: DropFolder) -> ChunkKey:
     return ChunkKey(doc["layer"], doc["index"])
 
 
+@pytest.mark.parametrize("sealing", [(), ("--plaintext",)], ids=["sealed", "plaintext"])
 def test_a_sequential_reader_finds_the_next_blocks_checked_ahead_of_it(
-    embedded_pair: tuple[Party, Party], tmp_path: Path
+    embedded_pair: tuple[Party, Party], tmp_path: Path, sealing: tuple[str, ...]
 ) -> None:
+    """Sealed chunks are cached under a key bound to their plaintext digest (SPEC 9);
+    the read-ahead and the memory fast path must use that key too."""
     alice, bob = embedded_pair
     data = os.urandom((READ_AHEAD_BLOCKS + 2) * BLOCK_BYTES + 999)
-    send(alice, bob, tmp_path, data)
+    send(alice, bob, tmp_path, data, *sealing)
 
     async def body() -> None:
         async with drop_folder(bob.workspace()) as folder:
