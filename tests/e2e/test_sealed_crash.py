@@ -263,3 +263,32 @@ def manifest_of_tag(identity: Identity, tag: str) -> dict[str, Any]:
         raw, _ = client.fetch_manifest(tag)
     doc: dict[str, Any] = json.loads(raw)
     return doc
+
+
+def test_the_syncer_seals_with_the_key_of_a_card_it_finds_in_the_repository(
+    tmp_path: Path,
+) -> None:
+    """#17 item 3: alice trusts gwen's signing key only; gwen's published card does the rest."""
+    root = tmp_path / "ids"
+    alice = make_identity(root, "alice", root / "xdg-data", "--no-publish")
+    gwen = make_identity(root, "gwen", root / "xdg-data")  # publishes her card at init
+    pem = tmp_path / "gwen.pem"
+    pem.write_bytes(signing_key(gwen.paths.key_file).public_pem)
+    assert alice.cli("trust", "add", "gwen", "--key", str(pem)) == 0
+    assert TrustPolicy.load(alice.paths.trust_file).contact("gwen").age_recipient == ""
+    outbox = tmp_path / "outbox"
+    (outbox / "gwen").mkdir(parents=True)
+    (outbox / "gwen" / "plan.txt").write_text("for gwen only")
+    syncer = Syncer(
+        alice.workspace(), None, spool_dir=outbox, inbox_dir=None, default_recipient=None
+    )
+    try:
+        [sent] = syncer.run_once().sent
+    finally:
+        syncer.close()
+    contact = TrustPolicy.load(alice.paths.trust_file).contact("gwen")
+    assert contact.source == "repository" and contact.age_recipient.startswith("age1")
+    raw = manifest_of_tag(alice, str(sent.tag))
+    sealed = base64.b64decode(raw["annotations"]["dockercomms.sealed"])
+    facts = json.loads(age_cli.decrypt(sealed, gwen.paths.age_identity_file))
+    assert facts["filename"] == "plan.txt"
