@@ -39,11 +39,10 @@ def _identity(root: Path, name: str, data_home: Path) -> Workspace:
 def _trust(truster: Workspace, other: Workspace) -> None:
     """What ``trust add NAME --card FILE`` does with the other's contact card."""
     from dockercomms.core.cards import my_card
+    from dockercomms.core.contact_card import trust_card
 
-    card = my_card(other)
     policy = truster.trust_policy()
-    policy.add_key(other.identity, card.signing_key.encode())
-    policy.accept_card(other.identity, card.age_recipient, card.created_at, "card")
+    trust_card(policy, other.identity, my_card(other))
     policy.save(truster.paths.trust_file)
 
 

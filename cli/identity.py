@@ -334,6 +334,7 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
     neither a card, a key nor an identity, NAME must be trusted already and
     only ``--age`` and ``--require-sealed`` change.
     """
+    from dockercomms.core.contact_card import trust_card
     from dockercomms.core.names import check_name
     from dockercomms.core.trust import TrustPolicy
 
@@ -353,7 +354,9 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
     age = _age_recipient(args.age) if args.age else None
     with TrustPolicy.editing(workspace.paths.trust_file) as policy:
         if card is not None:
-            entry = _trust_card(policy, name, card)
+            entry = trust_card(policy, name, card)
+            if entry.kind == "keyless":
+                _warn_about_issuer(entry.issuer)
         elif pem is not None:
             entry = policy.add_key(name, pem)
         elif args.identity or args.issuer:
@@ -413,26 +416,6 @@ def _instance(args: argparse.Namespace) -> str:
     from dockercomms.core.config import check_sigstore_trust
 
     return check_sigstore_trust(args.sigstore_trust, signing=False)
-
-
-def _trust_card(policy: TrustPolicy, name: str, card: ContactCard) -> TrustEntry:
-    """Trust ``card``'s signer as ``name`` and take its age recipient (newer cards only)."""
-    if card.signing_key:
-        entry = policy.add_key(name, card.signing_key.encode("ascii"))
-    else:
-        entry = policy.add_identity(
-            name, card.keyless_identity, card.keyless_issuer, sigstore_trust=card.sigstore
-        )
-    # After the signer: a signer trusted under another name is the clearer refusal.
-    if card.name != name:
-        raise ConfigError(
-            f"the card is for '{card.name}', not '{name}': its messages carry the sender "
-            f"name '{card.name}', so trust it as that ('dockercomms trust add {card.name} ...')"
-        )
-    if entry.kind == "keyless":
-        _warn_about_issuer(entry.issuer)
-    policy.accept_card(name, card.age_recipient, card.created_at, "card")
-    return entry
 
 
 def _read(where: str) -> bytes:

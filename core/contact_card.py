@@ -46,7 +46,7 @@ from dockercomms.core._internal.signing.keypair import key_hint, load_public_key
 from dockercomms.core.age_keys import recipient_problem
 from dockercomms.core.errors import ConfigError, ManifestError
 from dockercomms.core.names import check_name, name_problem
-from dockercomms.core.trust import issuer_problem
+from dockercomms.core.trust import TrustEntry, TrustPolicy, issuer_problem
 from dockercomms.core.untrusted import shown
 
 CARD_VERSION: Final = "1"
@@ -260,6 +260,29 @@ def parse_card(data: bytes | str) -> ContactCard:
         keyless_issuer=fields.get(K_KEYLESS_ISSUER, ""),
         sigstore=fields.get(K_SIGSTORE, ""),
     )
+
+
+def trust_card(policy: TrustPolicy, name: str, card: ContactCard) -> TrustEntry:
+    """Trust ``card``'s signer as ``name`` and take its age recipient (newer cards only).
+
+    What ``trust add NAME --card FILE`` does; the caller saves ``policy``. The signer
+    is added first: a signer already trusted under another name is the clearer
+    refusal. A card is trusted only under the name it carries.
+    """
+    if card.signing_key:
+        entry = policy.add_key(name, card.signing_key.encode("ascii"))
+    else:
+        entry = policy.add_identity(
+            name, card.keyless_identity, card.keyless_issuer, sigstore_trust=card.sigstore
+        )
+    if card.name != name:
+        raise ConfigError(
+            f"the card is for '{shown(card.name)}', not '{shown(name)}': its messages carry "
+            f"the sender name '{shown(card.name)}', so trust it as that "
+            f"('dockercomms trust add {shown(card.name)} ...')"
+        )
+    policy.accept_card(name, card.age_recipient, card.created_at, "card")
+    return entry
 
 
 def card_annotations(claim: CardClaim) -> dict[str, str]:
