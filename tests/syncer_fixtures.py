@@ -29,6 +29,7 @@ from dockercomms.core import protocol as p
 from dockercomms.core._internal.intake import Outcome, receive_new
 from dockercomms.core.cards import my_card
 from dockercomms.core.config import save_settings
+from dockercomms.core.keys import signing_key
 from dockercomms.core.paths import Paths, resolve_paths
 from dockercomms.core.workspace import Workspace
 
@@ -92,6 +93,13 @@ def trust(truster: Identity, trusted: Identity, scratch: Path) -> None:
     card_file = scratch / f"{trusted.name}.card"
     card_file.write_text(my_card(trusted.workspace()).text())
     assert truster.cli("trust", "add", trusted.name, "--key", str(card_file)) == 0
+
+
+def trust_signing_key_only(truster: Identity, trusted: Identity, scratch: Path) -> None:
+    """``trust add --key PEM``: no age key comes with it (only a card could give one)."""
+    pem = scratch / f"{trusted.name}.pem"
+    pem.write_bytes(signing_key(trusted.paths.key_file).public_pem)
+    assert truster.cli("trust", "add", trusted.name, "--key", str(pem)) == 0
 
 
 def make_pair(root: Path) -> tuple[Identity, Identity]:

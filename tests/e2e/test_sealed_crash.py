@@ -25,7 +25,6 @@ from dockercomms.core import protocol as p
 from dockercomms.core._internal.limits import MIB
 from dockercomms.core.age_keys import create_identity_file, load_identity_file
 from dockercomms.core.errors import NoAgeRecipientError
-from dockercomms.core.keys import signing_key
 from dockercomms.core.outbox import Delivery, SendJournal, SendRequest
 from dockercomms.core.trust import Contact, TrustPolicy
 from dockercomms.syncer.queue import ItemState, PushQueue
@@ -37,6 +36,7 @@ from tests.syncer_fixtures import (
     run_sync,
     sync_process,
     trust,
+    trust_signing_key_only,
 )
 
 MEMBERS = ("bob", "carol", "dave")
@@ -228,9 +228,7 @@ def test_a_file_for_a_recipient_without_an_age_key_waits_then_goes_sealed(
         # erin publishes no card: nothing tells alice her age key.
         make_identity(tmp_path / "ids", "erin", tmp_path / "ids" / "xdg-data", "--no-publish"),
     )
-    pem = tmp_path / "erin.pem"  # her signing key only: no age key known to alice
-    pem.write_bytes(signing_key(erin.paths.key_file).public_pem)
-    assert alice.cli("trust", "add", "erin", "--key", str(pem)) == 0
+    trust_signing_key_only(alice, erin, tmp_path)  # no age key known to alice
     outbox = tmp_path / "outbox"
     (outbox / "erin").mkdir(parents=True)
     (outbox / "erin" / "notes.txt").write_text("for erin's eyes")
@@ -272,9 +270,7 @@ def test_the_syncer_seals_with_the_key_of_a_card_it_finds_in_the_repository(
     root = tmp_path / "ids"
     alice = make_identity(root, "alice", root / "xdg-data", "--no-publish")
     gwen = make_identity(root, "gwen", root / "xdg-data")  # publishes her card at init
-    pem = tmp_path / "gwen.pem"
-    pem.write_bytes(signing_key(gwen.paths.key_file).public_pem)
-    assert alice.cli("trust", "add", "gwen", "--key", str(pem)) == 0
+    trust_signing_key_only(alice, gwen, tmp_path)  # no age key known to alice
     assert TrustPolicy.load(alice.paths.trust_file).contact("gwen").age_recipient == ""
     outbox = tmp_path / "outbox"
     (outbox / "gwen").mkdir(parents=True)

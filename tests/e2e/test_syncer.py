@@ -24,7 +24,6 @@ import pytest
 
 from dockercomms.core._internal.limits import MIB
 from dockercomms.core._internal.send import SendRequest, SentMessage
-from dockercomms.core._internal.signing.keypair import load_private_key, public_pem
 from dockercomms.core.errors import ConfigError
 from dockercomms.core.status import to_json
 from dockercomms.core.workspace import RegistryOptions, Workspace
@@ -38,6 +37,7 @@ from tests.syncer_fixtures import (
     run_sync,
     sha256_file,
     sync_process,
+    trust_signing_key_only,
     wait_until,
 )
 
@@ -59,9 +59,7 @@ def plain_pair(tmp_path: Path) -> tuple[Identity, Identity]:
         make_identity(root, name, root / "xdg-data", "--no-publish") for name in ("alice", "bob")
     )
     for truster, trusted in ((alice, bob), (bob, alice)):
-        pem = root / f"{trusted.name}.pem"
-        pem.write_bytes(public_pem(load_private_key(trusted.paths.key_file).public_key()))
-        assert truster.cli("trust", "add", trusted.name, "--key", str(pem)) == 0
+        trust_signing_key_only(truster, trusted, root)
     assert alice.cli("config", "set", "send_plaintext", "true") == 0
     return alice, bob
 
