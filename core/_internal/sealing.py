@@ -32,9 +32,11 @@ Caveats first:
   it was read, and plaintext blocks are shorter than ciphertext ones, so the
   writer never overtakes the reader (checked on every write anyway). A 32 MiB
   chunk is never held twice.
-* :func:`seal_pieces` streams: pyrage runs in a worker thread that reads the
-  plaintext pieces and hands ciphertext back through a queue of two pieces, so a
-  send holds a few MiB per chunk, not the chunk.
+* :func:`seal_pieces` streams. It seals with the stock ``age`` binary in its own
+  process when the machine has one (``age_process``: no GIL, ~1.7 GiB/s, output
+  checked before the last piece is handed over); otherwise pyrage runs in a
+  worker thread that reads the plaintext pieces and hands ciphertext back through
+  a queue of two pieces. Either way a send holds a few MiB per chunk, not the chunk.
 
 Measured in-process on this kind of machine (2 vCPU, shared with other work, load
 ~2.7; medians of 7), one 32 MiB chunk of random bytes: :func:`seal_pieces` from
@@ -59,6 +61,13 @@ from typing import Any, BinaryIO, Final, TypeAlias
 
 import pyrage
 
+from dockercomms.core._internal.age_process import (
+    AGE_BINARY_ENV,
+    AgeBinary,
+    CheckOutput,
+    find_age_binary,
+    sealed_by_process,
+)
 from dockercomms.core._internal.chunking import ByteSink
 from dockercomms.core.errors import (
     ConfigError,
@@ -88,6 +97,7 @@ SEAL_PIECE: Final = 1024 * 1024
 
 VERSION_LINE: Final = b"age-encryption.org/v1\n"
 _STANZA_START: Final = b"\n-> "
+_X25519_STANZA: Final = b"\n-> X25519 "
 _MAC_START: Final = b"\n--- "
 _MAC_LINE: Final = len(b"--- ") + 43 + 1  # 32-byte HMAC, unpadded base64, newline
 _BASE64: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
@@ -209,7 +219,37 @@ def seal_pieces(
     the same pieces give another blob (and digest) every time.
     """
     chosen = recipient_list(recipients)  # now, not at the first next()
-    return _sealed_stream(iter(pieces), chosen, piece_bytes)
+    binary = find_age_binary()
+    if binary is None:
+        return _sealed_stream(iter(pieces), chosen, piece_bytes)
+    check = _binary_output_check(binary, len(chosen))
+    return sealed_by_process(binary, iter(pieces), [str(r) for r in chosen], piece_bytes, check)
+
+
+def _binary_output_check(binary: AgeBinary, recipients: int) -> CheckOutput:
+    """The check of what the ``age`` binary wrote: the receiver's header count, and more.
+
+    Exactly one X25519 stanza per recipient (an extra one would be a key we did
+    not choose; rage, were it the binary, adds one "grease" stanza of another
+    type, hence one spare) and a length that seals exactly what was fed.
+    """
+
+    def check(prefix: bytes, total: int, fed: int) -> None:
+        what = f"the output of the age binary {binary.path}"
+        try:
+            layout = inspect_header(prefix, total, what=what)
+        except DockerCommsError as exc:
+            raise DockerCommsError(f"{exc}; set {AGE_BINARY_ENV}=none to seal in process") from exc
+        x25519 = prefix.count(_X25519_STANZA, 0, layout.header_bytes)
+        if layout.plaintext_bytes != fed or x25519 != recipients or layout.stanzas > recipients + 1:
+            raise DockerCommsError(
+                f"{what} seals {layout.plaintext_bytes} bytes to {x25519} X25519 stanzas "
+                f"({layout.stanzas} in all), not the {fed} bytes given to {recipients} "
+                "recipients; "
+                f"set {AGE_BINARY_ENV}=none to seal in process"
+            )
+
+    return check
 
 
 def open_bytes(
