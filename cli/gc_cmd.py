@@ -13,6 +13,7 @@ from dockercomms.cli.output import emit, warn
 from dockercomms.cli.parsing import CommandParser, Subcommands
 from dockercomms.cli.registry_flags import registry_options
 from dockercomms.core import protocol
+from dockercomms.core.untrusted import shown
 
 if TYPE_CHECKING:
     from dockercomms.core.garbage import GcReport
@@ -54,7 +55,7 @@ def _gc_text(report: GcReport) -> str:
         what = ", ".join(f"{n} {_plural(kind, n)}" for kind, n in counts.items())
         expired = protocol.format_timestamp(message.expires_at)
         lines.append(
-            f"{verb} {message.filename} to {message.recipient} "
+            f"{verb} {shown(message.filename)} to {shown(message.recipient)} "
             f"(expired {expired}): {what or 'nothing yet'}"
         )
     leftovers = [d for d in done if d.message not in {e.digest for e in report.expired}]

@@ -97,7 +97,9 @@ import filelock
 
 from dockercomms.core import protocol
 from dockercomms.core._internal import manifest as manifests
+from dockercomms.core._internal.receive import Opening
 from dockercomms.core._internal.registry.client import RegistryClient
+from dockercomms.core._internal.sealed_message import A_SEALED, open_annotation
 from dockercomms.core._internal.signing.verify import BundleVerifier
 from dockercomms.core.errors import (
     DockerCommsError,
@@ -576,6 +578,28 @@ def _verified(
     return found
 
 
+def _shown_name(message: manifests.Message, opening: Opening | None, client: RegistryClient) -> str:
+    """The real name of my sealed ``message``, else the name its manifest carries.
+
+    Called only once a signature proved the message mine: it is opened with my
+    own age keys, for its name alone (it is expired, so never received).
+    """
+    if not message.encrypted or opening is None or A_SEALED not in message.annotations:
+        return message.filename
+    try:
+        facts = open_annotation(
+            message.annotations[A_SEALED],
+            opening.identities(),
+            total_bytes=message.total_bytes,
+            chunk_count=message.chunk_count,
+            limits=client.limits,
+        )
+    except DockerCommsError as exc:
+        log.info("gc: %s keeps its neutral name: %s", message.digest[:19], exc)
+        return message.filename
+    return facts.filename
+
+
 # --- one run ---------------------------------------------------------------------------
 
 
@@ -587,8 +611,13 @@ def collect_garbage(
     now: datetime,
     dry_run: bool = False,
     journal: Path | None = None,
+    opening: Opening | None = None,
 ) -> GcReport:
-    """Delete ``me``'s messages that expired before ``now`` (see the module docstring)."""
+    """Delete ``me``'s messages that expired before ``now`` (see the module docstring).
+
+    ``opening`` (my age identities) names my sealed messages in the report by
+    their real file name; without it, or if it fails, they keep the neutral one.
+    """
     report = GcReport(dry_run)
     # 1.
     leftover = load_journal(journal)
@@ -610,7 +639,7 @@ def collect_garbage(
             ExpiredMessage(
                 digest,
                 message.recipient,
-                message.filename,
+                _shown_name(message, opening, client),
                 message.created_at,
                 message.expires_at,
                 message_tags,
@@ -836,6 +865,7 @@ class GarbageCollector:
                     now=self.clock(),
                     dry_run=dry_run,
                     journal=self.journal_path,
+                    opening=Opening(self.workspace.paths.age_identity_file),
                 )
         except filelock.Timeout as exc:
             raise DockerCommsError(

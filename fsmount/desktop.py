@@ -219,11 +219,13 @@ def queue_events(queue: PushQueue) -> list[Event]:
     events += [
         Event(
             "rejected",
-            f"receipt:{item.id}",
-            shown(f"{item.filename}: {item.recipient} rejected it", 400),
+            f"receipt:{item.id}"
+            if recipient == item.recipient
+            else f"receipt:{item.id}:{recipient}",
+            shown(f"{item.filename}: {recipient} rejected it", 400),
         )
-        for item in queue.items([ItemState.SENT])
-        if item.receipt == "rejected"
+        for item, recipient in queue.rejections()
+        if item.state == ItemState.SENT
     ]
     return events
 

@@ -31,6 +31,10 @@ Caveats first:
   registry confirms its old inbox tag is not there (:meth:`PushQueue.restamp`),
   so no recipient can have seen the old date.
 * Sent items keep their row (digest, tag, receipt) but not their bytes.
+* Receipts are per recipient (``delivery_receipts``): a send to a group has one
+  manifest per member, each answered by that member alone. The item's
+  ``receipt`` is their summary (:func:`receipt_summary`), the one rule for what
+  ``sent/`` and ``status`` show.
 
 The on-disk protocol of ``enqueue`` (each step is durable before the next)::
 
@@ -133,6 +137,12 @@ CREATE TABLE IF NOT EXISTS deliveries (
     bundle_digest TEXT NOT NULL,
     PRIMARY KEY (item_id, recipient)
 );
+CREATE TABLE IF NOT EXISTS delivery_receipts (
+    item_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (item_id, recipient)
+);
 """
 
 #: Version 1 -> 2: what a sealed send pins (see the module caveats).
@@ -158,6 +168,23 @@ class ItemState(StrEnum):
     FAILED = "failed"
 
 
+def receipt_summary(recipients: Iterable[str], answers: dict[str, str]) -> str | None:
+    """What a sent item's ``receipt`` says, from each recipient's answer.
+
+    One recipient: its status. Several who all gave the same answer: that
+    status. Otherwise ``name: status`` per recipient, ``no answer`` where none
+    came (names are trusted contacts, checked when the group was made). None
+    until someone answers.
+    """
+    names = sorted(set(recipients) | set(answers))
+    if not answers:
+        return None
+    statuses = {answers.get(name) for name in names}
+    if len(statuses) == 1:
+        return answers[names[0]]
+    return "; ".join(f"{name}: {answers.get(name) or 'no answer'}" for name in names)
+
+
 @dataclass(frozen=True)
 class QueueItem:
     """One file in the queue.
@@ -175,7 +202,8 @@ class QueueItem:
         next_attempt_at: a queued item is not due before this (backoff).
         digest: the manifest digest, once sent.
         tag: the inbox tag, once sent.
-        receipt: latest verified receipt status from the recipient, if any.
+        receipt: latest verified receipt status from the recipient, if any; for
+            several recipients their summary (:func:`receipt_summary`).
     """
 
     id: str
@@ -778,9 +806,57 @@ class PushQueue:
             item_id, "state = ?, last_error = ?, next_attempt_at = NULL", (ItemState.FAILED, error)
         )
 
-    def set_receipt(self, item_id: str, status: str) -> QueueItem:
-        """Remember the latest verified receipt status for a sent item."""
-        return self._update(item_id, "receipt = ?", (status,))
+    def set_receipt(self, item_id: str, recipient: str, status: str) -> QueueItem:
+        """Remember ``recipient``'s latest verified receipt status for a sent item.
+
+        The item's ``receipt`` becomes the summary over every recipient it went to
+        (its deliveries; the item's own recipient for a send that recorded none).
+        """
+        with self._lock, self._transaction():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO delivery_receipts VALUES (?, ?, ?)",
+                (item_id, recipient, status),
+            )
+            names = [
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT recipient FROM deliveries WHERE item_id = ?", (item_id,)
+                )
+            ]
+            answers = dict(
+                self._conn.execute(
+                    "SELECT recipient, status FROM delivery_receipts WHERE item_id = ?",
+                    (item_id,),
+                ).fetchall()
+            )
+            summary = receipt_summary(names or list(answers), answers)
+            self._conn.execute("UPDATE items SET receipt = ? WHERE id = ?", (summary, item_id))
+        item = self.get(item_id)
+        if item is None:
+            raise KeyError(f"{item_id} is not in the queue")
+        return item
+
+    def receipts(self, item_id: str) -> dict[str, str]:
+        """Each recipient's latest verified receipt status for ``item_id``, by name."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT recipient, status FROM delivery_receipts WHERE item_id = ?", (item_id,)
+            ).fetchall()
+        return dict(rows)
+
+    def rejections(self) -> list[tuple[QueueItem, str]]:
+        """Sent items and the recipient who rejected each (one pair per rejection)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT item_id, recipient FROM delivery_receipts WHERE status = 'rejected' "
+                "ORDER BY item_id, recipient"
+            ).fetchall()
+        found = []
+        for item_id, recipient in rows:
+            item = self.get(item_id)
+            if item is not None:
+                found.append((item, str(recipient)))
+        return found
 
     def restamp(self, item_id: str, created_at: datetime) -> QueueItem:
         """A new ``created_at`` (so a fresh TTL) for an item whose message nobody has seen.

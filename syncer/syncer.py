@@ -386,11 +386,13 @@ class Syncer:
     def refresh_receipts(self) -> list[QueueItem]:
         """Record the latest *verified* receipt of recently sent items; the items it changed.
 
-        A receipt counts only if its signature verifies and its signer is the
-        recipient the item was sent to; anything else is ignored (and logged once).
-        The latest receipt that counts (by its ``created_at``) wins, so a
-        recipient who answers ``accepted`` after ``rejected`` is heard. An item is
-        looked at again only when the set of receipt tags for it has changed.
+        Each recipient's manifest is answered by that recipient alone (a send to
+        a group has one per member): a receipt counts only if its signature
+        verifies and its signer is the recipient of that manifest; anything else
+        is ignored (and logged once). The latest receipt that counts (by its
+        ``created_at``) wins, so a recipient who answers ``accepted`` after
+        ``rejected`` is heard. A delivery is looked at again only when the set of
+        receipt tags for its manifest has changed.
         """
         since = datetime.now(UTC) - RECEIPT_WINDOW
         recent = [
@@ -403,19 +405,21 @@ class Syncer:
         present: dict[str, set[str]] = {}
         for tag in self.outbox.receipt_tags():
             present.setdefault(_hex12_of_tag(tag), set()).add(tag)
-        self._receipt_tags = {
-            item.id: self._receipt_tags[item.id] for item in recent if item.id in self._receipt_tags
-        }
-        due = [
-            (item, frozenset(present[_hex12(item.digest)]))
-            for item in recent
-            if present.get(_hex12(item.digest))
-            and self._receipt_tags.get(item.id) != frozenset(present[_hex12(item.digest)])
-        ]
-        updated: list[QueueItem] = []
-        for item, tags in due[-RECEIPTS_PER_POLL:]:
+        due: list[tuple[QueueItem, str, str, frozenset[str]]] = []
+        seen: dict[str, frozenset[str]] = {}
+        for item in recent:
+            for recipient, digest in self._manifests(item):
+                key = f"{item.id}/{recipient}"
+                tags = frozenset(present.get(_hex12(digest), ()))
+                if key in self._receipt_tags:
+                    seen[key] = self._receipt_tags[key]
+                if tags and self._receipt_tags.get(key) != tags:
+                    due.append((item, recipient, digest, tags))
+        self._receipt_tags = seen
+        updated: dict[str, QueueItem] = {}
+        for item, recipient, digest, tags in due[-RECEIPTS_PER_POLL:]:
             try:
-                status = self._latest_receipt(item)
+                status = self._latest_receipt(digest, recipient)
             except DockerCommsError:
                 raise  # the registry failed us: the whole poll says so, and tries again
             except Exception as exc:
@@ -423,20 +427,27 @@ class Syncer:
                     logging.ERROR,
                     f"receipts {item.id}",
                     "receipts for %s failed unexpectedly (%s); skipped until new ones appear",
-                    (item.digest or "")[:19],
+                    digest[:19],
                     type(exc).__name__,
                     exc_info=True,
                 )
                 status = None
-            self._receipt_tags[item.id] = tags
-            if status is not None and status != item.receipt:
-                updated.append(self.queue.set_receipt(item.id, status))
-        return updated
+            self._receipt_tags[f"{item.id}/{recipient}"] = tags
+            if status is not None and status != self.queue.receipts(item.id).get(recipient):
+                updated[item.id] = self.queue.set_receipt(item.id, recipient, status)
+        return list(updated.values())
 
-    def _latest_receipt(self, item: QueueItem) -> str | None:
-        """The status of the newest receipt for ``item`` signed by its recipient, if any."""
+    def _manifests(self, item: QueueItem) -> list[tuple[str, str]]:
+        """(recipient, manifest digest) of each manifest ``item`` was sent as."""
+        deliveries = self.queue.deliveries(item.id)
+        if deliveries:
+            return sorted((name, d.digest) for name, d in deliveries.items())
         assert item.digest is not None
-        subject = item.digest[:19]
+        return [(item.recipient, item.digest)]
+
+    def _latest_receipt(self, digest: str, recipient: str) -> str | None:
+        """The status of the newest receipt for my manifest ``digest`` signed by ``recipient``."""
+        subject = digest[:19]
 
         def ignored(receipt: str, why: str) -> None:
             self._ignored_receipts.log(
@@ -455,7 +466,7 @@ class Syncer:
             )
 
         return self.outbox.latest_receipt(
-            item.digest, recipient=item.recipient, on_ignored=ignored, on_unreadable=unreadable
+            digest, recipient=recipient, on_ignored=ignored, on_unreadable=unreadable
         )
 
     # --- status ---------------------------------------------------------------------
