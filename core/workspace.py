@@ -17,7 +17,8 @@ reported once per process with what to do about it.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,7 @@ from dockercomms.core._internal.signing.keypair import KeyPairSigner, load_priva
 from dockercomms.core._internal.signing.verify import BundleVerifier
 from dockercomms.core.clients import ClientPool
 from dockercomms.core.config import Settings, load_settings
-from dockercomms.core.errors import DockerCommsError
+from dockercomms.core.errors import ConfigError, DockerCommsError
 from dockercomms.core.keys import signing_key
 from dockercomms.core.names import check_name, name_problem
 from dockercomms.core.paths import Paths, resolve_paths
@@ -117,6 +118,15 @@ class RegistryOptions:
         )
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells that a small file changed (inode, size, mtime), or None if absent."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 @dataclass
 class Workspace:
     """Paths + settings of one identity, and factories for what commands need."""
@@ -127,14 +137,16 @@ class Workspace:
     identity_token: str | None = None
     interactive: bool = False
     _trust_config: ClientTrustConfig | None = field(default=None, repr=False)
+    _config_stamp: tuple[int, int, int] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, paths: Paths | None = None) -> Workspace:
         """Load the configured identity (``init`` must have run)."""
         paths = paths or resolve_paths()
+        stamp = _file_stamp(paths.config_file)  # before reading: a later write shows
         settings = load_settings(paths)
         _report_identity(paths, settings.identity)
-        return cls(paths, settings)
+        return cls(paths, settings, _config_stamp=stamp)
 
     @property
     def identity(self) -> str:
@@ -228,13 +240,34 @@ class Workspace:
         """A sender from me over ``client``."""
         return Sender(client, self.signer(), self.identity, limits=self.limits)
 
+    def require_sealed_now(self) -> bool:
+        """The config's ``require_sealed`` as config.toml says now.
+
+        A running mount or syncer holds one workspace for days; ``config set
+        require_sealed true`` must reach it at once, as a trust change does. The
+        file is read again only when it changed (inode, size, mtime); one that
+        cannot be read now keeps the last value read (and says so).
+        """
+        stamp = _file_stamp(self.paths.config_file)
+        if stamp is None:
+            return self.settings.require_sealed
+        if stamp != self._config_stamp:
+            try:
+                fresh = load_settings(self.paths)
+            except ConfigError as exc:
+                log.warning("keeping require_sealed=%s: %s", self.settings.require_sealed, exc)
+                return self.settings.require_sealed
+            self.settings = replace(self.settings, require_sealed=fresh.require_sealed)
+            self._config_stamp = stamp
+        return self.settings.require_sealed
+
     def receiver(self, client: RegistryClient, bundle_mode: DiscoveryMode = "auto") -> Receiver:
         """A receiver for me over ``client``, opening sealed messages with my age keys."""
         policy = self.trust_policy()
         opening = Opening(
             self.paths.age_identity_file,
             policy=policy,
-            require_all=self.settings.require_sealed,
+            require_all=self.require_sealed_now(),
             private_dir=self.paths.chunk_cache_dir,
         )
         verifier = BundleVerifier(policy, self.trusted_root)

@@ -22,6 +22,7 @@ from dockercomms.core import protocol as p
 from dockercomms.core._internal import manifest as m
 from dockercomms.core._internal import sealed_message as sm
 from dockercomms.core._internal.sealing import VERSION_LINE
+from dockercomms.core.errors import NotSealedError
 from dockercomms.core.trust import Contact, TrustPolicy
 from tests import age_cli
 from tests.conftest import Party, introduce, make_party
@@ -361,6 +362,27 @@ def test_require_sealed_from_everyone_by_config(
     bob.ok("config", "set", "require_sealed", "false")
     assert "received" in {o["status"] for o in recv(bob, out)}
     assert (out / "note.txt").read_bytes() == b"plain\n"
+
+
+def test_config_require_sealed_reaches_a_running_receiver_at_once(
+    sealed_pair: tuple[Party, Party, str], tmp_path: Path
+) -> None:
+    """A mount or syncer holds one workspace for days: ``config set`` must reach it."""
+    alice, bob, _ = sealed_pair
+    note = tmp_path / "note.txt"
+    note.write_bytes(b"plain\n")
+    digest = json.loads(alice.ok("send", str(note), "-r", bob.name, "--plaintext", "--json"))[
+        "digest"
+    ]
+    workspace = bob.workspace()  # loaded once, as a running mount has it
+    with workspace.client() as client:
+        message = workspace.receiver(client).fetch_message(digest)
+        assert workspace.receiver(client).verify_message(message).message.filename == "note.txt"
+        bob.ok("config", "set", "require_sealed", "true")
+        with pytest.raises(NotSealedError):
+            workspace.receiver(client).verify_message(message)
+        bob.ok("config", "set", "require_sealed", "false")
+        workspace.receiver(client).verify_message(message)
 
 
 def test_require_sealed_for_one_sender_is_remembered_until_the_policy_changes(
