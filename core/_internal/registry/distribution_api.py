@@ -508,6 +508,44 @@ class ApiServer:
 
     _uploads: Uploads
 
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
+        verify: bool | str = True,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
+        proxies: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Answer ``request`` in process; network options are meaningless and ignored.
+
+        A storage failure becomes a 500 reply, as a real registry would send, so the
+        client's error handling sees the same shapes here as on the network;
+        :meth:`_failure_reply` may raise a typed error instead (a subclass's rule).
+        """
+        method = (request.method or "GET").upper()
+        try:
+            self._prepare()
+            reply = self._dispatch(method, request)
+        except ApiError as err:
+            reply = error_reply(err)
+        except Exception as exc:
+            reply = self._failure_reply(exc)
+        return to_response(request, method, reply)
+
+    def _prepare(self) -> None:
+        """What must hold before any request (the layout exists, storage answers)."""
+
+    def _dispatch(self, method: str, request: requests.PreparedRequest) -> Reply:
+        """The reply to ``request``: the storage's own routes."""
+        raise NotImplementedError
+
+    def _failure_reply(self, exc: Exception) -> Reply:
+        """The reply for a storage failure ``exc``; anything else is raised as it is."""
+        if isinstance(exc, OSError):
+            return error_reply(ApiError(500, "UNKNOWN", f"storage failure: {exc}"))
+        raise exc
+
     def _routes(self) -> Routes:
         """The endpoints both serve (the embedded store adds the referrers API)."""
         return (

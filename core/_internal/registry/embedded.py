@@ -100,7 +100,6 @@ from dockercomms.core._internal.registry.distribution_api import (
     read_limited,
     referenced_digests,
     tags_reply,
-    to_response,
     unknown_manifest,
     upload_headers,
 )
@@ -452,29 +451,13 @@ class EmbeddedRegistryAdapter(ApiServer, BaseAdapter):
             (re.compile(r"/v2/(?P<name>.+)/referrers/(?P<arg>[^/]+)"), {"GET": self._referrers}),
         )
 
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
-        verify: bool | str = True,
-        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
-        """Answer ``request`` from the layout; network options are meaningless and ignored.
+    def _prepare(self) -> None:
+        self._layout.ensure()
 
-        A disk failure becomes a 500 reply, as a real registry would send, so the client's
-        error handling sees the same shapes here as on the network.
-        """
-        method = (request.method or "GET").upper()
-        try:
-            self._layout.ensure()
-            reply = self._dispatch(method, request)
-        except ApiError as err:
-            reply = error_reply(err)
-        except OSError as err:
-            reply = error_reply(ApiError(500, "UNKNOWN", f"layout failure: {err}"))
-        return to_response(request, method, reply)
+    def _failure_reply(self, exc: Exception) -> Reply:
+        if isinstance(exc, OSError):
+            return error_reply(ApiError(500, "UNKNOWN", f"layout failure: {exc}"))
+        raise exc
 
     def close(self) -> None:
         """Cancel open upload sessions and delete their staged files."""

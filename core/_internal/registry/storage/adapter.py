@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any, BinaryIO, Final, cast
 
 import requests
@@ -78,7 +77,6 @@ from dockercomms.core._internal.registry.distribution_api import (
     read_limited,
     referenced_digests,
     tags_reply,
-    to_response,
     unknown_manifest,
     upload_headers,
 )
@@ -149,35 +147,21 @@ class StorageRegistryAdapter(ApiServer, BaseAdapter):
         self._tag_lock = threading.Lock()
         self._table = self._routes()
 
-    def send(
-        self,
-        request: requests.PreparedRequest,
-        stream: bool = False,
-        timeout: float | tuple[float, float] | tuple[float, None] | None = None,
-        verify: bool | str = True,
-        cert: bytes | str | tuple[bytes | str, bytes | str] | None = None,
-        proxies: Mapping[str, str] | None = None,
-    ) -> requests.Response:
-        """Answer ``request`` from storage; network options are meaningless and ignored."""
-        method = (request.method or "GET").upper()
-        try:
-            self._check_once()
-            reply = self._dispatch(method, request)
-        except ApiError as err:
-            reply = error_reply(err)
-        except StorageFailure as failure:
-            if failure.kind == "auth":
-                raise AuthError(str(failure)) from failure
-            if failure.kind == "config":
-                raise ConfigError(str(failure)) from failure
-            if failure.kind == "unreachable":
-                # The driver already retried (OpenDAL's RetryLayer); not a connection
-                # error, which the client would retry again for its whole budget.
-                raise RegistryUnavailableError(str(failure)) from failure
-            reply = error_reply(ApiError(500, "UNKNOWN", str(failure)))
-        except OSError as err:
-            reply = error_reply(ApiError(500, "UNKNOWN", f"storage failure: {err}"))
-        return to_response(request, method, reply)
+    def _prepare(self) -> None:
+        self._check_once()
+
+    def _failure_reply(self, exc: Exception) -> Reply:
+        if not isinstance(exc, StorageFailure):
+            return super()._failure_reply(exc)
+        if exc.kind == "auth":
+            raise AuthError(str(exc)) from exc
+        if exc.kind == "config":
+            raise ConfigError(str(exc)) from exc
+        if exc.kind == "unreachable":
+            # The driver already retried (OpenDAL's RetryLayer); not a connection
+            # error, which the client would retry again for its whole budget.
+            raise RegistryUnavailableError(str(exc)) from exc
+        return error_reply(ApiError(500, "UNKNOWN", str(exc)))
 
     def close(self) -> None:
         """Cancel open uploads and remove the driver's scratch files."""
