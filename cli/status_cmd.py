@@ -41,7 +41,7 @@ MAX_STATUS_BYTES = 4 * 1024 * 1024
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Queue, transfers, last poll, errors and cache: from the mount, else from disk."""
-    from dockercomms.core.status import status_text, summary_of_mount, to_json
+    from dockercomms.core.status import sealing_engine, status_text, summary_of_mount, to_json
     from dockercomms.core.workspace import Workspace
     from dockercomms.fsmount.chunk_cache import DEFAULT_CAP_BYTES
     from dockercomms.fsmount.mount_record import MountRecord
@@ -67,7 +67,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         summary = summary_of_mount(found, str(workspace.paths.chunk_cache_dir))
     else:
         summary = _from_disk(workspace)
-    summary = dataclasses.replace(summary, notes=notes + summary.notes, card=_card(workspace))
+    summary = dataclasses.replace(
+        summary, notes=notes + summary.notes, card=_card(workspace), sealing=sealing_engine()
+    )
     emit(args, to_json(summary), lambda _: status_text(summary, DEFAULT_CAP_BYTES))
     return 0
 

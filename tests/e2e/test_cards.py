@@ -160,7 +160,8 @@ def test_refresh_is_rate_limited_per_name(pair: tuple[Party, Party]) -> None:
 
 def test_status_says_whether_my_card_is_current(pair: tuple[Party, Party]) -> None:
     _alice, bob = pair
-    assert "card: current" in bob.ok("status")
+    text = bob.ok("status")
+    assert "card: current" in text and "\nsealing: " in text
     identity_file = bob.home / "keys" / "age.key"
     from dockercomms.core.age_keys import rotate_identity_file
 

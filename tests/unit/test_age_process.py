@@ -149,3 +149,12 @@ def test_closing_the_stream_early_ends_the_process_and_the_source(use_binary: st
     stream.close()
     assert children() <= before
     assert produced < 256
+
+
+def test_status_says_what_seals(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dockercomms.core.status import sealing_engine
+
+    monkeypatch.setenv(age_process.AGE_BINARY_ENV, age_cli.tool("age"))
+    assert sealing_engine().startswith(f"age binary {age_cli.tool('age')} (")
+    monkeypatch.setenv(age_process.AGE_BINARY_ENV, "none")
+    assert sealing_engine().startswith("in process (pyrage")
