@@ -39,3 +39,21 @@ def test_shown_escapes_what_changes_the_display() -> None:
     assert shown("a\\x0a") == "a\\\\x0a"
     assert shown("Zoë 山田 bob@example.com") == "Zoë 山田 bob@example.com"
     assert shown("x" * 500, limit=10) == "x" * 10 + "…"
+
+
+def test_the_depth_limit_counts_dicts_and_lists_alike_at_the_boundary() -> None:
+    limit = 32
+    for opener, closer in ((b'{"a":', b"}"), (b"[", b"]"), (b'[{"a":', b"}]")):
+        levels = len(opener.replace(b'"a":', b""))
+        inner = limit // levels
+        ok = opener * inner + b"1" + closer * inner
+        assert parse_json(ok, "doc", max_bytes=10_000) is not None
+        deep = opener * (inner + 1) + b"1" + closer * (inner + 1)
+        with pytest.raises(LimitExceededError):
+            parse_json(deep, "doc", max_bytes=10_000)
+    # Scalars beside a deep branch do not hide it; a wide flat document is fine.
+    wide = b"[" + b",".join([b"1", b'"x"', b"null"] * 10_000) + b"]"
+    assert len(parse_json(wide, "doc", max_bytes=1_000_000)) == 30_000
+    mixed = b'{"a": 1, "b": ' + b"[" * 40 + b"]" * 40 + b"}"
+    with pytest.raises(LimitExceededError):
+        parse_json(mixed, "doc", max_bytes=10_000)

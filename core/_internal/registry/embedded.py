@@ -397,24 +397,31 @@ class _Layout:
         when there is nothing to do.
         """
         with self._mutex, self._file_lock:
-            index = _parse_index(_read_regular(self._index_path, MAX_INDEX_BYTES, "index.json"))
+            # read_index() re-parses only a file it has not seen: under the lock no
+            # other writer can replace it, and the one we write is cached below.
+            index = self.read_index()
             manifests = change(list(index["manifests"]))
             if manifests is None:
                 return False
-            self._replace(self._index_path, encode_json({**index, "manifests": manifests}))
+            updated = {**index, "manifests": manifests}
+            key = self._replace(self._index_path, encode_json(updated))
+            self._shared.index = (key, updated)
             return True
 
-    def _replace(self, path: Path, data: bytes) -> None:
+    def _replace(self, path: Path, data: bytes) -> tuple[int, int, int, int]:
+        """Write ``data`` to ``path`` durably by a rename; the new file's cache key."""
         staged = self.staging_dir / f"{uuid.uuid4().hex}.tmp"
         try:
             with _create_private(staged) as file:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
+                st = os.fstat(file.fileno())  # the inode the rename puts at ``path``
             os.replace(staged, path)
         finally:
             staged.unlink(missing_ok=True)
         _fsync_dir(path.parent)
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class EmbeddedRegistryAdapter(ApiServer, BaseAdapter):
