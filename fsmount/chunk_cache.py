@@ -37,12 +37,12 @@ Caveats first:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import tempfile
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 1024 * 1024
 DEFAULT_CAP_BYTES = 2 * 1024**3
 DEFAULT_MEMORY_BYTES = 12 * 1024 * 1024  # verified blocks: a read-ahead window and more
-_SIDECAR_VERSION = 2
+_SIDECAR_VERSION = 3
 
 
 class CacheCorruptError(Exception):
@@ -85,13 +85,13 @@ class _Entry:
 
     Attributes:
         size: plaintext bytes.
-        blocks: hex digest of each ``BLOCK_BYTES`` block, in order.
+        blocks: the crc32 of each ``BLOCK_BYTES`` block, in order.
         pins: readers using the entry right now; pinned entries are not evicted.
     """
 
     key: ChunkKey
     size: int
-    blocks: tuple[str, ...]
+    blocks: tuple[int, ...]
     pins: int = 0
 
 
@@ -113,32 +113,34 @@ class ChunkWriter:
         fd, name = tempfile.mkstemp(dir=directory, prefix=".fetch-", suffix=".tmp")
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
-        self._block = hashlib.sha256()
+        self._block = 0
         self._block_fill = 0
-        self._blocks: list[str] = []
+        self._blocks: list[int] = []
         self.size = 0
 
     def write(self, data: bytes | memoryview) -> int:
-        """Store and hash ``data``."""
+        """Store and checksum ``data``."""
         view = memoryview(data)
         self._file.write(view)
         while len(view):
             take = min(len(view), BLOCK_BYTES - self._block_fill)
-            self._block.update(view[:take])
+            self._block = zlib.crc32(view[:take], self._block)
             self._block_fill += take
             view = view[take:]
             if self._block_fill == BLOCK_BYTES:
-                self._blocks.append(self._block.hexdigest())
-                self._block = hashlib.sha256()
-                self._block_fill = 0
+                self._end_block()
         self.size += len(data)
         return len(data)
 
-    def finish(self) -> tuple[str, ...]:
-        """Close the file (no fsync: see the module notes); the block digests."""
+    def _end_block(self) -> None:
+        self._blocks.append(self._block)
+        self._block = 0
+        self._block_fill = 0
+
+    def finish(self) -> tuple[int, ...]:
+        """Close the file (no fsync: see the module notes); the block checksums."""
         if self._block_fill:
-            self._blocks.append(self._block.hexdigest())
-            self._block_fill = 0
+            self._end_block()
         self._file.close()
         return tuple(self._blocks)
 
@@ -213,9 +215,14 @@ class ChunkCache:
         try:
             doc = json.loads(path.read_bytes())
             key = ChunkKey(str(doc["layer"]), int(doc["index"]))
-            entry = _Entry(key, int(doc["size"]), tuple(str(b) for b in doc["blocks"]))
             if doc.get("version") != _SIDECAR_VERSION or key.name != path.stem:
                 return None
+            blocks = doc["blocks"]
+            if not isinstance(blocks, list) or not all(
+                type(b) is int and 0 <= b < 2**32 for b in blocks
+            ):
+                return None
+            entry = _Entry(key, int(doc["size"]), tuple(blocks))
             if doc.get("block_bytes") != BLOCK_BYTES:
                 return None
             if len(entry.blocks) != -(-entry.size // BLOCK_BYTES):
@@ -246,6 +253,7 @@ class ChunkCache:
             "index": key.index,
             "size": writer.size,
             "block_bytes": BLOCK_BYTES,
+            "check": "crc32",
             "blocks": list(blocks),
         }
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".fetch-", suffix=".tmp")
@@ -307,7 +315,7 @@ class ChunkCache:
 
     def read_from_memory(
         self, key: ChunkKey, offset: int, size: int, *, length: int | None = None
-    ) -> bytes | None:
+    ) -> bytes | memoryview | None:
         """Like :meth:`read`, from verified blocks in memory only; None if one is missing.
 
         No disk and no hashing, so the FUSE loop can call it without a thread.
@@ -322,8 +330,10 @@ class ChunkCache:
                 data = self._remembered(key, block)
                 if data is None:
                     return None
-                parts.append(data[part])
+                parts.append(memoryview(data)[part])
             self._counters.hits += 1
+        # A view of the verified block, not a copy: it keeps the (immutable) block alive
+        # until the reply is sent, even if the block leaves memory meanwhile.
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def unverified_blocks(self, key: ChunkKey, offset: int, size: int) -> list[int]:
@@ -342,15 +352,31 @@ class ChunkCache:
 
         For a worker thread, ahead of a reader: the FUSE loop then serves the
         block with :meth:`read_from_memory`. Raises :class:`CacheCorruptError`
-        (the entry is dropped) if it fails its hash; does nothing if the chunk
+        (the entry is dropped) if it fails its check; does nothing if the chunk
         is no longer cached.
+        """
+        self.verify_blocks(key, [block])
+
+    def verify_blocks(self, key: ChunkKey, blocks: list[int]) -> None:
+        """:meth:`verify_block` for several blocks of one chunk, in order.
+
+        The file is opened once and the kernel is asked to start reading all of
+        them (``POSIX_FADV_WILLNEED``), so a cache file that left the page cache
+        streams from the disk while the first blocks are checked.
         """
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None or (key, block) in self._memory:
+            if entry is None:
                 return
+            blocks = [b for b in blocks if (key, b) not in self._memory]
+        if not blocks:
+            return
         with self._opened(entry) as fd:
-            self._block(entry, fd, block)
+            first, last = min(blocks), max(blocks)
+            span = (last - first + 1) * BLOCK_BYTES
+            os.posix_fadvise(fd, first * BLOCK_BYTES, span, os.POSIX_FADV_WILLNEED)
+            for block in blocks:
+                self._block(entry, fd, block)
 
     @contextlib.contextmanager
     def _opened(self, entry: _Entry) -> Iterator[int]:
@@ -383,7 +409,7 @@ class ChunkCache:
         except OSError as exc:
             self._drop(entry, f"unreadable: {exc}")
             raise CacheCorruptError(f"cached chunk {entry.key.name} unreadable: {exc}") from exc
-        if block >= len(entry.blocks) or hashlib.sha256(data).hexdigest() != entry.blocks[block]:
+        if block >= len(entry.blocks) or zlib.crc32(data) != entry.blocks[block]:
             self._drop(entry, f"block {block} hash mismatch")
             raise CacheCorruptError(f"cached chunk {entry.key.name} block {block} is corrupt")
         with self._lock:

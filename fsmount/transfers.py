@@ -250,7 +250,7 @@ class ChunkSource:
         # page faults); they are let go after BUFFER_IDLE_SECONDS without a fetch.
         self._fetches_started = 0
 
-    async def read(self, message: Message, offset: int, size: int) -> bytes:
+    async def read(self, message: Message, offset: int, size: int) -> bytes | memoryview:
         """``size`` bytes at ``offset`` (fewer at end of file), all verified.
 
         The common case, a read inside one chunk whose blocks were checked ahead,
@@ -439,13 +439,20 @@ class ChunkSource:
     def _verify_blocks(
         self, blocks: list[tuple[ChunkKey, int]]
     ) -> dict[tuple[ChunkKey, int], Exception]:
-        """Re-hash blocks into memory (a thread); what failed, and why (corrupt: dropped)."""
+        """Check blocks into memory (a thread); what failed, and why (corrupt: dropped).
+
+        Each chunk's blocks in one call (one open, the disk asked for all of them
+        at once); after a failure the chunk is gone, so its other blocks fail too.
+        """
         errors: dict[tuple[ChunkKey, int], Exception] = {}
+        by_chunk: dict[ChunkKey, list[int]] = {}
         for key, block in blocks:
+            by_chunk.setdefault(key, []).append(block)
+        for key, indices in by_chunk.items():
             try:
-                self.cache.verify_block(key, block)
+                self.cache.verify_blocks(key, indices)
             except CacheCorruptError as exc:
-                errors[key, block] = exc
+                errors.update({(key, block): exc for block in indices})
         return errors
 
     def _start_read_ahead(self, message: Message, end: int) -> int:
