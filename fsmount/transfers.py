@@ -112,10 +112,17 @@ whose load moves wall times by 30 % from run to run; CPU is steadier):
   (two 32 MiB spools), over the 150 MiB limit. The spool in a private unlinked
   file instead of memory brings the peak RSS to 93-100 MiB at the same CPU, which
   would pay for it; not done here (a change to core's receive path).
-* ``sys.setswitchinterval`` 0.5 ms against 5 ms: no difference.
+* ``sys.setswitchinterval`` 0.5 ms against 5 ms: no difference. glibc's
+  ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` raised (fresh 1 MiB
+  blocks cost page faults, about a third of the check threads' kernel time):
+  the same CPU, 10-16 MiB more RSS. Not kept.
 
-``python -m bench --suite mount`` after this round (1 GiB, 3 runs, medians; the
-runs are in the report of the change): see the report. What stands between
+``python -m bench --suite mount`` (1 GiB, 3 runs, medians), the code before and
+after this round in two runs back to back, the machine loaded (``recv`` took
+1.6-1.7 s, not its 1.2 s when quiet): first read 5.31 s, 0.30x recv, against
+3.85 s, 0.44x (target 0.7x: missed); chunk-cache re-read 2.48 s against 1.86 s
+with ``dd`` at 0.37 s, 0.15x against 0.20x (target 0.5x: missed); first byte
+0.09 s against 0.08 s; peak RSS 141 MiB against 140 MiB. What stands between
 these reads and the targets, as measured: a re-read needs 0.6-0.75 s of the one
 FUSE thread at the kernel's 128 KiB requests whatever the checks cost, against
 0.76 s for 0.5x a 0.38 s ``dd``; a first read must do all of ``recv``'s work
