@@ -9,7 +9,7 @@ second. Targets, each against a floor measured in the same run:
   decompress) runs at >= 0.7x the speed of ``dockercomms recv`` of a message of
   the same size; its first byte comes within 0.5 s of ``open()``;
 * issue 15.2: a re-read from the chunk cache (the kernel's copy dropped, ours
-  re-hashed) runs at >= 0.5x a ``dd`` of a local file of the same size (cold);
+  re-checked, crc32) runs at >= 0.5x a ``dd`` of a local file of the same size (cold);
 * issue 15.5: the reading daemon's peak RSS stays <= 150 MiB.
 
 Also timed, without a target: a re-read from the kernel's cache, the first
@@ -146,7 +146,7 @@ def reads(
         drop_from_page_cache(source)
         disk.samples.append(dd_read(source))
     source.unlink()
-    on_disk = Series("mount read, chunk cache (re-hashed)", size)
+    on_disk = Series("mount read, chunk cache (checked)", size)
     for _ in range(runs):
         drop_from_page_cache(target)  # the kernel's copy; ours on disk stays
         on_disk.samples.append(dd_read(target))

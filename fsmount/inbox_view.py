@@ -259,7 +259,7 @@ class InboxHandle(Handle):
         self.message = message
         self.held = held  # --whole-file: every chunk, verified, pinned until release
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self.view.read(self.item, self.message, offset, size)
 
     async def release(self) -> None:
@@ -572,7 +572,9 @@ class InboxView:
         item.failure = None
         return message, held
 
-    async def read(self, item: InboxItem, message: Message, offset: int, size: int) -> bytes:
+    async def read(
+        self, item: InboxItem, message: Message, offset: int, size: int
+    ) -> bytes | memoryview:
         """Verified bytes; the first success schedules the ``accepted`` receipt."""
         try:
             data = await self.chunks.read(message, offset, size)

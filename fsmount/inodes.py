@@ -111,7 +111,7 @@ class Handle:
     direct_io: bool = False
     keep_cache: bool = False
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         """Bytes at ``offset``; refused for handles opened write-only."""
         raise fuse_error(errno.EBADF)
 

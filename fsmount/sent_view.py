@@ -143,7 +143,7 @@ class RemoteHandle(Handle):
         self.chunks = chunks
         self.message = message
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         return await self.chunks.read(self.message, offset, size)
 
 

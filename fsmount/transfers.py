@@ -5,7 +5,7 @@ Caveats first:
 * A ``read()`` returns nothing until *every* chunk it touches is in the cache,
   i.e. was downloaded by its layer digest, hash-checked, and extracted by
   ``Inbox.fetch_chunk`` (the one place a chunk is extracted); then each block it
-  serves is re-hashed by the cache when it is read from disk. On any failure the
+  serves is re-checked (crc32) by the cache when it is read from disk. On any failure the
   read fails and returns zero bytes.
 * Chunks are fetched lazily: concurrent reads of the same chunk wait for one
   download. When a reader enters a new block, the next chunk is fetched in the
@@ -14,17 +14,18 @@ Caveats first:
   chunk-sized spool buffer (32 MiB by default), and two at once took the reading
   daemon to 145-158 MiB peak RSS against 114-125 MiB with one, for a first read
   of 1 GiB in 2.89-2.90 s against 3.00 s (machine quiet, load 1): the download,
-  the re-hash and the FUSE loop already keep both cores busy.
+  the block checks and the FUSE loop already keep both cores busy.
 * Blocks are checked ahead: once a sequential reader (one whose read starts
   where its last one ended) has less than half of ``READ_AHEAD_BLOCKS`` MiB
-  checked ahead of it, the next blocks of cached chunks are re-hashed into the
-  cache's memory as one job in a thread (``CHECK_THREADS`` such jobs at most).
+  checked ahead of it, the next blocks of cached chunks are checked into the
+  cache's memory as one job in a thread (one open of each chunk file, the disk
+  asked for the blocks at once) (``CHECK_THREADS`` such jobs at most).
   Reads are then answered on the FUSE loop from verified memory, with no pin,
   thread or await. One job per block cost the loop the GIL at every hand-over
   (py-spy: 0.47 s per GiB in ``start_thread_soon`` alone). Two readers of the
   same file in turn look random to each other and get no read-ahead; a random
   reader gets none either (its blocks are checked when read, in a thread).
-* A chunk whose cached copy fails its re-hash (when read, or when checked
+* A chunk whose cached copy fails its check (when read, or when checked
   ahead) is dropped and fetched again, once per read; a second failure is an error.
 * A prefetch that fails is only logged; the read that needs the chunk fetches it
   again and reports the error to the reader.
@@ -73,24 +74,63 @@ shared machine):
 Daemon CPU per GiB, same run, before and after the read-ahead (main vs this
 code, alternating, load 2-3 on two cores): re-read from the chunk cache
 1.95-2.32 s against 1.58-1.77 s; first read 4.30-4.50 s against 3.65-3.95 s.
-About 0.6 s of each is the FUSE loop inside pyfuse3 and trio, 0.6 s the sha256
-of the re-hash, and for a first read 2 s the download, digest, decompression and
-block hashes of ``fetch_chunk`` and the cache writer.
 
-``python -m bench --suite mount`` (1 GiB, 3 runs, medians, load 1-2 at the end
-of this change): recv 1.20 s; first read 3.37 s, 0.36x recv (target 0.7x:
-missed; against the 433 MiB/s recv of the issue's run it would be 0.70x); first
-byte 0.10 s (target 0.5 s: met); chunk-cache re-read 2.46 s against ``dd`` 0.38 s
-(0.15x, target 0.5x: missed; the cache's files had left the page cache by then,
-warm they re-read in 1.6-1.8 s); peak RSS 139 MiB (target 150: met). What stands
-between: the FUSE loop is one Python thread that pyfuse3 keeps holding the GIL
-across its ``/dev/fuse`` read and reply (even a do-nothing toy stays at
-1,450-2,200 MiB/s in 128 KiB requests), and every byte is hashed twice more than
-in ``recv`` (block hashes at write, and again at read). A download spool that is
-not needed for a local blob, a streaming digest while decompressing (no spool:
-room for two downloads under 150 MiB) and answering reads with a memoryview
-(no copy of each 128 KiB) are the next steps; they touch core's receive path and
-the handle types shared by every view.
+Issue 15 items 1-2, second round: what was measured (1 GiB, embedded store,
+the daemon's CPU from /proc, the cache files dropped from the page cache before
+each re-read, old and new code alternating on the shared two-core machine,
+whose load moves wall times by 30 % from run to run; CPU is steadier):
+
+* Where it goes (perf and per-thread CPU): a re-read costs the FUSE thread
+  0.6-0.75 s (8,192 requests of 128 KiB at 75-90 us; our own code, from
+  ``operations.read`` to the memory of verified blocks, is 17-19 us of that,
+  timed without the kernel), and the check threads 0.8 s (pread, sha256). A
+  first read adds the fetch thread: read and sha256 of the blob, copy into the
+  spool, decompression, the write into the cache file and its block checks,
+  1.8 s, serial, one chunk at a time.
+* Block checks by crc32 instead of sha256 (``chunk_cache``): kept; the daemon's
+  CPU fell from 3.6-3.7 to 3.0-3.4 s (first read) and from 1.6-1.8 to
+  1.25-1.5 s (re-read).
+* A chunk's blocks checked with one open and ``POSIX_FADV_WILLNEED``, and reads
+  answered with a view of the verified block (no copy of each 128 KiB): kept,
+  measured together with the crc32 (no separate gain above the noise).
+* The read-ahead window split into ``CHECK_THREADS`` jobs that run at once, and
+  a window of 16 blocks with 20 MiB of memory: re-read 1.30-1.77 s against
+  1.35-1.58 s for one job of 8 blocks. No gain: not kept.
+* The writer keeping the first 12 blocks of each chunk it wrote in the memory
+  of verified blocks, so a first read does not read them back: first read
+  2.68-2.88 s against 2.58-2.76 s without, and 6-8 MiB more RSS (fresh 1 MiB
+  buffers cost page faults as much as the pread and crc32 they replace). Not kept.
+* Pushing verified blocks into the kernel's page cache ahead of the reader
+  (``pyfuse3.notify_store``, allowed to an unprivileged daemon): the FUSE thread
+  fell from 0.65 to 0.40 s per GiB, but the push costs as much again (page
+  allocation and copy in the kernel): re-read 1.65-1.84 s against 1.55-1.71 s.
+  Also unsafe at shutdown: a store waits on the page lock of any read the kernel
+  has in flight, so a push thread may still be in libfuse when the session is
+  destroyed. Not kept.
+* Two downloads at once (``prefetch`` 2): first read 2.48-2.49 s against
+  2.68-2.73 s when the machine was quiet, none under load; peak RSS 164-172 MiB
+  (two 32 MiB spools), over the 150 MiB limit. The spool in a private unlinked
+  file instead of memory brings the peak RSS to 93-100 MiB at the same CPU, which
+  would pay for it; not done here (a change to core's receive path).
+* ``sys.setswitchinterval`` 0.5 ms against 5 ms: no difference. glibc's
+  ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` raised (fresh 1 MiB
+  blocks cost page faults, about a third of the check threads' kernel time):
+  the same CPU, 10-16 MiB more RSS. Not kept.
+
+``python -m bench --suite mount`` (1 GiB, 3 runs, medians), the code before and
+after this round in two runs back to back, the machine loaded (``recv`` took
+1.6-1.7 s, not its 1.2 s when quiet): first read 5.31 s, 0.30x recv, against
+3.85 s, 0.44x (target 0.7x: missed); chunk-cache re-read 2.48 s against 1.86 s
+with ``dd`` at 0.37 s, 0.15x against 0.20x (target 0.5x: missed); first byte
+0.09 s against 0.08 s; peak RSS 141 MiB against 140 MiB. What stands between
+these reads and the targets, as measured: a re-read needs 0.6-0.75 s of the one
+FUSE thread at the kernel's 128 KiB requests whatever the checks cost, against
+0.76 s for 0.5x a 0.38 s ``dd``; a first read must do all of ``recv``'s work
+(1.2-1.5 s here) plus the cache write, its checks and the FUSE loop, about
+3 s of CPU on two shared cores, against 1.7-2.1 s of wall time for 0.7x. Only
+leaving pyfuse3's GIL-held request loop (a C or Rust FUSE loop, or ``splice``)
+or a kernel that takes ``max_readahead`` above 128 KiB moves the first; only
+overlapping downloads (see above) and fewer copies in the fetch move the second.
 """
 
 from __future__ import annotations
@@ -117,7 +157,7 @@ log = logging.getLogger(__name__)
 BUFFER_IDLE_SECONDS = 5.0
 #: Blocks a sequential reader finds checked in memory ahead of it (see the caveats).
 READ_AHEAD_BLOCKS = 8
-#: Threads re-hashing cached blocks, apart from the registry's worker threads.
+#: Threads checking cached blocks, apart from the registry's worker threads.
 CHECK_THREADS = 2
 #: Readers whose last position is remembered to tell sequential reads from random ones.
 _READERS_REMEMBERED = 64
@@ -250,7 +290,7 @@ class ChunkSource:
         # page faults); they are let go after BUFFER_IDLE_SECONDS without a fetch.
         self._fetches_started = 0
 
-    async def read(self, message: Message, offset: int, size: int) -> bytes:
+    async def read(self, message: Message, offset: int, size: int) -> bytes | memoryview:
         """``size`` bytes at ``offset`` (fewer at end of file), all verified.
 
         The common case, a read inside one chunk whose blocks were checked ahead,
@@ -276,9 +316,9 @@ class ChunkSource:
     async def _read_checked(
         self, message: Message, first: int, last: int, offset: int, end: int
     ) -> bytes:
-        """Bytes ``offset:end`` of chunks ``first..last``: fetched if needed, blocks re-hashed.
+        """Bytes ``offset:end`` of chunks ``first..last``: fetched if needed, blocks re-checked.
 
-        A cached chunk that fails its re-hash is dropped and fetched again, once.
+        A cached chunk that fails its check is dropped and fetched again, once.
         """
         for attempt in (1, 2):
             keys: list[ChunkKey] = []
@@ -369,7 +409,7 @@ class ChunkSource:
     def _read_pinned(
         self, message: Message, keys: list[ChunkKey], first: int, offset: int, end: int
     ) -> bytes:
-        """The bytes from pinned chunks, re-hashed from disk where not in memory (a thread)."""
+        """The bytes from pinned chunks, re-checked from disk where not in memory (a thread)."""
         spans = _spans(message, keys, first, offset, end)
         return b"".join(self.cache.read(key, lo, size) for key, lo, size in spans)
 
@@ -388,7 +428,7 @@ class ChunkSource:
     async def _checked(
         self, message: Message, keys: list[ChunkKey], first: int, offset: int, end: int
     ) -> None:
-        """Every block the bytes ``offset:end`` touch, re-hashed into memory (in a thread).
+        """Every block the bytes ``offset:end`` touch, checked into memory (in a thread).
 
         Blocks already being checked (read ahead) are waited for, not checked twice.
         """
@@ -439,13 +479,20 @@ class ChunkSource:
     def _verify_blocks(
         self, blocks: list[tuple[ChunkKey, int]]
     ) -> dict[tuple[ChunkKey, int], Exception]:
-        """Re-hash blocks into memory (a thread); what failed, and why (corrupt: dropped)."""
+        """Check blocks into memory (a thread); what failed, and why (corrupt: dropped).
+
+        Each chunk's blocks in one call (one open, the disk asked for all of them
+        at once); after a failure the chunk is gone, so its other blocks fail too.
+        """
         errors: dict[tuple[ChunkKey, int], Exception] = {}
+        by_chunk: dict[ChunkKey, list[int]] = {}
         for key, block in blocks:
+            by_chunk.setdefault(key, []).append(block)
+        for key, indices in by_chunk.items():
             try:
-                self.cache.verify_block(key, block)
+                self.cache.verify_blocks(key, indices)
             except CacheCorruptError as exc:
-                errors[key, block] = exc
+                errors.update({(key, block): exc for block in indices})
         return errors
 
     def _start_read_ahead(self, message: Message, end: int) -> int:
@@ -566,7 +613,7 @@ class ChunkSource:
 
     @property
     def checks_in_flight(self) -> int:
-        """Cached blocks being re-hashed right now (ahead of readers, or for them)."""
+        """Cached blocks being checked right now (ahead of readers, or for them)."""
         return len(self._checks)
 
     def statistics(self) -> list[Download]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import random
+import zlib
 from pathlib import Path
 
 import pytest
@@ -171,3 +173,46 @@ def test_a_block_checked_ahead_is_served_from_memory_and_damage_is_found_ahead(
     assert cache.size_of(KEY) is None and cache.statistics().corruptions == 1
     assert cache.unverified_blocks(KEY, 0, len(data)) == []  # nothing cached to check
     cache.verify_block(KEY, 0)  # a chunk no longer cached: nothing to do
+
+
+def test_the_self_check_is_a_crc32_per_block_and_older_or_odd_sidecars_are_dropped(
+    tmp_path: Path,
+) -> None:
+    """Block checks are crc32s (sidecar version 3); a sidecar of the sha256 era (2), or
+    one whose checks are not 32-bit integers, is dropped and its chunk fetched again."""
+    data = os.urandom(BLOCK_BYTES + 5)
+    cached(tmp_path, data)
+    sidecar = tmp_path / f"{KEY.name}.json"
+    doc = json.loads(sidecar.read_bytes())
+    assert doc["version"] == 3 and doc["check"] == "crc32"
+    assert doc["blocks"] == [zlib.crc32(data[:BLOCK_BYTES]), zlib.crc32(data[BLOCK_BYTES:])]
+    for odd in (
+        {"version": 2, "blocks": [hashlib.sha256(data[:BLOCK_BYTES]).hexdigest(), "ab"]},
+        {"blocks": [str(b) for b in doc["blocks"]]},
+        {"blocks": [doc["blocks"][0], 2**32]},
+        {"blocks": [True, doc["blocks"][1]]},
+    ):
+        cached(tmp_path, data)
+        sidecar.write_text(json.dumps({**doc, **odd}))
+        assert ChunkCache(tmp_path).statistics().entries == 0, odd
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_blocks_checked_together_are_all_kept_and_damage_among_them_drops_the_chunk(
+    tmp_path: Path,
+) -> None:
+    """``verify_blocks`` (the read-ahead's job: one open, the disk asked ahead)."""
+    data = os.urandom(4 * BLOCK_BYTES)
+    cache = cached(tmp_path, data)
+    cache.verify_blocks(KEY, [1, 2])
+    assert cache.unverified_blocks(KEY, 0, len(data)) == [0, 3]
+    assert (
+        bytes(cache.read_from_memory(KEY, BLOCK_BYTES, 2 * BLOCK_BYTES) or b"")
+        == (data[BLOCK_BYTES : 3 * BLOCK_BYTES])
+    )
+    with (tmp_path / f"{KEY.name}.bin").open("r+b") as handle:
+        handle.seek(3 * BLOCK_BYTES + 1234)
+        handle.write(bytes([data[3 * BLOCK_BYTES + 1234] ^ 0x01]))  # one bit
+    with pytest.raises(CacheCorruptError, match="block 3"):
+        cache.verify_blocks(KEY, [0, 3])
+    assert cache.size_of(KEY) is None and cache.statistics().corruptions == 1
