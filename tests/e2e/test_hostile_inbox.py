@@ -271,7 +271,7 @@ def test_a_crowd_of_junk_bundles_costs_a_bounded_download(
 def test_rejections_are_remembered_until_trust_changes(
     alice_bob: tuple[Party, Party], tmp_path: Path, counted: RegistryCounts
 ) -> None:
-    """The second recv fetches only the tags' manifests; a new trust entry retries them."""
+    """The second recv fetches at most the tags' manifests; a new trust entry retries them."""
     _, bob = alice_bob
     mallory = make_party(tmp_path, "mallory", bob.repo)
     forge = forge_as(mallory)
@@ -288,7 +288,9 @@ def test_rejections_are_remembered_until_trust_changes(
     code, second = recv_json(bob, out)
     assert code == 0, second
     assert sorted(o["status"] for o in second) == ["rejected-before"] * 4
-    assert counted.calls == Counter({"list_tags": 1, "fetch_manifest": 4})
+    # The embedded store names each tag's digest in one read: the ledger answers.
+    fetches = 0 if bob.repo.startswith("oci-layout:") else 4
+    assert counted.calls == Counter({"list_tags": 1, "fetch_manifest": fetches})
 
     introduce(mallory, bob)  # trust.json changed: signer rejections are retried
     code, third = recv_json(bob, out)
