@@ -27,10 +27,12 @@ import pytest
 from dockercomms.cli import main as cli_main
 from dockercomms.core import protocol as p
 from dockercomms.core._internal.intake import Outcome, receive_new
+from dockercomms.core.age_keys import create_identity_file, load_identity_file
 from dockercomms.core.cards import my_card
 from dockercomms.core.config import save_settings
 from dockercomms.core.keys import signing_key
 from dockercomms.core.paths import Paths, resolve_paths
+from dockercomms.core.trust import Contact, TrustPolicy
 from dockercomms.core.workspace import Workspace
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +102,31 @@ def trust_signing_key_only(truster: Identity, trusted: Identity, scratch: Path) 
     pem = scratch / f"{trusted.name}.pem"
     pem.write_bytes(signing_key(trusted.paths.key_file).public_pem)
     assert truster.cli("trust", "add", trusted.name, "--key", str(pem)) == 0
+
+
+def age_key(identity: Identity) -> str:
+    """The identity's age recipient (its identity file made if ``init`` did not)."""
+    path = identity.paths.age_identity_file
+    if not path.exists():
+        create_identity_file(path)
+    return load_identity_file(path).recipient
+
+
+def make_team(root: Path, group: str, members: tuple[str, ...]) -> dict[str, Identity]:
+    """alice and ``members``, trusting each other; alice knows their age keys and
+    groups them as ``group``."""
+    people = {name: make_identity(root, name, root / "xdg-data") for name in ("alice", *members)}
+    alice = people["alice"]
+    age_key(alice)
+    for name in members:
+        trust(alice, people[name], root)
+        trust(people[name], alice, root)
+    policy = TrustPolicy.load(alice.paths.trust_file)
+    for name in members:
+        policy.set_contact(Contact(name, age_recipient=age_key(people[name]), source="manual"))
+    policy.groups[group] = members
+    policy.save(alice.paths.trust_file)
+    return people
 
 
 def make_pair(root: Path) -> tuple[Identity, Identity]:

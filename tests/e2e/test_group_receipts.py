@@ -12,38 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from dockercomms.core.age_keys import create_identity_file, load_identity_file
-from dockercomms.core.trust import Contact, TrustPolicy
 from dockercomms.fsmount.desktop import queue_events
 from dockercomms.syncer.queue import ItemState, PushQueue
-from tests.syncer_fixtures import Identity, make_identity, run_sync, trust
+from tests.syncer_fixtures import Identity, make_team, run_sync
 
 MEMBERS = ("bob", "carol")
-
-
-def age_key(identity: Identity) -> str:
-    path = identity.paths.age_identity_file
-    if not path.exists():
-        create_identity_file(path)
-    return load_identity_file(path).recipient
 
 
 @pytest.fixture
 def team(tmp_path: Path) -> dict[str, Identity]:
     """alice, who trusts bob and carol (and they her), grouped as ``team``."""
-    root = tmp_path / "ids"
-    people = {name: make_identity(root, name, root / "xdg-data") for name in ("alice", *MEMBERS)}
-    alice = people["alice"]
-    age_key(alice)
-    for name in MEMBERS:
-        trust(alice, people[name], root)
-        trust(people[name], alice, root)
-    policy = TrustPolicy.load(alice.paths.trust_file)
-    for name in MEMBERS:
-        policy.set_contact(Contact(name, age_recipient=age_key(people[name]), source="manual"))
-    policy.groups["team"] = MEMBERS
-    policy.save(alice.paths.trust_file)
-    return people
+    return make_team(tmp_path / "ids", "team", MEMBERS)
 
 
 def test_each_member_answers_for_itself(team: dict[str, Identity], tmp_path: Path) -> None:

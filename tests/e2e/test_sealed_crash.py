@@ -23,7 +23,6 @@ import pytest
 
 from dockercomms.core import protocol as p
 from dockercomms.core._internal.limits import MIB
-from dockercomms.core.age_keys import create_identity_file, load_identity_file
 from dockercomms.core.errors import NoAgeRecipientError
 from dockercomms.core.outbox import Delivery, SendJournal, SendRequest
 from dockercomms.core.trust import Contact, TrustPolicy
@@ -32,41 +31,22 @@ from dockercomms.syncer.syncer import Syncer
 from tests import age_cli
 from tests.syncer_fixtures import (
     Identity,
+    age_key,
     make_identity,
+    make_team,
     run_sync,
     sync_process,
-    trust,
     trust_signing_key_only,
 )
 
 MEMBERS = ("bob", "carol", "dave")
 
 
-def age_key(identity: Identity) -> str:
-    path = identity.paths.age_identity_file
-    if not path.exists():
-        create_identity_file(path)
-    return load_identity_file(path).recipient
-
-
 @pytest.fixture
 def team(tmp_path: Path) -> dict[str, Identity]:
     """alice, who knows the age keys of bob, carol and dave, grouped as ``team``."""
-    root = tmp_path / "ids"
-    data_home = root / "xdg-data"
-    people = {name: make_identity(root, name, data_home) for name in ("alice", *MEMBERS)}
-    alice = people["alice"]
-    age_key(alice)
-    policy_file = alice.paths.trust_file
-    for name in MEMBERS:
-        trust(alice, people[name], root)
-        trust(people[name], alice, root)
-    policy = TrustPolicy.load(policy_file)
-    for name in MEMBERS:
-        policy.set_contact(Contact(name, age_recipient=age_key(people[name]), source="manual"))
-    policy.groups["team"] = MEMBERS
-    policy.save(policy_file)
-    alice.set_chunk_bytes(1 * MIB)
+    people = make_team(tmp_path / "ids", "team", MEMBERS)
+    people["alice"].set_chunk_bytes(1 * MIB)
     return people
 
 
