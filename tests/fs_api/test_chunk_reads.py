@@ -8,8 +8,10 @@ the sender's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -37,6 +39,19 @@ async def checks_done(folder: DropFolder) -> None:
             await trio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def big_bin_opened(folder: DropFolder, sender: Party) -> AsyncIterator[int]:
+    """``inbox/<sender>/big.bin`` listed and opened for reading; its file handle."""
+    ops = folder.operations
+    await folder.inbox.poll_once()
+    entry = await lookup(ops, f"inbox/{sender.name}/big.bin")
+    info = await ops.open(entry.st_ino, os.O_RDONLY, CTX)
+    try:
+        yield info.fh
+    finally:
+        await ops.release(info.fh)
+
+
 def the_one_chunk(folder: DropFolder) -> ChunkKey:
     """The key of the only chunk in the cache (opening the file fetched it)."""
     (sidecar,) = folder.chunks.cache.root.glob("*.json")
@@ -55,24 +70,18 @@ def test_a_sequential_reader_finds_the_next_blocks_checked_ahead_of_it(
     send(alice, bob, tmp_path, data, *sealing)
 
     async def body() -> None:
-        async with drop_folder(bob.workspace()) as folder:
+        async with drop_folder(bob.workspace()) as folder, big_bin_opened(folder, alice) as fh:
             ops = folder.operations
-            await folder.inbox.poll_once()
-            entry = await lookup(ops, f"inbox/{alice.name}/big.bin")
-            info = await ops.open(entry.st_ino, os.O_RDONLY, CTX)
-            try:
-                cache = folder.chunks.cache
-                key = the_one_chunk(folder)
-                got = await ops.read(info.fh, 0, PIECE)
-                got += await ops.read(info.fh, PIECE, PIECE)  # sequential now
-                await checks_done(folder)
-                ahead = cache.unverified_blocks(key, 0, (READ_AHEAD_BLOCKS + 1) * BLOCK_BYTES)
-                assert ahead == []  # checked before the reader got there
-                while piece := await ops.read(info.fh, len(got), PIECE):
-                    got += piece
-                assert got == data
-            finally:
-                await ops.release(info.fh)
+            cache = folder.chunks.cache
+            key = the_one_chunk(folder)
+            got = await ops.read(fh, 0, PIECE)
+            got += await ops.read(fh, PIECE, PIECE)  # sequential now
+            await checks_done(folder)
+            ahead = cache.unverified_blocks(key, 0, (READ_AHEAD_BLOCKS + 1) * BLOCK_BYTES)
+            assert ahead == []  # checked before the reader got there
+            while piece := await ops.read(fh, len(got), PIECE):
+                got += piece
+            assert got == data
 
     trio.run(body)
 
@@ -85,24 +94,18 @@ def test_a_block_damaged_ahead_of_the_reader_is_fetched_again(
     send(alice, bob, tmp_path, data)
 
     async def body() -> None:
-        async with drop_folder(bob.workspace()) as folder:
+        async with drop_folder(bob.workspace()) as folder, big_bin_opened(folder, alice) as fh:
             ops = folder.operations
-            await folder.inbox.poll_once()
-            entry = await lookup(ops, f"inbox/{alice.name}/big.bin")
-            info = await ops.open(entry.st_ino, os.O_RDONLY, CTX)
-            try:
-                cache = folder.chunks.cache
-                key = the_one_chunk(folder)
-                got = await ops.read(info.fh, 0, PIECE)  # block 0 only: no read-ahead yet
-                damaged = READ_AHEAD_BLOCKS  # inside the window the next read checks
-                with open(cache.root / f"{key.name}.bin", "r+b") as handle:
-                    handle.seek(damaged * BLOCK_BYTES + 7)
-                    handle.write(bytes([data[damaged * BLOCK_BYTES + 7] ^ 0xFF]))
-                while piece := await ops.read(info.fh, len(got), PIECE):
-                    got += piece
-                assert got == data
-                assert cache.statistics().corruptions == 1
-            finally:
-                await ops.release(info.fh)
+            cache = folder.chunks.cache
+            key = the_one_chunk(folder)
+            got = await ops.read(fh, 0, PIECE)  # block 0 only: no read-ahead yet
+            damaged = READ_AHEAD_BLOCKS  # inside the window the next read checks
+            with open(cache.root / f"{key.name}.bin", "r+b") as handle:
+                handle.seek(damaged * BLOCK_BYTES + 7)
+                handle.write(bytes([data[damaged * BLOCK_BYTES + 7] ^ 0xFF]))
+            while piece := await ops.read(fh, len(got), PIECE):
+                got += piece
+            assert got == data
+            assert cache.statistics().corruptions == 1
 
     trio.run(body)
